@@ -1,0 +1,172 @@
+# langdaug build. `make demo` and `make test` are the two entry points; both
+# first make sure the Debian packages below are installed.
+#   make                 build everything into build/
+#   make test            build and run the test suite (tests/run)
+#   make bench           benchmarks (speed is measured here, never in tests)
+#   make demo            the main job on the embedded default
+#   make install         PREFIX=/usr/local DESTDIR=
+# Options: SANITIZE=address,undefined  WERROR=1  OPT=-O2  V=1
+
+PREFIX ?= /usr/local
+DESTDIR ?=
+BINDIR = $(PREFIX)/bin
+LIBDIR = $(PREFIX)/lib
+INCDIR = $(PREFIX)/include
+SYSCONFDIR ?= /etc
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+
+CC ?= cc
+OPT ?= -O2
+B := build
+PY := /usr/bin/python3
+
+# Debian packages the build, the tests and the demo need.
+DEB_PKGS := make gcc libc6-dev pkg-config libzmq3-dev libprotobuf-c-dev protobuf-c-compiler \
+	libuv1-dev libpng-dev libopenblas-dev libjansson-dev libsodium-dev libinih-dev libsystemd-dev \
+	check protobuf-compiler python3-zmq python3-protobuf python3-numpy python3-torch python3-pil
+PKG_LIBS := libzmq libprotobuf-c libuv libpng openblas jansson libsodium inih libsystemd
+
+WARN := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wformat=2 -Wvla
+ifeq ($(WERROR),1)
+WARN += -Werror
+endif
+SAN_FLAGS :=
+ifneq ($(SANITIZE),)
+SAN_FLAGS := -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=all
+endif
+
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKG_LIBS) 2>/dev/null)
+PKG_LDLIBS = $(shell pkg-config --libs $(PKG_LIBS) 2>/dev/null)
+CFLAGS := -std=c11 -D_GNU_SOURCE $(OPT) -g $(WARN) $(SAN_FLAGS) -pthread -fPIC \
+	-Icommon -I$(B)/proto $(PKG_CFLAGS) $(EXTRA_CFLAGS)
+LDFLAGS := $(SAN_FLAGS) -pthread $(EXTRA_LDFLAGS)
+LDLIBS := $(PKG_LDLIBS) -lm
+
+ifneq ($(V),1)
+Q := @
+endif
+
+# Sources are found by pattern, so adding a module needs no Makefile edit:
+#   common/*.c           the core library (engine, files, data)   -> build/libldcore.a
+#   proto/*.proto        wire messages (protoc-c)                  -> build/proto/
+#   daemon/*.c           the sampler daemon                        -> build/langdaugd
+#   client/ld_*.c        the client library                        -> build/liblangdaug.{a,so}
+#   client/langdaug.c + client/ldc_*.c  the command line          -> build/langdaug
+#   tests/test_*.c       one Check suite each, + tests/testutil.c  -> build/tests/
+#   tests/bench_*.c      benchmarks                                -> build/tests/
+CORE_SRC := $(sort $(wildcard common/*.c))
+PROTO_SRC := $(sort $(wildcard proto/*.proto))
+PROTO_C := $(patsubst proto/%.proto,$(B)/proto/%.pb-c.c,$(PROTO_SRC))
+PROTO_H := $(PROTO_C:.c=.h)
+DAEMON_SRC := $(sort $(wildcard daemon/*.c))
+CLIENTLIB_SRC := $(sort $(wildcard client/ld_*.c))
+CLI_SRC := $(sort $(wildcard client/langdaug.c client/ldc_*.c))
+TEST_SRC := $(sort $(wildcard tests/test_*.c))
+BENCH_SRC := $(sort $(wildcard tests/bench_*.c))
+
+CORE_OBJ := $(CORE_SRC:%.c=$(B)/%.o)
+PROTO_OBJ := $(PROTO_C:.c=.o)
+DAEMON_OBJ := $(DAEMON_SRC:%.c=$(B)/%.o)
+CLIENTLIB_OBJ := $(CLIENTLIB_SRC:%.c=$(B)/%.o)
+CLI_OBJ := $(CLI_SRC:%.c=$(B)/%.o)
+TEST_BIN := $(TEST_SRC:tests/%.c=$(B)/tests/%)
+BENCH_BIN := $(BENCH_SRC:tests/%.c=$(B)/tests/%)
+
+CORE_LIB := $(B)/libldcore.a
+TARGETS := $(CORE_LIB)
+ifneq ($(CLI_SRC),)
+TARGETS += $(B)/langdaug
+endif
+ifneq ($(DAEMON_SRC),)
+TARGETS += $(B)/langdaugd
+endif
+ifneq ($(CLIENTLIB_SRC),)
+TARGETS += $(B)/liblangdaug.a $(B)/liblangdaug.so
+endif
+
+.PHONY: all deps test bench demo install clean check-deps print-deps
+all: $(TARGETS) $(TEST_BIN) $(BENCH_BIN)
+
+# The dependency step: install missing Debian packages when root, otherwise
+# print the one apt-get command needed and stop.
+deps:
+	$(Q)missing=""; for p in $(DEB_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "deps: installing$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  else \
+	    echo "deps: missing Debian packages. Run:"; echo "  sudo apt-get install -y$$missing"; exit 1; \
+	  fi; \
+	fi
+
+print-deps:
+	@echo $(DEB_PKGS)
+
+$(B)/%.o: %.c $(PROTO_H)
+	@mkdir -p $(dir $@)
+	@echo "  CC   $<"
+	$(Q)$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(B)/proto/%.pb-c.c $(B)/proto/%.pb-c.h: proto/%.proto
+	@mkdir -p $(B)/proto
+	@echo "  PROTO $<"
+	$(Q)protoc-c --c_out=$(B)/proto -Iproto $<
+
+$(B)/proto/%.pb-c.o: $(B)/proto/%.pb-c.c
+	$(Q)$(CC) $(filter-out -Wmissing-prototypes,$(CFLAGS)) -c $< -o $@
+
+$(CORE_LIB): $(CORE_OBJ) $(PROTO_OBJ)
+	@echo "  AR   $@"
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+$(B)/langdaug: $(CLI_OBJ) $(CLIENTLIB_OBJ) $(CORE_LIB)
+	@echo "  LD   $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(B)/langdaugd: $(DAEMON_OBJ) $(CORE_LIB)
+	@echo "  LD   $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(B)/liblangdaug.a: $(CLIENTLIB_OBJ) $(CORE_OBJ) $(PROTO_OBJ)
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+$(B)/liblangdaug.so: $(CLIENTLIB_OBJ) $(CORE_OBJ) $(PROTO_OBJ)
+	$(Q)$(CC) -shared $(LDFLAGS) -Wl,-soname,liblangdaug.so.0 -o $@ $^ $(LDLIBS)
+
+$(B)/tests/%: tests/%.c $(B)/tests/testutil.o $(CORE_LIB) $(CLIENTLIB_OBJ) $(PROTO_H)
+	@mkdir -p $(dir $@)
+	@echo "  TEST $@"
+	$(Q)$(CC) $(CFLAGS) -Itests -o $@ $< $(B)/tests/testutil.o $(CLIENTLIB_OBJ) $(CORE_LIB) \
+	  $(LDFLAGS) $(LDLIBS) $(shell pkg-config --libs check 2>/dev/null)
+
+$(B)/tests/testutil.o: tests/testutil.c tests/testutil.h
+	@mkdir -p $(dir $@)
+	$(Q)$(CC) $(CFLAGS) -Itests -c $< -o $@
+
+test: deps
+	$(Q)$(MAKE) --no-print-directory all
+	$(Q)LD_BUILD=$(B) LD_PY=$(PY) tests/run
+
+bench: deps
+	$(Q)$(MAKE) --no-print-directory all OPT="-O3"
+	$(Q)LD_BUILD=$(B) LD_PY=$(PY) tests/bench
+
+demo: deps
+	$(Q)$(MAKE) --no-print-directory all
+	$(Q)LD_BUILD=$(B) LD_PY=$(PY) examples/demo
+
+install: all
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCDIR)/langdaug
+	install -m 755 $(filter $(B)/langdaug $(B)/langdaugd,$(TARGETS)) $(DESTDIR)$(BINDIR)/
+	$(if $(CLIENTLIB_SRC),install -m 644 $(B)/liblangdaug.a $(B)/liblangdaug.so $(DESTDIR)$(LIBDIR)/)
+	install -m 644 common/ld_*.h $(DESTDIR)$(INCDIR)/langdaug/
+	$(if $(wildcard systemd/*.service),install -d $(DESTDIR)$(UNITDIR) && install -m 644 systemd/*.service $(DESTDIR)$(UNITDIR)/)
+	$(if $(wildcard examples/langdaugd.conf),install -d $(DESTDIR)$(SYSCONFDIR)/langdaug && install -m 644 examples/langdaugd.conf $(DESTDIR)$(SYSCONFDIR)/langdaug/langdaugd.conf.example)
+
+clean:
+	rm -rf $(B)
+
+-include $(shell find $(B) -name '*.d' 2>/dev/null)

@@ -1,0 +1,41 @@
+/* ld_langevin: Langevin chains on the image channels, mask held fixed.
+ *
+ *   x_{k+1} = clamp(x_k - (eta/2) dE/dx(x_k) + sqrt(eta) * sigma * noise_k, -1, 1)
+ *
+ * noise_k for a chain comes from ld_noise_fill(seed, chain_id, k, ...), so a
+ * chain's trajectory depends only on (model, start image, mask, target,
+ * params, seed, chain id): not on the batch it ran in or on thread counts. */
+#ifndef LD_LANGEVIN_H
+#define LD_LANGEVIN_H
+
+#include "ld_ebm.h"
+
+#define LD_LANGEVIN_MAX_SNAPSHOTS 64
+
+typedef struct {
+    float step_size;      /* eta > 0 */
+    float noise;          /* sigma >= 0 */
+    int steps;            /* K >= 1 */
+    int n_snapshots;      /* 0..LD_LANGEVIN_MAX_SNAPSHOTS */
+    int snapshots[LD_LANGEVIN_MAX_SNAPSHOTS]; /* strictly ascending, each in 0..K (0 = start) */
+    uint64_t seed;
+} ld_langevin_params_t;
+
+/* Checks the parameters; LD_ERANGE with a detail naming the field. */
+int ld_langevin_validate(const ld_langevin_params_t *p);
+/* "10,20,40" -> snapshots (sorted, duplicates rejected). */
+int ld_langevin_set_snapshots(ld_langevin_params_t *p, const char *csv);
+
+/* Runs n <= ld_ebm_ws_max_batch(ws) chains for p->steps steps.
+ * image [n,C,S,S]: start images, overwritten with the final state.
+ * chain_id [n]: noise keys. snap_images [n_snapshots,n,C,S,S] and
+ * snap_energy [n_snapshots,n] receive each snapshot and its energy (either
+ * may be NULL). cancel: if non-NULL and set to non-zero by another thread,
+ * the run stops between steps with LD_ECANCELED. Non-finite energies or
+ * gradients stop it with LD_ENUMERIC. Uses ld_ebm_ws_scratch(ws). */
+int ld_langevin_run(const ld_ebm_t *m, ld_ebm_ws_t *ws, const ld_langevin_params_t *p, int n,
+                    float *image, const uint8_t *mask, const int32_t *target,
+                    const uint64_t *chain_id, float *snap_images, float *snap_energy,
+                    const volatile int *cancel);
+
+#endif

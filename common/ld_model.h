@@ -1,0 +1,28 @@
+/* ld_model: langdaug model files (safetensors with langdaug metadata).
+ *
+ * A model file is a safetensors file whose __metadata__ holds at least
+ *   format=langdaug-ebm, version=1, arch=resdown, image_channels, mask_classes,
+ *   size, widths (comma-separated w0..wL), domains (comma-separated, index
+ *   order = target index)
+ * and optional keys (maskmap, normalization, provenance: created, command,
+ * iterations, ...) that are kept and handed back. Tensors are float32 with
+ * the names and shapes of ld_ebm.h. The loader validates everything and
+ * rejects a bad file with LD_EFORMAT and a detail naming the problem; it
+ * never reads outside the file. Saving is atomic (ld_afile). */
+#ifndef LD_MODEL_H
+#define LD_MODEL_H
+
+#include "ld_ebm.h"
+#include "ld_safetensors.h"
+
+/* Loads a model. *ebm_out: caller owns. meta_out (may be NULL): the whole
+ * __metadata__, caller owns. hash_out (may be NULL): lowercase hex SHA-256
+ * of the file's bytes, the model's identity in logs and messages. */
+int ld_model_load(const char *path, ld_ebm_t **ebm_out, ld_meta_t **meta_out, char hash_out[65]);
+
+/* Writes the model atomically; the architecture keys are generated, and the
+ * keys of `extra` (may be NULL) are added (an extra key that collides with a
+ * generated one is an error). hash_out (may be NULL) as for load. */
+int ld_model_save(const char *path, const ld_ebm_t *ebm, const ld_meta_t *extra, char hash_out[65]);
+
+#endif

@@ -1,0 +1,124 @@
+/* Atomic writes: commit replaces, abort and failures leave the old file and
+ * no temporary behind; errors carry a detail naming the path. */
+#include "testutil.h"
+
+#include <dirent.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "ld_afile.h"
+#include "ld_error.h"
+
+static char *read_all(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    ck_assert_ptr_nonnull(f);
+    static char buf[256];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+    return buf;
+}
+
+static int count_entries(const char *dir)
+{
+    DIR *d = opendir(dir);
+    ck_assert_ptr_nonnull(d);
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+START_TEST(commit_replaces)
+{
+    char *dir = ld_test_tmpdir(), *p = ld_test_path(dir, "f.txt");
+    ck_assert_int_eq(ld_afile_write_all(p, "old", 3), 0);
+    ld_afile_t *af;
+    ck_assert_int_eq(ld_afile_open(p, &af), 0);
+    ck_assert_int_eq(ld_afile_write(af, "new!", 4), 0);
+    ck_assert_str_eq(read_all(p), "old"); /* not visible before commit */
+    ck_assert_int_eq(count_entries(dir), 2);
+    ck_assert_int_eq(ld_afile_commit(&af), 0);
+    ck_assert_ptr_null(af);
+    ck_assert_str_eq(read_all(p), "new!");
+    ck_assert_int_eq(count_entries(dir), 1);
+    ld_test_rmtree(dir);
+    free(p);
+    free(dir);
+}
+END_TEST
+
+START_TEST(abort_keeps_old)
+{
+    char *dir = ld_test_tmpdir(), *p = ld_test_path(dir, "f.txt");
+    ck_assert_int_eq(ld_afile_write_all(p, "old", 3), 0);
+    ld_afile_t *af;
+    ck_assert_int_eq(ld_afile_open(p, &af), 0);
+    fprintf(ld_afile_fp(af), "partial");
+    ld_afile_abort(&af);
+    ck_assert_ptr_null(af);
+    ld_afile_abort(&af); /* NULL-safe */
+    ck_assert_str_eq(read_all(p), "old");
+    ck_assert_int_eq(count_entries(dir), 1);
+    ld_test_rmtree(dir);
+    free(p);
+    free(dir);
+}
+END_TEST
+
+START_TEST(disk_full_keeps_old)
+{
+    /* /dev/full fails every write: commit must fail and leave nothing. */
+    char *dir = ld_test_tmpdir(), *p = ld_test_path(dir, "f.txt");
+    ck_assert_int_eq(ld_afile_write_all(p, "old", 3), 0);
+    ld_afile_t *af;
+    ck_assert_int_eq(ld_afile_open(p, &af), 0);
+    FILE *full = fopen("/dev/full", "wb");
+    if (!full) {
+        ld_afile_abort(&af);
+        LD_SKIP("no /dev/full");
+    }
+    /* Swap the stream's descriptor for /dev/full's. */
+    ck_assert_int_ne(dup2(fileno(full), fileno(ld_afile_fp(af))), -1);
+    fclose(full);
+    char big[8192];
+    memset(big, 'x', sizeof big);
+    (void)ld_afile_write(af, big, sizeof big);
+    int rc = ld_afile_commit(&af);
+    ck_assert_int_eq(rc, LD_EIO);
+    ck_assert_ptr_nonnull(strstr(ld_errdetail(), "f.txt"));
+    ck_assert_str_eq(read_all(p), "old");
+    ck_assert_int_eq(count_entries(dir), 1);
+    ld_test_rmtree(dir);
+    free(p);
+    free(dir);
+}
+END_TEST
+
+START_TEST(missing_directory_is_an_error)
+{
+    ld_afile_t *af = (ld_afile_t *)1;
+    int rc = ld_afile_open("/nonexistent-dir-langdaug/x", &af);
+    ck_assert_int_eq(rc, LD_EIO);
+    ck_assert_ptr_null(af);
+    ck_assert_ptr_nonnull(strstr(ld_errdetail(), "/nonexistent-dir-langdaug/x"));
+    ck_assert_str_eq(ld_strerror(LD_EIO), "input/output error");
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("afile");
+    TCase *tc = ld_tcase("afile", 20);
+    tcase_add_test(tc, commit_replaces);
+    tcase_add_test(tc, abort_keeps_old);
+    tcase_add_test(tc, disk_full_keeps_old);
+    tcase_add_test(tc, missing_directory_is_an_error);
+    suite_add_tcase(s, tc);
+    return ld_test_run(s);
+}

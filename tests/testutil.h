@@ -1,0 +1,54 @@
+/* testutil: shared helpers for the Check suites in tests/.
+ *
+ * Every suite runs each test in its own forked process (Check's default)
+ * with a timeout, so one crash or hang cannot take others with it. A test
+ * that cannot run here (no real data, no python3-torch) calls LD_SKIP, which
+ * prints "SKIP: <test>: <why>" for tests/run to count and returns. */
+#ifndef LD_TESTUTIL_H
+#define LD_TESTUTIL_H
+
+#include <check.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#define LD_SKIP(...)                                   \
+    do {                                               \
+        printf("SKIP: %s: ", __func__);                \
+        printf(__VA_ARGS__);                           \
+        printf("\n");                                  \
+        fflush(stdout);                                \
+        return;                                        \
+    } while (0)
+
+/* A test case with a timeout in seconds (scaled by CK_TIMEOUT_MULTIPLIER). */
+TCase *ld_tcase(const char *name, double timeout_s);
+
+/* Runs the suite (takes ownership), prints Check's summary line, and
+ * returns the process exit status (0 when every test passed). */
+int ld_test_run(Suite *suite);
+
+/* The real-data folder (env LD_DATA_DIR, default ../shared/data), or NULL if
+ * it does not exist. */
+const char *ld_test_data_dir(void);
+
+/* The build folder (env LD_BUILD, default "build"). */
+const char *ld_test_build_dir(void);
+
+/* A fresh private directory under $TMPDIR (or /tmp); caller frees the string
+ * and removes the tree with ld_test_rmtree(). Aborts the test on failure. */
+char *ld_test_tmpdir(void);
+void ld_test_rmtree(const char *path);
+
+/* Joins a directory and a name into a static-free malloc'ed path. */
+char *ld_test_path(const char *dir, const char *name);
+
+/* Writes bytes to a file (test fixture); aborts the test on failure. */
+void ld_test_write_file(const char *path, const void *data, size_t len);
+
+/* Runs a shell command, returns its exit status (-1 if it did not exit). */
+int ld_test_system(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Max |a-b| / max(|b|, floor) over n values. */
+double ld_test_max_rel_err(const float *a, const float *b, size_t n, double floor);
+
+#endif
