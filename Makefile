@@ -58,6 +58,8 @@ CORE_SRC := $(sort $(wildcard common/*.c))
 PROTO_SRC := $(sort $(wildcard proto/*.proto))
 PROTO_C := $(patsubst proto/%.proto,$(B)/proto/%.pb-c.c,$(PROTO_SRC))
 PROTO_H := $(PROTO_C:.c=.h)
+# Python message classes live inside the Python package (generated, not tracked).
+PY_PROTO := $(patsubst proto/%.proto,client/python/langdaug/%_pb2.py,$(PROTO_SRC))
 DAEMON_SRC := $(sort $(wildcard daemon/*.c))
 CLIENTLIB_SRC := $(sort $(wildcard client/ld_*.c))
 CLI_SRC := $(sort $(wildcard client/langdaug.c client/ldc_*.c))
@@ -85,7 +87,7 @@ TARGETS += $(B)/liblangdaug.a $(B)/liblangdaug.so
 endif
 
 .PHONY: all deps test bench demo install clean check-deps print-deps
-all: $(TARGETS) $(TEST_BIN) $(BENCH_BIN)
+all: $(TARGETS) $(TEST_BIN) $(BENCH_BIN) $(PY_PROTO)
 
 # The dependency step: install missing Debian packages when root, otherwise
 # print the one apt-get command needed and stop.
@@ -114,6 +116,10 @@ $(B)/proto/%.pb-c.c $(B)/proto/%.pb-c.h: proto/%.proto
 	@mkdir -p $(B)/proto
 	@echo "  PROTO $<"
 	$(Q)protoc-c --c_out=$(B)/proto -Iproto $<
+
+client/python/langdaug/%_pb2.py: proto/%.proto
+	@echo "  PROTO $< (python)"
+	$(Q)protoc --python_out=client/python/langdaug -Iproto $<
 
 $(B)/proto/%.pb-c.o: $(B)/proto/%.pb-c.c
 	$(Q)$(CC) $(filter-out -Wmissing-prototypes,$(CFLAGS)) -c $< -o $@
