@@ -5,7 +5,8 @@
  * nothing: no leading/trailing spaces, no trailing junk, no silent wrap or
  * truncation. On failure it returns LD_EINVAL (not a number / malformed
  * list) or LD_ERANGE (outside [min, max]) with a detail such as
- * "--threads: 'abc' is not an integer" and leaves *out unchanged. */
+ * "--threads: 'abc' is not an integer" and leaves *out unchanged (except
+ * ld_cli_parse_int_list, which may have written some items). */
 #ifndef LD_CLI_H
 #define LD_CLI_H
 

@@ -1,0 +1,118 @@
+/* ld_cli: strict whole-string parsing of option and config values (see
+ * ld_cli.h). strtoll/strtod do the conversion; these wrappers add the checks
+ * they leave out: empty text, leading space or sign tricks, trailing junk,
+ * overflow, NaN/Inf, and range. */
+#include "ld_cli.h"
+#include "ld_error.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* strtoll/strtoull accept leading spaces and '+': refuse both up front. */
+static int starts_like_integer(const char *s, int allow_minus)
+{
+    if (allow_minus && *s == '-')
+        s++;
+    return isdigit((unsigned char)*s);
+}
+
+int ld_cli_parse_i64(const char *what, const char *s, int64_t min, int64_t max, int64_t *out)
+{
+    if (!s || !starts_like_integer(s, 1))
+        return ld_seterr(LD_EINVAL, "%s: '%s' is not an integer", what, s ? s : "");
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (*end)
+        return ld_seterr(LD_EINVAL, "%s: '%s' is not an integer", what, s);
+    if (errno == ERANGE || v < min || v > max)
+        return ld_seterr(LD_ERANGE, "%s: %s is out of range [%lld, %lld]", what, s, (long long)min,
+                         (long long)max);
+    *out = v;
+    return LD_OK;
+}
+
+int ld_cli_parse_int(const char *what, const char *s, int min, int max, int *out)
+{
+    int64_t v;
+    int rc = ld_cli_parse_i64(what, s, min, max, &v);
+    if (rc == LD_OK)
+        *out = (int)v;
+    return rc;
+}
+
+int ld_cli_parse_u64(const char *what, const char *s, uint64_t *out)
+{
+    if (!s || !starts_like_integer(s, 0))
+        return ld_seterr(LD_EINVAL, "%s: '%s' is not a non-negative integer", what, s ? s : "");
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (*end)
+        return ld_seterr(LD_EINVAL, "%s: '%s' is not a non-negative integer", what, s);
+    if (errno == ERANGE)
+        return ld_seterr(LD_ERANGE, "%s: %s is out of range [0, %llu]", what, s, (unsigned long long)UINT64_MAX);
+    *out = v;
+    return LD_OK;
+}
+
+int ld_cli_parse_double(const char *what, const char *s, double min, double max, double *out)
+{
+    if (!s || !*s || isspace((unsigned char)*s))
+        return ld_seterr(LD_EINVAL, "%s: '%s' is not a number", what, s ? s : "");
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (*end || end == s)
+        return ld_seterr(LD_EINVAL, "%s: '%s' is not a number", what, s);
+    if (!isfinite(v) || errno == ERANGE)
+        return ld_seterr(LD_ERANGE, "%s: %s is not a finite number", what, s);
+    if (v < min || v > max)
+        return ld_seterr(LD_ERANGE, "%s: %s is out of range [%g, %g]", what, s, min, max);
+    *out = v;
+    return LD_OK;
+}
+
+int ld_cli_parse_float(const char *what, const char *s, double min, double max, float *out)
+{
+    double v;
+    int rc = ld_cli_parse_double(what, s, min, max, &v);
+    if (rc == LD_OK && !isfinite((float)v))
+        rc = ld_seterr(LD_ERANGE, "%s: %s does not fit a 32-bit float", what, s);
+    if (rc == LD_OK)
+        *out = (float)v;
+    return rc;
+}
+
+int ld_cli_parse_int_list(const char *what, const char *s, int min, int max, int *out, int max_n,
+                          int *n_out)
+{
+    if (!s || !*s)
+        return ld_seterr(LD_EINVAL, "%s: empty list", what);
+    int n = 0;
+    const char *p = s;
+    for (;;) {
+        size_t len = strcspn(p, ",");
+        if (len == 0)
+            return ld_seterr(LD_EINVAL, "%s: '%s' has an empty item", what, s);
+        if (n == max_n)
+            return ld_seterr(LD_ERANGE, "%s: '%s' has more than %d items", what, s, max_n);
+        char item[32];
+        if (len >= sizeof item)
+            return ld_seterr(LD_EINVAL, "%s: item '%.*s' is not an integer", what, (int)len, p);
+        memcpy(item, p, len);
+        item[len] = '\0';
+        int rc = ld_cli_parse_int(what, item, min, max, &out[n]);
+        if (rc)
+            return rc;
+        n++;
+        if (!p[len])
+            break;
+        p += len + 1;
+    }
+    *n_out = n;
+    return LD_OK;
+}
