@@ -1,7 +1,7 @@
 /* ld_dataset: multi-domain segmentation datasets, loaded once, cropped many times.
  *
  * Layouts:
- *   folders:  ROOT/<domain>/[SUBDIR/]image/*.png with mask/ (and optional fov/)
+ *   folders:  ROOT/<domain>/[SUBDIR/]image/NAME.png with mask/ (and optional fov/)
  *             paired by file name (stem; image and mask may differ in extension)
  *   manifest: a CSV with header "domain,image,mask[,fov]"; relative paths are
  *             resolved against the CSV's folder.
@@ -31,6 +31,10 @@ typedef struct {
 } ld_maskmap_t;
 
 int ld_maskmap_parse(const char *spec, ld_maskmap_t *out);
+/* A mask value that maps to class cls (0 or 255 when either does, else the
+ * smallest), so a mask written with it reads back as the same classes;
+ * -1 when no value maps to cls. */
+int ld_maskmap_value(const ld_maskmap_t *map, int cls);
 
 typedef struct {
     const char *root;       /* folders layout root (or NULL when manifest is set) */
@@ -62,6 +66,10 @@ int ld_dataset_n_skipped(const ld_dataset_t *self);
 const char *ld_dataset_item_name(const ld_dataset_t *self, int d, int i);
 /* Working-scale size of an item. */
 void ld_dataset_item_size(const ld_dataset_t *self, int d, int i, int *width, int *height);
+/* 1 if the item has a field-of-view mask. */
+int ld_dataset_item_has_fov(const ld_dataset_t *self, int d, int i);
+/* The mask map the dataset was loaded with (owned by the dataset). */
+const ld_maskmap_t *ld_dataset_maskmap(const ld_dataset_t *self);
 
 typedef struct {
     int domain, item;
