@@ -6,6 +6,13 @@
  * Only ENOMEM aborts loading; any other per-file failure skips that pair.
  * Unpaired masks/FOVs are warned about but not counted (they are not items).
  *
+ * Conversions: grey -> RGB replicates, RGB -> grey is BT.601 luma, alpha is
+ * dropped (ld_image_convert); masks and FOVs use their first channel (16-bit
+ * files: high byte); FOV pixels > 127 are inside. Working size: round(w *
+ * scale) x round(h * scale), or the shorter side exactly `resize`; images
+ * are resized with LD_RESIZE_SMOOTH, masks/FOVs with nearest, after the
+ * mask map was applied at the original size.
+ *
  * Invariants after ld_dataset_open(): every domain has >= 1 item; every
  * item has image (h*w*channels bytes), mask (h*w class ids < n_classes) and
  * optionally fov (h*w bytes 0/1) at working scale; nothing changes until
