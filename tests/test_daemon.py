@@ -1,0 +1,690 @@
+"""Tests of the sampler daemon `langdaugd` against the real binary.
+
+Each test starts its own daemon on free 127.0.0.1 ports with a tiny random
+model and a tiny synthetic dataset made here (numpy + PIL, written in the
+model-file format of common/ld_model.h), talks to it with pyzmq and the
+generated protobuf classes, and stops it. Every wait is bounded in time.
+"""
+import hashlib
+import importlib
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+import numpy as np
+import zmq
+from PIL import Image
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+BUILD = os.environ.get("LD_BUILD", os.path.join(ROOT, "build"))
+DAEMON = os.path.join(BUILD, "langdaugd")
+WAIT = 20.0  # seconds any single expected event may take
+
+
+def load_pb2():
+    """The generated classes: from the package if built, else from protoc."""
+    try:
+        return importlib.import_module("langdaug.langdaug_pb2")
+    except ImportError:
+        pass
+    out = tempfile.mkdtemp(prefix="ldpb-")
+    subprocess.run(["protoc", "--python_out=" + out, "-I" + os.path.join(ROOT, "proto"), "langdaug.proto"],
+                   check=True)
+    sys.path.insert(0, out)
+    return importlib.import_module("langdaug_pb2")
+
+
+pb = load_pb2()
+
+# ---------------------------------------------------------------- fixtures
+
+C, K, S = 3, 2, 16
+WIDTHS = [4, 8]
+DOMAINS = ["A", "B"]
+
+
+def arch_tensors(rng, scale=0.3):
+    """Parameters in the PyTorch state_dict order of common/ld_ebm.h."""
+    t = [("stem.weight", (WIDTHS[0], C + K, 1, 1)), ("stem.bias", (WIDTHS[0],))]
+    for i in range(len(WIDTHS) - 1):
+        a, b = WIDTHS[i], WIDTHS[i + 1]
+        t += [(f"blocks.{i}.conv1.weight", (b, a, 3, 3)), (f"blocks.{i}.conv1.bias", (b,)),
+              (f"blocks.{i}.conv2.weight", (b, b, 3, 3)), (f"blocks.{i}.conv2.bias", (b,)),
+              (f"blocks.{i}.skip.weight", (b, a, 1, 1)), (f"blocks.{i}.skip.bias", (b,))]
+    t += [("head.weight", (1, WIDTHS[-1])), ("head.bias", (1,)), ("domain_embed.weight", (len(DOMAINS), WIDTHS[-1]))]
+    return [(name, shape, (rng.standard_normal(shape) * scale).astype("<f4")) for name, shape in t]
+
+
+def write_model(path, seed):
+    rng = np.random.default_rng(seed)
+    header, blobs, off = {}, [], 0
+    for name, shape, arr in arch_tensors(rng):
+        b = arr.tobytes()
+        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [off, off + len(b)]}
+        blobs.append(b)
+        off += len(b)
+    header["__metadata__"] = {"format": "langdaug-ebm", "version": "1", "arch": "resdown",
+                              "image_channels": str(C), "mask_classes": str(K), "size": str(S),
+                              "widths": ",".join(map(str, WIDTHS)), "domains": ",".join(DOMAINS)}
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    data = struct.pack("<Q", len(h)) + h + b"".join(blobs)
+    with open(path, "wb") as f:
+        f.write(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_dataset(root, seed):
+    """Two domains of three RGB images (24x20, 20x24, 16x16) with 0/255 masks."""
+    rng = np.random.default_rng(seed)
+    sizes = [(24, 20), (20, 24), (16, 16)]
+    for d, dom in enumerate(DOMAINS):
+        os.makedirs(os.path.join(root, dom, "image"))
+        os.makedirs(os.path.join(root, dom, "mask"))
+        for i, (w, h) in enumerate(sizes):
+            img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            img[..., d] //= 2  # a per-domain colour cast
+            mask = np.where(rng.random((h, w)) < 0.4, 255, 0).astype(np.uint8)
+            Image.fromarray(img).save(os.path.join(root, dom, "image", f"img{i}.png"))
+            Image.fromarray(mask).save(os.path.join(root, dom, "mask", f"img{i}.png"))
+
+
+def reference_crop(root, domain, name, x, y):
+    """The crop the daemon should have started from: image as 2v/255-1,
+    mask class ids (0:0,*:1), pixels outside read as -1 / class 0.
+    name is the image path relative to the domain folder (image/x.png)."""
+    img = np.asarray(Image.open(os.path.join(root, domain, name)).convert("RGB"), dtype=np.float32)
+    mask_name = os.path.join("mask", os.path.basename(name))
+    mask = np.asarray(Image.open(os.path.join(root, domain, mask_name)))
+    h, w = mask.shape
+    out_img = np.full((C, S, S), -1.0, np.float32)
+    out_mask = np.zeros((S, S), np.uint8)
+    for yy in range(S):
+        for xx in range(S):
+            sy, sx = y + yy, x + xx
+            if 0 <= sy < h and 0 <= sx < w:
+                out_img[:, yy, xx] = img[sy, sx, :] * np.float32(2.0 / 255.0) - 1.0
+                out_mask[yy, xx] = 1 if mask[sy, sx] != 0 else 0
+    return out_img, out_mask
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------- daemon + client helpers
+
+class Daemon:
+    """A langdaugd process on free loopback ports; stop() always ends it."""
+
+    def __init__(self, workdir, model, data, extra=(), env=None, config=None):
+        self.port, self.sport = free_port(), free_port()
+        self.bind = f"tcp://127.0.0.1:{self.port}"
+        self.status_ep = f"tcp://127.0.0.1:{self.sport}"
+        self.log_path = os.path.join(workdir, f"daemon-{self.port}.log")
+        args = [DAEMON, "--bind", self.bind, "--status", self.status_ep, "--data", data,
+                "--workers", "1", "--chain-batch", "2", "--steps", "0,2,4", "--step-size", "0.01",
+                "--noise", "0.005", "--drain-timeout", "5", "--log-level", "debug"]
+        if config:
+            args += ["--config", config]
+        if model:
+            args += ["--model", model]
+        args += list(extra)
+        full_env = dict(os.environ)
+        full_env.pop("NOTIFY_SOCKET", None)
+        full_env.update(env or {})
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=full_env)
+        self.ctx = zmq.Context()
+
+    def log_text(self):
+        if not self.log.closed:
+            self.log.flush()
+        with open(self.log_path, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def status(self, timeout=WAIT):
+        """One status round trip (a fresh REQ socket each time)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            s = self.ctx.socket(zmq.REQ)
+            s.setsockopt(zmq.LINGER, 0)
+            s.connect(self.status_ep)
+            s.send(pb.StatusRequest(version=1).SerializeToString())
+            ok = s.poll(500)
+            if ok:
+                r = pb.StatusReply()
+                r.ParseFromString(s.recv())
+                s.close()
+                return r
+            s.close()
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError("no status reply; daemon log:\n" + self.log_text())
+
+    def client(self):
+        d = self.ctx.socket(zmq.DEALER)
+        d.setsockopt(zmq.LINGER, 0)
+        d.connect(self.bind)
+        return d
+
+    def stop(self, sig=signal.SIGTERM, timeout=WAIT):
+        """Signals the daemon and returns its exit status (killed if hung)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+                raise AssertionError("daemon did not stop; log:\n" + self.log_text())
+        self.ctx.destroy(linger=0)
+        return self.proc.returncode
+
+
+def cmsg(**kw):
+    m = pb.ClientMessage(version=kw.pop("version", 1))
+    for k, v in kw.items():
+        getattr(m, k).CopyFrom(v)
+    return m.SerializeToString()
+
+
+def pull(sock, **kw):
+    sock.send(cmsg(pull=pb.PullRequest(**kw)))
+
+
+def recv_msg(sock, timeout=WAIT):
+    """Next ServerMessage (heartbeats skipped) and its extra frames."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not sock.poll(int(left * 1000)):
+            raise AssertionError("no message within %.0f s" % timeout)
+        frames = sock.recv_multipart()
+        m = pb.ServerMessage()
+        m.ParseFromString(frames[0])
+        if m.WhichOneof("body") != "heartbeat":
+            return m, frames[1:]
+
+
+DTYPES = {pb.ENCODING_FLOAT32: np.float32, pb.ENCODING_FLOAT16: np.float16, pb.ENCODING_UINT8: np.uint8}
+
+
+def recv_batch(sock, timeout=WAIT):
+    m, extra = recv_msg(sock, timeout)
+    if m.WhichOneof("body") != "batch":
+        raise AssertionError("expected a batch, got %s" % m)
+    b = m.batch
+    assert len(extra) == 2, "a batch has exactly two pixel frames"
+    assert len(extra[0]) == b.images_bytes and len(extra[1]) == b.masks_bytes
+    images = np.frombuffer(extra[0], dtype=DTYPES[b.encoding]).reshape(b.n, b.channels, b.size, b.size)
+    masks = np.frombuffer(extra[1], dtype=np.uint8).reshape(b.n, b.size, b.size)
+    return b, images, masks
+
+
+def expect_error(sock, code, timeout=WAIT):
+    m, _ = recv_msg(sock, timeout)
+    assert m.WhichOneof("body") == "error", "expected an error, got %s" % m
+    assert m.error.code == code, "expected code %d, got %d (%s)" % (code, m.error.code, m.error.text)
+    return m.error.text
+
+
+def nothing_within(sock, seconds):
+    """True if no non-heartbeat message arrives within `seconds`."""
+    try:
+        recv_msg(sock, seconds)
+        return False
+    except AssertionError:
+        return True
+
+
+def decode(images, encoding):
+    if encoding == pb.ENCODING_UINT8:
+        return images.astype(np.float32) / 127.5 - 1.0
+    return images.astype(np.float32)
+
+
+@unittest.skipUnless(os.access(DAEMON, os.X_OK), "langdaugd not built")
+class DaemonTestCase(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="langdaugd-test-")
+        cls.data = os.path.join(cls.tmp, "data")
+        write_dataset(cls.data, seed=1)
+        cls.model = os.path.join(cls.tmp, "model.safetensors")
+        cls.model_hash = write_model(cls.model, seed=2)
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def setUp(self):
+        self.daemons = []
+
+    def tearDown(self):
+        for d in self.daemons:
+            if d.proc.poll() is None:
+                d.stop(signal.SIGKILL)
+            d.ctx.destroy(linger=0)
+            d.log.close()
+            log = d.log_text()
+            self.assertNotIn("Sanitizer", log, log)
+            self.assertNotIn("runtime error:", log, log)
+
+    def start(self, **kw):
+        kw.setdefault("model", self.model)
+        d = Daemon(self.tmp, data=self.data, **kw)
+        self.daemons.append(d)
+        d.status()  # ready
+        return d
+
+
+# ---------------------------------------------------------------- config and units
+
+@unittest.skipUnless(os.access(DAEMON, os.X_OK), "langdaugd not built")
+class ConfigTest(unittest.TestCase):
+    def run_daemon(self, *args):
+        return subprocess.run([DAEMON, *args], capture_output=True, text=True, timeout=WAIT)
+
+    def test_example_config_is_generated_from_the_table(self):
+        r = self.run_daemon("--print-example-config")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(os.path.join(ROOT, "examples", "langdaugd.conf")) as f:
+            self.assertEqual(r.stdout, f.read(), "examples/langdaugd.conf is stale: regenerate it with "
+                             "langdaugd --print-example-config")
+
+    def test_print_config_reads_back_identically(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            r = self.run_daemon("--config", os.path.join(ROOT, "examples", "langdaugd.conf"), "--model", "/m1",
+                                "--model", "/m2", "--data", "/d", "--max-clients", "7", "--noise", "0.25",
+                                "--print-config")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("model = /m1\nmodel = /m2\n", r.stdout)
+            self.assertIn("max_clients = 7\n", r.stdout)
+            self.assertIn("noise = 0.25\n", r.stdout)
+            path = os.path.join(tmp, "in-force.conf")
+            with open(path, "w") as f:
+                f.write(r.stdout)
+            again = self.run_daemon("--config", path, "--print-config")
+            self.assertEqual(again.returncode, 0, again.stderr)
+            self.assertEqual(again.stdout, r.stdout)
+
+    def test_bad_config_files_name_file_line_and_key(self):
+        cases = [
+            ("model = /m\ndata = /d\nfrobnicate = 3\n", 3, "frobnicate"),
+            ("model = /m\ndata = /d\n\nmax_clients = 0\n", 4, "max_clients"),
+            ("model = /m\ndata = /d\nnoise = lots\n", 3, "noise"),
+            ("model = /m\ndata = /d\nworkers = 2\nworkers = 3\n", 4, "workers"),
+            ("model = /m\nthis line has no equals sign\n", 2, "syntax"),
+            ("model = /m\n[section]\ndata = /d\n", 3, "section"),
+            ("model = /m\ndata = /d\nsteps = 5,3\n", 3, "steps"),
+            ("model = /m\ndata = /d\nlog_level = loud\n", 3, "log_level"),
+        ]
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "bad.conf")
+            for text, line, word in cases:
+                with open(path, "w") as f:
+                    f.write(text)
+                r = self.run_daemon("--config", path, "--print-config")
+                self.assertEqual(r.returncode, 2, text)
+                self.assertIn(f"{path}:{line}:", r.stderr, text)
+                self.assertIn(word, r.stderr, text)
+
+    def test_bad_command_lines(self):
+        for args, word in [(["--no-such-option"], "no-such-option"), (["--workers"], "workers"),
+                           (["--workers", "-1", "--model", "m", "--data", "d", "--print-config"], "workers"),
+                           (["--model", "m", "--print-config"], "data"),
+                           (["--data", "d", "--print-config"], "model"),
+                           (["--config", "/nonexistent/x.conf", "--print-config"], "/nonexistent/x.conf"),
+                           (["stray"], "stray")]:
+            r = self.run_daemon(*args)
+            self.assertEqual(r.returncode, 2, args)
+            self.assertIn(word, r.stderr, args)
+        self.assertEqual(self.run_daemon("--help").returncode, 0)
+
+
+class SystemdUnitTest(unittest.TestCase):
+    @unittest.skipUnless(shutil.which("systemd-analyze"), "systemd-analyze not available")
+    def test_units_verify(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            exe = DAEMON if os.access(DAEMON, os.X_OK) else "/bin/true"
+            for src, dst in [("langdaugd.service", "langdaugd.service"), ("langdaugd@.service", "langdaugd@t1.service")]:
+                with open(os.path.join(ROOT, "systemd", src)) as f:
+                    text = f.read()
+                self.assertIn("Type=notify", text)
+                self.assertIn("DynamicUser=yes", text)
+                self.assertIn("WatchdogSec=", text)
+                with open(os.path.join(tmp, dst), "w") as f:
+                    f.write(text.replace("/usr/local/bin/langdaugd", exe))
+                r = subprocess.run(["systemd-analyze", "verify", os.path.join(tmp, dst)], capture_output=True,
+                                   text=True, timeout=60)
+                self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+                self.assertNotIn(dst, r.stderr, r.stderr)  # no warnings about the unit
+
+
+# ---------------------------------------------------------------- protocol
+
+class ProtocolTest(DaemonTestCase):
+    def test_hello_describes_models_and_domains(self):
+        d = self.start()
+        c = d.client()
+        c.send(cmsg(hello=pb.Hello(min_version=1, max_version=3, client_name="t")))
+        m, _ = recv_msg(c)
+        self.assertEqual(m.WhichOneof("body"), "hello")
+        h = m.hello
+        self.assertEqual(h.version, 1)
+        self.assertEqual(list(h.source_domains), DOMAINS)
+        self.assertEqual((h.image_channels, h.mask_classes, h.size), (C, 2, S))
+        self.assertEqual(list(h.default_steps), [0, 2, 4])
+        self.assertEqual(len(h.models), 1)
+        self.assertEqual(h.models[0].hash, self.model_hash)
+        self.assertEqual(list(h.models[0].domains), DOMAINS)
+        self.assertEqual(list(h.models[0].widths), WIDTHS)
+        c.send(cmsg(hello=pb.Hello(min_version=2, max_version=5)))
+        expect_error(c, pb.ERROR_UNSUPPORTED_VERSION)
+
+    def test_batches_match_the_dataset_and_credits_are_never_exceeded(self):
+        d = self.start()
+        c = d.client()
+        pull(c, credits=3, batch_size=5, pairs=[pb.Pair(source="A", target="B")], steps=[0, 2, 4], seed=11)
+        chains = {}
+        for k in range(3):
+            b, images, masks = recv_batch(c)
+            self.assertEqual((b.sequence, b.n, b.channels, b.size, b.mask_classes), (k, 5, C, S, 2))
+            self.assertEqual(b.credits_left, 2 - k)
+            self.assertEqual(images.shape, (5, C, S, S))
+            for i, s in enumerate(b.samples):
+                self.assertEqual((s.source_domain, s.target_domain, s.model_hash, s.seed),
+                                 ("A", "B", self.model_hash, 11))
+                self.assertIn(s.source_file, ["image/img0.png", "image/img1.png", "image/img2.png"])
+                self.assertTrue(np.isfinite(s.energy))
+                self.assertTrue(np.all(np.abs(images[i]) <= 1.0))
+                ref_img, ref_mask = reference_crop(self.data, "A", s.source_file, s.crop_x, s.crop_y)
+                np.testing.assert_array_equal(masks[i], ref_mask)
+                if s.step == 0:
+                    np.testing.assert_allclose(images[i], ref_img, atol=1e-6)
+                chains.setdefault(s.chain_id, []).append((s.step, s.crop_x, s.crop_y, s.source_file))
+        # samples come chain by chain, each chain's snapshots in step order
+        self.assertEqual(sorted(chains), list(range(len(chains))))
+        for cid, snaps in chains.items():
+            steps = [x[0] for x in snaps]
+            self.assertEqual(steps, [0, 2, 4][:len(steps)], cid)
+            self.assertEqual(len({x[1:] for x in snaps}), 1, "one chain, one crop")
+        self.assertTrue(nothing_within(c, 1.0), "a batch beyond the credits arrived")
+        pull(c, credits=1)
+        b, _, _ = recv_batch(c)
+        self.assertEqual(b.sequence, 3)
+        self.assertEqual(d.stop(), 0)
+
+    def test_a_seed_makes_the_stream_reproducible_in_every_encoding(self):
+        d = self.start()
+        got = {}
+        for enc in (pb.ENCODING_FLOAT32, pb.ENCODING_FLOAT16, pb.ENCODING_UINT8, pb.ENCODING_FLOAT32):
+            c = d.client()
+            pull(c, credits=2, batch_size=3, targets=["A"], steps=[1, 3], seed=5, encoding=enc)
+            batches = [recv_batch(c) for _ in range(2)]
+            c.send(cmsg(bye=pb.Bye()))
+            c.close()
+            meta = [(s.source_domain, s.source_file, s.crop_x, s.crop_y, s.step, s.chain_id, s.energy)
+                    for b, _, _ in batches for s in b.samples]
+            images = np.concatenate([decode(im, enc) for _, im, _ in batches])
+            masks = np.concatenate([m for _, _, m in batches])
+            self.assertTrue(all(x[0] == "B" for x in meta), "source 'any' other than the target A")
+            if enc in got:
+                self.assertEqual(meta, got[enc][0])
+                np.testing.assert_array_equal(images, got[enc][1])
+            else:
+                got[enc] = (meta, images, masks)
+        ref_meta, ref, ref_masks = got[pb.ENCODING_FLOAT32]
+        for enc, tol in ((pb.ENCODING_FLOAT16, 1e-3), (pb.ENCODING_UINT8, 0.5 / 127.5 + 1e-6)):
+            self.assertEqual(got[enc][0], ref_meta)
+            np.testing.assert_array_equal(got[enc][2], ref_masks)
+            np.testing.assert_allclose(got[enc][1], ref, atol=tol)
+
+    def test_two_clients_are_served_concurrently(self):
+        d = self.start()
+        a, b = d.client(), d.client()
+        pull(a, credits=4, batch_size=3, pairs=[pb.Pair(source="A", target="B")], steps=[2])
+        pull(b, credits=4, batch_size=2, pairs=[pb.Pair(source="B", target="A", weight=2.0)], steps=[0, 1])
+        got_a = got_b = 0
+        deadline = time.monotonic() + WAIT * 2
+        while (got_a < 4 or got_b < 4) and time.monotonic() < deadline:
+            for sock, name in ((a, "a"), (b, "b")):
+                if sock.poll(50):
+                    batch, images, _ = recv_batch(sock)
+                    if name == "a":
+                        got_a += 1
+                        self.assertEqual(batch.n, 3)
+                        self.assertTrue(all((s.source_domain, s.target_domain, s.step) == ("A", "B", 2)
+                                            for s in batch.samples))
+                    else:
+                        got_b += 1
+                        self.assertEqual(batch.n, 2)
+                        self.assertTrue(all((s.source_domain, s.target_domain) == ("B", "A") and s.step in (0, 1)
+                                            for s in batch.samples))
+            # fairness: neither finishes all of its batches while the other has none
+            self.assertFalse(got_a == 4 and got_b == 0 or got_b == 4 and got_a == 0)
+        self.assertEqual((got_a, got_b), (4, 4))
+        st = d.status()
+        self.assertEqual(st.samples_sent, 4 * 3 + 4 * 2)
+        self.assertEqual(sorted(c.samples_sent for c in st.clients), [8, 12])
+
+    def test_bad_messages_get_errors_while_another_client_is_served(self):
+        d = self.start(extra=["--max-message-size", "1024", "--max-batch", "8", "--max-credits", "4"])
+        good = d.client()
+        pull(good, credits=4, batch_size=2, targets=["B"], steps=[1])
+        bad = d.client()
+        rnd = random.Random(3)
+        cases = [
+            (lambda: bad.send(bytes(rnd.randrange(256) for _ in range(40))), pb.ERROR_MALFORMED),
+            (lambda: bad.send(b""), pb.ERROR_MALFORMED),
+            (lambda: bad.send_multipart([cmsg(heartbeat=pb.Heartbeat()), b"x"]), pb.ERROR_MALFORMED),
+            (lambda: bad.send(cmsg(version=7, heartbeat=pb.Heartbeat())), pb.ERROR_UNSUPPORTED_VERSION),
+            (lambda: bad.send(pb.ClientMessage(heartbeat=pb.Heartbeat()).SerializeToString()),
+             pb.ERROR_UNSUPPORTED_VERSION),
+            (lambda: bad.send(pb.ClientMessage(version=1).SerializeToString()), pb.ERROR_MALFORMED),
+            (lambda: bad.send(b"\x0a" + b"\xff" * 5000), pb.ERROR_TOO_LARGE),
+            (lambda: pull(bad, credits=5, batch_size=2, targets=["B"]), pb.ERROR_LIMIT),
+            (lambda: pull(bad, credits=1, batch_size=9, targets=["B"]), pb.ERROR_LIMIT),
+            (lambda: pull(bad, credits=1, batch_size=0, targets=["B"]), pb.ERROR_INVALID_REQUEST),
+            (lambda: pull(bad, credits=1, batch_size=2), pb.ERROR_INVALID_REQUEST),
+            (lambda: pull(bad, credits=1), pb.ERROR_INVALID_REQUEST),
+            (lambda: pull(bad, credits=1, batch_size=2, targets=["Z"]), pb.ERROR_UNKNOWN_DOMAIN),
+            (lambda: pull(bad, credits=1, batch_size=2, pairs=[pb.Pair(source="Q", target="A")]),
+             pb.ERROR_UNKNOWN_DOMAIN),
+            (lambda: pull(bad, credits=1, batch_size=2, targets=["A"], steps=[3, 3]), pb.ERROR_INVALID_REQUEST),
+            (lambda: pull(bad, credits=1, batch_size=2, targets=["A"], steps=[5000]), pb.ERROR_LIMIT),
+            (lambda: pull(bad, credits=1, batch_size=2, pairs=[pb.Pair(target="A", weight=-1)]),
+             pb.ERROR_INVALID_REQUEST),
+        ]
+        received = 0
+        for send, code in cases:
+            send()
+            expect_error(bad, code)
+            while good.poll(0):
+                recv_batch(good)
+                received += 1
+        while received < 4:
+            b, _, _ = recv_batch(good)
+            self.assertTrue(all(s.target_domain == "B" for s in b.samples))
+            received += 1
+        st = d.status()
+        self.assertGreaterEqual(st.protocol_errors, len(cases))
+        self.assertEqual(len(st.clients), 1, "bad requests must not create sessions")
+        self.assertIsNone(d.proc.poll())
+
+    def test_epoch_mode_uses_every_tile_once_per_epoch(self):
+        d = self.start()
+        c = d.client()
+        pull(c, credits=4, batch_size=8, pairs=[pb.Pair(source="A", target="B")], steps=[0], epoch=True, seed=3)
+        crops = {}
+        for _ in range(4):
+            b, _, _ = recv_batch(c)
+            for s in b.samples:
+                crops.setdefault(s.epoch, []).append((s.source_file, s.crop_x, s.crop_y))
+        self.assertGreaterEqual(len(crops), 3, "32 samples span several epochs of a few tiles")
+        first = crops[1]
+        self.assertEqual(len(first), len(set(first)), "a tile repeated within an epoch")
+        self.assertEqual(sorted(first), sorted(crops[2]), "epochs cover the same tiles")
+        self.assertEqual({f for f, _, _ in first}, {"image/img0.png", "image/img1.png", "image/img2.png"})
+
+    def test_idle_clients_expire(self):
+        d = self.start(extra=["--idle-timeout", "1", "--heartbeat-interval", "0.1"])
+        quiet, chatty = d.client(), d.client()
+        chatty.send(cmsg(hello=pb.Hello(client_name="chatty")))
+        recv_msg(chatty)
+        for c in (quiet, chatty):
+            pull(c, credits=1, batch_size=1, targets=["B"], steps=[0])
+            recv_batch(c)
+        self.assertEqual(len(d.status().clients), 2)
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline and len(d.status().clients) == 2:
+            chatty.send(cmsg(heartbeat=pb.Heartbeat(time_ms=1)))
+            time.sleep(0.1)
+        start = time.monotonic()
+        while time.monotonic() - start < 2.5:  # more than twice the idle timeout
+            chatty.send(cmsg(heartbeat=pb.Heartbeat(time_ms=1)))
+            time.sleep(0.1)
+        (left,) = d.status().clients
+        self.assertEqual(left.name, "chatty")
+        self.assertIn("idle timeout", d.log_text())
+
+
+# ---------------------------------------------------------------- status, signals, systemd notify
+
+class OperationsTest(DaemonTestCase):
+    def test_status_reply(self):
+        d = self.start()
+        c = d.client()
+        c.send(cmsg(hello=pb.Hello(min_version=1, max_version=1, client_name="trainer-7")))
+        recv_msg(c)
+        pull(c, credits=2, batch_size=4, pairs=[pb.Pair(source="A", target="B")], steps=[0, 4])
+        for _ in range(2):
+            recv_batch(c)
+        st = d.status()
+        self.assertEqual(st.version, 1)
+        self.assertGreater(st.uptime_s, 0)
+        self.assertEqual([m.hash for m in st.models], [self.model_hash])
+        cfg = {e.key: e.value for e in st.config}
+        self.assertEqual(cfg["bind"], d.bind)
+        self.assertEqual(cfg["workers"], "1")
+        self.assertEqual(st.workers, 1)
+        self.assertEqual(st.samples_sent, 8)
+        self.assertGreaterEqual(st.samples_produced, 8)
+        self.assertEqual(st.batches_sent, 2)
+        self.assertEqual([(x.domain, x.items) for x in st.dataset], [("A", 3), ("B", 3)])
+        self.assertEqual(st.dataset_skipped, 0)
+        self.assertGreater(st.resident_bytes, 1 << 20)
+        (cl,) = st.clients
+        self.assertEqual((cl.name, cl.samples_sent, cl.batch_size), ("trainer-7", 8, 4))
+        self.assertEqual(cl.credits, 0)
+        e = {(x.source, x.target): x for x in st.energies}
+        self.assertIn(("A", "B"), e)
+        self.assertGreaterEqual(e[("A", "B")].count, 8)
+        self.assertLessEqual(e[("A", "B")].min, e[("A", "B")].mean)
+        self.assertLessEqual(e[("A", "B")].mean, e[("A", "B")].max)
+        self.assertEqual(st.last_reload, "")
+        # a malformed status request gets an error reply, and the socket keeps working
+        s = d.ctx.socket(zmq.REQ)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(d.status_ep)
+        s.send(b"\xff\xff\xff")
+        self.assertTrue(s.poll(int(WAIT * 1000)))
+        r = pb.StatusReply()
+        r.ParseFromString(s.recv())
+        self.assertEqual(r.error.code, pb.ERROR_MALFORMED)
+        s.close()
+        self.assertEqual(d.status().samples_sent, 8)
+
+    def test_sigterm_drains_and_exits_zero(self):
+        d = self.start()
+        c = d.client()
+        pull(c, credits=2, batch_size=2, targets=["B"], steps=[0, 2])
+        recv_batch(c)
+        self.assertEqual(d.stop(signal.SIGTERM), 0)
+        self.assertIn("draining", d.log_text())
+        d2 = self.start()
+        self.assertEqual(d2.stop(signal.SIGINT), 0)
+
+    def test_sighup_reloads_a_good_model_and_keeps_serving_after_a_bad_one(self):
+        model = os.path.join(self.tmp, "reload.safetensors")
+        shutil.copy(self.model, model)
+        d = self.start(model=model)
+        c = d.client()
+        pull(c, credits=1, batch_size=2, targets=["B"], steps=[0])
+        b, _, _ = recv_batch(c)
+        self.assertEqual(b.samples[0].model_hash, self.model_hash)
+        new_hash = write_model(model + ".tmp", seed=99)
+        os.replace(model + ".tmp", model)
+        d.proc.send_signal(signal.SIGHUP)
+        st = self.wait_reload(d, "ok")
+        self.assertEqual([m.hash for m in st.models], [new_hash])
+        pull(c, credits=1)  # the session and its request survive the reload
+        b, _, _ = recv_batch(c)
+        self.assertEqual([s.model_hash for s in b.samples], [new_hash] * 2)
+        with open(model, "r+b") as f:  # corrupt: header length beyond the file
+            f.write(struct.pack("<Q", 1 << 40))
+        d.proc.send_signal(signal.SIGHUP)
+        st = self.wait_reload(d, "failed")
+        self.assertIn(model, st.last_reload)
+        self.assertEqual([m.hash for m in st.models], [new_hash], "the running model stays")
+        self.assertIn("reload failed", d.log_text())
+        pull(c, credits=1)
+        b, _, _ = recv_batch(c)
+        self.assertEqual([s.model_hash for s in b.samples], [new_hash] * 2)
+        self.assertEqual(d.stop(), 0)
+
+    def wait_reload(self, d, prefix):
+        before = time.monotonic()
+        while time.monotonic() - before < WAIT:
+            st = d.status()
+            if st.last_reload and st.last_reload_age_s < time.monotonic() - before + 1:
+                if st.last_reload.startswith(prefix):
+                    return st
+            time.sleep(0.05)
+        self.fail("no reload '%s' in status; log:\n%s" % (prefix, d.log_text()))
+
+    def test_notify_protocol(self):
+        path = os.path.join(self.tmp, "notify.sock")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(path)
+        sock.settimeout(WAIT)
+        try:
+            d = self.start(env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "200000"})
+            seen = []
+
+            def wait_for(word):
+                deadline = time.monotonic() + WAIT
+                while time.monotonic() < deadline:
+                    msg = sock.recv(4096).decode()
+                    seen.append(msg)
+                    if word in msg.split("\n"):
+                        return msg
+                self.fail("no %s; got %s" % (word, seen))
+
+            self.assertIn("STATUS=", wait_for("READY=1"))
+            wait_for("WATCHDOG=1")
+            wait_for("WATCHDOG=1")
+            d.proc.send_signal(signal.SIGHUP)
+            wait_for("RELOADING=1")
+            wait_for("READY=1")
+            d.proc.send_signal(signal.SIGTERM)
+            wait_for("STOPPING=1")
+            self.assertEqual(d.stop(), 0, d.log_text())
+        finally:
+            sock.close()
+
+
+if __name__ == "__main__":
+    unittest.main()
