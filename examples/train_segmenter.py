@@ -1,0 +1,436 @@
+#!/usr/bin/python3
+"""Leave-one-domain-out segmentation training with and without LangDAug.
+
+A compact PyTorch U-Net is trained on the real images of the source domains and
+evaluated on a held-out domain it never saw, for the variants the paper compares:
+
+    none              real source crops only
+    classic           + intensity/colour randomization (brightness, contrast, gamma,
+                        colour cast, blur, noise) on every training crop
+    langdaug          + LangDAug intermediate-domain samples pulled from langdaugd
+    langdaug+classic  both
+
+LangDAug samples arrive from one or more samplers (--sampler) into a pool; every
+training batch mixes real crops with samples drawn from the pool (--langdaug-ratio),
+so a slow sampler never stalls training: the pool keeps growing while the trainer
+runs, and early iterations reuse what has arrived. The EBM behind the samplers must
+have been trained on the source domains only, or the held-out result is not honest.
+
+Results: DIR/results.csv and DIR/results.md (Dice and IoU on the held-out domain,
+mean and spread over seeds), DIR/results.png (a bar plot).
+
+Example:
+    /usr/bin/python3 examples/train_segmenter.py --data demo/data --holdout cam3 \
+        --variants none,langdaug --seeds 0 --iters 300 --sampler tcp://127.0.0.1:5555 --out demo/seg
+"""
+
+import argparse
+import csv
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+VARIANTS = ("none", "classic", "langdaug", "langdaug+classic")
+
+
+# ----------------------------------------------------------------------------- data
+
+def parse_maskmap(spec):
+    """Mask value -> class table, the grammar of ld_maskmap_parse: "V:C", "A-B:C", "*:C", first match wins."""
+    lut = np.full(256, -1, dtype=np.int16)
+    for rule in spec.split(","):
+        lhs, sep, cls = rule.strip().partition(":")
+        if not sep or not cls.strip().isdigit():
+            raise ValueError("mask map rule %r: expected VALUE:CLASS, LO-HI:CLASS or *:CLASS" % rule)
+        if lhs == "*":
+            lo, hi = 0, 255
+        elif "-" in lhs:
+            lo, hi = (int(v) for v in lhs.split("-", 1))
+        else:
+            lo = hi = int(lhs)
+        if not 0 <= lo <= hi <= 255:
+            raise ValueError("mask map rule %r: values must be 0..255" % rule)
+        sel = lut[lo:hi + 1]
+        sel[sel < 0] = int(cls)
+    return lut
+
+
+class Domain:
+    """The images of one domain at working scale: uint8 HxWxC, masks HxW class ids, FOV HxW bool."""
+
+    def __init__(self, name):
+        self.name, self.images, self.masks, self.fovs, self.files = name, [], [], [], []
+
+
+def _find_pair(folder, stem):
+    for ext in (".png", ".PNG", ".tif", ".gif", ".jpg"):
+        p = os.path.join(folder, stem + ext)
+        if os.path.exists(p):
+            return p
+    return None
+
+
+def load_domain(root, name, subdir, scale, lut, channels):
+    base = os.path.join(root, name, subdir or "")
+    imdir = os.path.join(base, "image")
+    if not os.path.isdir(imdir):
+        raise SystemExit("domain %s: no folder %s" % (name, imdir))
+    dom = Domain(name)
+    for fname in sorted(os.listdir(imdir)):
+        stem = os.path.splitext(fname)[0]
+        mpath = _find_pair(os.path.join(base, "mask"), stem)
+        if mpath is None:
+            print("warning: %s/%s has no mask, skipped" % (name, fname), file=sys.stderr)
+            continue
+        img = Image.open(os.path.join(imdir, fname)).convert("RGB" if channels == 3 else "L")
+        mask = Image.open(mpath)
+        mask = np.asarray(mask)[..., 0] if np.asarray(mask).ndim == 3 else np.asarray(mask)
+        if mask.dtype != np.uint8:
+            mask = (mask >> 8).astype(np.uint8)
+        fpath = _find_pair(os.path.join(base, "fov"), stem)
+        w, h = img.size
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        img = img.resize(size, Image.BOX if scale < 0.5 else Image.BILINEAR)
+        cls = lut[np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST))]
+        if (cls < 0).any():
+            raise SystemExit("%s: mask value %d has no class in the mask map" % (mpath, mask[cls < 0][0]))
+        fov = None
+        if fpath:
+            f = np.asarray(Image.open(fpath).convert("L").resize(size, Image.NEAREST)) > 127
+            fov = f
+        dom.images.append(np.asarray(img).reshape(size[1], size[0], channels))
+        dom.masks.append(cls.astype(np.uint8))
+        dom.fovs.append(fov)
+        dom.files.append(fname)
+    if not dom.images:
+        raise SystemExit("domain %s: no image/mask pairs under %s" % (name, base))
+    return dom
+
+
+def to_tensor(img):
+    """HxWxC uint8 -> CxHxW float in [-1, 1]."""
+    return torch.from_numpy(img.transpose(2, 0, 1).astype(np.float32) / 127.5 - 1.0)
+
+
+def random_crops(domains, n, size, rng):
+    xs, ms = [], []
+    for _ in range(n):
+        dom = domains[rng.integers(len(domains))]
+        i = rng.integers(len(dom.images))
+        img, mask = dom.images[i], dom.masks[i]
+        h, w = mask.shape
+        y = rng.integers(max(h - size, 0) + 1)
+        x = rng.integers(max(w - size, 0) + 1)
+        ci = np.full((size, size, img.shape[2]), 0, np.uint8)
+        cm = np.zeros((size, size), np.uint8)
+        ch, cw = min(size, h), min(size, w)
+        ci[:ch, :cw] = img[y:y + ch, x:x + cw]
+        cm[:ch, :cw] = mask[y:y + ch, x:x + cw]
+        xs.append(to_tensor(ci))
+        ms.append(torch.from_numpy(cm.astype(np.int64)))
+    return torch.stack(xs), torch.stack(ms)
+
+
+def classic_randomize(x, gen):
+    """Intensity/colour randomization of a batch in [-1, 1]: each sample gets its own
+    brightness, contrast, gamma, per-channel colour cast, blur and noise."""
+    n, c = x.shape[:2]
+
+    def u(lo, hi, *shape):
+        return lo + (hi - lo) * torch.rand(n, *shape, generator=gen)
+
+    v = (x + 1) / 2
+    v = v.clamp(1e-4, 1) ** u(0.6, 1.6, 1, 1, 1)
+    v = v * u(0.75, 1.25, c, 1, 1)
+    mean = v.mean(dim=(1, 2, 3), keepdim=True)
+    v = (v - mean) * u(0.6, 1.4, 1, 1, 1) + mean + u(-0.15, 0.15, 1, 1, 1)
+    blur = torch.rand(n, generator=gen) < 0.3
+    if blur.any():
+        k = torch.tensor([0.25, 0.5, 0.25])
+        k2 = (k[:, None] * k[None, :]).expand(c, 1, 3, 3)
+        v[blur] = F.conv2d(F.pad(v[blur], (1, 1, 1, 1), mode="replicate"), k2, groups=c)
+    v = v + torch.randn(v.shape, generator=gen) * u(0, 0.04, 1, 1, 1)
+    return (v.clamp(0, 1) * 2 - 1)
+
+
+# ----------------------------------------------------------------------------- model
+
+def block(cin, cout):
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                         nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class UNet(nn.Module):
+    def __init__(self, channels, classes, base=16, depth=3):
+        super().__init__()
+        widths = [base * 2 ** i for i in range(depth + 1)]
+        self.down = nn.ModuleList([block(channels, widths[0])] +
+                                  [block(widths[i], widths[i + 1]) for i in range(depth)])
+        self.up = nn.ModuleList([nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in range(depth)])
+        self.dec = nn.ModuleList([block(2 * widths[i], widths[i]) for i in range(depth)])
+        self.out = nn.Conv2d(widths[0], classes, 1)
+        self.multiple = 2 ** depth
+
+    def forward(self, x):
+        skips = []
+        for i, d in enumerate(self.down):
+            x = d(x if i == 0 else F.max_pool2d(x, 2))
+            skips.append(x)
+        for i in reversed(range(len(self.up))):
+            x = self.dec[i](torch.cat([skips[i], self.up[i](x)], 1))
+        return self.out(x)
+
+
+def seg_loss(logits, target, classes):
+    ce = F.cross_entropy(logits, target)
+    prob = logits.softmax(1)
+    onehot = F.one_hot(target, classes).permute(0, 3, 1, 2).float()
+    inter = (prob * onehot).sum((0, 2, 3))[1:]
+    denom = (prob + onehot).sum((0, 2, 3))[1:]
+    return ce + (1 - (2 * inter + 1) / (denom + 1)).mean()
+
+
+@torch.no_grad()
+def evaluate(model, dom, classes):
+    """Mean over images of Dice and IoU of the foreground classes, inside the FOV when there is one."""
+    model.eval()
+    dices, ious = [], []
+    m = model.multiple
+    for img, mask, fov in zip(dom.images, dom.masks, dom.fovs):
+        x = to_tensor(img)[None]
+        h, w = mask.shape
+        x = F.pad(x, (0, (-w) % m, 0, (-h) % m), value=-1.0)
+        pred = model(x)[0, :, :h, :w].argmax(0).numpy()
+        valid = fov if fov is not None else np.ones_like(mask, bool)
+        d, j = [], []
+        for k in range(1, classes):
+            p, g = (pred == k) & valid, (mask == k) & valid
+            inter, total, union = (p & g).sum(), p.sum() + g.sum(), (p | g).sum()
+            d.append(1.0 if total == 0 else 2 * inter / total)
+            j.append(1.0 if union == 0 else inter / union)
+        dices.append(np.mean(d))
+        ious.append(np.mean(j))
+    model.train()
+    return float(np.mean(dices)), float(np.mean(ious))
+
+
+# ----------------------------------------------------------------------------- LangDAug pool
+
+class LangDAugPool:
+    """LangDAug samples received so far (a ring of at most `capacity`), filled without blocking."""
+
+    def __init__(self, client, capacity, channels, size):
+        self.client, self.capacity, self.n, self.head = client, capacity, 0, 0
+        self.images = torch.empty(capacity, channels, size, size)
+        self.masks = torch.empty(capacity, size, size, dtype=torch.int64)
+        self.received = 0
+
+    def _add(self, batch):
+        imgs = torch.from_numpy(batch.images_float())
+        msks = torch.from_numpy(np.array(batch.masks, dtype=np.int64))
+        for i in range(len(batch)):
+            self.images[self.head], self.masks[self.head] = imgs[i], msks[i]
+            self.head = (self.head + 1) % self.capacity
+            self.n = min(self.n + 1, self.capacity)
+        self.received += len(batch)
+
+    def fill(self, wait_for=0):
+        """Takes every batch already waiting; blocks until at least `wait_for` samples exist."""
+        while True:
+            try:
+                self._add(self.client.next(timeout=0 if self.n >= wait_for else 60))
+            except TimeoutError:
+                if self.n >= wait_for:
+                    return
+
+    def draw(self, n, gen):
+        idx = torch.randint(self.n, (n,), generator=gen)
+        return self.images[idx], self.masks[idx]
+
+
+# ----------------------------------------------------------------------------- experiment
+
+def train_one(args, sources, holdout, variant, seed, pool, classes, channels):
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = UNet(channels, classes, base=args.base)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.iters)
+    n_aug = round(args.batch * args.langdaug_ratio) if "langdaug" in variant else 0
+    start, last = time.time(), time.time()
+    for it in range(args.iters):
+        x, y = random_crops(sources, args.batch - n_aug, args.size, rng)
+        if n_aug:
+            pool.fill(wait_for=n_aug)
+            xa, ya = pool.draw(n_aug, gen)
+            x, y = torch.cat([x, xa]), torch.cat([y, ya])
+        if "classic" in variant:
+            x = classic_randomize(x, gen)
+        loss = seg_loss(model(x), y, classes)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if time.time() - last > 10 or it + 1 == args.iters:
+            last = time.time()
+            print("  [%s seed %d] iter %d/%d loss %.3f (%.1f it/s)%s" % (
+                variant, seed, it + 1, args.iters, loss.item(), (it + 1) / (last - start),
+                "  pool %d" % pool.n if n_aug else ""), flush=True)
+    dice, iou = evaluate(model, holdout, classes)
+    return dict(holdout=holdout.name, variant=variant, seed=seed, dice=dice, iou=iou,
+                seconds=round(time.time() - start, 1))
+
+
+def summarize(rows):
+    out = {}
+    for r in rows:
+        out.setdefault((r["holdout"], r["variant"]), []).append(r)
+    return out
+
+
+def write_results(rows, outdir):
+    os.makedirs(outdir, exist_ok=True)
+    keys = ["holdout", "variant", "seed", "dice", "iou", "seconds"]
+    tmp = os.path.join(outdir, ".results.csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(outdir, "results.csv"))
+    lines = ["| held-out | variant | seeds | Dice (mean ± sd) | IoU (mean ± sd) |", "|---|---|---|---|---|"]
+    groups = summarize(rows)
+    for (hold, var), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], VARIANTS.index(kv[0][1]))):
+        d, j = np.array([r["dice"] for r in rs]), np.array([r["iou"] for r in rs])
+        lines.append("| %s | %s | %d | %.4f ± %.4f | %.4f ± %.4f |" % (hold, var, len(rs), d.mean(), d.std(),
+                                                                     j.mean(), j.std()))
+    tmp = os.path.join(outdir, ".results.md.tmp")
+    with open(tmp, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(tmp, os.path.join(outdir, "results.md"))
+    plot(groups, os.path.join(outdir, "results.png"))
+    return "\n".join(lines)
+
+
+def plot(groups, path):
+    """A bar plot of mean Dice (with ±sd whiskers) per held-out domain and variant."""
+    holds = sorted({h for h, _ in groups})
+    colours = {"none": (120, 120, 120), "classic": (70, 130, 180), "langdaug": (220, 120, 40),
+               "langdaug+classic": (60, 160, 80)}
+    bw, gap, h, top = 28, 30, 300, 30
+    width = max(60 + len(holds) * (len(VARIANTS) * bw + gap), 60 + 140 * len(VARIANTS))
+    img = Image.new("RGB", (width, h + 90), "white")
+    d = ImageDraw.Draw(img)
+    for t in range(0, 11, 2):
+        y = top + h - t * h // 10
+        d.line([(50, y), (width - 5, y)], fill=(225, 225, 225))
+        d.text((10, y - 6), "%.1f" % (t / 10), fill="black")
+    for gi, hold in enumerate(holds):
+        x0 = 60 + gi * (len(VARIANTS) * bw + gap)
+        for vi, var in enumerate(VARIANTS):
+            rs = groups.get((hold, var))
+            if not rs:
+                continue
+            dice = np.array([r["dice"] for r in rs])
+            x = x0 + vi * bw
+            y = top + h - int(dice.mean() * h)
+            d.rectangle([x, y, x + bw - 4, top + h], fill=colours[var])
+            sd = int(dice.std() * h)
+            d.line([(x + bw // 2 - 2, y - sd), (x + bw // 2 - 2, y + sd)], fill="black")
+        d.text((x0, top + h + 5), hold, fill="black")
+    for vi, var in enumerate(VARIANTS):
+        d.rectangle([60 + vi * 140, h + 60, 72 + vi * 140, h + 72], fill=colours[var])
+        d.text((76 + vi * 140, h + 60), var, fill="black")
+    d.text((60, 8), "Dice on the held-out domain", fill="black")
+    tmp = path + ".tmp.png"
+    img.save(tmp)
+    os.replace(tmp, path)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True, help="dataset root: one folder per domain with image/, mask/[, fov/]")
+    ap.add_argument("--subdir", default="", help="inside each domain folder, e.g. train/ROIs")
+    ap.add_argument("--domains", help="comma-separated domains (default: every folder)")
+    ap.add_argument("--holdout", required=True, help="the unseen domain to evaluate on")
+    ap.add_argument("--variants", default="none,classic,langdaug,langdaug+classic")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--maskmap", default="0:0,*:1")
+    ap.add_argument("--channels", type=int, default=3, choices=(1, 3))
+    ap.add_argument("--scale", type=float, default=1.0, help="working scale of the images")
+    ap.add_argument("--size", type=int, default=64, help="training crop side (must equal the sampler's)")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--iters", type=int, default=500)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--base", type=int, default=16, help="U-Net base width")
+    ap.add_argument("--sampler", help="langdaugd endpoints (comma-separated) for the LangDAug variants")
+    ap.add_argument("--steps", default="", help="Langevin snapshot steps to ask for (default: the daemon's)")
+    ap.add_argument("--langdaug-ratio", type=float, default=0.5, help="share of each batch from LangDAug")
+    ap.add_argument("--pool", type=int, default=4096, help="LangDAug samples kept for reuse")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    ap.add_argument("--out", required=True, help="results folder")
+    args = ap.parse_args(argv)
+
+    variants = [v for v in args.variants.split(",") if v]
+    for v in variants:
+        if v not in VARIANTS:
+            ap.error("unknown variant %r (choose from %s)" % (v, ", ".join(VARIANTS)))
+    if any("langdaug" in v for v in variants) and not args.sampler:
+        ap.error("the LangDAug variants need --sampler ENDPOINTS")
+    if not 0 < args.langdaug_ratio < 1:
+        ap.error("--langdaug-ratio must be in (0, 1)")
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    lut = parse_maskmap(args.maskmap)
+    classes = int(lut.max()) + 1
+    names = args.domains.split(",") if args.domains else sorted(
+        d for d in os.listdir(args.data) if os.path.isdir(os.path.join(args.data, d)))
+    if args.holdout not in names:
+        ap.error("held-out domain %r is not among %s" % (args.holdout, ", ".join(names)))
+    doms = {n: load_domain(args.data, n, args.subdir, args.scale, lut, args.channels) for n in names}
+    sources = [doms[n] for n in names if n != args.holdout]
+    holdout = doms[args.holdout]
+    print("sources: %s; held out: %s (%d images); classes %d" % (
+        ", ".join("%s (%d)" % (d.name, len(d.images)) for d in sources), holdout.name, len(holdout.images),
+        classes), flush=True)
+
+    pool = client = None
+    if any("langdaug" in v for v in variants):
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "client", "python"))
+        import langdaug
+        steps = [int(s) for s in args.steps.split(",") if s] or None
+        client = langdaug.Client(args.sampler, batch_size=8, targets=[d.name for d in sources], steps=steps,
+                                 credits=8, timeout=120)
+        pool = LangDAugPool(client, args.pool, args.channels, args.size)
+
+    rows = []
+    try:
+        for variant in variants:
+            for seed in seeds:
+                r = train_one(args, sources, holdout, variant, seed, pool, classes, args.channels)
+                rows.append(r)
+                print("%s seed %d: Dice %.4f IoU %.4f on %s (%.0f s)" % (
+                    variant, seed, r["dice"], r["iou"], holdout.name, r["seconds"]), flush=True)
+                write_results(rows, args.out)
+    finally:
+        if client is not None:
+            client.close()
+    print(write_results(rows, args.out))
+    if pool is not None:
+        print("LangDAug samples received: %d" % pool.received)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
