@@ -1,0 +1,387 @@
+/* Model files: save + load round trip is bit-exact with a stable hash that
+ * follows the bytes; every kind of bad file (missing/misshapen/mistyped/extra
+ * tensor, bad metadata, non-finite weights) is rejected with a detail naming
+ * the problem; a failed save leaves the old file and no temporary behind. */
+#include "testutil.h"
+
+#include <dirent.h>
+#include <math.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "ld_ebm.h"
+#include "ld_error.h"
+#include "ld_model.h"
+#include "ld_safetensors.h"
+
+static void small_arch(ld_ebm_arch_t *a)
+{
+    memset(a, 0, sizeof *a);
+    a->image_channels = 3;
+    a->mask_classes = 2;
+    a->size = 16;
+    ck_assert_int_eq(ld_ebm_arch_set_widths(a, "4,8,8"), 0);
+    ck_assert_int_eq(ld_ebm_arch_set_domains(a, "DRIVE,STARE"), 0);
+    ck_assert_int_eq(ld_ebm_arch_validate(a), 0);
+}
+
+static ld_ebm_t *small_model(uint64_t seed)
+{
+    ld_ebm_arch_t a;
+    small_arch(&a);
+    ld_ebm_t *m;
+    ck_assert_int_eq(ld_ebm_new(&a, &m), 0);
+    ld_ebm_init_random(m, seed);
+    return m;
+}
+
+static unsigned char *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    ck_assert_ptr_nonnull(f);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    unsigned char *buf = malloc((size_t)n + 1);
+    ck_assert_ptr_nonnull(buf);
+    ck_assert_uint_eq(fread(buf, 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+    *len = (size_t)n;
+    return buf;
+}
+
+static int count_entries(const char *dir)
+{
+    DIR *d = opendir(dir);
+    ck_assert_ptr_nonnull(d);
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+START_TEST(roundtrip_bit_exact)
+{
+    char *dir = ld_test_tmpdir(), *p = ld_test_path(dir, "m.safetensors");
+    ld_ebm_t *m = small_model(42), *back;
+    ld_meta_t *extra, *meta;
+    ck_assert_int_eq(ld_meta_new(&extra), 0);
+    ck_assert_int_eq(ld_meta_set(extra, "maskmap", "0:0,*:1"), 0);
+    ck_assert_int_eq(ld_meta_set(extra, "provenance", "test \xc3\xa9"), 0);
+    char h_save[65], h_load[65], h_file[65];
+    ck_assert_msg(ld_model_save(p, m, extra, h_save) == 0, "%s", ld_errdetail());
+    ck_assert_msg(ld_model_load(p, &back, &meta, h_load) == 0, "%s", ld_errdetail());
+
+    ck_assert_uint_eq(ld_ebm_numel(back), ld_ebm_numel(m));
+    ck_assert_int_eq(memcmp(ld_ebm_params_const(back), ld_ebm_params_const(m), ld_ebm_numel(m) * sizeof(float)), 0);
+    const ld_ebm_arch_t *a = ld_ebm_arch(m), *b = ld_ebm_arch(back);
+    ck_assert_int_eq(b->image_channels, a->image_channels);
+    ck_assert_int_eq(b->mask_classes, a->mask_classes);
+    ck_assert_int_eq(b->size, a->size);
+    ck_assert_int_eq(b->n_blocks, a->n_blocks);
+    for (int i = 0; i <= a->n_blocks; i++)
+        ck_assert_int_eq(b->widths[i], a->widths[i]);
+    ck_assert_int_eq(b->n_domains, 2);
+    ck_assert_str_eq(b->domains[0], "DRIVE");
+    ck_assert_str_eq(b->domains[1], "STARE");
+
+    ck_assert_str_eq(ld_meta_get(meta, "format"), "langdaug-ebm");
+    ck_assert_str_eq(ld_meta_get(meta, "version"), "1");
+    ck_assert_str_eq(ld_meta_get(meta, "arch"), "resdown");
+    ck_assert_str_eq(ld_meta_get(meta, "widths"), "4,8,8");
+    ck_assert_str_eq(ld_meta_get(meta, "domains"), "DRIVE,STARE");
+    ck_assert_str_eq(ld_meta_get(meta, "size"), "16");
+    ck_assert_str_eq(ld_meta_get(meta, "maskmap"), "0:0,*:1");
+    ck_assert_str_eq(ld_meta_get(meta, "provenance"), "test \xc3\xa9");
+
+    size_t len;
+    unsigned char *raw = slurp(p, &len);
+    ld_sha256_hex(raw, len, h_file);
+    ck_assert_str_eq(h_save, h_load);
+    ck_assert_str_eq(h_save, h_file);
+    /* NULL meta/hash outputs are allowed */
+    ld_ebm_destroy(&back);
+    ck_assert_int_eq(ld_model_load(p, &back, NULL, NULL), 0);
+    ld_ebm_destroy(&back);
+    free(raw);
+    ld_meta_destroy(&meta);
+    ld_meta_destroy(&extra);
+    ld_ebm_destroy(&m);
+    ld_test_rmtree(dir);
+    free(p);
+    free(dir);
+}
+END_TEST
+
+START_TEST(hash_stable_and_follows_weights)
+{
+    char *dir = ld_test_tmpdir(), *p1 = ld_test_path(dir, "a.safetensors"), *p2 = ld_test_path(dir, "b.safetensors");
+    ld_ebm_t *m = small_model(7);
+    char h1[65], h2[65], h3[65];
+    ck_assert_int_eq(ld_model_save(p1, m, NULL, h1), 0);
+    ck_assert_int_eq(ld_model_save(p2, m, NULL, h2), 0);
+    ck_assert_str_eq(h1, h2);
+    size_t l1, l2;
+    unsigned char *b1 = slurp(p1, &l1), *b2 = slurp(p2, &l2);
+    ck_assert_uint_eq(l1, l2);
+    ck_assert_int_eq(memcmp(b1, b2, l1), 0);
+    size_t last = ld_ebm_numel(m) - 1;
+    ld_ebm_params(m)[last] += 1e-3f;
+    ck_assert_int_eq(ld_model_save(p2, m, NULL, h3), 0);
+    ck_assert_str_ne(h1, h3);
+    ld_ebm_t *back;
+    char hl[65];
+    ck_assert_int_eq(ld_model_load(p2, &back, NULL, hl), 0);
+    ck_assert_str_eq(hl, h3);
+    ck_assert(ld_ebm_params(back)[last] == ld_ebm_params(m)[last]);
+    /* a different seed gives different weights and hash */
+    ld_ebm_t *other = small_model(8);
+    ck_assert_int_eq(ld_model_save(p2, other, NULL, h3), 0);
+    ck_assert_str_ne(h1, h3);
+    ld_ebm_destroy(&other);
+    ld_ebm_destroy(&back);
+    ld_ebm_destroy(&m);
+    free(b1);
+    free(b2);
+    ld_test_rmtree(dir);
+    free(p1);
+    free(p2);
+    free(dir);
+}
+END_TEST
+
+START_TEST(save_refuses_bad_input)
+{
+    char *dir = ld_test_tmpdir(), *p = ld_test_path(dir, "m.safetensors");
+    ld_ebm_t *m = small_model(1);
+    ld_meta_t *extra;
+    ck_assert_int_eq(ld_meta_new(&extra), 0);
+    ck_assert_int_eq(ld_meta_set(extra, "size", "32"), 0);
+    ck_assert_int_eq(ld_model_save(p, m, extra, NULL), LD_EINVAL);
+    ck_assert_ptr_nonnull(strstr(ld_errdetail(), "'size'"));
+    ck_assert_int_eq(access(p, F_OK), -1);
+    ld_ebm_params(m)[5] = NAN;
+    ck_assert_int_eq(ld_model_save(p, m, NULL, NULL), LD_ENUMERIC);
+    ck_assert_ptr_nonnull(strstr(ld_errdetail(), "element 5"));
+    ck_assert_int_eq(access(p, F_OK), -1);
+    ck_assert_int_eq(count_entries(dir), 0);
+    ld_meta_destroy(&extra);
+    ld_ebm_destroy(&m);
+    ld_test_rmtree(dir);
+    free(p);
+    free(dir);
+}
+END_TEST
+
+/* ---- hostile model files: a valid file rewritten with one defect ------------ */
+
+typedef struct {
+    const char *needle;        /* expected in the error detail */
+    const char *drop;          /* tensor left out */
+    const char *as_f64;        /* tensor written as F64 */
+    const char *reshape;       /* 1-D tensor of even length written as [2, n/2] */
+    const char *nan_in;        /* tensor whose first element becomes NaN */
+    const char *add;           /* extra tensor added */
+    const char *meta_key;      /* metadata key changed ... */
+    const char *meta_value;    /* ... to this (NULL = removed) */
+} defect_t;
+
+static void write_defective(const char *src, const char *dst, const defect_t *d)
+{
+    ld_st_t *st;
+    ck_assert_int_eq(ld_st_open(src, &st), 0);
+    ld_st_writer_t *w;
+    ck_assert_int_eq(ld_st_writer_new(&w), 0);
+    const ld_meta_t *m = ld_st_meta(st);
+    for (size_t i = 0; i < ld_meta_count(m); i++) {
+        const char *k = ld_meta_key(m, i), *v = ld_meta_value(m, i);
+        if (d->meta_key && strcmp(k, d->meta_key) == 0) {
+            if (!d->meta_value)
+                continue;
+            v = d->meta_value;
+        }
+        ck_assert_int_eq(ld_st_writer_set_meta(w, k, v), 0);
+    }
+    void *keep[4] = {NULL};
+    int n_keep = 0;
+    for (size_t i = 0; i < ld_st_n_tensors(st); i++) {
+        const ld_st_tensor_t *t = ld_st_tensor(st, i);
+        if (d->drop && strcmp(t->name, d->drop) == 0)
+            continue;
+        if (d->as_f64 && strcmp(t->name, d->as_f64) == 0) {
+            double *x = malloc(t->numel * sizeof *x + 1);
+            for (size_t j = 0; j < t->numel; j++) {
+                float f;
+                memcpy(&f, (const char *)t->data + 4 * j, 4);
+                x[j] = f;
+            }
+            keep[n_keep++] = x;
+            ck_assert_int_eq(ld_st_writer_add(w, t->name, LD_DT_F64, t->ndim, t->shape, x), 0);
+        } else if (d->reshape && strcmp(t->name, d->reshape) == 0) {
+            int64_t shape[2] = {2, t->shape[0] / 2};
+            ck_assert_int_eq(ld_st_writer_add(w, t->name, LD_DT_F32, 2, shape, t->data), 0);
+        } else if (d->nan_in && strcmp(t->name, d->nan_in) == 0) {
+            float *x = malloc(t->nbytes + 4);
+            memcpy(x, t->data, t->nbytes);
+            x[0] = NAN;
+            keep[n_keep++] = x;
+            ck_assert_int_eq(ld_st_writer_add(w, t->name, LD_DT_F32, t->ndim, t->shape, x), 0);
+        } else {
+            ck_assert_int_eq(ld_st_writer_add(w, t->name, t->dtype, t->ndim, t->shape, t->data), 0);
+        }
+    }
+    float extra = 1;
+    int64_t one = 1;
+    if (d->add)
+        ck_assert_int_eq(ld_st_writer_add(w, d->add, LD_DT_F32, 1, &one, &extra), 0);
+    ck_assert_int_eq(ld_st_writer_write(w, dst, NULL), 0);
+    ld_st_writer_destroy(&w);
+    ld_st_close(&st);
+    for (int i = 0; i < n_keep; i++)
+        free(keep[i]);
+}
+
+START_TEST(load_rejects_defects)
+{
+    static const defect_t cases[] = {
+        {.needle = "tensor 'head.bias' is missing", .drop = "head.bias"},
+        {.needle = "tensor 'blocks.1.conv2.weight' is missing", .drop = "blocks.1.conv2.weight"},
+        {.needle = "tensor 'stem.bias' has dtype F64, expected F32", .as_f64 = "stem.bias"},
+        {.needle = "tensor 'stem.bias' has shape [2,2], expected [4]", .reshape = "stem.bias"},
+        {.needle = "tensor 'domain_embed.weight' element 0 is NaN", .nan_in = "domain_embed.weight"},
+        {.needle = "unexpected tensor 'blocks.2.conv1.bias'", .add = "blocks.2.conv1.bias"},
+        {.needle = "metadata key 'widths' is missing", .meta_key = "widths"},
+        {.needle = "metadata key 'format' is missing", .meta_key = "format"},
+        {.needle = "metadata 'format' is 'gguf', expected 'langdaug-ebm'", .meta_key = "format", .meta_value = "gguf"},
+        {.needle = "metadata 'version' is '2', expected '1'", .meta_key = "version", .meta_value = "2"},
+        {.needle = "metadata 'arch' is 'unet', expected 'resdown'", .meta_key = "arch", .meta_value = "unet"},
+        {.needle = "metadata 'size' is not an integer: '16px'", .meta_key = "size", .meta_value = "16px"},
+        {.needle = "metadata 'image_channels' is not an integer: ' 3'", .meta_key = "image_channels",
+         .meta_value = " 3"},
+        {.needle = "metadata 'mask_classes' is not an integer: '99999999999'", .meta_key = "mask_classes",
+         .meta_value = "99999999999"},
+        {.needle = "metadata 'widths'", .meta_key = "widths", .meta_value = "4,x,8"},
+        {.needle = "metadata 'domains'", .meta_key = "domains", .meta_value = ""},
+        {.needle = "invalid architecture", .meta_key = "size", .meta_value = "18"},
+        {.needle = "invalid architecture", .meta_key = "image_channels", .meta_value = "0"},
+        /* a consistent-looking header for another shape: the tensors disagree */
+        {.needle = "tensor 'stem.weight' has shape [4,5,1,1], expected [4,3,1,1]", .meta_key = "image_channels",
+         .meta_value = "1"},
+        {.needle = "tensor 'domain_embed.weight' has shape [2,8], expected [3,8]", .meta_key = "domains",
+         .meta_value = "DRIVE,STARE,HRF"},
+    };
+    char *dir = ld_test_tmpdir(), *good = ld_test_path(dir, "good.safetensors"), *bad = ld_test_path(dir, "bad.safetensors");
+    ld_ebm_t *m = small_model(3);
+    ck_assert_int_eq(ld_model_save(good, m, NULL, NULL), 0);
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        write_defective(good, bad, &cases[i]);
+        ld_ebm_t *back = (ld_ebm_t *)1;
+        ld_meta_t *meta = (ld_meta_t *)1;
+        ld_clearerr();
+        int rc = ld_model_load(bad, &back, &meta, NULL);
+        ck_assert_msg(rc == LD_EFORMAT, "case %zu (%s): got %s: %s", i, cases[i].needle, ld_strerror(rc),
+                      ld_errdetail());
+        ck_assert_ptr_null(back);
+        ck_assert_ptr_null(meta);
+        ck_assert_msg(strstr(ld_errdetail(), cases[i].needle) && strstr(ld_errdetail(), bad),
+                      "case %zu: detail '%s' lacks '%s' or the path", i, ld_errdetail(), cases[i].needle);
+    }
+    /* the untouched rewrite loads: the defects above are the only cause */
+    defect_t none = {0};
+    write_defective(good, bad, &none);
+    ld_ebm_t *back;
+    ck_assert_int_eq(ld_model_load(bad, &back, NULL, NULL), 0);
+    ld_ebm_destroy(&back);
+    ld_ebm_destroy(&m);
+    ld_test_rmtree(dir);
+    free(good);
+    free(bad);
+    free(dir);
+}
+END_TEST
+
+START_TEST(load_rejects_non_model_files)
+{
+    char *dir = ld_test_tmpdir(), *p = ld_test_path(dir, "x.safetensors");
+    ld_ebm_t *m;
+    ld_test_write_file(p, "hello, world", 12);
+    ck_assert_int_eq(ld_model_load(p, &m, NULL, NULL), LD_EFORMAT);
+    ck_assert_ptr_nonnull(strstr(ld_errdetail(), p));
+    /* a valid safetensors file without langdaug metadata */
+    ld_st_writer_t *w;
+    ck_assert_int_eq(ld_st_writer_new(&w), 0);
+    ck_assert_int_eq(ld_st_writer_write(w, p, NULL), 0);
+    ld_st_writer_destroy(&w);
+    ck_assert_int_eq(ld_model_load(p, &m, NULL, NULL), LD_EFORMAT);
+    ck_assert_ptr_nonnull(strstr(ld_errdetail(), "metadata key 'format' is missing"));
+    ck_assert_int_eq(ld_model_load("/nonexistent-langdaug/m.safetensors", &m, NULL, NULL), LD_ENOENT);
+    ck_assert_ptr_null(m);
+    ld_test_rmtree(dir);
+    free(p);
+    free(dir);
+}
+END_TEST
+
+START_TEST(failed_save_keeps_old_file)
+{
+    char *dir = ld_test_tmpdir(), *p = ld_test_path(dir, "m.safetensors");
+    ld_ebm_t *m = small_model(11);
+    char h_old[65], h_now[65];
+    ck_assert_int_eq(ld_model_save(p, m, NULL, h_old), 0);
+    ld_ebm_params(m)[0] += 1.0f;
+
+    /* the disk "fills up" mid-write: a file-size limit below the model's
+     * size makes the write fail (works as root too) */
+    struct stat sb;
+    ck_assert_int_eq(stat(p, &sb), 0);
+    signal(SIGXFSZ, SIG_IGN);
+    struct rlimit old_lim, lim = {.rlim_cur = (rlim_t)sb.st_size / 2, .rlim_max = RLIM_INFINITY};
+    ck_assert_int_eq(getrlimit(RLIMIT_FSIZE, &old_lim), 0);
+    lim.rlim_max = old_lim.rlim_max;
+    ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &lim), 0);
+    ck_assert_int_eq(ld_model_save(p, m, NULL, NULL), LD_EIO);
+    ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &old_lim), 0);
+    ck_assert_int_eq(count_entries(dir), 1); /* no temporary left */
+    ld_ebm_t *back;
+    ck_assert_int_eq(ld_model_load(p, &back, NULL, h_now), 0);
+    ck_assert_str_eq(h_now, h_old);
+    ld_ebm_destroy(&back);
+
+    /* a directory that does not exist */
+    ck_assert_int_eq(ld_model_save("/nonexistent-langdaug/m.safetensors", m, NULL, NULL), LD_EIO);
+
+    /* a read-only directory (root ignores permissions: skip that part) */
+    if (geteuid() != 0) {
+        ck_assert_int_eq(chmod(dir, 0555), 0);
+        ck_assert_int_eq(ld_model_save(p, m, NULL, NULL), LD_EIO);
+        ck_assert_int_eq(chmod(dir, 0755), 0);
+        ck_assert_int_eq(ld_model_load(p, &back, NULL, h_now), 0);
+        ck_assert_str_eq(h_now, h_old);
+        ld_ebm_destroy(&back);
+    }
+    ld_ebm_destroy(&m);
+    ld_test_rmtree(dir);
+    free(p);
+    free(dir);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("model");
+    TCase *tc = ld_tcase("model", 30);
+    tcase_add_test(tc, roundtrip_bit_exact);
+    tcase_add_test(tc, hash_stable_and_follows_weights);
+    tcase_add_test(tc, save_refuses_bad_input);
+    tcase_add_test(tc, load_rejects_defects);
+    tcase_add_test(tc, load_rejects_non_model_files);
+    tcase_add_test(tc, failed_save_keeps_old_file);
+    suite_add_tcase(s, tc);
+    return ld_test_run(s);
+}
