@@ -288,24 +288,6 @@ static void put_colour(ld_image_t *dst, int x, int y, const uint8_t rgb[3])
         d[0] = luma(rgb);
 }
 
-void ld_image_outline(ld_image_t *dst, int x0, int y0, const uint8_t *labels, int w, int h,
-                      const uint8_t rgb[3])
-{
-    for (int y = 0; y < h; y++) {
-        for (int x = 0; x < w; x++) {
-            uint8_t v = labels[(size_t)y * (size_t)w + (size_t)x];
-            if (!v)
-                continue;
-            int edge = (x > 0 && labels[(size_t)y * (size_t)w + (size_t)x - 1] != v)
-                       || (x + 1 < w && labels[(size_t)y * (size_t)w + (size_t)x + 1] != v)
-                       || (y > 0 && labels[(size_t)(y - 1) * (size_t)w + (size_t)x] != v)
-                       || (y + 1 < h && labels[(size_t)(y + 1) * (size_t)w + (size_t)x] != v);
-            if (edge)
-                put_colour(dst, x0 + x, y0 + y, rgb);
-        }
-    }
-}
-
 void ld_image_fill_rect(ld_image_t *dst, int x0, int y0, int w, int h, const uint8_t rgb[3])
 {
     for (int y = y0; y < y0 + h; y++)

@@ -1,6 +1,6 @@
 /* ld_image: 8-bit interleaved images in memory, and the pixel operations the
  * data side needs: channel conversion, resizing, float conversion, and
- * pasting/outlining for trajectory grids.
+ * pasting and filling for trajectory grids.
  *
  * An ld_image_t is a plain value: `data` holds height*width*channels bytes,
  * row-major, channels interleaved (HWC). ld_image_alloc() fills it and the
@@ -55,12 +55,6 @@ void ld_image_put_float(ld_image_t *dst, int x0, int y0, const float *chw, int c
 /* Copies src into dst at (x0, y0), clipped; channel counts may differ
  * (converted per pixel as ld_image_convert does). */
 void ld_image_paste(ld_image_t *dst, int x0, int y0, const ld_image_t *src);
-
-/* Draws, at offset (x0, y0) of dst (clipped), the boundary of a w x h label
- * map: each non-zero pixel with a 4-neighbour of another class, in colour
- * rgb (its luma on grey images). */
-void ld_image_outline(ld_image_t *dst, int x0, int y0, const uint8_t *labels, int w, int h,
-                      const uint8_t rgb[3]);
 
 /* Fills the rectangle (clipped) with colour rgb (its luma on grey images). */
 void ld_image_fill_rect(ld_image_t *dst, int x0, int y0, int w, int h, const uint8_t rgb[3]);

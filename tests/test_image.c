@@ -172,21 +172,9 @@ START_TEST(float_and_drawing)
     ck_assert_uint_eq(ld_image_at(&canvas, 1, 1)[1], 0);   /* NaN -> 0 */
     ck_assert_uint_eq(ld_image_at(&canvas, 0, 1)[1], 191);
 
-    /* Outline of a 3x3 square of class 1 inside a 5x5 map: its 8 border
-     * pixels, not its centre or the background. */
-    uint8_t labels[25] = { 0 };
-    for (int y = 1; y < 4; y++)
-        for (int x = 1; x < 4; x++)
-            labels[y * 5 + x] = 1;
     ld_image_t ov;
     ck_assert_int_eq(ld_image_alloc(&ov, 5, 5, 1), 0);
     static const uint8_t white[3] = { 255, 255, 255 };
-    ld_image_outline(&ov, 0, 0, labels, 5, 5, white);
-    int n = 0;
-    for (int i = 0; i < 25; i++)
-        n += ov.data[i] == 255;
-    ck_assert_int_eq(n, 8);
-    ck_assert_uint_eq(ov.data[2 * 5 + 2], 0);
     ld_image_fill_rect(&ov, -2, -2, 3, 3, white);
     ck_assert_uint_eq(ov.data[0], 255);
     ck_assert_uint_eq(ov.data[2], 0);
