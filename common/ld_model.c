@@ -18,7 +18,6 @@
 
 #include <limits.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,32 +39,20 @@ static int is_generated_key(const char *key)
     return 0;
 }
 
-static int model_bad(const char *path, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-/* LD_EFORMAT with "<path>: <message>". */
-static int model_bad(const char *path, const char *fmt, ...)
-{
-    char msg[400];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    return ld_seterr(LD_EFORMAT, "%s: %s", path, msg);
-}
-
 /* Re-labels the current detail as a format error of `path`. */
 static int model_bad_detail(const char *path, const char *what)
 {
     char detail[400];
     snprintf(detail, sizeof detail, "%s", ld_errdetail());
-    return model_bad(path, "%s: %s", what, detail);
+    return ld_seterr(LD_EFORMAT, "%s: %s: %s", path, what, detail);
 }
 
 static int meta_string(const char *path, const ld_meta_t *m, const char *key, const char **out)
 {
     *out = ld_meta_get(m, key);
     if (!*out)
-        return model_bad(path, "metadata key '%s' is missing (not a langdaug model file?)", key);
+        return ld_seterr(LD_EFORMAT, "%s: metadata key '%s' is missing (not a langdaug model file?)", path,
+                         key);
     return LD_OK;
 }
 
@@ -74,7 +61,7 @@ static int meta_expect(const char *path, const ld_meta_t *m, const char *key, co
     const char *v;
     int rc = meta_string(path, m, key, &v);
     if (rc == LD_OK && strcmp(v, want) != 0)
-        rc = model_bad(path, "metadata '%s' is '%.64s', expected '%s'", key, v, want);
+        rc = ld_seterr(LD_EFORMAT, "%s: metadata '%s' is '%.64s', expected '%s'", path, key, v, want);
     return rc;
 }
 
@@ -83,7 +70,7 @@ static int meta_int(const char *path, const ld_meta_t *m, const char *key, int *
     const char *v;
     int rc = meta_string(path, m, key, &v);
     if (rc == LD_OK && ld_cli_parse_int(key, v, INT_MIN, INT_MAX, out) != LD_OK)
-        rc = model_bad(path, "metadata '%s' is not an integer: '%.64s'", key, v);
+        rc = ld_seterr(LD_EFORMAT, "%s: metadata '%s' is not an integer: '%.64s'", path, key, v);
     return rc;
 }
 
@@ -140,19 +127,21 @@ static int load_tensor(const char *path, const ld_st_t *st, const ld_ebm_tensor_
 {
     const ld_st_tensor_t *t = ld_st_find(st, p->name);
     if (!t)
-        return model_bad(path, "tensor '%s' is missing", p->name);
+        return ld_seterr(LD_EFORMAT, "%s: tensor '%s' is missing", path, p->name);
     if (t->dtype != LD_DT_F32)
-        return model_bad(path, "tensor '%s' has dtype %s, expected F32", p->name, ld_dtype_name(t->dtype));
+        return ld_seterr(LD_EFORMAT, "%s: tensor '%s' has dtype %s, expected F32", path, p->name,
+                         ld_dtype_name(t->dtype));
     if (!same_shape(t, p)) {
         char got[128], want[128];
         format_shape(got, sizeof got, t->ndim, t->shape);
         format_shape(want, sizeof want, p->ndim, p->shape);
-        return model_bad(path, "tensor '%s' has shape %s, expected %s", p->name, got, want);
+        return ld_seterr(LD_EFORMAT, "%s: tensor '%s' has shape %s, expected %s", path, p->name, got, want);
     }
     memcpy(dst, t->data, p->numel * sizeof *dst);
     long bad_at = first_non_finite(dst, p->numel);
     if (bad_at >= 0)
-        return model_bad(path, "tensor '%s' element %ld is %s", p->name, bad_at, isnan(dst[bad_at]) ? "NaN" : "infinite");
+        return ld_seterr(LD_EFORMAT, "%s: tensor '%s' element %ld is %s", path, p->name, bad_at,
+                         isnan(dst[bad_at]) ? "NaN" : "infinite");
     return LD_OK;
 }
 
@@ -162,7 +151,8 @@ static int check_no_extra(const char *path, const ld_st_t *st, const ld_ebm_t *e
     for (size_t i = 0; i < ld_st_n_tensors(st); i++) {
         const char *name = ld_st_tensor(st, i)->name;
         if (ld_ebm_find_tensor(ebm, name) < 0)
-            return model_bad(path, "unexpected tensor '%.64s' (not a parameter of this architecture)", name);
+            return ld_seterr(LD_EFORMAT, "%s: unexpected tensor '%.64s' (not a parameter of this architecture)",
+                             path, name);
     }
     return LD_OK;
 }

@@ -18,6 +18,19 @@
 #include "ld_model.h"
 #include "ld_safetensors.h"
 
+static char *dir; /* a fresh directory per test */
+
+static void setup(void)
+{
+    dir = ld_test_tmpdir();
+}
+
+static void teardown(void)
+{
+    ld_test_rmtree(dir);
+    free(dir);
+}
+
 static void small_arch(ld_ebm_arch_t *a)
 {
     memset(a, 0, sizeof *a);
@@ -54,7 +67,8 @@ static unsigned char *slurp(const char *path, size_t *len)
     return buf;
 }
 
-static int count_entries(const char *dir)
+/* Entries of the test directory (a failed save must leave no temporary). */
+static int count_entries(void)
 {
     DIR *d = opendir(dir);
     ck_assert_ptr_nonnull(d);
@@ -68,7 +82,7 @@ static int count_entries(const char *dir)
 
 START_TEST(roundtrip_bit_exact)
 {
-    char *dir = ld_test_tmpdir(), *p = ld_test_path(dir, "m.safetensors");
+    char *p = ld_test_path(dir, "m.safetensors");
     ld_ebm_t *m = small_model(42), *back;
     ld_meta_t *extra, *meta;
     ck_assert_int_eq(ld_meta_new(&extra), 0);
@@ -113,15 +127,13 @@ START_TEST(roundtrip_bit_exact)
     ld_meta_destroy(&meta);
     ld_meta_destroy(&extra);
     ld_ebm_destroy(&m);
-    ld_test_rmtree(dir);
     free(p);
-    free(dir);
 }
 END_TEST
 
 START_TEST(hash_stable_and_follows_weights)
 {
-    char *dir = ld_test_tmpdir(), *p1 = ld_test_path(dir, "a.safetensors"), *p2 = ld_test_path(dir, "b.safetensors");
+    char *p1 = ld_test_path(dir, "a.safetensors"), *p2 = ld_test_path(dir, "b.safetensors");
     ld_ebm_t *m = small_model(7);
     char h1[65], h2[65], h3[65];
     ck_assert_int_eq(ld_model_save(p1, m, NULL, h1), 0);
@@ -149,16 +161,14 @@ START_TEST(hash_stable_and_follows_weights)
     ld_ebm_destroy(&m);
     free(b1);
     free(b2);
-    ld_test_rmtree(dir);
     free(p1);
     free(p2);
-    free(dir);
 }
 END_TEST
 
 START_TEST(save_refuses_bad_input)
 {
-    char *dir = ld_test_tmpdir(), *p = ld_test_path(dir, "m.safetensors");
+    char *p = ld_test_path(dir, "m.safetensors");
     ld_ebm_t *m = small_model(1);
     ld_meta_t *extra;
     ck_assert_int_eq(ld_meta_new(&extra), 0);
@@ -170,12 +180,10 @@ START_TEST(save_refuses_bad_input)
     ck_assert_int_eq(ld_model_save(p, m, NULL, NULL), LD_ENUMERIC);
     ck_assert_ptr_nonnull(strstr(ld_errdetail(), "element 5"));
     ck_assert_int_eq(access(p, F_OK), -1);
-    ck_assert_int_eq(count_entries(dir), 0);
+    ck_assert_int_eq(count_entries(), 0);
     ld_meta_destroy(&extra);
     ld_ebm_destroy(&m);
-    ld_test_rmtree(dir);
     free(p);
-    free(dir);
 }
 END_TEST
 
@@ -276,7 +284,7 @@ START_TEST(load_rejects_defects)
         {.needle = "tensor 'domain_embed.weight' has shape [2,8], expected [3,8]", .meta_key = "domains",
          .meta_value = "DRIVE,STARE,HRF"},
     };
-    char *dir = ld_test_tmpdir(), *good = ld_test_path(dir, "good.safetensors"), *bad = ld_test_path(dir, "bad.safetensors");
+    char *good = ld_test_path(dir, "good.safetensors"), *bad = ld_test_path(dir, "bad.safetensors");
     ld_ebm_t *m = small_model(3);
     ck_assert_int_eq(ld_model_save(good, m, NULL, NULL), 0);
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
@@ -299,16 +307,14 @@ START_TEST(load_rejects_defects)
     ck_assert_int_eq(ld_model_load(bad, &back, NULL, NULL), 0);
     ld_ebm_destroy(&back);
     ld_ebm_destroy(&m);
-    ld_test_rmtree(dir);
     free(good);
     free(bad);
-    free(dir);
 }
 END_TEST
 
 START_TEST(load_rejects_non_model_files)
 {
-    char *dir = ld_test_tmpdir(), *p = ld_test_path(dir, "x.safetensors");
+    char *p = ld_test_path(dir, "x.safetensors");
     ld_ebm_t *m;
     ld_test_write_file(p, "hello, world", 12);
     ck_assert_int_eq(ld_model_load(p, &m, NULL, NULL), LD_EFORMAT);
@@ -322,15 +328,13 @@ START_TEST(load_rejects_non_model_files)
     ck_assert_ptr_nonnull(strstr(ld_errdetail(), "metadata key 'format' is missing"));
     ck_assert_int_eq(ld_model_load("/nonexistent-langdaug/m.safetensors", &m, NULL, NULL), LD_ENOENT);
     ck_assert_ptr_null(m);
-    ld_test_rmtree(dir);
     free(p);
-    free(dir);
 }
 END_TEST
 
 START_TEST(failed_save_keeps_old_file)
 {
-    char *dir = ld_test_tmpdir(), *p = ld_test_path(dir, "m.safetensors");
+    char *p = ld_test_path(dir, "m.safetensors");
     ld_ebm_t *m = small_model(11);
     char h_old[65], h_now[65];
     ck_assert_int_eq(ld_model_save(p, m, NULL, h_old), 0);
@@ -347,7 +351,7 @@ START_TEST(failed_save_keeps_old_file)
     ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &lim), 0);
     ck_assert_int_eq(ld_model_save(p, m, NULL, NULL), LD_EIO);
     ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &old_lim), 0);
-    ck_assert_int_eq(count_entries(dir), 1); /* no temporary left */
+    ck_assert_int_eq(count_entries(), 1); /* no temporary left */
     ld_ebm_t *back;
     ck_assert_int_eq(ld_model_load(p, &back, NULL, h_now), 0);
     ck_assert_str_eq(h_now, h_old);
@@ -366,9 +370,7 @@ START_TEST(failed_save_keeps_old_file)
         ld_ebm_destroy(&back);
     }
     ld_ebm_destroy(&m);
-    ld_test_rmtree(dir);
     free(p);
-    free(dir);
 }
 END_TEST
 
@@ -376,6 +378,7 @@ int main(void)
 {
     Suite *s = suite_create("model");
     TCase *tc = ld_tcase("model", 30);
+    tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, roundtrip_bit_exact);
     tcase_add_test(tc, hash_stable_and_follows_weights);
     tcase_add_test(tc, save_refuses_bad_input);
