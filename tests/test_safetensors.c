@@ -7,6 +7,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "ld_error.h"
@@ -467,6 +468,11 @@ START_TEST(open_errors)
     char *dir = ld_test_tmpdir();
     ck_assert_int_eq(ld_st_open(dir, &st), LD_EIO);
     ck_assert_ptr_nonnull(strstr(ld_errdetail(), "not a regular file"));
+    char *fifo = ld_test_path(dir, "fifo");
+    ck_assert_int_eq(mkfifo(fifo, 0600), 0);
+    ck_assert_int_eq(ld_st_open(fifo, &st), LD_EIO); /* refused, without waiting for a writer */
+    ck_assert_ptr_nonnull(strstr(ld_errdetail(), "not a regular file"));
+    free(fifo);
     char *p = ld_test_path(dir, "empty");
     ld_test_write_file(p, "", 0);
     ck_assert_int_eq(ld_st_open(p, &st), LD_EFORMAT);
