@@ -1,0 +1,183 @@
+/* ldd_engine: loading and checking models + dataset (see ldd_engine.h). */
+#include "ldd_engine.h"
+
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ld_error.h"
+#include "ld_log.h"
+#include "ld_model.h"
+#include "ldd_mem.h"
+
+static void free_engine(ldd_engine_t *e)
+{
+    for (int i = 0; i < e->n_models; i++)
+        ld_ebm_destroy(&e->models[i].ebm);
+    for (int d = 0; d < LD_EBM_MAX_DOMAINS; d++)
+        free(e->tiles[d]);
+    ld_dataset_destroy(&e->dataset);
+    free(e);
+}
+
+static int load_models(const ldd_config_t *cfg, ldd_engine_t *e)
+{
+    for (int i = 0; i < cfg->n_models; i++) {
+        ldd_model_t *m = &e->models[i];
+        snprintf(m->path, sizeof m->path, "%s", cfg->models[i]);
+        int rc = ld_model_load(m->path, &m->ebm, NULL, m->hash);
+        if (rc < 0)
+            return ld_seterr(rc, "model %s: %s", m->path, ld_errdetail());
+        e->n_models++;
+        const ld_ebm_arch_t *a = ld_ebm_arch(m->ebm);
+        const ld_ebm_arch_t *a0 = ld_ebm_arch(e->models[0].ebm);
+        if (a->size != a0->size || a->image_channels != a0->image_channels)
+            return ld_seterr(LD_EFORMAT,
+                             "model %s: size %d and %d channels differ from model %s (size %d, %d channels)",
+                             m->path, a->size, a->image_channels, e->models[0].path, a0->size,
+                             a0->image_channels);
+        ld_info("model %s: sha256 %.16s..., %d domains, size %d", m->path, m->hash, a->n_domains, a->size);
+    }
+    e->size = ld_ebm_arch(e->models[0].ebm)->size;
+    if (cfg->size && cfg->size != e->size)
+        return ld_seterr(LD_ERANGE, "size = %d in the config, but the models have size %d", cfg->size, e->size);
+    return 0;
+}
+
+static int load_dataset(const ldd_config_t *cfg, ldd_engine_t *e)
+{
+    const ld_ebm_arch_t *a0 = ld_ebm_arch(e->models[0].ebm);
+    ld_dataset_opts_t o = {
+        .root = *cfg->data ? cfg->data : NULL,
+        .manifest = *cfg->manifest ? cfg->manifest : NULL,
+        .subdir = *cfg->subdir ? cfg->subdir : NULL,
+        .domains = *cfg->domains ? cfg->domains : NULL,
+        .maskmap = cfg->maskmap,
+        .channels = a0->image_channels,
+        .scale = cfg->scale,
+        .resize = cfg->resize,
+        .min_side = cfg->min_side,
+    };
+    int rc = ld_dataset_open(&o, &e->dataset);
+    if (rc < 0)
+        return ld_seterr(rc, "dataset %s: %s", o.root ? o.root : o.manifest, ld_errdetail());
+    e->channels = ld_dataset_channels(e->dataset);
+    e->classes = ld_dataset_n_classes(e->dataset);
+    for (int i = 0; i < e->n_models; i++) {
+        const ld_ebm_arch_t *a = ld_ebm_arch(e->models[i].ebm);
+        if (a->mask_classes < e->classes)
+            return ld_seterr(LD_EFORMAT, "model %s has %d mask classes, but the dataset's mask map gives %d",
+                             e->models[i].path, a->mask_classes, e->classes);
+    }
+    if (ld_dataset_n_domains(e->dataset) > LD_EBM_MAX_DOMAINS)
+        return ld_seterr(LD_ERANGE, "dataset has %d domains, more than %d", ld_dataset_n_domains(e->dataset),
+                         LD_EBM_MAX_DOMAINS);
+    return 0;
+}
+
+/* Evenly spread positions covering [0, len) with tiles of side s: the first
+ * at 0, the last flush with the end (or centred when len < s). */
+static int tile_positions(int len, int s, int *pos, int max)
+{
+    if (len <= s) {
+        pos[0] = -(s - len) / 2;
+        return 1;
+    }
+    int n = (len + s - 1) / s;
+    if (n > max)
+        n = max;
+    for (int i = 0; i < n; i++)
+        pos[i] = n == 1 ? 0 : (int)((long)i * (len - s) / (n - 1));
+    return n;
+}
+
+static void build_tiles(ldd_engine_t *e)
+{
+    enum { MAXP = 4096 };
+    static _Thread_local int xs[MAXP], ys[MAXP];
+    for (int d = 0; d < ld_dataset_n_domains(e->dataset); d++) {
+        int n = 0, cap = 0;
+        ldd_tile_t *t = NULL;
+        for (int i = 0; i < ld_dataset_n_items(e->dataset, d); i++) {
+            int w, h;
+            ld_dataset_item_size(e->dataset, d, i, &w, &h);
+            int nx = tile_positions(w, e->size, xs, MAXP), ny = tile_positions(h, e->size, ys, MAXP);
+            for (int a = 0; a < ny; a++) {
+                for (int b = 0; b < nx; b++) {
+                    if (n == cap) {
+                        cap = cap ? 2 * cap : 64;
+                        t = ldd_xrealloc(t, (size_t)cap * sizeof *t);
+                    }
+                    t[n++] = (ldd_tile_t){ i, xs[b], ys[a] };
+                }
+            }
+        }
+        e->tiles[d] = t;
+        e->n_tiles[d] = n;
+    }
+}
+
+static int set_langevin(const ldd_config_t *cfg, ldd_engine_t *e)
+{
+    ld_langevin_params_t *p = &e->defaults;
+    p->step_size = (float)cfg->step_size;
+    p->noise = (float)cfg->noise;
+    int rc = ld_langevin_set_snapshots(p, cfg->steps);
+    if (rc < 0)
+        return ld_seterr(rc, "steps: %s", ld_errdetail());
+    p->steps = p->snapshots[p->n_snapshots - 1] > 0 ? p->snapshots[p->n_snapshots - 1] : 1;
+    e->max_steps = cfg->max_steps;
+    return ld_langevin_validate(p);
+}
+
+int ldd_engine_load(const ldd_config_t *cfg, ldd_engine_t **out)
+{
+    *out = NULL;
+    ldd_engine_t *e = ldd_xcalloc(1, sizeof *e);
+    atomic_init(&e->refs, 1);
+    int rc = load_models(cfg, e);
+    if (rc == 0)
+        rc = load_dataset(cfg, e);
+    if (rc == 0)
+        rc = set_langevin(cfg, e);
+    if (rc < 0)
+        goto fail;
+    build_tiles(e);
+    *out = e;
+    return 0;
+fail:
+    free_engine(e);
+    return rc;
+}
+
+ldd_engine_t *ldd_engine_ref(ldd_engine_t *e)
+{
+    atomic_fetch_add(&e->refs, 1);
+    return e;
+}
+
+void ldd_engine_unref(ldd_engine_t **e_p)
+{
+    ldd_engine_t *e = *e_p;
+    *e_p = NULL;
+    if (e && atomic_fetch_sub(&e->refs, 1) == 1)
+        free_engine(e);
+}
+
+int ldd_engine_find_target(const ldd_engine_t *e, const char *target, int *model, int *index)
+{
+    for (int i = 0; i < e->n_models; i++) {
+        int t = ld_ebm_arch_domain(ld_ebm_arch(e->models[i].ebm), target);
+        if (t >= 0) {
+            *model = i;
+            *index = t;
+            return 0;
+        }
+    }
+    return LD_ENOENT;
+}
+
+int ldd_engine_find_source(const ldd_engine_t *e, const char *source)
+{
+    return ld_dataset_domain_index(e->dataset, source);
+}

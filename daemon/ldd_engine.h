@@ -1,0 +1,60 @@
+/* ldd_engine: what the daemon samples with: the loaded models, the source
+ * dataset and the Langevin settings, built from one config.
+ *
+ * An engine is immutable once built and reference-counted: the loop holds
+ * the current one, every chain job holds the one it was scheduled with, so a
+ * reload (SIGHUP) swaps engines without stopping running chains, and the old
+ * engine is freed when its last job finishes. Building one loads every file
+ * and checks that models and dataset agree (channels, mask classes, size);
+ * it runs on a libuv work thread and touches no loop state.
+ *
+ * Domains: a target domain is served by the first model that declares it;
+ * a source domain is a dataset domain. */
+#ifndef LDD_ENGINE_H
+#define LDD_ENGINE_H
+
+#include <stdint.h>
+
+#include "ld_dataset.h"
+#include "ld_ebm.h"
+#include "ld_langevin.h"
+#include "ldd_config.h"
+
+typedef struct {
+    char path[4096];
+    char hash[65];
+    ld_ebm_t *ebm;
+} ldd_model_t;
+
+/* One S x S tile of a dataset image: the set of tiles of a domain is what
+ * epoch mode goes through once per epoch. */
+typedef struct {
+    int32_t item, x, y;
+} ldd_tile_t;
+
+typedef struct ldd_engine_s {
+    _Atomic int refs;
+    ldd_model_t models[LDD_MAX_MODELS];
+    int n_models;
+    ld_dataset_t *dataset;
+    int channels, classes, size;  /* C, K of the dataset, S of the crops */
+    ld_langevin_params_t defaults; /* step size, noise, default snapshots (steps = last) */
+    int max_steps;
+    ldd_tile_t *tiles[LD_EBM_MAX_DOMAINS];  /* per dataset domain */
+    int n_tiles[LD_EBM_MAX_DOMAINS];
+} ldd_engine_t;
+
+/* Loads models and dataset per cfg. Returns 0 and *out (refs = 1), or a
+ * negative code with a detail naming the file and problem. */
+int ldd_engine_load(const ldd_config_t *cfg, ldd_engine_t **out);
+ldd_engine_t *ldd_engine_ref(ldd_engine_t *e);
+/* Drops a reference and NULLs the pointer; frees on the last one. */
+void ldd_engine_unref(ldd_engine_t **e_p);
+
+/* The model serving a target domain and the target's index in it. Returns 0
+ * or LD_ENOENT. */
+int ldd_engine_find_target(const ldd_engine_t *e, const char *target, int *model, int *index);
+/* Dataset domain index of a source domain, or -1. */
+int ldd_engine_find_source(const ldd_engine_t *e, const char *source);
+
+#endif

@@ -1,0 +1,954 @@
+/* ldd_server: event loop, sockets, protocol handling (see ldd_server.h).
+ *
+ * Invariants:
+ *  - a session is never sent more batches than the credits it granted
+ *    (credits are decremented only by a batch that ZeroMQ accepted);
+ *  - every job submitted comes back through the done list exactly once,
+ *    which gives its capacity back to the scheduler;
+ *  - a bad message costs its sender an Error reply and nothing else: no
+ *    session is created for it and nothing else changes. */
+#include "ldd_server.h"
+
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+#include <zmq.h>
+
+#include "langdaug.pb-c.h"
+#include "ld_error.h"
+#include "ld_log.h"
+#include "ldd_batch.h"
+#include "ldd_mem.h"
+#include "ldd_notify.h"
+#include "ldd_sched.h"
+#include "ldd_session.h"
+#include "ldd_status.h"
+#include "ldd_workers.h"
+
+#define PUMP_BATCH 256   /* messages per pass before yielding to other events */
+#define TICK_MS 100
+
+typedef struct {
+    uv_work_t work;
+    ldd_config_t cfg;
+    ldd_engine_t *engine;
+    int rc;
+    char detail[1024];
+} reload_t;
+
+struct ldd_server_s {
+    uv_loop_t loop;
+    const ldd_options_t *opts;
+    ldd_config_t cfg;
+    ldd_engine_t *engine;
+    void *zctx, *data, *status_sock;
+    uv_poll_t data_poll, status_poll;
+    uv_idle_t resume;
+    uv_signal_t sig_term, sig_int, sig_hup;
+    uv_timer_t tick, watchdog;
+    uv_async_t wake;
+    ldd_workers_t *workers;
+    ldd_sched_t sched;
+    ldd_sessions_t *sessions;
+    ldd_status_t *stats;
+    double started, last_rate_tick, last_status_note, drain_deadline;
+    int draining, stopping, in_pump, exit_code;
+    reload_t *reload;
+    char last_reload[1100];
+    double last_reload_time;
+};
+
+static double now_s(ldd_server_t *self)
+{
+    return (double)uv_now(&self->loop) / 1000.0;
+}
+
+/* ------------------------------------------------------------ sending */
+
+static void free_buffer(void *data, void *hint)
+{
+    (void)hint;
+    free(data);
+}
+
+/* Sends [id][frames...] as one multipart message without copying the
+ * frames; ownership of every frame buffer passes to ZeroMQ (or is freed on
+ * failure). Returns 0, or -errno (EHOSTUNREACH: the peer is gone). */
+static int send_frames(ldd_server_t *self, const void *id, size_t id_len, void **bufs, const size_t *lens,
+                       int n)
+{
+    zmq_msg_t msg;
+    int rc = 0;
+    zmq_msg_init_size(&msg, id_len);
+    memcpy(zmq_msg_data(&msg), id, id_len);
+    if (zmq_msg_send(&msg, self->data, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
+        rc = -zmq_errno();
+        zmq_msg_close(&msg);
+        for (int i = 0; i < n; i++)
+            free(bufs[i]);
+        return rc;
+    }
+    for (int i = 0; i < n; i++) {
+        zmq_msg_init_data(&msg, bufs[i], lens[i], free_buffer, NULL);
+        if (zmq_msg_send(&msg, self->data, (i + 1 < n ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT) < 0) {
+            rc = -zmq_errno(); /* cannot happen after the first part; handled anyway */
+            zmq_msg_close(&msg);
+            for (int k = i + 1; k < n; k++)
+                free(bufs[k]);
+            break;
+        }
+    }
+    return rc;
+}
+
+static int send_server_message(ldd_server_t *self, const void *id, size_t id_len, Langdaug__V1__ServerMessage *m)
+{
+    m->has_version = 1;
+    m->version = LANGDAUG__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_CURRENT;
+    size_t len = langdaug__v1__server_message__get_packed_size(m);
+    void *buf = ldd_xmalloc(len);
+    langdaug__v1__server_message__pack(m, buf);
+    return send_frames(self, id, id_len, &buf, &len, 1);
+}
+
+static void send_error(ldd_server_t *self, const void *id, size_t id_len, ldd_session_t *s, int code,
+                       const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+
+static void send_error(ldd_server_t *self, const void *id, size_t id_len, ldd_session_t *s, int code,
+                       const char *fmt, ...)
+{
+    char text[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof text, fmt, ap);
+    va_end(ap);
+    ld_debug("client error: %s", text);
+    ldd_status_protocol_error(self->stats);
+    if (s)
+        s->errors++;
+    Langdaug__V1__Error err = LANGDAUG__V1__ERROR__INIT;
+    err.has_code = 1;
+    err.code = code;
+    err.text = text;
+    Langdaug__V1__ServerMessage m = LANGDAUG__V1__SERVER_MESSAGE__INIT;
+    m.body_case = LANGDAUG__V1__SERVER_MESSAGE__BODY_ERROR;
+    m.error = &err;
+    send_server_message(self, id, id_len, &m);
+}
+
+static void drop_session(ldd_server_t *self, ldd_session_t *s, const char *why)
+{
+    ld_info("client %llu (%s): %s; %u credits expire", (unsigned long long)s->key, s->name[0] ? s->name : "-", why,
+            s->credits);
+    ldd_sessions_remove(self->sessions, s);
+}
+
+/* Sends every complete batch the session has credit for. Returns 0, or -1
+ * if the session was dropped (peer unreachable). */
+static int flush_session(ldd_server_t *self, ldd_session_t *s)
+{
+    while (s->has_request && s->credits > 0 && ldd_session_ready_samples(s) >= s->req.batch_size) {
+        ldd_batch_t b;
+        ldd_batch_cut(s, s->credits - 1, &b);
+        void *bufs[3] = { b.header, b.images, b.masks };
+        size_t lens[3] = { b.header_len, b.images_len, b.masks_len };
+        int rc = send_frames(self, s->id, s->id_len, bufs, lens, 3);
+        if (rc == -EHOSTUNREACH) {
+            drop_session(self, s, "unreachable");
+            return -1;
+        }
+        if (rc < 0) {
+            ld_warn("client %llu: batch dropped: %s", (unsigned long long)s->key, zmq_strerror(-rc));
+            continue;
+        }
+        s->credits--;
+        s->batches_sent++;
+        s->samples_sent += b.n;
+        s->last_sent = now_s(self);
+        ldd_status_sent(self->stats, b.n);
+    }
+    return 0;
+}
+
+static void flush_all(ldd_server_t *self)
+{
+    for (int i = 0; i < ldd_sessions_count(self->sessions);) {
+        ldd_session_t *s = ldd_sessions_at(self->sessions, i);
+        if (flush_session(self, s) == 0)
+            i++;
+    }
+}
+
+static void schedule(ldd_server_t *self)
+{
+    if (!self->draining)
+        ldd_sched_run(&self->sched, self->sessions, self->engine);
+}
+
+/* ------------------------------------------------------------ requests */
+
+static int name_ok(const char *s)
+{
+    return s && strlen(s) < LD_NAME_MAX;
+}
+
+/* Fills req from a PullRequest; on failure sets *code and text. */
+static int parse_request(ldd_server_t *self, const Langdaug__V1__PullRequest *p, ldd_request_t *req, int *code,
+                         char *text, size_t cap)
+{
+    const ldd_engine_t *e = self->engine;
+    memset(req, 0, sizeof *req);
+    *code = LANGDAUG__V1__ERROR_CODE__ERROR_INVALID_REQUEST;
+    if (!p->has_batch_size || p->batch_size == 0)
+        return snprintf(text, cap, "batch_size: missing or 0"), -1;
+    if (p->batch_size > (uint32_t)self->cfg.max_batch) {
+        *code = LANGDAUG__V1__ERROR_CODE__ERROR_LIMIT;
+        return snprintf(text, cap, "batch_size: %u is beyond max_batch = %d", p->batch_size, self->cfg.max_batch), -1;
+    }
+    req->batch_size = p->batch_size;
+    size_t n = p->n_targets + p->n_pairs;
+    if (n == 0)
+        return snprintf(text, cap, "no target: give targets or pairs"), -1;
+    if (n > LDD_MAX_PAIRS)
+        return snprintf(text, cap, "%zu targets and pairs, more than %d", n, LDD_MAX_PAIRS), -1;
+    for (size_t i = 0; i < n; i++) {
+        ldd_pair_t *pair = &req->pairs[req->n_pairs++];
+        const char *src = "", *tgt;
+        double w = 1;
+        if (i < p->n_targets) {
+            tgt = p->targets[i];
+        } else {
+            const Langdaug__V1__Pair *pp = p->pairs[i - p->n_targets];
+            src = pp->source ? pp->source : "";
+            tgt = pp->target;
+            if (pp->has_weight)
+                w = pp->weight;
+        }
+        if (!tgt || !*tgt || !name_ok(tgt) || !name_ok(src))
+            return snprintf(text, cap, "pair %zu: missing or overlong domain name", i), -1;
+        if (!(w > 0) || !isfinite(w))
+            return snprintf(text, cap, "pair %zu: weight %g must be > 0", i, w), -1;
+        snprintf(pair->source, sizeof pair->source, "%s", src);
+        snprintf(pair->target, sizeof pair->target, "%s", tgt);
+        pair->weight = w;
+        req->total_weight += w;
+        *code = LANGDAUG__V1__ERROR_CODE__ERROR_UNKNOWN_DOMAIN;
+        if (ldd_engine_find_target(e, tgt, &pair->model, &pair->target_index) < 0)
+            return snprintf(text, cap, "target domain '%s' is served by no loaded model", tgt), -1;
+        pair->source_domain = -1;
+        if (*src && (pair->source_domain = ldd_engine_find_source(e, src)) < 0)
+            return snprintf(text, cap, "source domain '%s' is not in the dataset", src), -1;
+        int nd = ld_dataset_n_domains(e->dataset);
+        if (!*src && (nd == 0 || (nd == 1 && ldd_engine_find_source(e, tgt) == 0)))
+            return snprintf(text, cap, "target '%s': the dataset has no other domain to start from", tgt), -1;
+        *code = LANGDAUG__V1__ERROR_CODE__ERROR_INVALID_REQUEST;
+    }
+    if (p->n_steps > LD_LANGEVIN_MAX_SNAPSHOTS)
+        return snprintf(text, cap, "steps: %zu snapshots, more than %d", p->n_steps, LD_LANGEVIN_MAX_SNAPSHOTS), -1;
+    for (size_t i = 0; i < p->n_steps; i++) {
+        if (i > 0 && p->steps[i] <= p->steps[i - 1])
+            return snprintf(text, cap, "steps: not strictly ascending at %u", p->steps[i]), -1;
+        if (p->steps[i] > (uint32_t)self->cfg.max_steps) {
+            *code = LANGDAUG__V1__ERROR_CODE__ERROR_LIMIT;
+            return snprintf(text, cap, "steps: %u is beyond max_steps = %d", p->steps[i], self->cfg.max_steps), -1;
+        }
+        req->steps[req->n_steps++] = (int)p->steps[i];
+    }
+    req->encoding = p->has_encoding ? (int)p->encoding : LANGDAUG__V1__ENCODING__ENCODING_FLOAT32;
+    if (req->encoding < 0 || req->encoding > LANGDAUG__V1__ENCODING__ENCODING_UINT8)
+        return snprintf(text, cap, "encoding: unknown value %d", req->encoding), -1;
+    req->has_seed = p->has_seed;
+    req->seed = p->seed;
+    req->epoch = p->has_epoch && p->epoch;
+    return 0;
+}
+
+static int only_credits(const Langdaug__V1__PullRequest *p)
+{
+    return !p->has_batch_size && !p->n_targets && !p->n_pairs && !p->n_steps && !p->has_encoding && !p->has_seed &&
+           !p->has_epoch;
+}
+
+static void on_pull(ldd_server_t *self, const uint8_t *id, size_t id_len, ldd_session_t *s,
+                    const Langdaug__V1__PullRequest *p)
+{
+    if (self->draining) {
+        send_error(self, id, id_len, s, LANGDAUG__V1__ERROR_CODE__ERROR_UNAVAILABLE, "the daemon is shutting down");
+        return;
+    }
+    uint32_t credits = p->has_credits ? p->credits : 0;
+    uint32_t held = s ? s->credits : 0;
+    if ((uint64_t)held + credits > (uint64_t)self->cfg.max_credits) {
+        send_error(self, id, id_len, s, LANGDAUG__V1__ERROR_CODE__ERROR_LIMIT,
+                   "credits: %u outstanding + %u asked is beyond max_credits = %d", held, credits, self->cfg.max_credits);
+        return;
+    }
+    ldd_request_t req;
+    int has_spec = !only_credits(p);
+    if (!has_spec && !(s && s->has_request)) {
+        send_error(self, id, id_len, s, LANGDAUG__V1__ERROR_CODE__ERROR_INVALID_REQUEST,
+                   "the first pull request must say what to sample (batch_size and targets or pairs)");
+        return;
+    }
+    int code;
+    char text[512];
+    if (has_spec && parse_request(self, p, &req, &code, text, sizeof text) < 0) {
+        send_error(self, id, id_len, s, code, "%s", text);
+        return;
+    }
+    if (!s && !(s = ldd_sessions_add(self->sessions, id, id_len, now_s(self)))) {
+        send_error(self, id, id_len, NULL, LANGDAUG__V1__ERROR_CODE__ERROR_LIMIT, "too many clients (max_clients = %d)",
+                   self->cfg.max_clients);
+        return;
+    }
+    if (has_spec && (!s->has_request || memcmp(&req, &s->req, sizeof req) != 0))
+        ldd_session_set_request(s, &req, &self->engine->defaults, self->cfg.seed);
+    s->credits += credits;
+    flush_session(self, s);
+    schedule(self);
+}
+
+static void on_hello(ldd_server_t *self, const uint8_t *id, size_t id_len, ldd_session_t *s,
+                     const Langdaug__V1__Hello *h)
+{
+    uint32_t lo = h->has_min_version ? h->min_version : 1, hi = h->has_max_version ? h->max_version : lo;
+    if (lo > 1 || hi < 1) {
+        send_error(self, id, id_len, s, LANGDAUG__V1__ERROR_CODE__ERROR_UNSUPPORTED_VERSION,
+                   "client speaks protocol versions %u..%u; this daemon speaks 1", lo, hi);
+        return;
+    }
+    if (!s && !(s = ldd_sessions_add(self->sessions, id, id_len, now_s(self)))) {
+        send_error(self, id, id_len, NULL, LANGDAUG__V1__ERROR_CODE__ERROR_LIMIT, "too many clients (max_clients = %d)",
+                   self->cfg.max_clients);
+        return;
+    }
+    if (h->client_name)
+        snprintf(s->name, sizeof s->name, "%s", h->client_name);
+    const ldd_engine_t *e = self->engine;
+    Langdaug__V1__ModelInfo infos[LDD_MAX_MODELS], *iptr[LDD_MAX_MODELS];
+    char *domains[LDD_MAX_MODELS][LD_EBM_MAX_DOMAINS], *sources[LD_EBM_MAX_DOMAINS];
+    uint32_t widths[LDD_MAX_MODELS][LD_EBM_MAX_BLOCKS + 1], steps[LD_LANGEVIN_MAX_SNAPSHOTS];
+    Langdaug__V1__HelloReply r = LANGDAUG__V1__HELLO_REPLY__INIT;
+    for (int i = 0; i < e->n_models; i++) {
+        ldd_model_info(e, i, &infos[i], domains[i], widths[i]);
+        iptr[i] = &infos[i];
+    }
+    r.n_models = (size_t)e->n_models;
+    r.models = iptr;
+    for (int d = 0; d < ld_dataset_n_domains(e->dataset); d++)
+        sources[d] = (char *)ld_dataset_domain(e->dataset, d);
+    r.n_source_domains = (size_t)ld_dataset_n_domains(e->dataset);
+    r.source_domains = sources;
+    for (int k = 0; k < e->defaults.n_snapshots; k++)
+        steps[k] = (uint32_t)e->defaults.snapshots[k];
+    r.n_default_steps = (size_t)e->defaults.n_snapshots;
+    r.default_steps = steps;
+    r.has_version = r.has_image_channels = r.has_mask_classes = r.has_size = 1;
+    r.version = 1;
+    r.server_version = LDD_VERSION;
+    r.image_channels = (uint32_t)e->channels;
+    r.mask_classes = (uint32_t)e->classes;
+    r.size = (uint32_t)e->size;
+    r.has_max_batch = r.has_max_credits = r.has_idle_timeout_s = 1;
+    r.max_batch = (uint32_t)self->cfg.max_batch;
+    r.max_credits = (uint32_t)self->cfg.max_credits;
+    r.idle_timeout_s = (uint32_t)ceil(self->cfg.idle_timeout);
+    Langdaug__V1__ServerMessage m = LANGDAUG__V1__SERVER_MESSAGE__INIT;
+    m.body_case = LANGDAUG__V1__SERVER_MESSAGE__BODY_HELLO;
+    m.hello = &r;
+    send_server_message(self, id, id_len, &m);
+}
+
+static void send_heartbeat(ldd_server_t *self, const uint8_t *id, size_t id_len, uint64_t time_ms)
+{
+    Langdaug__V1__Heartbeat hb = LANGDAUG__V1__HEARTBEAT__INIT;
+    hb.has_time_ms = 1;
+    hb.time_ms = time_ms;
+    Langdaug__V1__ServerMessage m = LANGDAUG__V1__SERVER_MESSAGE__INIT;
+    m.body_case = LANGDAUG__V1__SERVER_MESSAGE__BODY_HEARTBEAT;
+    m.heartbeat = &hb;
+    send_server_message(self, id, id_len, &m);
+}
+
+static void handle_client(ldd_server_t *self, const uint8_t *id, size_t id_len, const uint8_t *data, size_t len,
+                          int parts, size_t total)
+{
+    ldd_session_t *s = ldd_sessions_find(self->sessions, id, id_len);
+    if (s)
+        s->last_seen = now_s(self);
+    if (total > (size_t)self->cfg.max_message_size) {
+        send_error(self, id, id_len, s, LANGDAUG__V1__ERROR_CODE__ERROR_TOO_LARGE,
+                   "message of %zu bytes is beyond max_message_size = %d", total, self->cfg.max_message_size);
+        return;
+    }
+    if (parts != 1) {
+        send_error(self, id, id_len, s, LANGDAUG__V1__ERROR_CODE__ERROR_MALFORMED,
+                   "expected one frame holding a ClientMessage, got %d frames", parts);
+        return;
+    }
+    Langdaug__V1__ClientMessage *m = len ? langdaug__v1__client_message__unpack(NULL, len, data) : NULL;
+    if (!m) {
+        send_error(self, id, id_len, s, LANGDAUG__V1__ERROR_CODE__ERROR_MALFORMED,
+                   "%zu bytes that do not decode as a ClientMessage", len);
+        return;
+    }
+    if (!m->has_version || m->version != LANGDAUG__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_CURRENT) {
+        send_error(self, id, id_len, s, LANGDAUG__V1__ERROR_CODE__ERROR_UNSUPPORTED_VERSION,
+                   "protocol version %u is not supported; this daemon speaks 1", m->has_version ? m->version : 0);
+    } else {
+        switch (m->body_case) {
+        case LANGDAUG__V1__CLIENT_MESSAGE__BODY_HELLO: on_hello(self, id, id_len, s, m->hello); break;
+        case LANGDAUG__V1__CLIENT_MESSAGE__BODY_PULL: on_pull(self, id, id_len, s, m->pull); break;
+        case LANGDAUG__V1__CLIENT_MESSAGE__BODY_HEARTBEAT:
+            send_heartbeat(self, id, id_len, m->heartbeat->has_time_ms ? m->heartbeat->time_ms : 0);
+            break;
+        case LANGDAUG__V1__CLIENT_MESSAGE__BODY_BYE:
+            if (s)
+                drop_session(self, s, "said bye");
+            break;
+        default:
+            send_error(self, id, id_len, s, LANGDAUG__V1__ERROR_CODE__ERROR_MALFORMED, "message has no body");
+        }
+    }
+    langdaug__v1__client_message__free_unpacked(m, NULL);
+}
+
+/* Receives one whole multipart message from the data socket: the routing
+ * id, then the client's frames (only the first is kept; the rest counted). */
+static void recv_client(ldd_server_t *self)
+{
+    zmq_msg_t id, body, part;
+    zmq_msg_init(&id);
+    zmq_msg_init(&body);
+    int parts = 0;
+    size_t total = 0;
+    if (zmq_msg_recv(&id, self->data, ZMQ_DONTWAIT) >= 0) {
+        for (int more = zmq_msg_more(&id); more;) {
+            zmq_msg_init(&part);
+            if (zmq_msg_recv(&part, self->data, 0) < 0) {
+                zmq_msg_close(&part);
+                break;
+            }
+            more = zmq_msg_more(&part);
+            total += zmq_msg_size(&part);
+            if (parts++ == 0)
+                zmq_msg_move(&body, &part);
+            zmq_msg_close(&part);
+        }
+        handle_client(self, zmq_msg_data(&id), zmq_msg_size(&id), zmq_msg_data(&body), zmq_msg_size(&body),
+                      parts, total);
+    }
+    zmq_msg_close(&id);
+    zmq_msg_close(&body);
+}
+
+/* ------------------------------------------------------------ status socket */
+
+static void answer_status(ldd_server_t *self)
+{
+    zmq_msg_t req;
+    zmq_msg_init(&req);
+    if (zmq_msg_recv(&req, self->status_sock, ZMQ_DONTWAIT) < 0) {
+        zmq_msg_close(&req);
+        return;
+    }
+    int parts = 1;
+    size_t len = zmq_msg_size(&req);
+    Langdaug__V1__StatusRequest *sr = NULL;
+    if (!zmq_msg_more(&req))
+        sr = langdaug__v1__status_request__unpack(NULL, len, zmq_msg_data(&req));
+    while (zmq_msg_more(&req)) {
+        zmq_msg_close(&req);
+        zmq_msg_init(&req);
+        if (zmq_msg_recv(&req, self->status_sock, 0) < 0)
+            break;
+        parts++;
+    }
+    zmq_msg_close(&req);
+    void *buf;
+    size_t out_len;
+    if (!sr || parts != 1) {
+        ldd_status_protocol_error(self->stats);
+        buf = ldd_status_error_reply(LANGDAUG__V1__ERROR_CODE__ERROR_MALFORMED,
+                                     "expected one frame holding a StatusRequest", &out_len);
+    } else {
+        ldd_status_view_t v = {
+            .cfg = &self->cfg,
+            .engine = self->engine,
+            .sessions = self->sessions,
+            .workers = ldd_workers_count(self->workers),
+            .queue_depth = ldd_workers_busy(self->workers),
+            .queue_capacity = self->cfg.queue_capacity,
+            .draining = self->draining,
+            .now = now_s(self),
+            .started = self->started,
+            .last_reload_time = self->last_reload_time,
+            .last_reload = self->last_reload,
+        };
+        buf = ldd_status_reply(self->stats, &v, &out_len);
+    }
+    langdaug__v1__status_request__free_unpacked(sr, NULL);
+    zmq_msg_t reply;
+    zmq_msg_init_data(&reply, buf, out_len, free_buffer, NULL);
+    if (zmq_msg_send(&reply, self->status_sock, ZMQ_DONTWAIT) < 0) {
+        ld_warn("status reply not sent: %s", zmq_strerror(zmq_errno()));
+        zmq_msg_close(&reply);
+    }
+}
+
+/* ------------------------------------------------------------ pumping */
+
+static int readable(void *sock)
+{
+    int events = 0;
+    size_t sz = sizeof events;
+    return zmq_getsockopt(sock, ZMQ_EVENTS, &events, &sz) == 0 && (events & ZMQ_POLLIN);
+}
+
+static void resume_cb(uv_idle_t *h);
+
+/* Receives until neither socket is readable (ZMQ_FD is edge-triggered), at
+ * most PUMP_BATCH messages per socket per pass; more waits for the idle
+ * handle so that timers and workers are not starved. */
+static void pump(ldd_server_t *self)
+{
+    if (self->in_pump || !self->data)
+        return;
+    self->in_pump = 1;
+    int more = 0;
+    for (int n = 0; readable(self->data); n++) {
+        if (n == PUMP_BATCH) {
+            more = 1;
+            break;
+        }
+        recv_client(self);
+    }
+    for (int n = 0; readable(self->status_sock); n++) {
+        if (n == PUMP_BATCH) {
+            more = 1;
+            break;
+        }
+        answer_status(self);
+    }
+    self->in_pump = 0;
+    if (more)
+        uv_idle_start(&self->resume, resume_cb);
+    else
+        uv_idle_stop(&self->resume);
+}
+
+static void resume_cb(uv_idle_t *h)
+{
+    pump(h->data);
+}
+
+static void poll_cb(uv_poll_t *h, int status, int events)
+{
+    (void)status;
+    (void)events;
+    pump(h->data);
+}
+
+/* ------------------------------------------------------------ workers */
+
+static void stop_now(ldd_server_t *self);
+
+static void job_done(ldd_server_t *self, ldd_job_t *job)
+{
+    ldd_session_t *s = ldd_sessions_find_key(self->sessions, job->session);
+    if (!s || job->generation != s->generation || job->status == LD_ECANCELED) {
+        ldd_job_free(&job);
+        return;
+    }
+    if (job->status < 0) {
+        ldd_status_chain_failed(self->stats);
+        ld_warn("client %llu: chains failed: %s", (unsigned long long)s->key, job->error);
+        send_error(self, s->id, s->id_len, s, LANGDAUG__V1__ERROR_CODE__ERROR_INTERNAL, "chains failed: %s",
+                   job->error);
+        job->consumed = ldd_job_samples(job);
+    } else {
+        const ldd_engine_t *e = job->engine;
+        for (int c = 0; c < job->n; c++)
+            for (int k = 0; k < job->params.n_snapshots; k++)
+                ldd_status_produced(self->stats, ld_dataset_domain(e->dataset, job->chains[c].crop.domain),
+                                    s->req.pairs[job->chains[c].target_name].target,
+                                    job->energy[(size_t)k * job->n + c]);
+    }
+    ldd_session_add_ready(s, job);
+}
+
+static void wake_cb(uv_async_t *h)
+{
+    ldd_server_t *self = h->data;
+    ldd_job_t *list = ldd_workers_take_done(self->workers);
+    while (list) {
+        ldd_job_t *next = list->next;
+        ldd_sched_release(&self->sched, 1);
+        job_done(self, list);
+        list = next;
+    }
+    flush_all(self);
+    schedule(self);
+    pump(self);
+    if (self->draining && ldd_workers_busy(self->workers) == 0)
+        stop_now(self);
+}
+
+/* ------------------------------------------------------------ timers */
+
+static void tick_cb(uv_timer_t *h)
+{
+    ldd_server_t *self = h->data;
+    double now = now_s(self);
+    for (int i = 0; i < ldd_sessions_count(self->sessions);) {
+        ldd_session_t *s = ldd_sessions_at(self->sessions, i);
+        if (now - s->last_seen > self->cfg.idle_timeout) {
+            drop_session(self, s, "idle timeout");
+            continue;
+        }
+        if (s->credits > 0 && now - s->last_sent >= self->cfg.heartbeat_interval) {
+            send_heartbeat(self, s->id, s->id_len, (uint64_t)(now * 1000));
+            s->last_sent = now;
+        }
+        i++;
+    }
+    if (now - self->last_rate_tick >= LDD_RATE_TICK) {
+        ldd_status_tick(self->stats, now - self->last_rate_tick);
+        self->last_rate_tick = now;
+    }
+    if (now - self->last_status_note >= 10 && !self->draining) {
+        char note[128];
+        snprintf(note, sizeof note, "%d clients, %llu samples sent", ldd_sessions_count(self->sessions),
+                 (unsigned long long)ldd_status_samples_sent(self->stats));
+        ldd_notify_status(note);
+        self->last_status_note = now;
+    }
+    if (self->draining && now >= self->drain_deadline) {
+        ld_warn("drain timeout: stopping with %d jobs unfinished", ldd_workers_busy(self->workers));
+        stop_now(self);
+        return;
+    }
+    schedule(self);
+    pump(self);
+}
+
+static void watchdog_cb(uv_timer_t *h)
+{
+    (void)h;
+    ldd_notify_watchdog();
+}
+
+/* ------------------------------------------------------------ signals */
+
+/* Closes every handle but the signal handles, which are only unref'ed so
+ * that a SIGTERM arriving during the final flush is still caught instead of
+ * killing the process (see close_signals). */
+static void close_handle(uv_handle_t *h, void *arg)
+{
+    (void)arg;
+    if (h->type == UV_SIGNAL)
+        uv_unref(h);
+    else if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+/* Last step of shutdown: closing a signal handle restores the default
+ * action, so each is replaced by SIG_IGN right away. */
+static void close_signals(ldd_server_t *self)
+{
+    uv_signal_t *sigs[] = { &self->sig_term, &self->sig_int, &self->sig_hup };
+    int nums[] = { SIGTERM, SIGINT, SIGHUP };
+    for (int i = 0; i < 3; i++) {
+        if (sigs[i]->loop && !uv_is_closing((uv_handle_t *)sigs[i])) {
+            uv_close((uv_handle_t *)sigs[i], NULL);
+            signal(nums[i], SIG_IGN);
+        }
+    }
+}
+
+static void stop_now(ldd_server_t *self)
+{
+    if (self->stopping)
+        return;
+    self->stopping = 1;
+    ldd_workers_cancel(self->workers, 1);
+    uv_walk(&self->loop, close_handle, NULL);
+}
+
+static void start_drain(ldd_server_t *self, const char *signame)
+{
+    if (self->draining) {
+        ld_info("%s again: stopping now", signame);
+        stop_now(self);
+        return;
+    }
+    ld_info("%s: draining (up to %g s)", signame, self->cfg.drain_timeout);
+    ldd_notify_stopping();
+    self->draining = 1;
+    self->drain_deadline = now_s(self) + self->cfg.drain_timeout;
+    ldd_workers_cancel(self->workers, 0);
+    if (ldd_workers_busy(self->workers) == 0)
+        uv_async_send(&self->wake);
+}
+
+static void term_cb(uv_signal_t *h, int signum)
+{
+    start_drain(h->data, signum == SIGINT ? "SIGINT" : "SIGTERM");
+}
+
+static void reload_work(uv_work_t *w)
+{
+    reload_t *r = w->data;
+    ldd_server_t *self = r->work.loop->data;
+    r->rc = ldd_config_build(self->opts, &r->cfg);
+    if (r->rc == 0) {
+        r->rc = ldd_engine_load(&r->cfg, &r->engine);
+        if (r->rc < 0)
+            ldd_config_free(&r->cfg);
+    }
+    if (r->rc < 0)
+        snprintf(r->detail, sizeof r->detail, "%s: %s", ld_strerror(r->rc), ld_errdetail());
+}
+
+/* Keeps the values of keys that need a restart, with a warning. */
+static void keep_restart_keys(ldd_server_t *self, ldd_config_t *fresh)
+{
+    if (strcmp(fresh->bind, self->cfg.bind) || strcmp(fresh->status, self->cfg.status) ||
+        fresh->workers != self->cfg.workers)
+        ld_warn("reload: bind, status and workers changes need a restart; keeping %s, %s, %d", self->cfg.bind,
+                self->cfg.status, self->cfg.workers);
+    char *tmp = fresh->bind;
+    fresh->bind = self->cfg.bind;
+    self->cfg.bind = tmp;
+    tmp = fresh->status;
+    fresh->status = self->cfg.status;
+    self->cfg.status = tmp;
+    fresh->workers = self->cfg.workers;
+}
+
+/* Re-resolves every session's request against the new engine. */
+static void rebind_sessions(ldd_server_t *self)
+{
+    for (int i = 0; i < ldd_sessions_count(self->sessions); i++) {
+        ldd_session_t *s = ldd_sessions_at(self->sessions, i);
+        if (!s->has_request)
+            continue;
+        ldd_request_t req = s->req;
+        int ok = 1;
+        for (int p = 0; p < req.n_pairs && ok; p++) {
+            ldd_pair_t *pair = &req.pairs[p];
+            ok = ldd_engine_find_target(self->engine, pair->target, &pair->model, &pair->target_index) == 0 &&
+                 (!*pair->source || (pair->source_domain = ldd_engine_find_source(self->engine, pair->source)) >= 0);
+        }
+        ldd_session_set_request(s, &req, &self->engine->defaults, self->cfg.seed);
+        if (!ok) {
+            send_error(self, s->id, s->id_len, s, LANGDAUG__V1__ERROR_CODE__ERROR_UNKNOWN_DOMAIN,
+                       "after a reload, a domain of the request is no longer served; credits dropped");
+            s->has_request = 0;
+            s->credits = 0;
+        }
+    }
+}
+
+static void reload_done(uv_work_t *w, int status)
+{
+    reload_t *r = w->data;
+    ldd_server_t *self = w->loop->data;
+    self->reload = NULL;
+    if (self->stopping) {
+        if (status == 0 && r->rc == 0) {
+            ldd_engine_unref(&r->engine);
+            ldd_config_free(&r->cfg);
+        }
+        free(r);
+        return;
+    }
+    self->last_reload_time = now_s(self);
+    if (status != 0 || r->rc < 0) {
+        snprintf(self->last_reload, sizeof self->last_reload, "failed: %s",
+                 status ? uv_strerror(status) : r->detail);
+        ld_error("reload %s; the running models stay", self->last_reload);
+        if (r->rc == 0) {
+            ldd_engine_unref(&r->engine);
+            ldd_config_free(&r->cfg);
+        }
+    } else {
+        keep_restart_keys(self, &r->cfg);
+        ldd_config_free(&self->cfg);
+        self->cfg = r->cfg;
+        ldd_engine_unref(&self->engine);
+        self->engine = r->engine;
+        ld_log_level = ld_log_level_parse(self->cfg.log_level);
+        ldd_sessions_set_max(self->sessions, self->cfg.max_clients);
+        self->sched.capacity = self->cfg.queue_capacity;
+        self->sched.chain_batch = self->cfg.chain_batch;
+        rebind_sessions(self);
+        snprintf(self->last_reload, sizeof self->last_reload, "ok: %d models, first %.16s", self->engine->n_models,
+                 self->engine->models[0].hash);
+        ld_info("reload %s", self->last_reload);
+    }
+    free(r);
+    ldd_notify_ready(self->last_reload);
+    schedule(self);
+    pump(self);
+}
+
+static void hup_cb(uv_signal_t *h, int signum)
+{
+    (void)signum;
+    ldd_server_t *self = h->data;
+    if (self->reload || self->draining) {
+        ld_warn("SIGHUP ignored: %s", self->reload ? "a reload is running" : "draining");
+        return;
+    }
+    ld_info("SIGHUP: reloading the config and models");
+    ldd_notify_reloading();
+    reload_t *r = ldd_xcalloc(1, sizeof *r);
+    r->work.data = r;
+    self->reload = r;
+    uv_queue_work(&self->loop, &r->work, reload_work, reload_done);
+}
+
+/* ------------------------------------------------------------ setup */
+
+static int zmq_fail(const char *what, const char *endpoint)
+{
+    return ld_seterr(LD_EIO, "%s %s: %s", what, endpoint, zmq_strerror(zmq_errno()));
+}
+
+static int open_socket(ldd_server_t *self, int type, const char *endpoint, void **out, uv_poll_t *poll)
+{
+    void *sock = zmq_socket(self->zctx, type);
+    if (!sock)
+        return zmq_fail("cannot create a socket for", endpoint);
+    *out = sock;
+    int one = 1, linger = 0;
+    zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger);
+    if (type == ZMQ_ROUTER) {
+        int hwm = self->cfg.max_credits * 2 + 1000;
+        int64_t maxmsg = (int64_t)self->cfg.max_message_size * 4 + 4096;
+        zmq_setsockopt(sock, ZMQ_ROUTER_MANDATORY, &one, sizeof one);
+        zmq_setsockopt(sock, ZMQ_SNDHWM, &hwm, sizeof hwm);
+        zmq_setsockopt(sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
+    }
+    if (zmq_bind(sock, endpoint) != 0)
+        return zmq_fail("cannot bind", endpoint);
+    int fd;
+    size_t sz = sizeof fd;
+    zmq_getsockopt(sock, ZMQ_FD, &fd, &sz);
+    uv_poll_init(&self->loop, poll, fd);
+    poll->data = self;
+    uv_poll_start(poll, UV_READABLE, poll_cb);
+    ld_info("listening on %s (%s)", endpoint, type == ZMQ_ROUTER ? "data" : "status");
+    return 0;
+}
+
+static int default_workers(void)
+{
+    uv_cpu_info_t *info;
+    int n = 0;
+    if (uv_cpu_info(&info, &n) == 0)
+        uv_free_cpu_info(info, n);
+    return n > 0 ? n : 1;
+}
+
+int ldd_server_new(const ldd_options_t *opts, ldd_config_t *cfg, ldd_engine_t *engine, ldd_server_t **out)
+{
+    ldd_server_t *self = ldd_xcalloc(1, sizeof *self);
+    self->opts = opts;
+    self->cfg = *cfg;
+    memset(cfg, 0, sizeof *cfg);
+    self->engine = engine;
+    uv_loop_init(&self->loop);
+    self->loop.data = self;
+    self->started = self->last_rate_tick = self->last_status_note = now_s(self);
+    self->sessions = ldd_sessions_new(self->cfg.max_clients);
+    self->stats = ldd_status_new();
+    int rc = 0;
+    self->zctx = zmq_ctx_new();
+    if (!self->zctx)
+        rc = ld_seterr(LD_EIO, "cannot create a ZeroMQ context: %s", zmq_strerror(zmq_errno()));
+    if (rc == 0)
+        rc = open_socket(self, ZMQ_ROUTER, self->cfg.bind, &self->data, &self->data_poll);
+    if (rc == 0)
+        rc = open_socket(self, ZMQ_REP, self->cfg.status, &self->status_sock, &self->status_poll);
+    uv_async_init(&self->loop, &self->wake, wake_cb);
+    self->wake.data = self;
+    int nworkers = self->cfg.workers ? self->cfg.workers : default_workers();
+    if (rc == 0)
+        rc = ldd_workers_new(nworkers, &self->wake, &self->workers);
+    if (rc < 0)
+        goto fail;
+    self->sched = (ldd_sched_t){ .workers = self->workers, .capacity = self->cfg.queue_capacity,
+                                 .chain_batch = self->cfg.chain_batch };
+    uv_idle_init(&self->loop, &self->resume);
+    self->resume.data = self;
+    uv_signal_init(&self->loop, &self->sig_term);
+    uv_signal_init(&self->loop, &self->sig_int);
+    uv_signal_init(&self->loop, &self->sig_hup);
+    self->sig_term.data = self->sig_int.data = self->sig_hup.data = self;
+    uv_signal_start(&self->sig_term, term_cb, SIGTERM);
+    uv_signal_start(&self->sig_int, term_cb, SIGINT);
+    uv_signal_start(&self->sig_hup, hup_cb, SIGHUP);
+    uv_timer_init(&self->loop, &self->tick);
+    self->tick.data = self;
+    uv_timer_start(&self->tick, tick_cb, TICK_MS, TICK_MS);
+    uv_timer_init(&self->loop, &self->watchdog);
+    uint64_t wd = ldd_notify_watchdog_usec();
+    if (wd) {
+        uint64_t ms = wd / 2000 ? wd / 2000 : 1;
+        uv_timer_start(&self->watchdog, watchdog_cb, 0, ms);
+        ld_info("systemd watchdog: pinging every %llu ms", (unsigned long long)ms);
+    }
+    ld_info("langdaugd %s: %d workers, %d models, size %d", LDD_VERSION, nworkers, engine->n_models, engine->size);
+    *out = self;
+    return 0;
+fail:
+    ldd_server_destroy(&self);
+    return rc;
+}
+
+int ldd_server_run(ldd_server_t *self)
+{
+    char note[128];
+    snprintf(note, sizeof note, "serving %d models on %s", self->engine->n_models, self->cfg.bind);
+    ldd_notify_ready(note);
+    pump(self);
+    uv_run(&self->loop, UV_RUN_DEFAULT);
+    ld_info("stopped: %llu samples sent", (unsigned long long)ldd_status_samples_sent(self->stats));
+    return self->exit_code;
+}
+
+void ldd_server_destroy(ldd_server_t **self_p)
+{
+    ldd_server_t *self = *self_p;
+    if (!self)
+        return;
+    ldd_workers_destroy(&self->workers);
+    if (!self->stopping)
+        uv_walk(&self->loop, close_handle, NULL);
+    uv_run(&self->loop, UV_RUN_DEFAULT);
+    if (self->data) {
+        /* Give queued batches time to leave before the context ends. */
+        int linger = (int)(self->cfg.drain_timeout * 1000);
+        zmq_setsockopt(self->data, ZMQ_LINGER, &linger, sizeof linger);
+        zmq_close(self->data);
+    }
+    if (self->status_sock)
+        zmq_close(self->status_sock);
+    if (self->zctx)
+        zmq_ctx_term(self->zctx);
+    close_signals(self);
+    uv_run(&self->loop, UV_RUN_DEFAULT);
+    uv_loop_close(&self->loop);
+    ldd_sessions_destroy(&self->sessions);
+    ldd_status_destroy(&self->stats);
+    ldd_engine_unref(&self->engine);
+    ldd_config_free(&self->cfg);
+    free(self);
+    *self_p = NULL;
+}

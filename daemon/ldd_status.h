@@ -1,0 +1,55 @@
+/* ldd_status: the daemon's counters and the status socket's reply.
+ *
+ * Counters (samples produced and sent, batches, failures), rates as
+ * exponentially weighted moving averages over 1, 5 and 15 minutes (updated
+ * every LDD_RATE_TICK seconds, like the load average) and running energy
+ * statistics per (source, target) pair (Welford). Everything is touched by
+ * the loop thread only. */
+#ifndef LDD_STATUS_H
+#define LDD_STATUS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "langdaug.pb-c.h"
+#include "ldd_config.h"
+#include "ldd_engine.h"
+#include "ldd_session.h"
+
+#define LDD_RATE_TICK 5.0
+
+typedef struct ldd_status_s ldd_status_t;
+
+ldd_status_t *ldd_status_new(void);
+void ldd_status_destroy(ldd_status_t **self_p);
+
+void ldd_status_produced(ldd_status_t *self, const char *source, const char *target, float energy);
+void ldd_status_sent(ldd_status_t *self, uint64_t samples);
+void ldd_status_chain_failed(ldd_status_t *self);
+void ldd_status_protocol_error(ldd_status_t *self);
+/* Advances the rates by dt seconds (call every LDD_RATE_TICK). */
+void ldd_status_tick(ldd_status_t *self, double dt);
+uint64_t ldd_status_samples_sent(const ldd_status_t *self);
+
+/* What the reply shows besides the counters. */
+typedef struct {
+    const ldd_config_t *cfg;
+    const ldd_engine_t *engine;
+    ldd_sessions_t *sessions;
+    int workers, queue_depth, queue_capacity, draining;
+    double now, started, last_reload_time;
+    const char *last_reload;
+} ldd_status_view_t;
+
+/* Packs a StatusReply into a malloc'ed buffer (caller frees). */
+void *ldd_status_reply(const ldd_status_t *self, const ldd_status_view_t *view, size_t *len);
+/* Packs a StatusReply carrying only an error. */
+void *ldd_status_error_reply(int code, const char *text, size_t *len);
+/* Fills a ModelInfo for model i of e; its arrays point into the scratch
+ * arrays given (LD_EBM_MAX_DOMAINS names, LD_EBM_MAX_BLOCKS + 1 widths). */
+void ldd_model_info(const ldd_engine_t *e, int i, Langdaug__V1__ModelInfo *info, char **domains,
+                    uint32_t *widths);
+/* Resident set size of this process in bytes (0 if unknown). */
+uint64_t ldd_resident_bytes(void);
+
+#endif
