@@ -86,7 +86,9 @@ ifneq ($(CLIENTLIB_SRC),)
 TARGETS += $(B)/liblangdaug.a $(B)/liblangdaug.so
 endif
 
-.PHONY: all deps test bench demo install clean check-deps print-deps
+.PHONY: all deps test bench demo install clean print-deps
+# Generated sources are kept (make would delete them as intermediates).
+.SECONDARY: $(PROTO_C) $(PROTO_H)
 all: $(TARGETS) $(TEST_BIN) $(BENCH_BIN) $(PY_PROTO)
 
 # The dependency step: install missing Debian packages when root, otherwise

@@ -2,7 +2,6 @@
  * no temporary behind; errors carry a detail naming the path. */
 #include "testutil.h"
 
-#include <dirent.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -11,27 +10,11 @@
 #include "ld_afile.h"
 #include "ld_error.h"
 
-static char *read_all(const char *path)
+static void assert_file_text(const char *path, const char *want)
 {
-    FILE *f = fopen(path, "rb");
-    ck_assert_ptr_nonnull(f);
-    static char buf[256];
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    buf[n] = '\0';
-    fclose(f);
-    return buf;
-}
-
-static int count_entries(const char *dir)
-{
-    DIR *d = opendir(dir);
-    ck_assert_ptr_nonnull(d);
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)))
-        n += e->d_name[0] != '.';
-    closedir(d);
-    return n;
+    char *text = ld_test_read_file(path, NULL);
+    ck_assert_str_eq(text, want);
+    free(text);
 }
 
 START_TEST(commit_replaces)
@@ -41,12 +24,12 @@ START_TEST(commit_replaces)
     ld_afile_t *af;
     ck_assert_int_eq(ld_afile_open(p, &af), 0);
     ck_assert_int_eq(ld_afile_write(af, "new!", 4), 0);
-    ck_assert_str_eq(read_all(p), "old"); /* not visible before commit */
-    ck_assert_int_eq(count_entries(dir), 2);
+    assert_file_text(p, "old"); /* not visible before commit */
+    ck_assert_int_eq(ld_test_count_entries(dir), 2);
     ck_assert_int_eq(ld_afile_commit(&af), 0);
     ck_assert_ptr_null(af);
-    ck_assert_str_eq(read_all(p), "new!");
-    ck_assert_int_eq(count_entries(dir), 1);
+    assert_file_text(p, "new!");
+    ck_assert_int_eq(ld_test_count_entries(dir), 1);
     ld_test_rmtree(dir);
     free(p);
     free(dir);
@@ -63,8 +46,8 @@ START_TEST(abort_keeps_old)
     ld_afile_abort(&af);
     ck_assert_ptr_null(af);
     ld_afile_abort(&af); /* NULL-safe */
-    ck_assert_str_eq(read_all(p), "old");
-    ck_assert_int_eq(count_entries(dir), 1);
+    assert_file_text(p, "old");
+    ck_assert_int_eq(ld_test_count_entries(dir), 1);
     ld_test_rmtree(dir);
     free(p);
     free(dir);
@@ -92,8 +75,8 @@ START_TEST(disk_full_keeps_old)
     int rc = ld_afile_commit(&af);
     ck_assert_int_eq(rc, LD_EIO);
     ck_assert_ptr_nonnull(strstr(ld_errdetail(), "f.txt"));
-    ck_assert_str_eq(read_all(p), "old");
-    ck_assert_int_eq(count_entries(dir), 1);
+    assert_file_text(p, "old");
+    ck_assert_int_eq(ld_test_count_entries(dir), 1);
     ld_test_rmtree(dir);
     free(p);
     free(dir);

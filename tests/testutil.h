@@ -45,6 +45,13 @@ char *ld_test_path(const char *dir, const char *name);
 /* Writes bytes to a file (test fixture); aborts the test on failure. */
 void ld_test_write_file(const char *path, const void *data, size_t len);
 
+/* Reads a whole file into a malloc'ed buffer with a NUL after the data;
+ * *len (may be NULL) gets the size. Aborts the test if it cannot. */
+char *ld_test_read_file(const char *path, size_t *len);
+
+/* Number of entries in a directory, "." and ".." and dot-files excluded. */
+int ld_test_count_entries(const char *dir);
+
 /* Runs a shell command, returns its exit status (-1 if it did not exit). */
 int ld_test_system(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
