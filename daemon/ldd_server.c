@@ -15,6 +15,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <uv.h>
 #include <zmq.h>
 
@@ -56,6 +57,7 @@ struct ldd_server_s {
     ldd_sessions_t *sessions;
     ldd_status_t *stats;
     double started, last_rate_tick, last_status_note, drain_deadline;
+    uint64_t stream_seed;  /* seeds of clients that send none: cfg.seed, or random when 0 */
     int draining, stopping, in_pump, exit_code;
     reload_t *reload;
     char last_reload[1100];
@@ -306,7 +308,7 @@ static void on_pull(ldd_server_t *self, const uint8_t *id, size_t id_len, ldd_se
         return;
     }
     if (has_spec && (!s->has_request || memcmp(&req, &s->req, sizeof req) != 0))
-        ldd_session_set_request(s, &req, &self->engine->defaults, self->cfg.seed);
+        ldd_session_set_request(s, &req, &self->engine->defaults, self->stream_seed);
     s->credits += credits;
     flush_session(self, s);
     schedule(self);
@@ -744,7 +746,7 @@ static void rebind_sessions(ldd_server_t *self)
             ok = ldd_engine_find_target(self->engine, pair->target, &pair->model, &pair->target_index) == 0 &&
                  (!*pair->source || (pair->source_domain = ldd_engine_find_source(self->engine, pair->source)) >= 0);
         }
-        ldd_session_set_request(s, &req, &self->engine->defaults, self->cfg.seed);
+        ldd_session_set_request(s, &req, &self->engine->defaults, self->stream_seed);
         if (!ok) {
             send_error(self, s->id, s->id_len, s, LANGDAUG__V1__ERROR_CODE__ERROR_UNKNOWN_DOMAIN,
                        "after a reload, a domain of the request is no longer served; credits dropped");
@@ -867,6 +869,9 @@ int ldd_server_new(const ldd_options_t *opts, ldd_config_t *cfg, ldd_engine_t *e
     self->loop.data = self;
     self->started = self->last_rate_tick = self->last_status_note = now_s(self);
     self->sessions = ldd_sessions_new(self->cfg.max_clients);
+    self->stream_seed = self->cfg.seed;
+    if (!self->stream_seed && getrandom(&self->stream_seed, sizeof self->stream_seed, 0) != sizeof self->stream_seed)
+        self->stream_seed = uv_hrtime();
     self->stats = ldd_status_new();
     int rc = 0;
     self->zctx = zmq_ctx_new();
