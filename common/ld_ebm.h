@@ -114,4 +114,41 @@ int ld_ebm_backward_params(const ld_ebm_t *m, ld_ebm_ws_t *ws, int n,
                            const float *image, const uint8_t *mask, const int32_t *target,
                            const float *coef, float *energy_out, float *grad_params);
 
+/* ---- Workspace extras (added by the engine) ----
+ * Thread use: the workspace owns its threads and the cores they run on.
+ * ld_ebm_ws_new() sets OpenBLAS to one thread for the whole process
+ * (openblas_set_num_threads(1)): every GEMM runs on the engine thread that
+ * calls it, so `threads` is the whole CPU budget of the engine. */
+
+/* As ld_ebm_energy, but reuses the weight transforms of the previous
+ * evaluation on ws when that was of the same model object: the caller
+ * guarantees the parameters did not change in between (ld_langevin_run
+ * calls this for every step after its first). Otherwise as ld_ebm_energy. */
+int ld_ebm_energy_reuse(const ld_ebm_t *m, ld_ebm_ws_t *ws, int n,
+                        const float *image, const uint8_t *mask, const int32_t *target,
+                        float *energy_out, float *grad_out);
+
+/* Threads of the workspace, the calling thread included. */
+int ld_ebm_ws_threads(const ld_ebm_ws_t *self);
+
+/* Runs fn(ctx, piece, tid) for every piece in 0..pieces-1 on the
+ * workspace's threads (tid in 0..threads-1, each piece exactly once) and
+ * returns when all are done. For callers' per-chain work (Langevin
+ * updates); pieces must not depend on which thread runs them. */
+typedef void (*ld_ebm_task_fn)(void *ctx, int piece, int tid);
+void ld_ebm_ws_parallel(ld_ebm_ws_t *self, int pieces, ld_ebm_task_fn fn, void *ctx);
+
+/* Per-layer time profile. Enabling clears the counters; while enabled each
+ * evaluation adds the thread-seconds spent in each part (summed over
+ * threads; "wait" is time spent at barriers). Costs two clock reads per
+ * piece when enabled, nothing when disabled. */
+typedef struct {
+    const char *name;   /* "blocks.0.conv1.fwd.gemm" (owned by the workspace) */
+    double seconds;
+    long long calls;
+} ld_ebm_prof_t;
+void ld_ebm_ws_set_profiling(ld_ebm_ws_t *self, int on);
+/* Copies up to max entries; returns the number of entries. */
+int ld_ebm_ws_profile(const ld_ebm_ws_t *self, ld_ebm_prof_t *out, int max);
+
 #endif

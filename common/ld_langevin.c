@@ -1,0 +1,224 @@
+/* ld_langevin: Langevin chains over the image channels (see ld_langevin.h).
+ *
+ * One run, per step k = 0..K-1:
+ *   poll cancel -> E, dE/dx of x_k (ld_ebm; weight transforms reused after
+ *   step 0) -> check finite -> snapshot x_k if k is a snapshot step (its
+ *   energy is the E just computed) -> x_{k+1} = clamp(x_k - a g + b z, -1, 1)
+ * and after the loop a snapshot of x_K if asked for (one extra forward when
+ * its energy is wanted). a = eta/2 and b = sqrt(eta) sigma are rounded to
+ * float once; the update is computed per element as ((x - a*g) + b*z) in
+ * float, then clamped. z for chain c at step k is ld_noise_fill(seed,
+ * chain_id[c], k) over its C*S*S image elements, so a chain's trajectory is
+ * a function of its own inputs only: the engine's energies and gradients do
+ * not depend on the batch or the threads, and neither does the update.
+ *
+ * The update runs one chain per piece on the workspace's threads. The
+ * gradient lives in ld_ebm_ws_scratch(ws); the only allocation of a run is
+ * its energy and noise buffers, made once at the start. On an error the
+ * image holds the chains' state at the failing step. */
+#include "ld_langevin.h"
+
+#include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ld_error.h"
+#include "ld_rng.h"
+
+#define MAX_STEPS 10000000
+
+int ld_langevin_validate(const ld_langevin_params_t *p)
+{
+    if (!p)
+        return ld_seterr(LD_EINVAL, "langevin: NULL parameters");
+    if (!(p->step_size > 0.0f) || !isfinite(p->step_size))
+        return ld_seterr(LD_ERANGE, "langevin: step_size %g must be finite and > 0", (double)p->step_size);
+    if (!(p->noise >= 0.0f) || !isfinite(p->noise))
+        return ld_seterr(LD_ERANGE, "langevin: noise %g must be finite and >= 0", (double)p->noise);
+    if (p->steps < 1 || p->steps > MAX_STEPS)
+        return ld_seterr(LD_ERANGE, "langevin: steps %d outside 1..%d", p->steps, MAX_STEPS);
+    if (p->n_snapshots < 0 || p->n_snapshots > LD_LANGEVIN_MAX_SNAPSHOTS)
+        return ld_seterr(LD_ERANGE, "langevin: n_snapshots %d outside 0..%d", p->n_snapshots,
+                         LD_LANGEVIN_MAX_SNAPSHOTS);
+    for (int i = 0; i < p->n_snapshots; i++) {
+        if (p->snapshots[i] < 0 || p->snapshots[i] > p->steps)
+            return ld_seterr(LD_ERANGE, "langevin: snapshots[%d] = %d outside 0..steps (%d)", i, p->snapshots[i],
+                             p->steps);
+        if (i > 0 && p->snapshots[i] <= p->snapshots[i - 1])
+            return ld_seterr(LD_ERANGE, "langevin: snapshots not strictly ascending at [%d] = %d", i,
+                             p->snapshots[i]);
+    }
+    return 0;
+}
+
+static int cmp_int(const void *a, const void *b)
+{
+    int x = *(const int *)a, y = *(const int *)b;
+    return (x > y) - (x < y);
+}
+
+int ld_langevin_set_snapshots(ld_langevin_params_t *p, const char *csv)
+{
+    if (!p || !csv)
+        return ld_seterr(LD_EINVAL, "snapshots: NULL argument");
+    int v[LD_LANGEVIN_MAX_SNAPSHOTS];
+    int count = 0;
+    for (const char *s = csv; *s;) {
+        if (*s < '0' || *s > '9')
+            return ld_seterr(LD_EINVAL, "snapshots '%s': expected a step number at position %d", csv, (int)(s - csv));
+        char *end;
+        long x = strtol(s, &end, 10);
+        if (x > MAX_STEPS)
+            return ld_seterr(LD_ERANGE, "snapshots '%s': step %ld above %d", csv, x, MAX_STEPS);
+        if (count == LD_LANGEVIN_MAX_SNAPSHOTS)
+            return ld_seterr(LD_ERANGE, "snapshots '%s': more than %d snapshots", csv, LD_LANGEVIN_MAX_SNAPSHOTS);
+        v[count++] = (int)x;
+        if (*end == ',' && end[1] != '\0')
+            end++;
+        else if (*end != '\0')
+            return ld_seterr(LD_EINVAL, "snapshots '%s': unexpected '%c' at position %d", csv, *end,
+                             (int)(end - csv));
+        s = end;
+    }
+    qsort(v, (size_t)count, sizeof v[0], cmp_int);
+    for (int i = 1; i < count; i++)
+        if (v[i] == v[i - 1])
+            return ld_seterr(LD_EINVAL, "snapshots '%s': step %d listed twice", csv, v[i]);
+    p->n_snapshots = count;
+    memcpy(p->snapshots, v, (size_t)count * sizeof v[0]);
+    return 0;
+}
+
+typedef struct {
+    float *image;
+    const float *grad;
+    const uint64_t *chain_id;
+    uint64_t seed;
+    uint32_t step;
+    size_t per;              /* C*S*S */
+    float a, b;              /* eta/2, sqrt(eta)*sigma */
+    float *noise;            /* [threads][per] */
+    atomic_int bad;          /* 1 + lowest chain with a non-finite gradient, or 0 */
+} update_t;
+
+static int all_finite(const float *x, size_t n)
+{
+    float acc = 0.0f;
+    for (size_t i = 0; i < n; i++)
+        acc += x[i] * 0.0f; /* stays 0 unless some x[i] is Inf or NaN */
+    return acc == 0.0f;
+}
+
+static void note_bad(update_t *u, int chain)
+{
+    int cur = atomic_load(&u->bad);
+    while ((cur == 0 || chain + 1 < cur) && !atomic_compare_exchange_weak(&u->bad, &cur, chain + 1))
+        ;
+}
+
+static float clamp1(float v)
+{
+    v = v < -1.0f ? -1.0f : v;
+    return v > 1.0f ? 1.0f : v;
+}
+
+static void update_chain(void *ctx, int c, int tid)
+{
+    update_t *u = ctx;
+    float *x = u->image + (size_t)c * u->per;
+    const float *g = u->grad + (size_t)c * u->per;
+    if (!all_finite(g, u->per)) {
+        note_bad(u, c);
+        return;
+    }
+    if (u->b == 0.0f) {
+        for (size_t i = 0; i < u->per; i++)
+            x[i] = clamp1(x[i] - u->a * g[i]);
+        return;
+    }
+    float *z = u->noise + (size_t)tid * u->per;
+    ld_noise_fill(u->seed, u->chain_id[c], u->step, z, u->per);
+    for (size_t i = 0; i < u->per; i++)
+        x[i] = clamp1((x[i] - u->a * g[i]) + u->b * z[i]);
+}
+
+static int check_energies(const float *e, int n, const uint64_t *chain_id, int step)
+{
+    for (int c = 0; c < n; c++)
+        if (!isfinite(e[c]))
+            return ld_seterr(LD_ENUMERIC, "langevin: chain %llu (batch index %d): energy %g at step %d",
+                             (unsigned long long)chain_id[c], c, (double)e[c], step);
+    return 0;
+}
+
+static void take_snapshot(int s, int n, size_t per, const float *image, const float *energy, float *snap_images,
+                          float *snap_energy)
+{
+    if (snap_images)
+        memcpy(snap_images + (size_t)s * (size_t)n * per, image, (size_t)n * per * sizeof(float));
+    if (snap_energy)
+        memcpy(snap_energy + (size_t)s * (size_t)n, energy, (size_t)n * sizeof(float));
+}
+
+int ld_langevin_run(const ld_ebm_t *m, ld_ebm_ws_t *ws, const ld_langevin_params_t *p, int n, float *image,
+                    const uint8_t *mask, const int32_t *target, const uint64_t *chain_id, float *snap_images,
+                    float *snap_energy, const volatile int *cancel)
+{
+    int rc = ld_langevin_validate(p);
+    if (rc)
+        return rc;
+    if (!m || !ws)
+        return ld_seterr(LD_EINVAL, "langevin: NULL model or workspace");
+    if (n < 0 || n > ld_ebm_ws_max_batch(ws))
+        return ld_seterr(LD_EINVAL, "langevin: %d chains outside 0..max_batch %d", n, ld_ebm_ws_max_batch(ws));
+    if (n == 0)
+        return 0;
+    if (!image || !mask || !target || !chain_id)
+        return ld_seterr(LD_EINVAL, "langevin: NULL image, mask, target or chain_id");
+    const ld_ebm_arch_t *a = ld_ebm_arch(m);
+    size_t per = (size_t)a->image_channels * (size_t)a->size * (size_t)a->size;
+    float *grad = ld_ebm_ws_scratch(ws);
+    update_t u = { .image = image, .grad = grad, .chain_id = chain_id, .seed = p->seed,
+                   .per = per, .a = 0.5f * p->step_size, .b = sqrtf(p->step_size) * p->noise };
+    float *energy = malloc((size_t)n * sizeof *energy);
+    u.noise = malloc((size_t)ld_ebm_ws_threads(ws) * per * sizeof(float));
+    if (!energy || !u.noise) {
+        rc = ld_seterr(LD_ENOMEM, "langevin: out of memory for %d chains", n);
+        goto done;
+    }
+    int snap = 0;
+    for (int k = 0; k < p->steps; k++) {
+        if (cancel && *cancel) {
+            rc = ld_seterr(LD_ECANCELED, "langevin: canceled before step %d of %d", k, p->steps);
+            goto done;
+        }
+        rc = k == 0 ? ld_ebm_energy(m, ws, n, image, mask, target, energy, grad)
+                    : ld_ebm_energy_reuse(m, ws, n, image, mask, target, energy, grad);
+        if (rc || (rc = check_energies(energy, n, chain_id, k)))
+            goto done;
+        if (snap < p->n_snapshots && p->snapshots[snap] == k)
+            take_snapshot(snap++, n, per, image, energy, snap_images, snap_energy);
+        u.step = (uint32_t)k;
+        atomic_init(&u.bad, 0);
+        ld_ebm_ws_parallel(ws, n, update_chain, &u);
+        int bad = atomic_load(&u.bad);
+        if (bad) {
+            rc = ld_seterr(LD_ENUMERIC, "langevin: chain %llu (batch index %d): non-finite gradient at step %d",
+                           (unsigned long long)chain_id[bad - 1], bad - 1, k);
+            goto done;
+        }
+    }
+    if (snap < p->n_snapshots) { /* the final state, step K */
+        if (snap_energy) {
+            rc = ld_ebm_energy_reuse(m, ws, n, image, mask, target, energy, NULL);
+            if (rc || (rc = check_energies(energy, n, chain_id, p->steps)))
+                goto done;
+        }
+        take_snapshot(snap, n, per, image, energy, snap_images, snap_energy);
+    }
+done:
+    free(energy);
+    free(u.noise);
+    return rc;
+}
