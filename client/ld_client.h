@@ -1,0 +1,184 @@
+/* ld_client: the C client of langdaugd samplers (liblangdaug).
+ *
+ * A client holds one ZeroMQ DEALER socket per sampler endpoint and keeps a
+ * window of `credits` batches granted on each: every batch handed to the
+ * caller is replaced by a new credit on the endpoint it came from, so a
+ * faster sampler serves more. Batches are views over the received frames
+ * (no pixel copy); the caller owns each batch until ld_batch_destroy().
+ *
+ * Samplers may die and come back. Each endpoint runs this state machine
+ * (driven from ld_client_next(); the client has no thread of its own):
+ *
+ *   state    | event                                  | action                          | next
+ *   ---------+----------------------------------------+---------------------------------+---------
+ *   DOWN     | ZMTP handshake done (socket monitor)   | send Hello                      | HELLO
+ *   HELLO    | HelloReply                             | send PullRequest(window)        | LIVE
+ *   LIVE     | Batch                                  | hand out; top up the window     | LIVE
+ *   LIVE     | no message sent for idle_timeout       | session presumed expired:       | LIVE
+ *            |   (caller did not call next in time)   |   grant the whole window again  |
+ *   HELLO,   | Error INVALID_REQUEST, UNKNOWN_DOMAIN, | error returned once by next();  | REJECTED
+ *   LIVE     |   LIMIT, UNSUPPORTED_VERSION...        |   no more credits               |
+ *   LIVE     | Error UNAVAILABLE (daemon draining)    | no more credits                 | DRAINING
+ *   any      | connection lost (socket monitor, or    | outstanding credits forgotten   | DOWN
+ *            |   ZMTP heartbeat timeout)              |                                 |
+ *
+ * A reconnection is a new session on the daemon (ZeroMQ gives the new
+ * connection a new routing id), so nothing of the old one can arrive after
+ * it and the window restarts from zero. Heartbeats go to every live
+ * endpoint each heartbeat_ms while the caller waits in ld_client_next().
+ *
+ * Seeds: with opts.has_seed, session k (0, 1, ... counted per endpoint, a
+ * new one after each reconnection) of endpoint e asks for seed
+ * ld_client_session_seed(seed, e, k): exactly `seed` for endpoint 0's first
+ * session, distinct well-mixed seeds otherwise, so two samplers or a
+ * restarted one never replay the same chains.
+ *
+ * Errors: functions return 0 or a negative LD_E* code with ld_errdetail()
+ * naming the endpoint and what was wrong. The library never aborts or exits
+ * and logs through ld_log (ld_log_set() installs the caller's callback).
+ * A client is used by one thread at a time. */
+#ifndef LD_CLIENT_H
+#define LD_CLIENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define LD_CLIENT_PROTOCOL_VERSION 1
+
+typedef enum {
+    LD_ENCODING_FLOAT32 = 0, /* little-endian IEEE float, values in [-1, 1] */
+    LD_ENCODING_FLOAT16 = 1, /* little-endian IEEE half */
+    LD_ENCODING_UINT8 = 2    /* round((v + 1) * 127.5) */
+} ld_encoding_t;
+
+/* A weighted (source, target) domain pair; source NULL or "" = any dataset
+ * domain other than the target. */
+typedef struct {
+    const char *source;
+    const char *target;
+    double weight; /* > 0; 0 means the default 1 */
+} ld_pair_t;
+
+/* Options; start from ld_client_opts_init() and set what you need. The
+ * client copies everything it keeps, so the caller's arrays and strings
+ * need only live through ld_client_new(). */
+typedef struct {
+    const char *const *endpoints; /* e.g. "tcp://host:5555"; 1.. endpoints */
+    int n_endpoints;
+    uint32_t batch_size;          /* samples per batch (required, >= 1) */
+    const char *const *targets;   /* target domains (shorthand pairs) */
+    int n_targets;
+    const ld_pair_t *pairs;
+    int n_pairs;                  /* targets + pairs: at least one */
+    const uint32_t *steps;        /* snapshot steps, ascending; none = daemon default */
+    int n_steps;
+    ld_encoding_t encoding;       /* default FLOAT32 */
+    int has_seed;                 /* 0 = each session gets a random daemon seed */
+    uint64_t seed;
+    int epoch;                    /* each source crop once per epoch */
+    uint32_t credits;             /* window per endpoint; default 4 */
+    int timeout_ms;               /* ld_client_next() waits at most this; default 30000 */
+    int heartbeat_ms;             /* client heartbeats while waiting; default 1000 */
+    int dead_ms;                  /* ZMTP heartbeat: connection lost after this silence; default 3000 */
+    const char *name;             /* client name shown by `langdaug status`; default "liblangdaug" */
+    /* CURVE encryption (issue 7): Z85 keys of 40 characters. All NULL = plain
+     * TCP. Not implemented yet: setting any gives LD_ENOTSUP. */
+    const char *curve_server_key;
+    const char *curve_public_key;
+    const char *curve_secret_key;
+} ld_client_opts_t;
+
+/* Metadata of one sample; strings are "" when the daemon did not send them.
+ * Pointers stay valid as long as their batch. */
+typedef struct {
+    const char *source_domain;
+    const char *target_domain;
+    uint32_t step;          /* Langevin step of the snapshot, 0 = the source crop */
+    float energy;
+    uint64_t chain_id;      /* chain number within its session; (seed, chain_id) identifies a chain */
+    uint64_t seed;          /* noise seed of the chain */
+    const char *source_file;
+    int32_t crop_x, crop_y;
+    const char *model_hash;
+    uint32_t source_item;
+    uint64_t epoch;
+} ld_sample_meta_t;
+
+/* A received batch. Read-only view: images and masks point into the
+ * received frames (images is aligned for its element type: a misaligned
+ * frame is copied once). */
+typedef struct {
+    int endpoint;                /* index into opts.endpoints */
+    uint64_t sequence;           /* per session, 0, 1, ... */
+    uint32_t n, channels, size;  /* N, C, S */
+    uint32_t mask_classes;       /* K (0 if the daemon did not say) */
+    ld_encoding_t encoding;
+    const void *images;          /* N*C*S*S values [n][c][y][x] */
+    size_t images_bytes;
+    const uint8_t *masks;        /* N*S*S class ids [n][y][x] */
+    size_t masks_bytes;
+    const ld_sample_meta_t *meta;/* N entries */
+    uint32_t credits_left;       /* the daemon's count after this batch */
+} ld_batch_t;
+
+typedef struct ld_client_s ld_client_t;
+
+/* Per-endpoint counters (for `langdaug bench` and tests). */
+typedef struct {
+    const char *endpoint;        /* valid while the client lives */
+    const char *state;           /* "down", "hello", "live", "rejected", "draining" */
+    uint32_t outstanding;        /* credits granted and not yet answered */
+    uint32_t window;             /* credits kept outstanding (clamped to the daemon's max) */
+    uint64_t batches, samples, bytes; /* received */
+    uint64_t sessions;           /* connections that reached HELLO */
+    uint64_t errors;             /* Error messages and malformed batches */
+} ld_endpoint_stats_t;
+
+void ld_client_opts_init(ld_client_opts_t *opts);
+
+/* Checks and copies opts, creates the sockets and starts connecting (the
+ * endpoints need not be up yet). LD_EINVAL/LD_ERANGE name a bad option;
+ * LD_EIO a socket that ZeroMQ refused (e.g. malformed endpoint). */
+int ld_client_new(const ld_client_opts_t *opts, ld_client_t **out);
+
+/* Says Bye to live endpoints, closes everything, NULLs *self_p. Safe on
+ * NULL. Batches still held by the caller stay valid. */
+void ld_client_destroy(ld_client_t **self_p);
+
+/* Waits up to opts.timeout_ms for the next batch from any endpoint (served
+ * round-robin among those with batches waiting). Returns 0 and *out (owned
+ * by the caller), or:
+ *   LD_ETIMEDOUT  nothing arrived in time (detail: each endpoint's state);
+ *   LD_EPROTO     an endpoint sent a malformed message (dropped);
+ *   LD_EINVAL, LD_ENOENT, LD_ERANGE, LD_ENOTSUP  the daemon rejected the
+ *                 request (Error INVALID_REQUEST, UNKNOWN_DOMAIN, LIMIT,
+ *                 UNSUPPORTED_VERSION; the detail has its text): that
+ *                 endpoint gets no more credits until it reconnects;
+ *   LD_EIO        a ZeroMQ call failed.
+ * After an error the client stays usable: call again to go on. */
+int ld_client_next(ld_client_t *self, ld_batch_t **out);
+
+/* Number of endpoints, and a snapshot of one's counters. */
+int ld_client_endpoints(const ld_client_t *self);
+int ld_client_stats(const ld_client_t *self, int endpoint, ld_endpoint_stats_t *out);
+
+/* Frees a batch (its frames and metadata) and NULLs *b_p. Safe on NULL. */
+void ld_batch_destroy(ld_batch_t **b_p);
+
+/* Sample i's C*S*S pixel values as floats in [-1, 1], whatever the
+ * encoding. i < b->n. */
+void ld_batch_image_float(const ld_batch_t *b, uint32_t i, float *out);
+
+/* Bytes per pixel value of an encoding (4, 2, 1; 0 if unknown). */
+size_t ld_encoding_size(ld_encoding_t enc);
+/* "float32", "float16", "uint8"; parse returns 0 or LD_EINVAL. */
+const char *ld_encoding_name(ld_encoding_t enc);
+int ld_encoding_parse(const char *name, ld_encoding_t *out);
+
+/* IEEE half (bits) to float. */
+float ld_half_to_float(uint16_t h);
+
+/* The seed session k of endpoint e asks for (see above). */
+uint64_t ld_client_session_seed(uint64_t seed, uint32_t endpoint, uint64_t session);
+
+#endif

@@ -1,0 +1,167 @@
+/* ldc_request: sampler-request options of pull and bench (see ldc_request.h).
+ * Lists are split in place in owned copies; every item is checked (no empty
+ * item, numbers whole and in range) and a bad one named in the message. */
+#include "ldc_request.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "ld_cli.h"
+#include "ld_error.h"
+#include "ldc.h"
+
+void ldc_request_init(ldc_request_t *req, ld_encoding_t encoding)
+{
+    memset(req, 0, sizeof *req);
+    ld_client_opts_init(&req->opts);
+    req->opts.batch_size = 16;
+    req->opts.timeout_ms = 60000;
+    req->opts.encoding = encoding;
+    req->opts.endpoints = req->endpoint_v;
+    req->opts.targets = req->target_v;
+    req->opts.pairs = req->pair_v;
+    req->opts.steps = req->step_v;
+}
+
+/* Splits a comma list in place into v[]; returns the count or -1 (empty
+ * item or too many, message printed). */
+static int split_list(const char *cmd, const char *what, char *s, const char **v)
+{
+    size_t len = strlen(s);
+    if (len == 0 || strstr(s, ",,") || s[0] == ',' || s[len - 1] == ',') {
+        ldc_usage_error(cmd, "%s: empty item in the list", what);
+        return -1;
+    }
+    int n = 0;
+    for (char *save = NULL, *tok = s;; tok = NULL) {
+        char *item = strtok_r(tok, ",", &save);
+        if (!item)
+            break;
+        if (n == LDC_REQUEST_MAX_ITEMS) {
+            ldc_usage_error(cmd, "%s: more than %d items", what, LDC_REQUEST_MAX_ITEMS);
+            return -1;
+        }
+        v[n++] = item;
+    }
+    return n;
+}
+
+static int replace_copy(char **dst, const char *arg)
+{
+    free(*dst);
+    *dst = strdup(arg);
+    return *dst != NULL;
+}
+
+/* "A:B" or "A:B:W" items (the source may be empty). */
+static int parse_pairs(ldc_request_t *req, const char *cmd, const char *arg)
+{
+    const char *items[LDC_REQUEST_MAX_ITEMS];
+    if (!replace_copy(&req->pairs, arg))
+        return ldc_fail(cmd, ld_seterr(LD_ENOMEM, "--pairs: out of memory"));
+    int n = split_list(cmd, "--pairs", req->pairs, items);
+    if (n < 0)
+        return 2;
+    for (int i = 0; i < n; i++) {
+        char *item = (char *)items[i], *c1 = strchr(item, ':'), *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+        if (!c1 || c1[1] == '\0' || c1[1] == ':')
+            return ldc_usage_error(cmd, "--pairs: '%s' is not SOURCE:TARGET[:WEIGHT]", item);
+        double w = 1.0;
+        if (c2) {
+            *c2 = '\0';
+            if (ld_cli_parse_double("--pairs weight", c2 + 1, 1e-12, 1e12, &w))
+                return ldc_usage_error(cmd, "%s", ld_errdetail());
+        }
+        *c1 = '\0';
+        req->pair_v[i] = (ld_pair_t){ .source = item, .target = c1 + 1, .weight = w };
+    }
+    req->opts.n_pairs = n;
+    return 0;
+}
+
+static int parse_steps(ldc_request_t *req, const char *cmd, const char *arg)
+{
+    int steps[LDC_REQUEST_MAX_ITEMS], n;
+    if (ld_cli_parse_int_list("--steps", arg, 0, 1000000, steps, LDC_REQUEST_MAX_ITEMS, &n))
+        return ldc_usage_error(cmd, "%s", ld_errdetail());
+    for (int i = 0; i < n; i++) {
+        if (i > 0 && steps[i] <= steps[i - 1])
+            return ldc_usage_error(cmd, "--steps: must be strictly ascending (%d after %d)", steps[i], steps[i - 1]);
+        req->step_v[i] = (uint32_t)steps[i];
+    }
+    req->opts.n_steps = n;
+    return 0;
+}
+
+int ldc_request_option(ldc_request_t *req, const char *cmd, int opt, const char *arg)
+{
+    int v, n;
+    double d;
+    switch (opt) {
+    case LDC_OPT_FROM:
+        if (!replace_copy(&req->from, arg))
+            return ldc_fail(cmd, ld_seterr(LD_ENOMEM, "--from: out of memory"));
+        if ((n = split_list(cmd, "--from", req->from, req->endpoint_v)) < 0)
+            return 2;
+        req->opts.n_endpoints = n;
+        return 0;
+    case LDC_OPT_TARGETS:
+        if (!replace_copy(&req->targets, arg))
+            return ldc_fail(cmd, ld_seterr(LD_ENOMEM, "--targets: out of memory"));
+        if ((n = split_list(cmd, "--targets", req->targets, req->target_v)) < 0)
+            return 2;
+        req->opts.n_targets = n;
+        return 0;
+    case LDC_OPT_PAIRS:
+        return parse_pairs(req, cmd, arg);
+    case LDC_OPT_STEPS:
+        return parse_steps(req, cmd, arg);
+    case LDC_OPT_BATCH:
+        if (ld_cli_parse_int("--batch", arg, 1, 65536, &v))
+            return ldc_usage_error(cmd, "%s", ld_errdetail());
+        req->opts.batch_size = (uint32_t)v;
+        return 0;
+    case LDC_OPT_CREDITS:
+        if (ld_cli_parse_int("--credits", arg, 1, 4096, &v))
+            return ldc_usage_error(cmd, "%s", ld_errdetail());
+        req->opts.credits = (uint32_t)v;
+        return 0;
+    case LDC_OPT_ENCODING:
+        if (ld_encoding_parse(arg, &req->opts.encoding))
+            return ldc_usage_error(cmd, "--encoding: %s", ld_errdetail());
+        req->encoding_set = 1;
+        return 0;
+    case LDC_OPT_SEED:
+        if (ld_cli_parse_u64("--seed", arg, &req->opts.seed))
+            return ldc_usage_error(cmd, "%s", ld_errdetail());
+        req->opts.has_seed = 1;
+        return 0;
+    case LDC_OPT_EPOCH:
+        req->opts.epoch = 1;
+        return 0;
+    case LDC_OPT_TIMEOUT:
+        if (ld_cli_parse_double("--timeout", arg, 0.001, 86400, &d))
+            return ldc_usage_error(cmd, "%s", ld_errdetail());
+        req->opts.timeout_ms = (int)(d * 1000);
+        return 0;
+    default:
+        return -1;
+    }
+}
+
+int ldc_request_finish(ldc_request_t *req, const char *cmd)
+{
+    if (req->opts.n_endpoints < 1)
+        return ldc_usage_error(cmd, "--from ENDPOINTS is required");
+    if (req->opts.n_targets + req->opts.n_pairs < 1)
+        return ldc_usage_error(cmd, "--targets or --pairs is required");
+    return 0;
+}
+
+void ldc_request_free(ldc_request_t *req)
+{
+    free(req->from);
+    free(req->targets);
+    free(req->pairs);
+    req->from = req->targets = req->pairs = NULL;
+}

@@ -1,0 +1,682 @@
+/* The C client library: option checking, encodings and seeds without a
+ * daemon; then against the real langdaugd binary on free 127.0.0.1 ports
+ * (tiny model from `langdaug init-model`, tiny data from ld_synth): batches
+ * well-formed and as requested, a refused request reported, and a client of
+ * two samplers that goes on when one is killed and takes it back once it is
+ * restarted. Each daemon is started by its test, dies with it
+ * (PR_SET_PDEATHSIG) and is stopped by it; every wait is bounded. */
+#include "testutil.h"
+
+#include <arpa/inet.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../client/ld_client.h" /* tests are built without -Iclient */
+#include "langdaug.pb-c.h"
+#include "ld_error.h"
+#include "ld_synth.h"
+#include <zmq.h>
+
+#define S 16
+#define K 2
+#define WAIT_MS 20000
+
+/* ---------------------------------------------------------------- without a daemon */
+
+static void base_opts(ld_client_opts_t *o, const char *const *endpoints, int n, const char *const *targets)
+{
+    ld_client_opts_init(o);
+    o->endpoints = endpoints;
+    o->n_endpoints = n;
+    o->targets = targets;
+    o->n_targets = 1;
+    o->batch_size = 4;
+}
+
+START_TEST(options_are_checked)
+{
+    static const char *const ep[] = { "tcp://127.0.0.1:1" }, *const tg[] = { "cam1" }, *const empty[] = { "" };
+    static const uint32_t down[] = { 4, 2 };
+    static const ld_pair_t bad_weight[] = { { "cam0", "cam1", -1 } };
+    ld_client_opts_t o;
+    ld_client_t *c = (ld_client_t *)&o;
+    struct { const char *word; int rc; } expect[] = {
+        { "endpoints", LD_EINVAL }, { "batch_size", LD_EINVAL }, { "target", LD_EINVAL },
+        { "targets[0]", LD_EINVAL }, { "ascending", LD_EINVAL }, { "weight", LD_ERANGE },
+        { "credits", LD_ERANGE }, { "encoding", LD_EINVAL }, { "CURVE", LD_ENOTSUP },
+        { "nonsense", LD_EINVAL },
+    };
+    for (size_t i = 0; i < sizeof expect / sizeof expect[0]; i++) {
+        base_opts(&o, ep, 1, tg);
+        switch (i) {
+        case 0: o.n_endpoints = 0; break;
+        case 1: o.batch_size = 0; break;
+        case 2: o.n_targets = 0; break;
+        case 3: o.targets = empty; break;
+        case 4: o.steps = down; o.n_steps = 2; break;
+        case 5: o.pairs = bad_weight; o.n_pairs = 1; break;
+        case 6: o.credits = 0; break;
+        case 7: o.encoding = (ld_encoding_t)7; break;
+        case 8: o.curve_server_key = "x"; break;
+        case 9: { static const char *const bad[] = { "nonsense" }; o.endpoints = bad; break; }
+        }
+        ck_assert_int_eq(ld_client_new(&o, &c), expect[i].rc);
+        ck_assert_ptr_null(c);
+        ck_assert_msg(strstr(ld_errdetail(), expect[i].word), "case %zu: %s", i, ld_errdetail());
+    }
+}
+END_TEST
+
+static int free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t len = sizeof a;
+    ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+    ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+START_TEST(times_out_without_sampler)
+{
+    char ep[64];
+    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", free_port());
+    const char *eps[] = { ep }, *tg[] = { "cam1" };
+    ld_client_opts_t o;
+    base_opts(&o, eps, 1, tg);
+    o.timeout_ms = 300;
+    ld_client_t *c;
+    ck_assert_int_eq(ld_client_new(&o, &c), 0);
+    ld_batch_t *b = (ld_batch_t *)&o;
+    int64_t t0 = now_ms();
+    ck_assert_int_eq(ld_client_next(c, &b), LD_ETIMEDOUT);
+    int64_t took = now_ms() - t0;
+    ck_assert_ptr_null(b);
+    ck_assert_msg(took >= 250 && took < 5000, "waited %lld ms for a 300 ms timeout", (long long)took);
+    ck_assert_msg(strstr(ld_errdetail(), ep) && strstr(ld_errdetail(), "down"), "%s", ld_errdetail());
+    ld_endpoint_stats_t st;
+    ck_assert_int_eq(ld_client_stats(c, 0, &st), 0);
+    ck_assert_str_eq(st.state, "down");
+    ck_assert_int_eq(ld_client_stats(c, 1, &st), LD_ERANGE);
+    ld_client_destroy(&c);
+    ck_assert_ptr_null(c);
+    ld_client_destroy(&c);
+}
+END_TEST
+
+START_TEST(encodings_and_seeds)
+{
+    /* half floats against their definition (-1)^s 2^(e-15) (1 + f/1024) */
+    for (uint32_t h = 0; h < 0x10000; h++) {
+        int sign = h >> 15, e = (h >> 10) & 31, f = h & 1023;
+        double want = e == 0 ? ldexp(f, -24) : ldexp(1024 + f, e - 25);
+        if (sign)
+            want = -want;
+        float got = ld_half_to_float((uint16_t)h);
+        if (e == 31)
+            ck_assert(f ? isnan(got) : isinf(got) && (got < 0) == sign);
+        else
+            ck_assert_msg((double)got == want && !signbit(got) == !signbit(want), "half %04x -> %g", h, got);
+    }
+    ld_encoding_t enc;
+    ck_assert_int_eq(ld_encoding_parse("float16", &enc), 0);
+    ck_assert_int_eq(enc, LD_ENCODING_FLOAT16);
+    ck_assert_str_eq(ld_encoding_name(LD_ENCODING_UINT8), "uint8");
+    ck_assert_int_eq(ld_encoding_parse("int8", &enc), LD_EINVAL);
+    ck_assert_uint_eq(ld_encoding_size(LD_ENCODING_FLOAT32), 4);
+    /* session seeds: the first is the user's, the others all different */
+    ck_assert_uint_eq(ld_client_session_seed(42, 0, 0), 42);
+    uint64_t seen[64];
+    int n = 0;
+    for (uint32_t e = 0; e < 8; e++)
+        for (uint64_t k = 0; k < 8; k++) {
+            seen[n] = ld_client_session_seed(42, e, k);
+            for (int j = 0; j < n; j++)
+                ck_assert(seen[j] != seen[n]);
+            n++;
+        }
+}
+END_TEST
+
+/* ---------------------------------------------------------------- a hand-driven fake sampler */
+
+typedef struct {
+    void *ctx, *router;
+    char ep[64];
+    uint8_t rid[256];
+    size_t rid_len;
+} fake_t;
+
+static void fake_open(fake_t *f)
+{
+    f->ctx = zmq_ctx_new();
+    f->router = zmq_socket(f->ctx, ZMQ_ROUTER);
+    int linger = 0;
+    zmq_setsockopt(f->router, ZMQ_LINGER, &linger, sizeof linger);
+    snprintf(f->ep, sizeof f->ep, "tcp://127.0.0.1:%d", free_port());
+    ck_assert_int_eq(zmq_bind(f->router, f->ep), 0);
+}
+
+static void fake_close(fake_t *f)
+{
+    zmq_close(f->router);
+    zmq_ctx_term(f->ctx);
+}
+
+/* The next client message that is not a heartbeat (caller frees it). */
+static Langdaug__V1__ClientMessage *fake_receive(fake_t *f)
+{
+    int64_t deadline = now_ms() + WAIT_MS;
+    while (now_ms() < deadline) {
+        zmq_pollitem_t it = { .socket = f->router, .events = ZMQ_POLLIN };
+        if (zmq_poll(&it, 1, 100) <= 0)
+            continue;
+        int n = zmq_recv(f->router, f->rid, sizeof f->rid, 0);
+        ck_assert_int_gt(n, 0);
+        f->rid_len = (size_t)n;
+        uint8_t buf[4096];
+        n = zmq_recv(f->router, buf, sizeof buf, 0);
+        ck_assert_int_ge(n, 0);
+        Langdaug__V1__ClientMessage *m = langdaug__v1__client_message__unpack(NULL, (size_t)n, buf);
+        ck_assert_ptr_nonnull(m);
+        if (m->body_case != LANGDAUG__V1__CLIENT_MESSAGE__BODY_HEARTBEAT)
+            return m;
+        langdaug__v1__client_message__free_unpacked(m, NULL);
+    }
+    ck_abort_msg("no message from the client");
+    return NULL;
+}
+
+/* Sends a ServerMessage (NULL = `raw` instead) followed by `n` frames. */
+static void fake_send(fake_t *f, Langdaug__V1__ServerMessage *m, const char *raw, const void *const *frames,
+                      const size_t *lens, int n)
+{
+    uint8_t buf[4096];
+    size_t len = raw ? strlen(raw) : langdaug__v1__server_message__pack(m, buf);
+    zmq_send(f->router, f->rid, f->rid_len, ZMQ_SNDMORE);
+    zmq_send(f->router, raw ? (const void *)raw : buf, len, n ? ZMQ_SNDMORE : 0);
+    for (int i = 0; i < n; i++)
+        zmq_send(f->router, frames[i], lens[i], i + 1 < n ? ZMQ_SNDMORE : 0);
+}
+
+START_TEST(malformed_messages_are_errors)
+{
+    fake_t f;
+    fake_open(&f);
+    const char *eps[] = { f.ep }, *tg[] = { "cam1" };
+    ld_client_opts_t o;
+    base_opts(&o, eps, 1, tg);
+    o.batch_size = 2;
+    o.credits = 8;
+    o.timeout_ms = 200;
+    ld_client_t *c;
+    ck_assert_int_eq(ld_client_new(&o, &c), 0);
+    ld_batch_t *b;
+    ck_assert_int_eq(ld_client_next(c, &b), LD_ETIMEDOUT); /* sends Hello meanwhile */
+    Langdaug__V1__ClientMessage *cm = fake_receive(&f);
+    ck_assert_int_eq(cm->body_case, LANGDAUG__V1__CLIENT_MESSAGE__BODY_HELLO);
+    ck_assert_uint_eq(cm->hello->min_version, 1);
+    langdaug__v1__client_message__free_unpacked(cm, NULL);
+
+    Langdaug__V1__HelloReply hr = LANGDAUG__V1__HELLO_REPLY__INIT;
+    hr.has_version = hr.has_max_credits = 1;
+    hr.version = 1;
+    hr.max_credits = 3;
+    Langdaug__V1__ServerMessage sm = LANGDAUG__V1__SERVER_MESSAGE__INIT;
+    sm.has_version = 1;
+    sm.version = 1;
+    sm.body_case = LANGDAUG__V1__SERVER_MESSAGE__BODY_HELLO;
+    sm.hello = &hr;
+    fake_send(&f, &sm, NULL, NULL, NULL, 0);
+    ck_assert_int_eq(ld_client_next(c, &b), LD_ETIMEDOUT);
+    cm = fake_receive(&f);
+    ck_assert_int_eq(cm->body_case, LANGDAUG__V1__CLIENT_MESSAGE__BODY_PULL);
+    ck_assert_uint_eq(cm->pull->credits, 3); /* the window, lowered to the sampler's maximum */
+    ck_assert_uint_eq(cm->pull->batch_size, 2);
+    ck_assert_str_eq(cm->pull->targets[0], "cam1");
+    langdaug__v1__client_message__free_unpacked(cm, NULL);
+
+    static float img[2 * 3 * S * S];
+    static uint8_t mask[2 * S * S], bad_mask[2 * S * S];
+    memset(mask, 1, sizeof mask);
+    memset(bad_mask, K, sizeof bad_mask);
+    Langdaug__V1__SampleMeta meta[2] = { LANGDAUG__V1__SAMPLE_META__INIT, LANGDAUG__V1__SAMPLE_META__INIT };
+    Langdaug__V1__SampleMeta *metas[2] = { &meta[0], &meta[1] };
+    meta[1].source_domain = "cam0";
+    meta[1].has_chain_id = 1;
+    meta[1].chain_id = 4;
+    Langdaug__V1__Batch bt = LANGDAUG__V1__BATCH__INIT;
+    bt.has_n = bt.has_channels = bt.has_size = bt.has_mask_classes = 1;
+    bt.n = 2;
+    bt.channels = 3;
+    bt.size = S;
+    bt.mask_classes = K;
+    bt.n_samples = 2;
+    bt.samples = metas;
+    sm.body_case = LANGDAUG__V1__SERVER_MESSAGE__BODY_BATCH;
+    sm.batch = &bt;
+    const void *good[2] = { img, mask }, *badm[2] = { img, bad_mask };
+    size_t lens[2] = { sizeof img, sizeof mask }, short_img[2] = { sizeof img - 4, sizeof mask },
+           short_mask[2] = { sizeof img, sizeof mask - 1 };
+    struct { const char *raw; const void *const *frames; const size_t *lens; int n; int samples, enc; const char *word; }
+    cases[] = {
+        { "\xff\xff", NULL, NULL, 0, 2, 0, "does not decode" },
+        { NULL, good, short_img, 2, 2, 0, "images frame" },
+        { NULL, good, short_mask, 2, 2, 0, "masks frame" },
+        { NULL, good, lens, 2, 1, 0, "metadata" },
+        { NULL, badm, lens, 2, 2, 0, "mask value" },
+        { NULL, good, lens, 2, 2, LD_ENCODING_UINT8, "encoding" },
+        { NULL, good, lens, 1, 2, 0, "fewer than 3 frames" },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        bt.n_samples = (size_t)cases[i].samples;
+        bt.has_encoding = cases[i].enc != 0;
+        bt.encoding = (Langdaug__V1__Encoding)cases[i].enc;
+        fake_send(&f, &sm, cases[i].raw, cases[i].frames, cases[i].lens, cases[i].n);
+        ck_assert_int_eq(ld_client_next(c, &b), LD_EPROTO);
+        ck_assert_msg(strstr(ld_errdetail(), cases[i].word) && strstr(ld_errdetail(), f.ep), "case %zu: %s", i,
+                      ld_errdetail());
+    }
+    bt.n_samples = 2;
+    bt.has_encoding = 0;
+    fake_send(&f, &sm, NULL, good, lens, 2);
+    ck_assert_int_eq(ld_client_next(c, &b), 0); /* the client goes on after every error */
+    ck_assert_uint_eq(b->n, 2);
+    ck_assert_mem_eq(b->masks, mask, sizeof mask);
+    ck_assert_str_eq(b->meta[1].source_domain, "cam0");
+    ck_assert_str_eq(b->meta[0].source_domain, ""); /* unset strings read as "" */
+    ck_assert_uint_eq(b->meta[1].chain_id, 4);
+    ld_batch_destroy(&b);
+    /* one credit back per batch message received, in credit-only PullRequests */
+    uint32_t credits = 0;
+    for (int k = 0; k < 20 && credits < 7; k++) {
+        cm = fake_receive(&f);
+        ck_assert_int_eq(cm->body_case, LANGDAUG__V1__CLIENT_MESSAGE__BODY_PULL);
+        ck_assert(!cm->pull->has_batch_size && cm->pull->n_targets == 0);
+        credits += cm->pull->credits;
+        langdaug__v1__client_message__free_unpacked(cm, NULL);
+        if (credits < 7)
+            ck_assert_int_eq(ld_client_next(c, &b), LD_ETIMEDOUT); /* lets a retried top-up out */
+    }
+    ck_assert_uint_eq(credits, 7);
+
+    Langdaug__V1__Error err = LANGDAUG__V1__ERROR__INIT;
+    err.has_code = 1;
+    err.code = LANGDAUG__V1__ERROR_CODE__ERROR_LIMIT;
+    err.text = "too many";
+    sm.body_case = LANGDAUG__V1__SERVER_MESSAGE__BODY_ERROR;
+    sm.error = &err;
+    fake_send(&f, &sm, NULL, NULL, NULL, 0);
+    ck_assert_int_eq(ld_client_next(c, &b), LD_ERANGE);
+    ck_assert_msg(strstr(ld_errdetail(), "ERROR_LIMIT: too many"), "%s", ld_errdetail());
+    ld_endpoint_stats_t st;
+    ck_assert_int_eq(ld_client_stats(c, 0, &st), 0);
+    ck_assert_str_eq(st.state, "rejected");
+    ck_assert_uint_eq(st.errors, 8);
+    ld_client_destroy(&c);
+    fake_close(&f);
+}
+END_TEST
+
+/* ---------------------------------------------------------------- daemon fixtures */
+
+typedef struct {
+    char *dir, *model, *data;
+    int ok;
+} fixture_t;
+
+static fixture_t fx;
+
+static int daemon_built(void)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/langdaugd", ld_test_build_dir());
+    return access(path, X_OK) == 0;
+}
+
+/* A tiny model (init-model) and two synthetic domains cam0, cam1. */
+static void fixture_setup(void)
+{
+    fx.dir = ld_test_tmpdir();
+    fx.model = ld_test_path(fx.dir, "m.safetensors");
+    fx.data = ld_test_path(fx.dir, "data");
+    if (!daemon_built())
+        return;
+    ld_synth_opts_t so;
+    ld_synth_defaults(&so);
+    so.n_domains = 2;
+    so.per_domain = 2;
+    so.size = 32;
+    int rc = ld_synth_write(fx.data, &so);
+    ck_assert_msg(rc == 0, "ld_synth_write: %s", ld_errdetail());
+    int st = ld_test_system("%s/langdaug init-model --out %s --size %d --widths 4,8 --domains cam0,cam1 "
+                            "--mask-classes %d --seed 3 >%s/init.log 2>&1",
+                            ld_test_build_dir(), fx.model, S, K, fx.dir);
+    ck_assert_msg(st == 0, "langdaug init-model failed (exit %d), see %s/init.log", st, fx.dir);
+    fx.ok = 1;
+}
+
+static void fixture_teardown(void)
+{
+    ld_test_rmtree(fx.dir);
+    free(fx.dir);
+    free(fx.model);
+    free(fx.data);
+    fx = (fixture_t){ 0 };
+}
+
+typedef struct {
+    pid_t pid;
+    int port;
+    char ep[64];
+} daemon_t;
+
+/* Starts langdaugd on `port` (0 = a free one) with the test settings plus
+ * NULL-terminated `extra` options; it dies with the test. */
+static void daemon_start_with(daemon_t *d, int port, const char *const *extra)
+{
+    d->port = port ? port : free_port();
+    snprintf(d->ep, sizeof d->ep, "tcp://127.0.0.1:%d", d->port);
+    char bin[4096], status[64], log[4096];
+    snprintf(bin, sizeof bin, "%s/langdaugd", ld_test_build_dir());
+    snprintf(status, sizeof status, "tcp://127.0.0.1:%d", free_port());
+    snprintf(log, sizeof log, "%s/daemon-%d.log", fx.dir, d->port);
+    const char *argv[40] = { bin, "--bind", d->ep, "--status", status, "--model", fx.model, "--data", fx.data,
+                             "--workers", "1", "--chain-batch", "2", "--steps", "0,2,4", "--step-size", "0.01",
+                             "--noise", "0.005", "--drain-timeout", "2" };
+    int argc = 21;
+    for (int i = 0; extra && extra[i] && argc < 39; i++)
+        argv[argc++] = extra[i];
+    fflush(NULL);
+    d->pid = fork();
+    ck_assert_int_ge(d->pid, 0);
+    if (d->pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (!freopen(log, "a", stdout) || !freopen(log, "a", stderr))
+            _exit(127);
+        execv(bin, (char *const *)argv);
+        _exit(127);
+    }
+}
+
+static void daemon_start(daemon_t *d, int port)
+{
+    daemon_start_with(d, port, NULL);
+}
+
+/* Stops it (SIGKILL when `kill_it`, else SIGTERM), bounded. */
+static void daemon_stop(daemon_t *d, int kill_it)
+{
+    if (d->pid <= 0)
+        return;
+    kill(d->pid, kill_it ? SIGKILL : SIGTERM);
+    int st;
+    for (int i = 0; i < 200 && waitpid(d->pid, &st, WNOHANG) == 0; i++)
+        usleep(50000);
+    if (waitpid(d->pid, &st, WNOHANG) == 0) {
+        kill(d->pid, SIGKILL);
+        waitpid(d->pid, &st, 0);
+    }
+    d->pid = 0;
+}
+
+#define NEED_DAEMON()                                                                                          \
+    do {                                                                                                       \
+        if (!daemon_built())                                                                                   \
+            LD_SKIP("%s/langdaugd is not built yet", ld_test_build_dir());                                   \
+    } while (0)
+
+/* Checks one batch against the request: shape, value ranges, metadata. */
+static void check_batch(const ld_batch_t *b, uint32_t n, const char *target, const uint32_t *steps, int n_steps)
+{
+    ck_assert_uint_eq(b->n, n);
+    ck_assert_uint_eq(b->channels, 3);
+    ck_assert_uint_eq(b->size, S);
+    ck_assert_uint_eq(b->images_bytes, (size_t)n * 3 * S * S * ld_encoding_size(b->encoding));
+    ck_assert_uint_eq(b->masks_bytes, (size_t)n * S * S);
+    float px[3 * S * S];
+    for (uint32_t i = 0; i < n; i++) {
+        ld_batch_image_float(b, i, px);
+        for (int j = 0; j < 3 * S * S; j++)
+            ck_assert_msg(px[j] >= -1.0f && px[j] <= 1.0f, "pixel %g outside [-1, 1]", px[j]);
+        for (int j = 0; j < S * S; j++)
+            ck_assert_uint_lt(b->masks[(size_t)i * S * S + (size_t)j], K);
+        const ld_sample_meta_t *m = &b->meta[i];
+        ck_assert_str_eq(m->target_domain, target);
+        ck_assert_msg(!strcmp(m->source_domain, "cam0") || !strcmp(m->source_domain, "cam1"), "source %s",
+                      m->source_domain);
+        ck_assert_str_ne(m->source_domain, m->target_domain);
+        int step_ok = 0;
+        for (int k = 0; k < n_steps; k++)
+            step_ok |= m->step == steps[k];
+        ck_assert_msg(step_ok, "step %u was not asked for", m->step);
+        ck_assert(isfinite(m->energy));
+    }
+}
+
+/* A client of one daemon for `target`, with the tests' timeout. */
+static ld_client_t *client_of(const daemon_t *d, const char *target)
+{
+    const char *eps[] = { d->ep }, *tg[] = { target };
+    ld_client_opts_t o;
+    base_opts(&o, eps, 1, tg);
+    o.timeout_ms = WAIT_MS;
+    ld_client_t *c;
+    ck_assert_int_eq(ld_client_new(&o, &c), 0);
+    return c;
+}
+
+START_TEST(pulls_batches)
+{
+    NEED_DAEMON();
+    daemon_t d = { 0 };
+    daemon_start(&d, 0);
+    const char *eps[] = { d.ep }, *tg[] = { "cam1" };
+    static const uint32_t steps[] = { 0, 3 };
+    static const ld_encoding_t encs[] = { LD_ENCODING_FLOAT32, LD_ENCODING_UINT8, LD_ENCODING_FLOAT16 };
+    for (size_t e = 0; e < 3; e++) {
+        ld_client_opts_t o;
+        base_opts(&o, eps, 1, tg);
+        o.encoding = encs[e];
+        o.steps = steps;
+        o.n_steps = 2;
+        o.has_seed = 1;
+        o.seed = 11;
+        o.timeout_ms = WAIT_MS;
+        ld_client_t *c;
+        ck_assert_int_eq(ld_client_new(&o, &c), 0);
+        uint64_t prev_seq = 0;
+        for (int k = 0; k < 5; k++) {
+            ld_batch_t *b;
+            int rc = ld_client_next(c, &b);
+            ck_assert_msg(rc == 0, "next: %s: %s", ld_strerror(rc), ld_errdetail());
+            ck_assert_int_eq(b->encoding, encs[e]);
+            ck_assert_int_eq(b->endpoint, 0);
+            if (k)
+                ck_assert_uint_eq(b->sequence, prev_seq + 1);
+            prev_seq = b->sequence;
+            check_batch(b, 4, "cam1", steps, 2);
+            ck_assert_uint_eq(b->meta[0].seed, 11); /* endpoint 0, first session: the seed as given */
+            ld_batch_destroy(&b);
+            ck_assert_ptr_null(b);
+        }
+        ld_endpoint_stats_t st;
+        ck_assert_int_eq(ld_client_stats(c, 0, &st), 0);
+        ck_assert_str_eq(st.state, "live");
+        ck_assert_uint_eq(st.batches, 5);
+        ck_assert_uint_eq(st.samples, 20);
+        ck_assert_uint_eq(st.sessions, 1);
+        ck_assert_uint_le(st.outstanding, st.window);
+        ld_client_destroy(&c);
+    }
+    daemon_stop(&d, 0);
+}
+END_TEST
+
+START_TEST(refused_request_is_reported)
+{
+    NEED_DAEMON();
+    daemon_t d = { 0 };
+    daemon_start(&d, 0);
+    ld_client_t *c = client_of(&d, "no-such-domain");
+    ld_batch_t *b;
+    int64_t t0 = now_ms();
+    ck_assert_int_eq(ld_client_next(c, &b), LD_ENOENT);
+    ck_assert_msg(strstr(ld_errdetail(), "UNKNOWN_DOMAIN") && strstr(ld_errdetail(), d.ep), "%s", ld_errdetail());
+    /* every sampler refused: the next call says so at once instead of waiting */
+    ck_assert_int_eq(ld_client_next(c, &b), LD_ENOENT);
+    ck_assert_msg(now_ms() - t0 < WAIT_MS / 2, "refusal took the whole timeout");
+    ld_client_destroy(&c);
+    daemon_stop(&d, 0);
+}
+END_TEST
+
+/* Prints the daemons' logs (for a failure message). */
+static void dump_logs(void)
+{
+    ld_test_system("for f in %s/daemon-*.log; do echo \"== $f\"; tail -n 20 \"$f\"; done", fx.dir);
+}
+
+/* Pulls until a batch from `endpoint` arrives (bounded in time); counts
+ * the batches taken from each endpoint meanwhile. */
+static void pull_until_from(ld_client_t *c, int endpoint, int counts[2])
+{
+    int64_t deadline = now_ms() + WAIT_MS;
+    while (now_ms() < deadline) {
+        ld_batch_t *b;
+        int rc = ld_client_next(c, &b);
+        ck_assert_msg(rc == 0, "next: %s: %s", ld_strerror(rc), ld_errdetail());
+        int from = b->endpoint;
+        counts[from]++;
+        ld_batch_destroy(&b);
+        if (from == endpoint)
+            return;
+    }
+    dump_logs();
+    ck_abort_msg("no batch from endpoint %d within %d ms", endpoint, WAIT_MS);
+}
+
+START_TEST(survives_sampler_restart)
+{
+    NEED_DAEMON();
+    daemon_t d0 = { 0 }, d1 = { 0 };
+    daemon_start(&d0, 0);
+    daemon_start(&d1, 0);
+    const char *eps[] = { d0.ep, d1.ep }, *tg[] = { "cam0" };
+    ld_client_opts_t o;
+    base_opts(&o, eps, 2, tg);
+    o.batch_size = 2;
+    o.credits = 2;
+    o.has_seed = 1;
+    o.seed = 5;
+    o.timeout_ms = WAIT_MS;
+    o.heartbeat_ms = 200;
+    o.dead_ms = 1000;
+    ld_client_t *c;
+    ck_assert_int_eq(ld_client_new(&o, &c), 0);
+    int counts[2] = { 0, 0 };
+    pull_until_from(c, 1, counts);
+    pull_until_from(c, 0, counts);
+
+    daemon_stop(&d1, 1);
+    /* the other sampler alone keeps the batches coming */
+    int alone[2] = { 0, 0 };
+    for (int k = 0; k < 12; k++) {
+        ld_batch_t *b;
+        int rc = ld_client_next(c, &b);
+        ck_assert_msg(rc == 0, "next with one sampler down: %s: %s", ld_strerror(rc), ld_errdetail());
+        alone[b->endpoint]++;
+        ld_batch_destroy(&b);
+    }
+    ck_assert_msg(alone[0] >= 12 - 2 * 2, "only %d of 12 batches from the live sampler", alone[0]);
+    ld_endpoint_stats_t st;
+    ck_assert_int_eq(ld_client_stats(c, 1, &st), 0);
+    ck_assert_str_eq(st.state, "down");
+
+    daemon_start(&d1, d1.port);
+    int back[2] = { 0, 0 };
+    pull_until_from(c, 1, back);
+    ck_assert_int_eq(ld_client_stats(c, 1, &st), 0);
+    ck_assert_str_eq(st.state, "live");
+    ck_assert_uint_eq(st.sessions, 2);
+    /* and the restarted sampler serves its share again, with a fresh seed */
+    ld_batch_t *b = NULL;
+    int64_t deadline = now_ms() + WAIT_MS;
+    while (now_ms() < deadline) {
+        ck_assert_int_eq(ld_client_next(c, &b), 0);
+        if (b->endpoint == 1)
+            break;
+        ld_batch_destroy(&b);
+    }
+    ck_assert_ptr_nonnull(b);
+    ck_assert_int_eq(b->endpoint, 1);
+    ck_assert_uint_eq(b->meta[0].seed, ld_client_session_seed(5, 1, 1));
+    ld_batch_destroy(&b);
+    ld_client_destroy(&c);
+    daemon_stop(&d0, 0);
+    daemon_stop(&d1, 0);
+}
+END_TEST
+
+START_TEST(outlives_session_expiry)
+{
+    /* the caller stops calling next() for longer than the daemon keeps a
+     * session: the daemon forgets the credits, the client must notice and
+     * start a new session instead of waiting for batches that never come */
+    NEED_DAEMON();
+    daemon_t d = { 0 };
+    static const char *const extra[] = { "--idle-timeout", "1", NULL };
+    daemon_start_with(&d, 0, extra);
+    ld_client_t *c = client_of(&d, "cam1");
+    ld_batch_t *b;
+    ck_assert_int_eq(ld_client_next(c, &b), 0);
+    ld_batch_destroy(&b);
+    usleep(2500 * 1000);
+    for (int k = 0; k < 3 * 4; k++) { /* past what the old session had already queued */
+        int rc = ld_client_next(c, &b);
+        ck_assert_msg(rc == 0, "after an expired session: %s: %s", ld_strerror(rc), ld_errdetail());
+        ld_batch_destroy(&b);
+    }
+    ld_endpoint_stats_t st;
+    ck_assert_int_eq(ld_client_stats(c, 0, &st), 0);
+    ck_assert_uint_eq(st.sessions, 2);
+    ld_client_destroy(&c);
+    daemon_stop(&d, 0);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("client");
+    TCase *tc = ld_tcase("offline", 30);
+    tcase_add_test(tc, options_are_checked);
+    tcase_add_test(tc, times_out_without_sampler);
+    tcase_add_test(tc, encodings_and_seeds);
+    tcase_add_test(tc, malformed_messages_are_errors);
+    suite_add_tcase(s, tc);
+    tc = ld_tcase("daemon", 90);
+    tcase_add_checked_fixture(tc, fixture_setup, fixture_teardown);
+    tcase_add_test(tc, pulls_batches);
+    tcase_add_test(tc, refused_request_is_reported);
+    tcase_add_test(tc, survives_sampler_restart);
+    tcase_add_test(tc, outlives_session_expiry);
+    suite_add_tcase(s, tc);
+    return ld_test_run(s);
+}

@@ -1,0 +1,438 @@
+"""The Python client (langdaug.client.Client) and the PyTorch dataset
+(langdaug.torch_data.LangDAugDataset) against the real langdaugd binary.
+
+Each test class starts its own daemon(s) on free 127.0.0.1 ports with a tiny
+model written by `langdaug init-model` and a tiny two-domain dataset (the
+daemon suite's writer), and stops them; a daemon also dies with the test
+process (PR_SET_PDEATHSIG). Every wait is bounded in time.
+Also the fixtures of tests/test_pull_cli.py.
+"""
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import shutil
+import time
+import unittest
+
+import numpy as np
+
+from test_daemon import write_dataset
+
+from langdaug.client import Client, ProtocolError, RequestRejected, parse_pairs, session_seed
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BUILD = os.environ.get("LD_BUILD", os.path.join(os.path.dirname(HERE), "build"))
+DAEMON = os.path.join(BUILD, "langdaugd")
+CLI = os.environ.get("LD_CLI", os.path.join(BUILD, "langdaug"))
+WAIT = 20.0   # seconds any single expected event may take
+C, K, S = 3, 2, 16
+DOMAINS = ["A", "B"]
+STEPS = [0, 2, 4]  # the daemon's default snapshots in these tests
+
+try:
+    import torch
+    from torch.utils.data import DataLoader
+    from langdaug.torch_data import LangDAugDataset
+except ImportError:  # pragma: no cover - Debian's python3-torch is a build dependency
+    torch = None
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent():
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+class Sampler:
+    """A langdaugd process on 127.0.0.1; stop() always ends it."""
+
+    def __init__(self, workdir, model, data, port=None):
+        self.port = port or free_port()
+        self.endpoint = "tcp://127.0.0.1:%d" % self.port
+        self.status_endpoint = "tcp://127.0.0.1:%d" % free_port()
+        self.log_path = os.path.join(workdir, "daemon-%d.log" % self.port)
+        args = [DAEMON, "--bind", self.endpoint, "--status", self.status_endpoint, "--model", model, "--data", data,
+                "--workers", "1", "--chain-batch", "2", "--steps", ",".join(map(str, STEPS)),
+                "--step-size", "0.01", "--noise", "0.005", "--drain-timeout", "2"]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+
+    def log(self):
+        with open(self.log_path, errors="replace") as f:
+            return f.read()[-3000:]
+
+    def stop(self, kill=False):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                self.proc.wait(WAIT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
+class Fixture:
+    """Temporary folder with the model and the dataset; `missing` says why tests must skip."""
+
+    def __init__(self):
+        self.missing = None
+        for path in (DAEMON, CLI):
+            if not os.access(path, os.X_OK):
+                self.missing = "%s is not built yet" % path
+                return
+        self.dir = tempfile.mkdtemp(prefix="langdaug-client-test-")
+        self.model = os.path.join(self.dir, "m.safetensors")
+        self.data = os.path.join(self.dir, "data")
+        r = subprocess.run([CLI, "init-model", "--out", self.model, "--size", str(S), "--widths", "4,8",
+                            "--domains", ",".join(DOMAINS), "--mask-classes", str(K), "--image-channels", str(C),
+                            "--seed", "3"], capture_output=True, text=True, timeout=60)
+        if r.returncode != 0:
+            raise AssertionError("langdaug init-model failed: " + r.stderr)
+        write_dataset(self.data, 7)
+
+    def sampler(self, port=None):
+        return Sampler(self.dir, self.model, self.data, port)
+
+    def close(self):
+        if not self.missing:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def check_batch(test, b, n, dtype, target="B", steps=STEPS):
+    test.assertEqual(b.images.shape, (n, C, S, S))
+    test.assertEqual(b.images.dtype, np.dtype(dtype))
+    test.assertEqual(b.masks.shape, (n, S, S))
+    test.assertEqual(b.masks.dtype, np.uint8)
+    x = b.images_float()
+    test.assertTrue(np.all(x >= -1) and np.all(x <= 1), "pixels outside [-1, 1]")
+    test.assertLess(int(b.masks.max()), K)
+    test.assertEqual(len(b.meta), n)
+    for m in b.meta:
+        test.assertEqual(m["target_domain"], target)
+        test.assertIn(m["source_domain"], DOMAINS)
+        test.assertNotEqual(m["source_domain"], m["target_domain"])
+        test.assertIn(m["step"], steps)
+        test.assertTrue(np.isfinite(m["energy"]))
+
+
+def pull_until_from(test, client, endpoint, counts=None):
+    """Takes batches until one comes from `endpoint` (bounded in time)."""
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        b = client.next()
+        if counts is not None:
+            counts[b.endpoint] = counts.get(b.endpoint, 0) + 1
+        if b.endpoint == endpoint:
+            return b
+    test.fail("no batch from endpoint %d within %.0f s" % (endpoint, WAIT))
+
+
+class OfflineTest(unittest.TestCase):
+    def test_options_are_checked(self):
+        for kwargs, word in [(dict(endpoints=[]), "endpoints"), (dict(batch_size=0), "batch_size"),
+                             (dict(targets=[]), "target"), (dict(steps=[4, 2]), "ascending"),
+                             (dict(credits=0), "credits"), (dict(dtype="int8"), "dtype"),
+                             (dict(endpoints=["nonsense"]), "nonsense"), (dict(pairs=["A"]), "SOURCE:TARGET")]:
+            args = dict(endpoints=["tcp://127.0.0.1:1"], batch_size=4, targets=["B"])
+            args.update(kwargs)
+            with self.assertRaises(ValueError) as cm:
+                Client(**args)
+            self.assertIn(word, str(cm.exception))
+
+    def test_pairs_parse(self):
+        self.assertEqual(parse_pairs(["A:B", ":B:2.5", ("A", "B", 3), {"target": "C"}]),
+                         [("A", "B", 1.0), ("", "B", 2.5), ("A", "B", 3.0), ("", "C", 1.0)])
+        for bad in ["A:", "A:B:0", "A:B:x", "A:B:1:2"]:
+            with self.assertRaises(ValueError):
+                parse_pairs([bad])
+
+    def test_session_seeds(self):
+        self.assertEqual(session_seed(42, 0, 0), 42)
+        seeds = {session_seed(42, e, k) for e in range(8) for k in range(8)}
+        self.assertEqual(len(seeds), 64)
+        self.assertTrue(all(0 <= s < 2 ** 64 for s in seeds))
+
+    def test_times_out_without_sampler(self):
+        ep = "tcp://127.0.0.1:%d" % free_port()
+        with Client(ep, 4, targets=["B"], timeout=0.3) as c:
+            t0 = time.monotonic()
+            with self.assertRaises(TimeoutError) as cm:
+                c.next()
+            took = time.monotonic() - t0
+            self.assertTrue(0.25 <= took < 5, took)
+            self.assertIn(ep, str(cm.exception))
+            self.assertIn("down", str(cm.exception))
+            self.assertEqual(c.stats()[0]["state"], "down")
+
+
+class FakeSampler:
+    """A ROUTER socket the test drives by hand, to send what a real daemon never would."""
+
+    def __init__(self, test):
+        import zmq
+        from langdaug import langdaug_pb2 as pb
+        self.test, self.pb, self.zmq = test, pb, zmq
+        self.ctx = zmq.Context()
+        test.addCleanup(self.ctx.destroy, 0)
+        self.router = self.ctx.socket(zmq.ROUTER)
+        test.addCleanup(self.router.close, 0)
+        self.port = self.router.bind_to_random_port("tcp://127.0.0.1")
+        self.endpoint = "tcp://127.0.0.1:%d" % self.port
+        self.rid = None
+
+    def receive(self, kind):
+        """The next client message of `kind` (heartbeats skipped)."""
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            if self.router.poll(100):
+                self.rid, data = self.router.recv_multipart()
+                m = self.pb.ClientMessage()
+                m.ParseFromString(data)
+                if m.WhichOneof("body") != "heartbeat":
+                    self.test.assertEqual(m.WhichOneof("body"), kind)
+                    return getattr(m, kind)
+        self.test.fail("no %s from the client" % kind)
+
+    def received_credits(self):
+        """Sum of the credits of the PullRequests waiting, which must carry nothing else."""
+        total = 0
+        while self.router.poll(0):
+            _, data = self.router.recv_multipart()
+            m = self.pb.ClientMessage()
+            m.ParseFromString(data)
+            if m.WhichOneof("body") == "pull":
+                self.test.assertFalse(m.pull.HasField("batch_size") or m.pull.targets, "a top-up re-sent the request")
+                total += m.pull.credits
+        return total
+
+    def send(self, *frames, **body):
+        if body:
+            frames = (self.pb.ServerMessage(version=1, **body).SerializeToString(),) + frames
+        self.router.send_multipart([self.rid] + list(frames))
+
+    def batch(self, n=2, encoding=0, samples=None, mask_classes=K, **fields):
+        pb = self.pb
+        b = pb.Batch(n=n, channels=C, size=S, encoding=encoding, mask_classes=mask_classes, **fields)
+        for i in range(n if samples is None else samples):
+            b.samples.add(source_domain="A", target_domain="B", step=2, chain_id=i, seed=9)
+        return b
+
+
+class SamplerTestCase(unittest.TestCase):
+    """Base of test classes that share one daemon (self.sampler) and fixture (self.fx)."""
+
+    skip_reason = None
+
+    @classmethod
+    def setUpClass(cls):
+        # a reason to skip is given to each test (setUp), so that tests/run counts them as skipped
+        cls.fx = cls.sampler = None
+        if cls.skip_reason is None:
+            cls.fx = Fixture()
+            cls.skip_reason = cls.fx.missing
+        if cls.skip_reason is None:
+            cls.sampler = cls.fx.sampler()
+
+    @classmethod
+    def tearDownClass(cls):
+        if cls.sampler:
+            cls.sampler.stop()
+        if cls.fx:
+            cls.fx.close()
+
+    def setUp(self):
+        if self.skip_reason:
+            self.skipTest(self.skip_reason)
+
+
+class ProtocolTest(unittest.TestCase):
+    def test_malformed_messages(self):
+        fake = FakeSampler(self)
+        pb = fake.pb
+        img, mask = np.zeros((2, C, S, S), "<f4").tobytes(), np.ones((2, S, S), "u1").tobytes()
+        with Client(fake.endpoint, 2, targets=["B"], timeout=0.2, credits=8) as c:
+            with self.assertRaises(TimeoutError):
+                c.next()  # sends Hello meanwhile
+            fake.receive("hello")
+            fake.send(hello=pb.HelloReply(version=1, max_credits=3, idle_timeout_s=60))
+            with self.assertRaises(TimeoutError):
+                c.next()
+            pull = fake.receive("pull")
+            self.assertEqual((pull.credits, pull.batch_size, list(pull.targets)), (3, 2, ["B"]))
+            cases = [((b"\xff\xff",), {}, "does not decode"),
+                     ((img, mask[:-1]), dict(batch=fake.batch()), "masks frame"),
+                     ((img[:-4], mask), dict(batch=fake.batch()), "images frame"),
+                     ((img, mask), dict(batch=fake.batch(samples=1)), "metadata"),
+                     ((img, np.full((2, S, S), K, "u1").tobytes()), dict(batch=fake.batch()), "mask value"),
+                     ((img, mask), dict(batch=fake.batch(encoding=pb.ENCODING_UINT8)), "encoding"),
+                     ((img,), dict(batch=fake.batch()), "frames"),
+                     ((b"x",), dict(heartbeat=pb.Heartbeat()), "extra frames")]
+            for frames, body, word in cases:
+                fake.send(*frames, **body)
+                with self.assertRaises(ProtocolError) as cm:
+                    c.next()
+                self.assertIn(word, str(cm.exception))
+                self.assertIn(fake.endpoint, str(cm.exception))
+            fake.send(img, mask, batch=fake.batch())
+            b = c.next()  # the client goes on after every error
+            self.assertEqual(b.images.shape, (2, C, S, S))
+            np.testing.assert_array_equal(b.masks, 1)
+            time.sleep(0.2)
+            self.assertEqual(fake.received_credits(), 7, "one credit back per batch message received")
+            self.assertEqual(c.stats()[0]["errors"], 8)
+            fake.send(error=pb.Error(code=pb.ERROR_LIMIT, text="too many"))
+            with self.assertRaises(RequestRejected) as cm:
+                c.next()
+            self.assertEqual((cm.exception.code, cm.exception.text), ("ERROR_LIMIT", "too many"))
+            self.assertEqual(c.stats()[0]["state"], "rejected")
+
+
+class ClientTest(SamplerTestCase):
+
+    def test_pulls_batches(self):
+        for dtype in ("float32", "float16", "uint8"):
+            with Client(self.sampler.endpoint, 4, targets=["B"], steps=[0, 3], dtype=dtype, seed=11,
+                        timeout=WAIT) as c:
+                prev = None
+                for _, b in zip(range(4), c):
+                    check_batch(self, b, 4, {"float32": "<f4", "float16": "<f2", "uint8": "u1"}[dtype],
+                                steps=[0, 3])
+                    self.assertFalse(b.images.flags.owndata, "images should view the received frame")
+                    self.assertEqual(b.endpoint, 0)
+                    self.assertTrue(all(m["seed"] == 11 for m in b.meta))
+                    if prev is not None:
+                        self.assertEqual(b.sequence, prev + 1)
+                    prev = b.sequence
+                st = c.stats()[0]
+                self.assertEqual((st["state"], st["batches"], st["samples"], st["sessions"]), ("live", 4, 16, 1))
+                self.assertLessEqual(st["outstanding"], st["window"])
+
+    def test_same_seed_same_stream(self):
+        def first_batches(seed):
+            with Client(self.sampler.endpoint, 2, targets=["B"], dtype="uint8", seed=seed, timeout=WAIT) as c:
+                return [np.array(b.images) for _, b in zip(range(2), c)]
+        a, b, other = first_batches(5), first_batches(5), first_batches(6)
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+        self.assertFalse(all(np.array_equal(x, y) for x, y in zip(a, other)))
+
+    def test_refused_request(self):
+        with Client(self.sampler.endpoint, 4, targets=["no-such-domain"], timeout=WAIT) as c:
+            t0 = time.monotonic()
+            with self.assertRaises(RequestRejected) as cm:
+                c.next()
+            self.assertEqual(cm.exception.code, "ERROR_UNKNOWN_DOMAIN")
+            self.assertIn(self.sampler.endpoint, str(cm.exception))
+            with self.assertRaises(RequestRejected):  # every sampler refused: at once
+                c.next()
+            self.assertLess(time.monotonic() - t0, WAIT / 2)
+
+
+class RestartTest(unittest.TestCase):
+    def setUp(self):
+        self.fx = Fixture()
+        if self.fx.missing:
+            self.skipTest(self.fx.missing)
+        self.addCleanup(self.fx.close)
+        self.samplers = [self.fx.sampler(), self.fx.sampler()]
+        for s in self.samplers:
+            self.addCleanup(lambda s=s: s.stop())
+
+    def test_two_samplers_one_restarted(self):
+        eps = [s.endpoint for s in self.samplers]
+        with Client(eps, 2, targets=["A"], credits=2, seed=5, timeout=WAIT, heartbeat=0.2, dead=1.0) as c:
+            pull_until_from(self, c, 1)
+            pull_until_from(self, c, 0)
+            port = self.samplers[1].port
+            self.samplers[1].stop(kill=True)
+            from_live = sum(c.next().endpoint == 0 for _ in range(12))
+            self.assertGreaterEqual(from_live, 12 - 2 * 2, "the live sampler should carry on alone")
+            self.assertEqual(c.stats()[1]["state"], "down")
+            self.samplers[1] = self.fx.sampler(port)
+            pull_until_from(self, c, 1)
+            b = pull_until_from(self, c, 1)
+            self.assertEqual(b.meta[0]["seed"], session_seed(5, 1, 1))
+            st = c.stats()[1]
+            self.assertEqual((st["state"], st["sessions"]), ("live", 2))
+
+
+@unittest.skipIf(torch is None, "python3-torch is not installed")
+class DatasetTest(SamplerTestCase):
+
+    def dataset(self, **kw):
+        args = dict(targets=["B"], request_batch=4, timeout=WAIT, seed=77)
+        args.update(kw)
+        return LangDAugDataset(self.sampler.endpoint, **args)
+
+    def test_two_workers(self):
+        ds = self.dataset(num_samples=32)
+        loader = DataLoader(ds, batch_size=4, num_workers=2, timeout=WAIT)
+        samples, chains_by_seed = set(), {}
+        n = 0
+        for x, y, meta in loader:
+            self.assertEqual(x.shape, (4, C, S, S))
+            self.assertEqual(x.dtype, torch.float32)
+            self.assertTrue(bool((x >= -1).all() and (x <= 1).all()))
+            self.assertEqual(y.shape, (4, S, S))
+            self.assertEqual(y.dtype, torch.int64)
+            self.assertLess(int(y.max()), K)
+            self.assertTrue(all(t == "B" for t in meta["target_domain"]))
+            for seed, chain, step in zip(meta["seed"].tolist(), meta["chain_id"].tolist(), meta["step"].tolist()):
+                key = (seed, chain, step)
+                self.assertNotIn(key, samples, "a sample was served twice")
+                samples.add(key)
+                chains_by_seed.setdefault(seed, set()).add(chain)
+            n += len(x)
+        self.assertEqual(n, 32)
+        # one stream per worker; a chain is (seed, chain_id), so the workers' chains never collide
+        self.assertEqual(len(chains_by_seed), 2)
+        self.assertNotIn(77, chains_by_seed)
+        self.assertEqual(ds.state_dict()["samples"], 0)  # the iteration completed
+
+    def test_state_dict_resume(self):
+        ds = self.dataset(num_samples=48)
+        loader = DataLoader(ds, batch_size=4, num_workers=2, timeout=WAIT)
+        first = set()
+        for i, (_, _, meta) in enumerate(loader):
+            first.update(zip(meta["seed"].tolist(), meta["chain_id"].tolist()))
+            if i == 1:
+                break
+        state = ds.state_dict()
+        self.assertEqual(state["seed"], 77)
+        self.assertTrue(8 <= state["samples"] < 48, state)
+        del loader
+
+        resumed = self.dataset(num_samples=48, seed=None)
+        resumed.load_state_dict(state)
+        self.assertEqual(resumed.seed, 77)
+        n, later = 0, set()
+        for x, _, meta in DataLoader(resumed, batch_size=2, num_workers=2, timeout=WAIT):
+            n += len(x)
+            later.update(zip(meta["seed"].tolist(), meta["chain_id"].tolist()))
+        self.assertEqual(n, 48 - state["samples"])
+        self.assertFalse(first & later, "a resumed run must not replay chains")
+        after = resumed.state_dict()
+        self.assertEqual((after["generation"], after["samples"]), (state["generation"] + 1, 0))
+
+    def test_single_process(self):
+        ds = self.dataset(num_samples=6)
+        items = list(ds)
+        self.assertEqual(len(items), 6)
+        image, mask, meta = items[0]
+        self.assertEqual(tuple(image.shape), (C, S, S))
+        self.assertEqual(tuple(mask.shape), (S, S))
+        self.assertEqual(meta["target_domain"], "B")
+        self.assertEqual(ds.state_dict()["samples"], 0)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,182 @@
+"""`langdaug pull`, `langdaug status` and `langdaug bench` against the real daemon.
+
+pull's PNG files are checked pixel for pixel against what the Python client
+receives for the same seed (the daemon's stream is a function of the seed),
+so the images, and the masks with and without --mask-values, must match
+exactly; --format npz likewise. Also: the CSV, usage errors, status as a
+table, as JSON and in --watch mode, and bench's report. Fixtures (daemon,
+tiny model, tiny dataset) come from test_client_py.
+"""
+import csv
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import unittest
+
+import numpy as np
+from PIL import Image
+
+import test_client_py
+from test_client_py import CLI, C, S, WAIT, free_port
+
+from langdaug.client import Client
+
+SEED = 21
+
+
+def cli(*args, timeout=60):
+    return subprocess.run([CLI] + [str(a) for a in args], capture_output=True, text=True, timeout=timeout)
+
+
+def commands_missing():
+    if not os.access(CLI, os.X_OK):
+        return "%s is not built yet" % CLI
+    for cmd in ("pull", "status", "bench"):
+        if cli(cmd, "--help").returncode != 0:
+            return "`langdaug %s` is not in the command table of client/langdaug.c yet" % cmd
+    return None
+
+
+class PullCliTest(test_client_py.SamplerTestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.skip_reason = commands_missing()
+        super().setUpClass()
+
+    def setUp(self):
+        super().setUp()
+        self.out = tempfile.mkdtemp(prefix="langdaug-pull-")
+        self.addCleanup(shutil.rmtree, self.out, True)
+
+    def reference(self, n, batch, dtype):
+        """The first n samples of the seeded stream, as the Python client gets them."""
+        images, masks, meta = [], [], []
+        with Client(self.sampler.endpoint, batch, targets=["B"], dtype=dtype, seed=SEED, timeout=WAIT) as c:
+            while len(meta) < n:
+                b = c.next()
+                images.append(np.array(b.images))
+                masks.append(np.array(b.masks))
+                meta += b.meta
+        return np.concatenate(images)[:n], np.concatenate(masks)[:n], meta[:n]
+
+    def pull(self, *extra):
+        r = cli("pull", "--from", self.sampler.endpoint, "--targets", "B", "--seed", SEED, "--out", self.out,
+                "--timeout", WAIT, *extra)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(os.path.join(self.out, "samples.csv"), newline="") as f:
+            return list(csv.DictReader(f))
+
+    def test_png_layout_and_content(self):
+        rows = self.pull("-n", 10, "--batch", 4)
+        images, masks, meta = self.reference(10, 4, "uint8")
+        self.assertEqual(len(rows), 10)
+        for k, row in enumerate(rows):
+            self.assertEqual(int(row["index"]), k)
+            pair = "%s2%s" % (meta[k]["source_domain"], meta[k]["target_domain"])
+            self.assertEqual(row["image"], "%s/image/%08d.png" % (pair, k))
+            self.assertEqual(row["mask"], "%s/mask/%08d.png" % (pair, k))
+            for key in ("source_domain", "target_domain", "source_file", "model_hash"):
+                self.assertEqual(row[key], str(meta[k][key]))
+            for key in ("step", "chain_id", "seed", "crop_x", "crop_y", "source_item"):
+                self.assertEqual(int(row[key]), meta[k][key])
+            self.assertAlmostEqual(float(row["energy"]), meta[k]["energy"], places=5)
+            img = Image.open(os.path.join(self.out, row["image"]))
+            mask = Image.open(os.path.join(self.out, row["mask"]))
+            self.assertEqual((img.mode, img.size), ("RGB", (S, S)))
+            self.assertEqual((mask.mode, mask.size), ("L", (S, S)))
+            np.testing.assert_array_equal(np.asarray(img), images[k].transpose(1, 2, 0))
+            np.testing.assert_array_equal(np.asarray(mask), masks[k])
+        self.assertFalse([f for _, _, files in os.walk(self.out) for f in files if f.startswith(".")],
+                         "temporary files left behind")
+
+    def test_mask_values(self):
+        rows = self.pull("-n", 3, "--batch", 3, "--mask-values", "255,7")
+        _, masks, _ = self.reference(3, 3, "uint8")
+        for k, row in enumerate(rows):
+            got = np.asarray(Image.open(os.path.join(self.out, row["mask"])))
+            np.testing.assert_array_equal(got, np.where(masks[k] == 0, 255, 7))
+
+    def test_npz(self):
+        rows = self.pull("-n", 6, "--batch", 4, "--format", "npz")
+        images, masks, meta = self.reference(6, 4, "float32")
+        self.assertEqual([r["image"] for r in rows], ["batch_000000.npz"] * 4 + ["batch_000001.npz"] * 2)
+        parts = [np.load(os.path.join(self.out, "batch_%06d.npz" % i)) for i in range(2)]
+        self.assertEqual(parts[0]["images"].shape, (4, C, S, S))
+        self.assertEqual(parts[1]["images"].shape, (2, C, S, S))
+        self.assertEqual(parts[0]["images"].dtype, np.float32)
+        np.testing.assert_array_equal(np.concatenate([p["images"] for p in parts]), images)
+        np.testing.assert_array_equal(np.concatenate([p["masks"] for p in parts]), masks)
+        chain = np.concatenate([p["chain_id"] for p in parts])
+        step = np.concatenate([p["step"] for p in parts])
+        self.assertEqual(chain.dtype, np.uint64)
+        self.assertEqual(chain.tolist(), [m["chain_id"] for m in meta])
+        self.assertEqual(step.tolist(), [m["step"] for m in meta])
+        self.assertEqual([int(r["row"]) for r in rows], [0, 1, 2, 3, 0, 1])
+
+    def test_usage_errors(self):
+        ep = self.sampler.endpoint
+        for args, word in [(["-n", 1, "--targets", "B", "--from", ep], "--out"),
+                           (["--out", self.out, "--targets", "B", "--from", ep], "-n"),
+                           (["-n", 1, "--out", self.out, "--from", ep], "--targets"),
+                           (["-n", 1, "--out", self.out, "--targets", "B"], "--from"),
+                           (["-n", 0, "--out", self.out, "--targets", "B", "--from", ep], "-n"),
+                           (["-n", 1, "--out", self.out, "--pairs", "A", "--from", ep], "--pairs"),
+                           (["-n", 1, "--out", self.out, "--targets", "B,,A", "--from", ep], "--targets"),
+                           (["-n", 1, "--out", self.out, "--targets", "B", "--from", ep, "--format", "jpg"], "--format"),
+                           (["-n", 1, "--out", self.out, "--targets", "B", "--from", ep, "--steps", "4,2"], "--steps"),
+                           (["-n", 1, "--out", self.out, "--targets", "B", "--from", ep, "--encoding", "f8"], "--encoding"),
+                           (["-n", 1, "--out", self.out, "--targets", "B", "--from", ep, "--bogus"], "--bogus"),
+                           (["-n", 1, "--out", self.out, "--targets", "B", "--from", ep, "extra"], "extra")]:
+            r = cli("pull", *args)
+            self.assertEqual(r.returncode, 2, (args, r.stderr))
+            self.assertIn(word, r.stderr)
+        self.assertEqual(os.listdir(self.out), [])
+
+    def test_refused_request_fails_cleanly(self):
+        r = cli("pull", "--from", self.sampler.endpoint, "--targets", "nope", "-n", 2, "--out", self.out,
+                "--timeout", WAIT)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("ERROR_UNKNOWN_DOMAIN", r.stderr)
+        self.assertEqual(os.listdir(self.out), [], "no CSV for a failed run")
+
+    def test_status(self):
+        r = cli("status", self.sampler.status_endpoint)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("langdaugd", r.stdout)
+        self.assertIn("dataset: A (3) B (3)", r.stdout)
+        r = cli("status", "--json", self.sampler.status_endpoint)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        status = json.loads(r.stdout)
+        self.assertEqual(status["models"][0]["domains"], ["A", "B"])
+        self.assertEqual(status["models"][0]["size"], S)
+        self.assertIn({"key": "bind", "value": self.sampler.endpoint}, status["config"])
+        t0 = time.monotonic()
+        r = cli("status", "--json", "--watch=0.1", "--count", 3, self.sampler.status_endpoint)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        uptimes = [json.loads(line)["uptime_s"] for line in r.stdout.splitlines()]
+        self.assertEqual(len(uptimes), 3)
+        self.assertTrue(uptimes[0] < uptimes[1] < uptimes[2], uptimes)
+        self.assertLess(time.monotonic() - t0, WAIT)
+
+    def test_status_errors(self):
+        r = cli("status", "tcp://127.0.0.1:%d" % free_port(), "--timeout", 0.3)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("no status reply", r.stderr)
+        for args in (["--json"], ["--count", 2, self.sampler.status_endpoint], ["--watch=x", "tcp://x:1"]):
+            self.assertEqual(cli("status", *args).returncode, 2, args)
+
+    def test_bench(self):
+        r = cli("bench", "--from", self.sampler.endpoint, "--targets", "B", "--seconds", 0.5, "--batch", 4)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        lines = r.stdout.splitlines()
+        self.assertTrue(lines[0].startswith("first batch after"), lines)
+        self.assertTrue(lines[-1].startswith("total"), lines)
+        self.assertIn("MB/s", lines[-1])
+        self.assertEqual(cli("bench", "--targets", "B").returncode, 2)
+
+
+if __name__ == "__main__":
+    unittest.main()
