@@ -4,7 +4,6 @@
  * refused with errors naming the file (ASan checks nothing leaks). */
 #include "testutil.h"
 
-#include <dirent.h>
 #include <png.h>
 #include <stdlib.h>
 #include <string.h>
@@ -75,12 +74,7 @@ static void check_round_trip(int channels)
     ck_assert_int_eq(back.channels, channels);
     ck_assert_mem_eq(back.data, img.data, 37 * 23 * (size_t)channels);
     /* Atomic write: only the destination remains in the folder. */
-    DIR *d = opendir(dir);
-    int n = 0;
-    for (struct dirent *e; (e = readdir(d));)
-        n += e->d_name[0] != '.';
-    closedir(d);
-    ck_assert_int_eq(n, 1);
+    ck_assert_int_eq(ld_test_count_entries(dir), 1);
     ld_image_free(&img);
     ld_image_free(&back);
     ld_test_rmtree(dir);
@@ -194,20 +188,6 @@ START_TEST(reads_1bit_grey)
 }
 END_TEST
 
-/* Reads a whole file into a malloc'ed buffer. */
-static uint8_t *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    ck_assert_ptr_nonnull(f);
-    fseek(f, 0, SEEK_END);
-    *len = (size_t)ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *buf = malloc(*len);
-    ck_assert_uint_eq(fread(buf, 1, *len, f), *len);
-    fclose(f);
-    return buf;
-}
-
 static void expect_refused(const char *path, int err)
 {
     ld_image_t img = { .width = 99 };
@@ -227,7 +207,7 @@ START_TEST(refuses_corrupt_and_truncated)
     ck_assert_int_eq(ld_png_write(good, &img), 0);
     ld_image_free(&img);
     size_t len;
-    uint8_t *bytes = slurp(good, &len);
+    uint8_t *bytes = (uint8_t *)ld_test_read_file(good, &len);
 
     ld_test_write_file(bad, "hello, this is not a PNG at all", 31);
     expect_refused(bad, LD_EFORMAT);
