@@ -21,7 +21,7 @@ import numpy as np
 
 from test_daemon import write_dataset
 
-from langdaug.client import Client, ProtocolError, RequestRejected, parse_pairs, session_seed
+from langdaug.client import Client, ProtocolError, RequestRejected, parse_pairs, session_seed, status
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BUILD = os.environ.get("LD_BUILD", os.path.join(os.path.dirname(HERE), "build"))
@@ -315,6 +315,15 @@ class ClientTest(SamplerTestCase):
                 st = c.stats()[0]
                 self.assertEqual((st["state"], st["batches"], st["samples"], st["sessions"]), ("live", 4, 16, 1))
                 self.assertLessEqual(st["outstanding"], st["window"])
+
+    def test_status(self):
+        with Client(self.sampler.endpoint, 2, targets=["B"], timeout=WAIT, name="status-probe") as c:
+            c.next()
+            reply = status(self.sampler.status_endpoint, timeout=WAIT)
+        self.assertEqual(list(reply.models[0].domains), DOMAINS)
+        self.assertIn("status-probe", [cl.name for cl in reply.clients])
+        with self.assertRaises(TimeoutError):
+            status("tcp://127.0.0.1:%d" % free_port(), timeout=0.2)
 
     def test_same_seed_same_stream(self):
         def first_batches(seed):

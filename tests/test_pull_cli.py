@@ -10,6 +10,7 @@ tiny model, tiny dataset) come from test_client_py.
 import csv
 import json
 import os
+import pty
 import shutil
 import subprocess
 import tempfile
@@ -91,6 +92,33 @@ class PullCliTest(test_client_py.SamplerTestCase):
             np.testing.assert_array_equal(np.asarray(mask), masks[k])
         self.assertFalse([f for _, _, files in os.walk(self.out) for f in files if f.startswith(".")],
                          "temporary files left behind")
+
+    def test_progress_bar_only_on_a_terminal(self):
+        master, slave = pty.openpty()
+        try:
+            r = subprocess.run([CLI, "pull", "--from", self.sampler.endpoint, "--targets", "B", "-n", "6", "--batch", "2",
+                                "--out", self.out, "--timeout", str(WAIT)], stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=slave, timeout=60)
+            self.assertEqual(r.returncode, 0)
+            os.set_blocking(master, False)
+            tty = b""
+            try:
+                while True:
+                    chunk = os.read(master, 65536)
+                    if not chunk:
+                        break
+                    tty += chunk
+            except (BlockingIOError, OSError):
+                pass
+        finally:
+            os.close(master)
+            os.close(slave)
+        self.assertIn(b"\r[", tty)
+        self.assertIn(b"] 6/6 samples", tty)
+        r = cli("pull", "--from", self.sampler.endpoint, "--targets", "B", "-n", 2, "--out", self.out)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertNotIn("\r", r.stderr)
+        self.assertIn("wrote 2 samples", r.stderr)
 
     def test_mask_values(self):
         rows = self.pull("-n", 3, "--batch", 3, "--mask-values", "255,7")
