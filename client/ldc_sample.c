@@ -471,7 +471,7 @@ int ldc_sample_main(int argc, char **argv)
             e0 += r.start_energy[j] / r.n;
             e1 += r.snap_energy[(size_t)(o.lp.n_snapshots - 1) * (size_t)r.n + (size_t)j] / r.n;
         }
-        printf("sample: %d chains %s -> %s, %d steps in %.3f s: %.1f image-steps/s (%d threads)\n"
+        printf("sample: %d chains %s -> %s, %d steps in %.3f s: %.1f image-steps/s with %d thread(s)\n"
                "sample: mean energy %.6g at the start, %.6g at step %d; model %.12s\n"
                "sample: wrote %d snapshots, samples.csv and grid.png to %s\n",
                r.n, o.source, o.target, o.lp.steps, r.seconds, isps, o.threads, e0, e1,
