@@ -1,0 +1,390 @@
+/* bench_engine: Langevin image-steps/s of the energy engine, its GFLOP/s,
+ * OpenBLAS sgemm GFLOP/s on the same machine in the same run, and a
+ * per-layer time profile.
+ *
+ *   bench_engine [--sizes 64,128] [--batches 1,8,16] [--threads 1,2]
+ *                [--widths 32,64,128,128,256] [--seconds 4] [--steps 2]
+ *                [--sgemm] [--profile S,BATCH,THREADS] [--tsv]
+ *
+ * Langevin runs use the reference network (C=3, K=2, D=3; random weights,
+ * random images and masks), step size 0.01, noise 0.005, --steps steps per
+ * ld_langevin_run, repeated until --seconds have passed (after a one-step
+ * warm-up run). image-steps/s = chains * steps * runs / seconds; GFLOP/s uses
+ * ld_ebm_arch_flops (nominal forward + backward-to-input convolution FLOPs,
+ * 2 per multiply-add). --tsv prints "engine<TAB>S<TAB>batch<TAB>threads<TAB>
+ * img_steps_per_s<TAB>gflops" lines for tests/bench.
+ *
+ * --sgemm measures cblas_sgemm: 1024^3, and the conv-like shapes the engine
+ * runs (Winograd GEMMs of the reference network), on 1 thread, on 2 threads
+ * inside OpenBLAS, and as 2 independent single-threaded GEMMs running
+ * concurrently (what the engine does with 2 threads); with --tsv as
+ * "sgemm<TAB>core<TAB>MxNxK<TAB>shape<TAB>1 thread<TAB>2 OpenBLAS<TAB>2x1". */
+#include <cblas.h>
+#include <getopt.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "ld_ebm.h"
+#include "ld_error.h"
+#include "ld_langevin.h"
+#include "ld_rng.h"
+
+#define MAX_LIST 8
+
+typedef struct {
+    int sizes[MAX_LIST], n_sizes;
+    int batches[MAX_LIST], n_batches;
+    int threads[MAX_LIST], n_threads;
+    const char *widths;
+    double seconds;
+    int steps, sgemm, tsv;
+    int prof[3], profile;
+} opts_t;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int parse_list(const char *s, int *out, int max)
+{
+    int n = 0;
+    while (*s && n < max) {
+        char *end;
+        long v = strtol(s, &end, 10);
+        if (end == s || v < 1 || v > 100000)
+            return -1;
+        out[n++] = (int)v;
+        s = *end == ',' ? end + 1 : end;
+        if (*end && *end != ',')
+            return -1;
+    }
+    return n;
+}
+
+/* ---------------- sgemm ---------------- */
+
+typedef struct {
+    int m, n, k, reps;
+    float *a, *b, *c;
+} gemm_arg_t;
+
+static void gemm_alloc(gemm_arg_t *g, int m, int n, int k)
+{
+    g->m = m;
+    g->n = n;
+    g->k = k;
+    g->a = malloc(sizeof(float) * (size_t)m * (size_t)k);
+    g->b = malloc(sizeof(float) * (size_t)k * (size_t)n);
+    g->c = malloc(sizeof(float) * (size_t)m * (size_t)n);
+    ld_rng_t r;
+    ld_rng_init(&r, 1, 0);
+    for (size_t i = 0; i < (size_t)m * (size_t)k; i++)
+        g->a[i] = (float)ld_rng_uniform(&r);
+    for (size_t i = 0; i < (size_t)k * (size_t)n; i++)
+        g->b[i] = (float)ld_rng_uniform(&r);
+}
+
+static void gemm_free(gemm_arg_t *g)
+{
+    free(g->a);
+    free(g->b);
+    free(g->c);
+}
+
+static void *gemm_loop(void *arg)
+{
+    gemm_arg_t *g = arg;
+    for (int r = 0; r < g->reps; r++)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, g->m, g->n, g->k, 1.0f, g->a, g->k, g->b, g->n, 0.0f,
+                    g->c, g->n);
+    return NULL;
+}
+
+/* mode 0: 1 thread; 1: OpenBLAS with 2 threads; 2: two independent 1-thread GEMMs. */
+static double gemm_gflops(int m, int n, int k, int mode)
+{
+    double flop = 2.0 * m * n * k;
+    gemm_arg_t g[2];
+    gemm_alloc(&g[0], m, n, k);
+    gemm_alloc(&g[1], m, n, k);
+    openblas_set_num_threads(mode == 1 ? 2 : 1);
+    g[0].reps = 1;
+    gemm_loop(&g[0]); /* warm-up */
+    g[0].reps = g[1].reps = (int)(1.5e10 / flop) + 1;
+    double t0 = now_s();
+    if (mode == 2) {
+        pthread_t th;
+        pthread_create(&th, NULL, gemm_loop, &g[1]);
+        gemm_loop(&g[0]);
+        pthread_join(th, NULL);
+    } else {
+        gemm_loop(&g[0]);
+    }
+    double dt = now_s() - t0;
+    openblas_set_num_threads(1);
+    gemm_free(&g[0]);
+    gemm_free(&g[1]);
+    return flop * g[0].reps * (mode == 2 ? 2 : 1) / dt / 1e9;
+}
+
+static void bench_sgemm(int tsv)
+{
+    static const int shapes[][3] = { { 1024, 1024, 1024 }, { 64, 256, 64 }, { 128, 256, 128 }, { 256, 64, 256 } };
+    static const char *what[] = { "square", "Winograd GEMM of blocks.0.conv2 (band)",
+                                  "Winograd GEMM of blocks.1.conv2 (band)", "Winograd GEMM of blocks.3.conv2, S=128" };
+    if (!tsv) {
+        printf("OpenBLAS sgemm (core %s), GFLOP/s:\n", openblas_get_corename());
+        printf("  %-22s %-40s %8s %14s %14s\n", "M x N x K", "shape", "1 thread", "2 (OpenBLAS)", "2 x 1 thread");
+    }
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+        char dims[32];
+        snprintf(dims, sizeof dims, "%d x %d x %d", shapes[i][0], shapes[i][1], shapes[i][2]);
+        double g1 = gemm_gflops(shapes[i][0], shapes[i][1], shapes[i][2], 0);
+        double g2 = gemm_gflops(shapes[i][0], shapes[i][1], shapes[i][2], 1);
+        double g3 = gemm_gflops(shapes[i][0], shapes[i][1], shapes[i][2], 2);
+        if (tsv)
+            printf("sgemm\t%s\t%s\t%s\t%.1f\t%.1f\t%.1f\n", openblas_get_corename(), dims, what[i], g1, g2, g3);
+        else
+            printf("  %-22s %-40s %8.1f %14.1f %14.1f\n", dims, what[i], g1, g2, g3);
+        fflush(stdout);
+    }
+}
+
+/* ---------------- Langevin ---------------- */
+
+typedef struct {
+    ld_ebm_arch_t arch;
+    ld_ebm_t *m;
+    ld_ebm_ws_t *ws;
+    int n;
+    float *image;
+    uint8_t *mask;
+    int32_t *target;
+    uint64_t *chain;
+} setup_t;
+
+static int setup(setup_t *s, const opts_t *o, int size, int batch, int threads)
+{
+    memset(s, 0, sizeof *s);
+    s->arch.image_channels = 3;
+    s->arch.mask_classes = 2;
+    s->arch.size = size;
+    int rc;
+    if ((rc = ld_ebm_arch_set_widths(&s->arch, o->widths)) || (rc = ld_ebm_arch_set_domains(&s->arch, "A,B,C")) ||
+        (rc = ld_ebm_new(&s->arch, &s->m)) || (rc = ld_ebm_ws_new(&s->arch, batch, threads, &s->ws)))
+        return rc;
+    ld_ebm_init_random(s->m, 7);
+    s->n = batch;
+    size_t q = (size_t)size * (size_t)size;
+    s->image = malloc((size_t)batch * 3 * q * sizeof(float));
+    s->mask = malloc((size_t)batch * q);
+    s->target = malloc((size_t)batch * sizeof(int32_t));
+    s->chain = malloc((size_t)batch * sizeof(uint64_t));
+    if (!s->image || !s->mask || !s->target || !s->chain)
+        return ld_seterr(LD_ENOMEM, "out of memory");
+    ld_rng_t r;
+    ld_rng_init(&r, 3, 0);
+    for (size_t i = 0; i < (size_t)batch * 3 * q; i++)
+        s->image[i] = (float)(2.0 * ld_rng_uniform(&r) - 1.0);
+    for (size_t i = 0; i < (size_t)batch * q; i++)
+        s->mask[i] = (uint8_t)((i / (size_t)size / 8 + i % (size_t)size / 8) % 2);
+    for (int c = 0; c < batch; c++) {
+        s->target[c] = c % 3;
+        s->chain[c] = (uint64_t)c;
+    }
+    return 0;
+}
+
+static void teardown(setup_t *s)
+{
+    ld_ebm_ws_destroy(&s->ws);
+    ld_ebm_destroy(&s->m);
+    free(s->image);
+    free(s->mask);
+    free(s->target);
+    free(s->chain);
+}
+
+/* Returns image-steps/s, or -1 on error. */
+static double langevin_rate(setup_t *s, const opts_t *o)
+{
+    ld_langevin_params_t p;
+    memset(&p, 0, sizeof p);
+    p.step_size = 0.01f;
+    p.noise = 0.005f;
+    p.steps = o->steps;
+    p.seed = 1;
+    p.steps = 1; /* warm-up */
+    if (ld_langevin_run(s->m, s->ws, &p, s->n, s->image, s->mask, s->target, s->chain, NULL, NULL, NULL))
+        return -1;
+    p.steps = o->steps;
+    int runs = 0;
+    double t0 = now_s(), dt;
+    do {
+        if (ld_langevin_run(s->m, s->ws, &p, s->n, s->image, s->mask, s->target, s->chain, NULL, NULL, NULL))
+            return -1;
+        runs++;
+        dt = now_s() - t0;
+    } while (dt < o->seconds);
+    return (double)s->n * o->steps * runs / dt;
+}
+
+static int bench_langevin(const opts_t *o)
+{
+    if (!o->tsv)
+        printf("%5s %6s %8s %16s %10s\n", "S", "batch", "threads", "image-steps/s", "GFLOP/s");
+    for (int i = 0; i < o->n_sizes; i++)
+        for (int j = 0; j < o->n_batches; j++)
+            for (int k = 0; k < o->n_threads; k++) {
+                setup_t s;
+                int rc = setup(&s, o, o->sizes[i], o->batches[j], o->threads[k]);
+                double rate = rc ? -1 : langevin_rate(&s, o);
+                if (rate < 0) {
+                    fprintf(stderr, "bench_engine: %s: %s\n", ld_strerror(rc ? rc : LD_EINVAL), ld_errdetail());
+                    teardown(&s);
+                    return 1;
+                }
+                double gf = rate * ld_ebm_arch_flops(&s.arch) / 1e9;
+                if (o->tsv)
+                    printf("engine\t%d\t%d\t%d\t%.3f\t%.1f\n", o->sizes[i], o->batches[j], o->threads[k], rate, gf);
+                else
+                    printf("%5d %6d %8d %16.2f %10.1f\n", o->sizes[i], o->batches[j], o->threads[k], rate, gf);
+                fflush(stdout);
+                teardown(&s);
+            }
+    return 0;
+}
+
+/* Entries "blocks.B.LAYER.PASS.PART" go into a table (one row per layer,
+ * columns fwd/bwd x in/gemm/out); the others are listed on one line. */
+static const char *const PARTS[] = { "fwd.in", "fwd.gemm", "fwd.out", "fwd", "bwd.in", "bwd.gemm", "bwd.out", "bwd" };
+enum { N_PARTS = 8 };
+
+static void print_profile(const ld_ebm_prof_t *prof, int n, double budget, const opts_t *o, double rate, double wall)
+{
+    char rows[64][32];
+    double cell[64][N_PARTS] = { { 0 } }, total = 0;
+    int n_rows = 0;
+    printf("Per-layer profile, S=%d batch %d threads %d: %.2f image-steps/s with profiling on; %% of %.2f s x %d "
+           "threads (thread-seconds)\n",
+           o->prof[0], o->prof[1], o->prof[2], rate, wall, o->prof[2]);
+    printf("  other:");
+    for (int i = 0; i < n; i++) {
+        total += prof[i].seconds;
+        const char *name = prof[i].name;
+        int part = -1;
+        for (int k = 0; k < N_PARTS && part < 0; k++) {
+            size_t ln = strlen(name), lp = strlen(PARTS[k]);
+            if (strncmp(name, "blocks.", 7) == 0 && ln > lp + 1 && strcmp(name + ln - lp, PARTS[k]) == 0 &&
+                name[ln - lp - 1] == '.')
+                part = k;
+        }
+        if (part < 0) {
+            printf(" %s %.1f%%", name, 100 * prof[i].seconds / budget);
+            continue;
+        }
+        char layer[32];
+        snprintf(layer, sizeof layer, "%.*s", (int)(strlen(name) - strlen(PARTS[part]) - 1), name);
+        int r = 0;
+        while (r < n_rows && strcmp(rows[r], layer) != 0)
+            r++;
+        if (r == n_rows && n_rows < 64)
+            snprintf(rows[n_rows++], sizeof rows[0], "%s", layer);
+        if (r < 64)
+            cell[r][part] += prof[i].seconds;
+    }
+    printf("\n  %-18s", "% of time");
+    for (int k = 0; k < N_PARTS; k++)
+        printf(" %9s", PARTS[k]);
+    printf("\n");
+    for (int r = 0; r < n_rows; r++) {
+        printf("  %-18s", rows[r]);
+        for (int k = 0; k < N_PARTS; k++)
+            if (cell[r][k] > 0)
+                printf(" %9.1f", 100 * cell[r][k] / budget);
+            else
+                printf(" %9s", "");
+        printf("\n");
+    }
+    printf("  engine total %.1f%% (the rest: Langevin update and noise, outside the engine)\n", 100 * total / budget);
+}
+
+static int bench_profile(const opts_t *o)
+{
+    setup_t s;
+    int rc = setup(&s, o, o->prof[0], o->prof[1], o->prof[2]);
+    if (rc) {
+        fprintf(stderr, "bench_engine: %s\n", ld_errdetail());
+        teardown(&s);
+        return 1;
+    }
+    ld_ebm_ws_set_profiling(s.ws, 1);
+    double t0 = now_s();
+    double rate = langevin_rate(&s, o);
+    double wall = now_s() - t0;
+    ld_ebm_prof_t prof[256];
+    int n = ld_ebm_ws_profile(s.ws, prof, 256);
+    print_profile(prof, n < 256 ? n : 256, wall * o->prof[2], o, rate, wall);
+    teardown(&s);
+    return 0;
+}
+
+static void usage(FILE *f)
+{
+    fputs("Usage: bench_engine [--sizes 64,128] [--batches 1,8,16] [--threads 1,2] [--widths W0,..,WL]\n"
+          "                    [--seconds 4] [--steps 2] [--sgemm] [--profile S,BATCH,THREADS] [--tsv]\n",
+          f);
+}
+
+int main(int argc, char **argv)
+{
+    opts_t o = { .sizes = { 64, 128 }, .n_sizes = 2, .batches = { 1, 8, 16 }, .n_batches = 3,
+                 .threads = { 1, 2 }, .n_threads = 2, .widths = "32,64,128,128,256", .seconds = 4, .steps = 2 };
+    static const struct option longopts[] = {
+        { "sizes", required_argument, NULL, 'S' },   { "batches", required_argument, NULL, 'b' },
+        { "threads", required_argument, NULL, 't' }, { "widths", required_argument, NULL, 'w' },
+        { "seconds", required_argument, NULL, 's' }, { "steps", required_argument, NULL, 'k' },
+        { "sgemm", no_argument, NULL, 'g' },         { "profile", required_argument, NULL, 'p' },
+        { "tsv", no_argument, NULL, 'T' },           { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    int c, only_extra = 0;
+    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        int ok = 1;
+        switch (c) {
+        case 'S': ok = (o.n_sizes = parse_list(optarg, o.sizes, MAX_LIST)) > 0; break;
+        case 'b': ok = (o.n_batches = parse_list(optarg, o.batches, MAX_LIST)) > 0; break;
+        case 't': ok = (o.n_threads = parse_list(optarg, o.threads, MAX_LIST)) > 0; break;
+        case 'w': o.widths = optarg; break;
+        case 's': o.seconds = atof(optarg); ok = o.seconds >= 0; break;
+        case 'k': o.steps = atoi(optarg); ok = o.steps >= 1; break;
+        case 'g': o.sgemm = 1; only_extra = 1; break;
+        case 'p': ok = parse_list(optarg, o.prof, 3) == 3; o.profile = 1; only_extra = 1; break;
+        case 'T': o.tsv = 1; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+        if (!ok) {
+            fprintf(stderr, "bench_engine: bad value '%s' for %s\n", optarg, argv[optind - 1]);
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        usage(stderr);
+        return 2;
+    }
+    if (o.sgemm)
+        bench_sgemm(o.tsv);
+    if (o.profile && bench_profile(&o))
+        return 1;
+    if (!only_extra)
+        return bench_langevin(&o);
+    return 0;
+}

@@ -1,0 +1,94 @@
+"""bench_torch: PyTorch Langevin image-steps/s on the same network as the C
+engine (langdaug.torch.EBM, reference widths, random weights).
+
+    bench_torch.py [--sizes 64,128] [--batches 1,8,16] [--threads 1,2]
+                   [--widths 32,64,128,128,256] [--seconds 4] [--steps 2] [--tsv]
+
+One Langevin step per image, as the engine does it: forward, autograd
+backward to the image only (parameters do not require gradients), then
+x <- clamp(x - eta/2 g + sqrt(eta) sigma z, -1, 1). Each thread count runs in
+its own child process with torch.set_num_threads(T) and
+OMP_NUM_THREADS = MKL_NUM_THREADS = OPENBLAS_NUM_THREADS = T set before torch
+is imported. --tsv prints "torch<TAB>S<TAB>batch<TAB>threads<TAB>img_steps_per_s".
+"""
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+
+def int_list(s):
+    return [int(x) for x in s.split(",") if x]
+
+
+def measure(args):
+    import torch
+    from langdaug.torch import EBM
+
+    torch.set_num_threads(args.threads[0])
+    widths = int_list(args.widths)
+    for size in args.sizes:
+        for batch in args.batches:
+            torch.manual_seed(0)
+            model = EBM(3, 2, size, widths, 3)
+            for p in model.parameters():
+                p.requires_grad_(False)
+            x = torch.rand(batch, 3, size, size) * 2 - 1
+            mask = torch.randint(0, 2, (batch, size, size))
+            target = torch.arange(batch) % 3
+            eta, sigma = 0.01, 0.005
+
+            def step(x):
+                x = x.detach().requires_grad_(True)
+                (g,) = torch.autograd.grad(model(x, mask, target).sum(), x)
+                with torch.no_grad():
+                    return (x - 0.5 * eta * g + (eta ** 0.5) * sigma * torch.randn_like(x)).clamp_(-1, 1)
+
+            x = step(x)  # warm-up
+            runs = 0
+            t0 = time.perf_counter()
+            while True:
+                for _ in range(args.steps):
+                    x = step(x)
+                runs += 1
+                dt = time.perf_counter() - t0
+                if dt >= args.seconds:
+                    break
+            rate = batch * args.steps * runs / dt
+            if args.tsv:
+                print("torch\t%d\t%d\t%d\t%.3f" % (size, batch, args.threads[0], rate), flush=True)
+            else:
+                print("%5d %6d %8d %16.2f" % (size, batch, args.threads[0], rate), flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", type=int_list, default=[64, 128])
+    ap.add_argument("--batches", type=int_list, default=[1, 8, 16])
+    ap.add_argument("--threads", type=int_list, default=[1, 2])
+    ap.add_argument("--widths", default="32,64,128,128,256")
+    ap.add_argument("--seconds", type=float, default=4.0)
+    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--tsv", action="store_true")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        measure(args)
+        return
+    if not args.tsv:
+        print("%5s %6s %8s %16s" % ("S", "batch", "threads", "image-steps/s"), flush=True)
+    for t in args.threads:
+        env = dict(os.environ, OMP_NUM_THREADS=str(t), MKL_NUM_THREADS=str(t), OPENBLAS_NUM_THREADS=str(t))
+        cmd = [sys.executable, os.path.abspath(__file__), "--child", "--threads", str(t),
+               "--sizes", ",".join(map(str, args.sizes)), "--batches", ",".join(map(str, args.batches)),
+               "--widths", args.widths, "--seconds", str(args.seconds), "--steps", str(args.steps)]
+        if args.tsv:
+            cmd.append("--tsv")
+        rc = subprocess.call(cmd, env=env)
+        if rc:
+            sys.exit(rc)
+
+
+if __name__ == "__main__":
+    main()
