@@ -54,14 +54,14 @@ def _die_with_parent():
 class Sampler:
     """A langdaugd process on 127.0.0.1; stop() always ends it."""
 
-    def __init__(self, workdir, model, data, port=None):
+    def __init__(self, workdir, model, data, port=None, extra=()):
         self.port = port or free_port()
         self.endpoint = "tcp://127.0.0.1:%d" % self.port
         self.status_endpoint = "tcp://127.0.0.1:%d" % free_port()
         self.log_path = os.path.join(workdir, "daemon-%d.log" % self.port)
         args = [DAEMON, "--bind", self.endpoint, "--status", self.status_endpoint, "--model", model, "--data", data,
                 "--workers", "1", "--chain-batch", "2", "--steps", ",".join(map(str, STEPS)),
-                "--step-size", "0.01", "--noise", "0.005", "--drain-timeout", "2"]
+                "--step-size", "0.01", "--noise", "0.005", "--drain-timeout", "2"] + list(extra)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
 
@@ -99,8 +99,8 @@ class Fixture:
             raise AssertionError("langdaug init-model failed: " + r.stderr)
         write_dataset(self.data, 7)
 
-    def sampler(self, port=None):
-        return Sampler(self.dir, self.model, self.data, port)
+    def sampler(self, port=None, extra=()):
+        return Sampler(self.dir, self.model, self.data, port, extra)
 
     def close(self):
         if not self.missing:
@@ -372,6 +372,19 @@ class RestartTest(unittest.TestCase):
             self.assertEqual(b.meta[0]["seed"], session_seed(5, 1, 1))
             st = c.stats()[1]
             self.assertEqual((st["state"], st["sessions"]), ("live", 2))
+
+
+    def test_outlives_session_expiry(self):
+        """The caller stops asking for longer than the daemon keeps a session: the client must
+        start a new session rather than wait for batches the daemon has forgotten."""
+        sampler = self.fx.sampler(extra=["--idle-timeout", "1"])
+        self.addCleanup(sampler.stop)
+        with Client(sampler.endpoint, 4, targets=["B"], timeout=WAIT) as c:
+            c.next()
+            time.sleep(2.5)
+            for _ in range(3 * 4):  # past what the old session had already queued
+                c.next()
+            self.assertEqual(c.stats()[0]["sessions"], 2)
 
 
 @unittest.skipIf(torch is None, "python3-torch is not installed")
