@@ -42,6 +42,12 @@ CFLAGS := -std=c11 -D_GNU_SOURCE $(OPT) -g $(WARN) $(SAN_FLAGS) -pthread -fPIC \
 LDFLAGS := $(SAN_FLAGS) -pthread $(EXTRA_LDFLAGS)
 LDLIBS := $(PKG_LDLIBS) -lm
 
+# Objects depend on the flags they were built with: switching SANITIZE or OPT
+# rebuilds everything instead of mixing instrumented and plain objects.
+FLAGS_STAMP := $(B)/.flags
+FLAGS_NOW := $(CC) $(CFLAGS) $(LDFLAGS)
+$(shell mkdir -p $(B) && (printf '%s\n' '$(FLAGS_NOW)' | cmp -s - $(FLAGS_STAMP) || printf '%s\n' '$(FLAGS_NOW)' > $(FLAGS_STAMP)))
+
 ifneq ($(V),1)
 Q := @
 endif
@@ -109,7 +115,7 @@ deps:
 print-deps:
 	@echo $(DEB_PKGS)
 
-$(B)/%.o: %.c $(PROTO_H)
+$(B)/%.o: %.c $(PROTO_H) $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	@echo "  CC   $<"
 	$(Q)$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
@@ -123,7 +129,7 @@ client/python/langdaug/%_pb2.py: proto/%.proto
 	@echo "  PROTO $< (python)"
 	$(Q)protoc --python_out=client/python/langdaug -Iproto $<
 
-$(B)/proto/%.pb-c.o: $(B)/proto/%.pb-c.c
+$(B)/proto/%.pb-c.o: $(B)/proto/%.pb-c.c $(FLAGS_STAMP)
 	$(Q)$(CC) $(filter-out -Wmissing-prototypes,$(CFLAGS)) -c $< -o $@
 
 $(CORE_LIB): $(CORE_OBJ) $(PROTO_OBJ)
@@ -144,13 +150,13 @@ $(B)/liblangdaug.a: $(CLIENTLIB_OBJ) $(CORE_OBJ) $(PROTO_OBJ)
 $(B)/liblangdaug.so: $(CLIENTLIB_OBJ) $(CORE_OBJ) $(PROTO_OBJ)
 	$(Q)$(CC) -shared $(LDFLAGS) -Wl,-soname,liblangdaug.so.0 -o $@ $^ $(LDLIBS)
 
-$(B)/tests/%: tests/%.c $(B)/tests/testutil.o $(CORE_LIB) $(CLIENTLIB_OBJ) $(PROTO_H)
+$(B)/tests/%: tests/%.c $(B)/tests/testutil.o $(CORE_LIB) $(CLIENTLIB_OBJ) $(PROTO_H) $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	@echo "  TEST $@"
 	$(Q)$(CC) $(CFLAGS) -Itests -o $@ $< $(B)/tests/testutil.o $(CLIENTLIB_OBJ) $(CORE_LIB) \
 	  $(LDFLAGS) $(LDLIBS) $(shell pkg-config --libs check 2>/dev/null)
 
-$(B)/tests/testutil.o: tests/testutil.c tests/testutil.h
+$(B)/tests/testutil.o: tests/testutil.c tests/testutil.h $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	$(Q)$(CC) $(CFLAGS) -Itests -c $< -o $@
 

@@ -23,6 +23,11 @@ typedef struct {
 static const ldc_command_t commands[] = {
     {"energy", ldc_energy_main, "energies and dE/dimage of images under a model"},
     {"init-model", ldc_init_model_main, "write a randomly initialised model"},
+    {"synth", ldc_synth_main, "write a synthetic multi-domain fundus-like data set"},
+    {"sample", ldc_sample_main, "Langevin chains from dataset crops, snapshots as PNG"},
+    {"pull", ldc_pull_main, "pull labelled samples from samplers into a folder"},
+    {"status", ldc_status_main, "show a sampler's status"},
+    {"bench", ldc_bench_main, "measure batches/s and MB/s received from samplers"},
 };
 
 #define N_COMMANDS (sizeof commands / sizeof *commands)

@@ -22,6 +22,11 @@
 
 int ldc_energy_main(int argc, char **argv);
 int ldc_init_model_main(int argc, char **argv);
+int ldc_synth_main(int argc, char **argv);
+int ldc_sample_main(int argc, char **argv);
+int ldc_pull_main(int argc, char **argv);
+int ldc_status_main(int argc, char **argv);
+int ldc_bench_main(int argc, char **argv);
 
 /* getopt_long with the CLI's error reporting: returns the option character
  * (or a long option's val), -1 after the last option, or '?' once it has

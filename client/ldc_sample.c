@@ -445,9 +445,6 @@ static int write_outputs(const sample_opts_t *o, const sample_run_t *r)
     return rc;
 }
 
-/* Until client/ldc.h declares it (the lead registers the command). */
-int ldc_sample_main(int argc, char **argv);
-
 int ldc_sample_main(int argc, char **argv)
 {
     sample_opts_t o;

@@ -23,9 +23,6 @@ static const char usage[] =
     "  --disc             also label the optic disc (mask 128; mask map \"0:0,255:1,128:2\")\n"
     "  -h, --help         this help\n";
 
-/* Until client/ldc.h declares it (the lead registers the command). */
-int ldc_synth_main(int argc, char **argv);
-
 int ldc_synth_main(int argc, char **argv)
 {
     static const char cmd[] = "synth";
