@@ -2,8 +2,8 @@
 (langdaug.torch_data.LangDAugDataset) against the real langdaugd binary.
 
 Each test class starts its own daemon(s) on free 127.0.0.1 ports with a tiny
-model written by `langdaug init-model` and a tiny two-domain dataset (the
-daemon suite's writer), and stops them; a daemon also dies with the test
+model written by `langdaug init-model` and a tiny two-domain dataset written
+by `langdaug synth`, and stops them; a daemon also dies with the test
 process (PR_SET_PDEATHSIG). Every wait is bounded in time.
 Also the fixtures of tests/test_pull_cli.py.
 """
@@ -19,8 +19,6 @@ import unittest
 
 import numpy as np
 
-from test_daemon import write_dataset
-
 from langdaug.client import Client, ProtocolError, RequestRejected, parse_pairs, session_seed, status
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -29,7 +27,8 @@ DAEMON = os.path.join(BUILD, "langdaugd")
 CLI = os.environ.get("LD_CLI", os.path.join(BUILD, "langdaug"))
 WAIT = 20.0   # seconds any single expected event may take
 C, K, S = 3, 2, 16
-DOMAINS = ["A", "B"]
+DOMAINS = ["cam0", "cam1"]  # langdaug synth's names
+SOURCE, TARGET = DOMAINS
 STEPS = [0, 2, 4]  # the daemon's default snapshots in these tests
 
 try:
@@ -97,7 +96,10 @@ class Fixture:
                             "--seed", "3"], capture_output=True, text=True, timeout=60)
         if r.returncode != 0:
             raise AssertionError("langdaug init-model failed: " + r.stderr)
-        write_dataset(self.data, 7)
+        r = subprocess.run([CLI, "synth", "--out", self.data, "--domains", "2", "--per-domain", "2", "--size", "32",
+                            "--seed", "7"], capture_output=True, text=True, timeout=60)
+        if r.returncode != 0:
+            raise AssertionError("langdaug synth failed: " + r.stderr)
 
     def sampler(self, port=None, extra=()):
         return Sampler(self.dir, self.model, self.data, port, extra)
@@ -107,7 +109,7 @@ class Fixture:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def check_batch(test, b, n, dtype, target="B", steps=STEPS):
+def check_batch(test, b, n, dtype, target=TARGET, steps=STEPS):
     test.assertEqual(b.images.shape, (n, C, S, S))
     test.assertEqual(b.images.dtype, np.dtype(dtype))
     test.assertEqual(b.masks.shape, (n, S, S))
@@ -142,7 +144,7 @@ class OfflineTest(unittest.TestCase):
                              (dict(targets=[]), "target"), (dict(steps=[4, 2]), "ascending"),
                              (dict(credits=0), "credits"), (dict(dtype="int8"), "dtype"),
                              (dict(endpoints=["nonsense"]), "nonsense"), (dict(pairs=["A"]), "SOURCE:TARGET")]:
-            args = dict(endpoints=["tcp://127.0.0.1:1"], batch_size=4, targets=["B"])
+            args = dict(endpoints=["tcp://127.0.0.1:1"], batch_size=4, targets=[TARGET])
             args.update(kwargs)
             with self.assertRaises(ValueError) as cm:
                 Client(**args)
@@ -163,7 +165,7 @@ class OfflineTest(unittest.TestCase):
 
     def test_times_out_without_sampler(self):
         ep = "tcp://127.0.0.1:%d" % free_port()
-        with Client(ep, 4, targets=["B"], timeout=0.3) as c:
+        with Client(ep, 4, targets=[TARGET], timeout=0.3) as c:
             t0 = time.monotonic()
             with self.assertRaises(TimeoutError) as cm:
                 c.next()
@@ -300,7 +302,7 @@ class ClientTest(SamplerTestCase):
 
     def test_pulls_batches(self):
         for dtype in ("float32", "float16", "uint8"):
-            with Client(self.sampler.endpoint, 4, targets=["B"], steps=[0, 3], dtype=dtype, seed=11,
+            with Client(self.sampler.endpoint, 4, targets=[TARGET], steps=[0, 3], dtype=dtype, seed=11,
                         timeout=WAIT) as c:
                 prev = None
                 for _, b in zip(range(4), c):
@@ -317,7 +319,7 @@ class ClientTest(SamplerTestCase):
                 self.assertLessEqual(st["outstanding"], st["window"])
 
     def test_status(self):
-        with Client(self.sampler.endpoint, 2, targets=["B"], timeout=WAIT, name="status-probe") as c:
+        with Client(self.sampler.endpoint, 2, targets=[TARGET], timeout=WAIT, name="status-probe") as c:
             c.next()
             reply = status(self.sampler.status_endpoint, timeout=WAIT)
         self.assertEqual(list(reply.models[0].domains), DOMAINS)
@@ -327,7 +329,7 @@ class ClientTest(SamplerTestCase):
 
     def test_same_seed_same_stream(self):
         def first_batches(seed):
-            with Client(self.sampler.endpoint, 2, targets=["B"], dtype="uint8", seed=seed, timeout=WAIT) as c:
+            with Client(self.sampler.endpoint, 2, targets=[TARGET], dtype="uint8", seed=seed, timeout=WAIT) as c:
                 return [np.array(b.images) for _, b in zip(range(2), c)]
         a, b, other = first_batches(5), first_batches(5), first_batches(6)
         for x, y in zip(a, b):
@@ -358,7 +360,7 @@ class RestartTest(unittest.TestCase):
 
     def test_two_samplers_one_restarted(self):
         eps = [s.endpoint for s in self.samplers]
-        with Client(eps, 2, targets=["A"], credits=2, seed=5, timeout=WAIT, heartbeat=0.2, dead=1.0) as c:
+        with Client(eps, 2, targets=[SOURCE], credits=2, seed=5, timeout=WAIT, heartbeat=0.2, dead=1.0) as c:
             pull_until_from(self, c, 1)
             pull_until_from(self, c, 0)
             port = self.samplers[1].port
@@ -379,7 +381,7 @@ class RestartTest(unittest.TestCase):
         start a new session rather than wait for batches the daemon has forgotten."""
         sampler = self.fx.sampler(extra=["--idle-timeout", "1"])
         self.addCleanup(sampler.stop)
-        with Client(sampler.endpoint, 4, targets=["B"], timeout=WAIT) as c:
+        with Client(sampler.endpoint, 4, targets=[TARGET], timeout=WAIT) as c:
             c.next()
             time.sleep(2.5)
             for _ in range(3 * 4):  # past what the old session had already queued
@@ -391,7 +393,7 @@ class RestartTest(unittest.TestCase):
 class DatasetTest(SamplerTestCase):
 
     def dataset(self, **kw):
-        args = dict(targets=["B"], request_batch=4, timeout=WAIT, seed=77)
+        args = dict(targets=[TARGET], request_batch=4, timeout=WAIT, seed=77)
         args.update(kw)
         return LangDAugDataset(self.sampler.endpoint, **args)
 
@@ -407,7 +409,7 @@ class DatasetTest(SamplerTestCase):
             self.assertEqual(y.shape, (4, S, S))
             self.assertEqual(y.dtype, torch.int64)
             self.assertLess(int(y.max()), K)
-            self.assertTrue(all(t == "B" for t in meta["target_domain"]))
+            self.assertTrue(all(t == TARGET for t in meta["target_domain"]))
             for seed, chain, step in zip(meta["seed"].tolist(), meta["chain_id"].tolist(), meta["step"].tolist()):
                 key = (seed, chain, step)
                 self.assertNotIn(key, samples, "a sample was served twice")
@@ -452,7 +454,7 @@ class DatasetTest(SamplerTestCase):
         image, mask, meta = items[0]
         self.assertEqual(tuple(image.shape), (C, S, S))
         self.assertEqual(tuple(mask.shape), (S, S))
-        self.assertEqual(meta["target_domain"], "B")
+        self.assertEqual(meta["target_domain"], TARGET)
         self.assertEqual(ds.state_dict()["samples"], 0)
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 import test_client_py
-from test_client_py import CLI, C, S, WAIT, free_port
+from test_client_py import CLI, C, DOMAINS, S, TARGET, WAIT, free_port
 
 from langdaug.client import Client
 
@@ -55,7 +55,7 @@ class PullCliTest(test_client_py.SamplerTestCase):
     def reference(self, n, batch, dtype):
         """The first n samples of the seeded stream, as the Python client gets them."""
         images, masks, meta = [], [], []
-        with Client(self.sampler.endpoint, batch, targets=["B"], dtype=dtype, seed=SEED, timeout=WAIT) as c:
+        with Client(self.sampler.endpoint, batch, targets=[TARGET], dtype=dtype, seed=SEED, timeout=WAIT) as c:
             while len(meta) < n:
                 b = c.next()
                 images.append(np.array(b.images))
@@ -64,7 +64,7 @@ class PullCliTest(test_client_py.SamplerTestCase):
         return np.concatenate(images)[:n], np.concatenate(masks)[:n], meta[:n]
 
     def pull(self, *extra):
-        r = cli("pull", "--from", self.sampler.endpoint, "--targets", "B", "--seed", SEED, "--out", self.out,
+        r = cli("pull", "--from", self.sampler.endpoint, "--targets", TARGET, "--seed", SEED, "--out", self.out,
                 "--timeout", WAIT, *extra)
         self.assertEqual(r.returncode, 0, r.stderr)
         with open(os.path.join(self.out, "samples.csv"), newline="") as f:
@@ -96,7 +96,7 @@ class PullCliTest(test_client_py.SamplerTestCase):
     def test_progress_bar_only_on_a_terminal(self):
         master, slave = pty.openpty()
         try:
-            r = subprocess.run([CLI, "pull", "--from", self.sampler.endpoint, "--targets", "B", "-n", "6", "--batch", "2",
+            r = subprocess.run([CLI, "pull", "--from", self.sampler.endpoint, "--targets", TARGET, "-n", "6", "--batch", "2",
                                 "--out", self.out, "--timeout", str(WAIT)], stdin=subprocess.DEVNULL,
                                stdout=subprocess.PIPE, stderr=slave, timeout=60)
             self.assertEqual(r.returncode, 0)
@@ -115,7 +115,7 @@ class PullCliTest(test_client_py.SamplerTestCase):
             os.close(slave)
         self.assertIn(b"\r[", tty)
         self.assertIn(b"] 6/6 samples", tty)
-        r = cli("pull", "--from", self.sampler.endpoint, "--targets", "B", "-n", 2, "--out", self.out)
+        r = cli("pull", "--from", self.sampler.endpoint, "--targets", TARGET, "-n", 2, "--out", self.out)
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertNotIn("\r", r.stderr)
         self.assertIn("wrote 2 samples", r.stderr)
@@ -146,18 +146,18 @@ class PullCliTest(test_client_py.SamplerTestCase):
 
     def test_usage_errors(self):
         ep = self.sampler.endpoint
-        for args, word in [(["-n", 1, "--targets", "B", "--from", ep], "--out"),
-                           (["--out", self.out, "--targets", "B", "--from", ep], "-n"),
+        for args, word in [(["-n", 1, "--targets", TARGET, "--from", ep], "--out"),
+                           (["--out", self.out, "--targets", TARGET, "--from", ep], "-n"),
                            (["-n", 1, "--out", self.out, "--from", ep], "--targets"),
-                           (["-n", 1, "--out", self.out, "--targets", "B"], "--from"),
-                           (["-n", 0, "--out", self.out, "--targets", "B", "--from", ep], "-n"),
+                           (["-n", 1, "--out", self.out, "--targets", TARGET], "--from"),
+                           (["-n", 0, "--out", self.out, "--targets", TARGET, "--from", ep], "-n"),
                            (["-n", 1, "--out", self.out, "--pairs", "A", "--from", ep], "--pairs"),
                            (["-n", 1, "--out", self.out, "--targets", "B,,A", "--from", ep], "--targets"),
-                           (["-n", 1, "--out", self.out, "--targets", "B", "--from", ep, "--format", "jpg"], "--format"),
-                           (["-n", 1, "--out", self.out, "--targets", "B", "--from", ep, "--steps", "4,2"], "--steps"),
-                           (["-n", 1, "--out", self.out, "--targets", "B", "--from", ep, "--encoding", "f8"], "--encoding"),
-                           (["-n", 1, "--out", self.out, "--targets", "B", "--from", ep, "--bogus"], "--bogus"),
-                           (["-n", 1, "--out", self.out, "--targets", "B", "--from", ep, "extra"], "extra")]:
+                           (["-n", 1, "--out", self.out, "--targets", TARGET, "--from", ep, "--format", "jpg"], "--format"),
+                           (["-n", 1, "--out", self.out, "--targets", TARGET, "--from", ep, "--steps", "4,2"], "--steps"),
+                           (["-n", 1, "--out", self.out, "--targets", TARGET, "--from", ep, "--encoding", "f8"], "--encoding"),
+                           (["-n", 1, "--out", self.out, "--targets", TARGET, "--from", ep, "--bogus"], "--bogus"),
+                           (["-n", 1, "--out", self.out, "--targets", TARGET, "--from", ep, "extra"], "extra")]:
             r = cli("pull", *args)
             self.assertEqual(r.returncode, 2, (args, r.stderr))
             self.assertIn(word, r.stderr)
@@ -174,11 +174,11 @@ class PullCliTest(test_client_py.SamplerTestCase):
         r = cli("status", self.sampler.status_endpoint)
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("langdaugd", r.stdout)
-        self.assertIn("dataset: A (3) B (3)", r.stdout)
+        self.assertIn("dataset: cam0 (2) cam1 (2)", r.stdout)
         r = cli("status", "--json", self.sampler.status_endpoint)
         self.assertEqual(r.returncode, 0, r.stderr)
         status = json.loads(r.stdout)
-        self.assertEqual(status["models"][0]["domains"], ["A", "B"])
+        self.assertEqual(status["models"][0]["domains"], DOMAINS)
         self.assertEqual(status["models"][0]["size"], S)
         self.assertIn({"key": "bind", "value": self.sampler.endpoint}, status["config"])
         t0 = time.monotonic()
@@ -197,13 +197,13 @@ class PullCliTest(test_client_py.SamplerTestCase):
             self.assertEqual(cli("status", *args).returncode, 2, args)
 
     def test_bench(self):
-        r = cli("bench", "--from", self.sampler.endpoint, "--targets", "B", "--seconds", 0.5, "--batch", 4)
+        r = cli("bench", "--from", self.sampler.endpoint, "--targets", TARGET, "--seconds", 0.5, "--batch", 4)
         self.assertEqual(r.returncode, 0, r.stderr)
         lines = r.stdout.splitlines()
         self.assertTrue(lines[0].startswith("first batch after"), lines)
         self.assertTrue(lines[-1].startswith("total"), lines)
         self.assertIn("MB/s", lines[-1])
-        self.assertEqual(cli("bench", "--targets", "B").returncode, 2)
+        self.assertEqual(cli("bench", "--targets", TARGET).returncode, 2)
 
 
 if __name__ == "__main__":
