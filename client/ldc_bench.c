@@ -17,8 +17,6 @@
 #include "ldc.h"
 #include "ldc_request.h"
 
-int ldc_bench_main(int argc, char **argv);
-
 #define CMD "bench"
 
 enum { OPT_SECONDS = 0x300 };

@@ -32,8 +32,6 @@
 #include "ldc_npz.h"
 #include "ldc_request.h"
 
-int ldc_pull_main(int argc, char **argv);
-
 #define CMD "pull"
 #define PATH_CAP 4096
 

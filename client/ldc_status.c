@@ -23,8 +23,6 @@
 #include "ld_error.h"
 #include "ldc.h"
 
-int ldc_status_main(int argc, char **argv);
-
 #define CMD "status"
 
 enum { OPT_WATCH = 0x300, OPT_COUNT, OPT_TIMEOUT, OPT_JSON };
