@@ -1,0 +1,152 @@
+/* ld_train: contrastive-divergence training of the conditional energy model.
+ *
+ * One iteration (ld_train_step), all randomness from the run's ld_rng_t:
+ *   pick a source domain s and a target t != s;
+ *   x+ = n random crops of domain t (with masks), x- starts as n random crops
+ *   of domain s and runs K Langevin steps toward t under the current weights
+ *   (no gradient through the chain);
+ *   loss = mean E(x+,t) - mean E(x-,t) + alpha (mean E+^2 + mean E-^2),
+ *   i.e. per-sample coefficients 1/n + 2 alpha E+/n and -1/n + 2 alpha E-/n
+ *   for ld_ebm_backward_params (low energy = looks like domain t);
+ *   Adam step; EMA of the weights (the EMA weights are what gets saved and
+ *   served).
+ * A non-finite value or an energy beyond max_energy stops the step with
+ * LD_ENUMERIC and a detail naming the iteration; nothing is written then.
+ *
+ * Determinism: the state after N iterations is a pure function of the
+ * trajectory keys of the configuration and the data (not of threads, not of
+ * how often the run was checkpointed and resumed). A checkpoint holds the
+ * weights, Adam moments and step, EMA weights, RNG stream and iteration, and
+ * the configuration in its metadata, so a resumed run continues bit-exactly.
+ *
+ * Configuration keys double as the `langdaug train` long options and as the
+ * checkpoint/model metadata keys "train.<key>" (one table in ld_train.c).
+ *
+ * Run loop (ld_train_run), per iteration:
+ *   cancel set?   -> checkpoint, LD_ECANCELED
+ *   step failed   -> LD_ENUMERIC etc. (previous checkpoint left as it is)
+ *   step done     -> progress callback; checkpoint / preview when due
+ *   reached iters -> checkpoint, 0
+ *
+ * Ownership: ld_train_t owns its dataset, models, optimiser and buffers. */
+#ifndef LD_TRAIN_H
+#define LD_TRAIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ld_ebm.h"
+#include "ld_safetensors.h"
+
+#define LD_TRAIN_PATH_MAX 4096
+#define LD_TRAIN_LIST_MAX (LD_EBM_MAX_DOMAINS * LD_NAME_MAX)
+
+typedef struct {
+    /* data (see ld_dataset_opts_t); data and manifest may change on resume */
+    char data[LD_TRAIN_PATH_MAX];       /* folders-layout root, or "" */
+    char manifest[LD_TRAIN_PATH_MAX];   /* CSV manifest, or "" */
+    char subdir[256];                   /* "" = none */
+    char domains[LD_TRAIN_LIST_MAX];    /* "" = every domain, sorted; resolved by ld_train_new */
+    char maskmap[256];
+    int channels;                       /* 0 = from the data; resolved by ld_train_new */
+    double scale;                       /* working scale (0 < scale <= 16) */
+    /* model */
+    int size;                           /* crop side S */
+    char widths[256];                   /* "w0,...,wL" */
+    /* optimisation */
+    int batch;                          /* n positives and n negatives */
+    double lr, betas[2], eps;           /* Adam */
+    double alpha;                       /* energy regularisation */
+    double ema;                         /* EMA decay in [0, 1); 0 = EMA equals the weights */
+    /* negatives */
+    int langevin_steps;                 /* K */
+    double step_size, noise;            /* eta, sigma */
+    uint64_t seed;
+    /* not part of the trajectory */
+    double max_energy;                  /* |E| beyond this is divergence */
+    int threads;
+} ld_train_config_t;
+
+void ld_train_config_defaults(ld_train_config_t *cfg);
+/* Sets one key from text, e.g. ("lr", "1e-3"), ("betas", "0.5,0.999").
+ * LD_ENOENT for an unknown key; LD_EINVAL/LD_ERANGE with a detail naming
+ * "--<key>" and the value. */
+int ld_train_config_set(ld_train_config_t *cfg, const char *key, const char *value);
+/* The value of key as text that ld_train_config_set reads back exactly. */
+int ld_train_config_get(const ld_train_config_t *cfg, const char *key, char *buf, size_t len);
+/* Checks ranges and cross-field rules (exactly one of data/manifest...). */
+int ld_train_config_validate(const ld_train_config_t *cfg);
+/* The table of keys, in a stable order; help is a one-line description. */
+size_t ld_train_config_n_keys(void);
+const char *ld_train_config_key(size_t i, const char **help, int *trajectory);
+/* Adds "train.<key>" to meta for every key but threads (a property of the
+ * machine, not of the run: files do not depend on it). */
+int ld_train_config_to_meta(const ld_train_config_t *cfg, ld_meta_t *meta);
+
+typedef struct {
+    int64_t iteration;        /* completed iterations, including this one */
+    int source, target;
+    double loss;              /* full loss including the regulariser */
+    double e_pos, e_neg;      /* mean energies of x+ and x- (before the update) */
+    double grad_norm;         /* L2 norm of the parameter gradient */
+} ld_train_stats_t;
+
+typedef struct ld_train_s ld_train_t;
+
+/* Validates cfg, loads the data, builds and initialises the model (seeded).
+ * Caller owns *out. */
+int ld_train_new(const ld_train_config_t *cfg, ld_train_t **out);
+/* Restores a run from a checkpoint. overrides (may be NULL) maps keys to
+ * values as given on the command line: keys outside the trajectory (data,
+ * manifest, threads, max-energy) replace the checkpoint's; a trajectory key
+ * must equal the checkpoint's value or LD_EINVAL names it. */
+int ld_train_resume(const char *checkpoint, const ld_meta_t *overrides, ld_train_t **out);
+void ld_train_destroy(ld_train_t **self_p);
+
+const ld_train_config_t *ld_train_config(const ld_train_t *self);
+int64_t ld_train_iteration(const ld_train_t *self);
+const ld_ebm_t *ld_train_model(const ld_train_t *self);   /* current weights */
+const ld_ebm_t *ld_train_ema(const ld_train_t *self);     /* EMA weights */
+/* The dataset (const ld_dataset_t *), for previews and evaluation. */
+const struct ld_dataset_s *ld_train_dataset(const ld_train_t *self);
+
+/* One iteration. cancel (may be NULL) interrupts the Langevin chain: the
+ * iteration is then undone (LD_ECANCELED, state as before the call). */
+int ld_train_step(ld_train_t *self, ld_train_stats_t *stats, const volatile int *cancel);
+
+/* Atomic checkpoint of the whole state. */
+int ld_train_save_checkpoint(ld_train_t *self, const char *path);
+/* The EMA weights as a model file (ld_model_save) with the maskmap, the
+ * iteration count and "train.<key>" metadata, plus the keys of provenance
+ * (may be NULL; e.g. command, created). */
+int ld_train_save_model(ld_train_t *self, const char *path, const ld_meta_t *provenance,
+                        char hash_out[65]);
+
+/* Writes a preview grid PNG: for one source crop of every domain (fixed
+ * crops, fixed noise), a row with the crop, then for each other domain t
+ * the EMA model's Langevin snapshots toward t (K/4, K/2, 3K/4, K) next to a
+ * real crop of t; masks outlined. */
+int ld_train_preview(ld_train_t *self, const char *path);
+
+/* The training curve: one row per completed iteration, columns
+ * LD_TRAIN_HISTORY_COLS (loss, mean E+, mean E-). Kept in checkpoints. */
+#define LD_TRAIN_HISTORY_COLS 3
+const float *ld_train_history(const ld_train_t *self, int64_t *n_rows);
+
+typedef void (*ld_train_progress_fn)(const ld_train_stats_t *stats, void *user);
+
+typedef struct {
+    int64_t iters;             /* stop after this many iterations in total */
+    const char *checkpoint;    /* NULL = no checkpoints */
+    int64_t checkpoint_every;  /* 0 = only at the end */
+    const char *preview_dir;   /* NULL = no previews; files preview_<iteration>.png */
+    int64_t preview_every;     /* 0 = none */
+    ld_train_progress_fn progress;
+    void *user;
+    const volatile int *cancel;
+} ld_train_run_opts_t;
+
+/* Iterates until opts->iters (see the table at the top). */
+int ld_train_run(ld_train_t *self, const ld_train_run_opts_t *opts);
+
+#endif
