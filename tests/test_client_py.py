@@ -390,6 +390,41 @@ class RestartTest(unittest.TestCase):
 
 
 @unittest.skipIf(torch is None, "python3-torch is not installed")
+class TorchModelTest(unittest.TestCase):
+    """A model made by langdaug.torch.EBM is served by the daemon, whose energies match PyTorch's."""
+
+    def test_energies_match(self):
+        from langdaug.torch import EBM
+        fx = Fixture()
+        if fx.missing:
+            self.skipTest(fx.missing)
+        self.addCleanup(fx.close)
+        torch.manual_seed(0)
+        ebm = EBM(C, K, S, [4, 8], DOMAINS)
+        with torch.no_grad():  # sizeable energies, so that a wrong tensor would show
+            for p in ebm.parameters():
+                p.mul_(3.0)
+        path = os.path.join(fx.dir, "torch.safetensors")
+        ebm.save_safetensors(path)
+        sampler = Sampler(fx.dir, path, fx.data)
+        self.addCleanup(sampler.stop)
+        with Client(sampler.endpoint, 6, pairs=[(SOURCE, TARGET), (TARGET, SOURCE)], steps=[0, 3],
+                    seed=4, timeout=WAIT) as c:
+            batches = [c.next() for _ in range(2)]
+        images = torch.from_numpy(np.concatenate([b.images for b in batches]))
+        masks = torch.from_numpy(np.concatenate([b.masks for b in batches]))
+        meta = [m for b in batches for m in b.meta]
+        target = torch.tensor([DOMAINS.index(m["target_domain"]) for m in meta])
+        with torch.no_grad():
+            want = ebm(images, masks, target).double().numpy()
+        got = np.array([m["energy"] for m in meta])
+        self.assertEqual({m["step"] for m in meta}, {0, 3})
+        self.assertEqual({m["target_domain"] for m in meta}, set(DOMAINS))
+        self.assertGreater(np.ptp(want), 1e-3, "energies too alike to tell anything")
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+@unittest.skipIf(torch is None, "python3-torch is not installed")
 class DatasetTest(SamplerTestCase):
 
     def dataset(self, **kw):
