@@ -137,8 +137,9 @@ typedef struct {
 void ld_client_opts_init(ld_client_opts_t *opts);
 
 /* Checks and copies opts, creates the sockets and starts connecting (the
- * endpoints need not be up yet). LD_EINVAL/LD_ERANGE name a bad option;
- * LD_EIO a socket that ZeroMQ refused (e.g. malformed endpoint). */
+ * endpoints need not be up yet). LD_EINVAL/LD_ERANGE name a bad option or a
+ * malformed endpoint, LD_ENOTSUP an unsupported one (CURVE keys), LD_EIO a
+ * ZeroMQ failure. */
 int ld_client_new(const ld_client_opts_t *opts, ld_client_t **out);
 
 /* Says Bye to live endpoints, closes everything, NULLs *self_p. Safe on

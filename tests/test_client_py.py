@@ -11,15 +11,16 @@ import ctypes
 import os
 import signal
 import socket
-import subprocess
-import tempfile
 import shutil
+import subprocess
+import sys
+import tempfile
 import time
 import unittest
 
 import numpy as np
 
-from langdaug.client import Client, ProtocolError, RequestRejected, parse_pairs, session_seed, status
+from langdaug.client import Client, LangDAugError, ProtocolError, RequestRejected, parse_pairs, session_seed, status
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BUILD = os.environ.get("LD_BUILD", os.path.join(os.path.dirname(HERE), "build"))
@@ -174,6 +175,8 @@ class OfflineTest(unittest.TestCase):
             self.assertIn(ep, str(cm.exception))
             self.assertIn("down", str(cm.exception))
             self.assertEqual(c.stats()[0]["state"], "down")
+        with self.assertRaises(LangDAugError):
+            c.next()
 
 
 class FakeSampler:
@@ -254,6 +257,26 @@ class SamplerTestCase(unittest.TestCase):
     def setUp(self):
         if self.skip_reason:
             self.skipTest(self.skip_reason)
+
+
+class PackageTest(unittest.TestCase):
+    def test_installs_offline_with_debian_python(self):
+        """pip installs the package from a copy of client/python with no index and no build isolation."""
+        tmp = tempfile.mkdtemp(prefix="langdaug-pip-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        src = os.path.join(tmp, "src")
+        shutil.copytree(os.path.join(os.path.dirname(HERE), "client", "python"), src,
+                        ignore=shutil.ignore_patterns("__pycache__", "build", "*.egg-info"))
+        r = subprocess.run([sys.executable, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "--no-index",
+                            "--disable-pip-version-check", "--target", os.path.join(tmp, "site"), src],
+                           capture_output=True, text=True, timeout=120)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        probe = ("import langdaug.client as c, langdaug.torch_data; "
+                 "print(c.__file__); print(c.session_seed(42, 1, 0) == %d)" % session_seed(42, 1, 0))
+        r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, cwd=tmp,
+                           env=dict(os.environ, PYTHONPATH=os.path.join(tmp, "site")))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout.split(), [os.path.join(tmp, "site", "langdaug", "client.py"), "True"])
 
 
 class ProtocolTest(unittest.TestCase):

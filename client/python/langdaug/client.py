@@ -206,6 +206,7 @@ class Client:
         for source, target, weight in pairs:
             self._request.pairs.add(source=source, target=target, weight=weight)
         self._name = name
+        self._closed = False
         self._own_ctx = context is None
         self._ctx = context or zmq.Context()
         self._rr = 0
@@ -390,6 +391,8 @@ class Client:
         RequestRejected when a sampler refuses the request (that sampler then gets no more
         credits until it reconnects; raised again at once when every sampler refused),
         ProtocolError for a malformed message (dropped). The client stays usable after any."""
+        if self._closed:
+            raise LangDAugError("the client is closed")
         timeout = self.timeout if timeout is None else timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         poller = zmq.Poller()
@@ -434,6 +437,7 @@ class Client:
 
     def close(self):
         """Says Bye to live samplers and closes the sockets (batches already taken stay valid)."""
+        self._closed = True
         for ep in self._eps:
             if ep.sock is None:
                 continue
