@@ -12,6 +12,17 @@
 
 #include "ld_conv.h"
 
+/* The hot kernels are compiled for AVX-512, AVX2 and baseline x86-64 and
+ * the best one for the CPU is picked at load time (GCC function
+ * multi-versioning). With no contraction to FMA the three compute the same
+ * IEEE operations, and one machine always runs the same version. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define HOT __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define HOT
+#endif
+#define INLINE static inline __attribute__((always_inline))
+
 #include <stdint.h>
 #include <string.h>
 
@@ -21,7 +32,7 @@
  * output channel at a time, the taps are first gathered into 9 contiguous
  * rows over input channels, so that both the arithmetic and the 16 output
  * rows u[e][co][0..cin) run along contiguous memory. */
-void ld_wino_weights(const float *w, int cout, int cin, int co0, int co1, float *u)
+HOT void ld_wino_weights(const float *w, int cout, int cin, int co0, int co1, float *u)
 {
     const size_t e_stride = (size_t)cout * (size_t)cin;
     float tap[9][LD_CONV_MAX_CIN], gg[12][LD_CONV_MAX_CIN];
@@ -65,7 +76,7 @@ int ld_wino_perm(int e)
 }
 
 /* B^T on one padded input row: t_j[tx] from taps pad[2tx .. 2tx+3]. */
-static void input_row(const float *pad, int tw, float *t0, float *t1, float *t2, float *t3)
+INLINE void input_row(const float *pad, int tw, float *t0, float *t1, float *t2, float *t3)
 {
     for (int tx = 0; tx < tw; tx++) {
         float a = pad[2 * tx], b = pad[2 * tx + 1], c = pad[2 * tx + 2], d = pad[2 * tx + 3];
@@ -76,7 +87,7 @@ static void input_row(const float *pad, int tw, float *t0, float *t1, float *t2,
     }
 }
 
-void ld_wino_input(const float *x, int h, int w, int c0, int c1, int ty0, int ty1,
+HOT void ld_wino_input(const float *x, int h, int w, int c0, int c1, int ty0, int ty1,
                    float *v, size_t e_stride, size_t c_stride)
 {
     const int tw = w / 2;
@@ -113,8 +124,51 @@ void ld_wino_input(const float *x, int h, int w, int c0, int c1, int ty0, int ty
     }
 }
 
+/* exp by 2^n * p(f), f = x - n ln2 in [-ln2/2, ln2/2], Cephes' minimax
+ * polynomial; n is rounded with the 1.5 * 2^23 trick so no libm call or
+ * branch blocks vectorisation. */
+INLINE float expf_inline(float x)
+{
+    x = x < -87.0f ? -87.0f : x;
+    x = x > 88.0f ? 88.0f : x;
+    float r = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    float f = x - r * 0.693359375f;
+    f = f - r * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * f + 1.3981999507e-3f;
+    p = p * f + 8.3334519073e-3f;
+    p = p * f + 4.1665795894e-2f;
+    p = p * f + 1.6666665459e-1f;
+    p = p * f + 5.0000001201e-1f;
+    p = p * (f * f) + f + 1.0f;
+    /* 2^r from the bits of r + 2^23 + 127 (r is an integer in [-126, 127]):
+     * unsigned and conversion-free, so NaN input just yields NaN. */
+    union { float f; uint32_t u; } biased = { .f = r + 8388735.0f }, scale;
+    scale.u = (biased.u - 0x4B000000u) << 23;
+    return p * scale.f;
+}
+
+float ld_expf(float x)
+{
+    return expf_inline(x);
+}
+
+INLINE float sigmoid(float x)
+{
+    return 1.0f / (1.0f + expf_inline(-x));
+}
+
+INLINE void silu_both(const float *a, float *s, float *d, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        float x = a[i], sg = sigmoid(x);
+        s[i] = x * sg;
+        d[i] = sg * (1.0f + x * (1.0f - sg));
+    }
+}
+
 /* A^T m A for one tile row: y00/y01 go to output row 2ty, y10/y11 to 2ty+1. */
-static void output_row(const float *mc, size_t e_stride, int tw, float *y00, float *y01, float *y10, float *y11)
+INLINE void output_row(const float *mc, size_t e_stride, int tw, float *y00, float *y01, float *y10, float *y11)
 {
     const float *m[16];
     for (int e = 0; e < 16; e++)
@@ -133,7 +187,7 @@ static void output_row(const float *mc, size_t e_stride, int tw, float *y00, flo
     }
 }
 
-static void interleave(float *dst, const float *even, const float *odd, int n)
+INLINE void interleave(float *dst, const float *even, const float *odd, int n)
 {
     for (int i = 0; i < n; i++) {
         dst[2 * i] = even[i];
@@ -141,13 +195,13 @@ static void interleave(float *dst, const float *even, const float *odd, int n)
     }
 }
 
-static void add_scalar(float *y, float b, int n)
+INLINE void add_scalar(float *y, float b, int n)
 {
     for (int i = 0; i < n; i++)
         y[i] = y[i] + b;
 }
 
-static void mul_deinterleaved(float *y0, float *y1, const float *aux, int n)
+INLINE void mul_deinterleaved(float *y0, float *y1, const float *aux, int n)
 {
     for (int i = 0; i < n; i++) {
         y0[i] = y0[i] * aux[2 * i];
@@ -155,7 +209,7 @@ static void mul_deinterleaved(float *y0, float *y1, const float *aux, int n)
     }
 }
 
-void ld_wino_output(const float *m, size_t e_stride, size_t c_stride, int h, int w,
+HOT void ld_wino_output(const float *m, size_t e_stride, size_t c_stride, int h, int w,
                     int c0, int c1, int ty0, int ty1, const ld_wino_out_t *o)
 {
     const int tw = w / 2;
@@ -171,7 +225,7 @@ void ld_wino_output(const float *m, size_t e_stride, size_t c_stride, int h, int
             case LD_WINO_OUT_SILU:
                 for (int k = 0; k < 4; k++) {
                     add_scalar(y[k], o->bias[c], tw);
-                    ld_silu(y[k], s[k], d[k], (size_t)tw);
+                    silu_both(y[k], s[k], d[k], (size_t)tw);
                 }
                 interleave(o->out + row0, s[0], s[1], tw);
                 interleave(o->out + row1, s[2], s[3], tw);
@@ -181,7 +235,7 @@ void ld_wino_output(const float *m, size_t e_stride, size_t c_stride, int h, int
             case LD_WINO_OUT_SILU_POOL_RES: {
                 for (int k = 0; k < 4; k++) {
                     add_scalar(y[k], o->bias[c], tw);
-                    ld_silu(y[k], s[k], d[k], (size_t)tw);
+                    silu_both(y[k], s[k], d[k], (size_t)tw);
                 }
                 interleave(o->dout + row0, d[0], d[1], tw);
                 interleave(o->dout + row1, d[2], d[3], tw);
@@ -216,7 +270,7 @@ void ld_wino_output(const float *m, size_t e_stride, size_t c_stride, int h, int
     }
 }
 
-void ld_im2col3x3(const float *x, int c, int h, int w, int y0, int y1, float *col, size_t ldc)
+HOT void ld_im2col3x3(const float *x, int c, int h, int w, int y0, int y1, float *col, size_t ldc)
 {
     for (int ch = 0; ch < c; ch++) {
         const float *xc = x + (size_t)ch * (size_t)h * (size_t)w;
@@ -243,7 +297,7 @@ void ld_im2col3x3(const float *x, int c, int h, int w, int y0, int y1, float *co
     }
 }
 
-void ld_avgpool2(const float *x, int h, int w, int c0, int c1, int r0, int r1, float *out)
+HOT void ld_avgpool2(const float *x, int h, int w, int c0, int c1, int r0, int r1, float *out)
 {
     const int ow = w / 2;
     for (int c = c0; c < c1; c++) {
@@ -258,48 +312,10 @@ void ld_avgpool2(const float *x, int h, int w, int c0, int c1, int r0, int r1, f
     }
 }
 
-/* exp by 2^n * p(f), f = x - n ln2 in [-ln2/2, ln2/2], Cephes' minimax
- * polynomial; n is rounded with the 1.5 * 2^23 trick so no libm call or
- * branch blocks vectorisation. */
-static inline float expf_inline(float x)
-{
-    x = x < -87.0f ? -87.0f : x;
-    x = x > 88.0f ? 88.0f : x;
-    float r = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    float f = x - r * 0.693359375f;
-    f = f - r * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * f + 1.3981999507e-3f;
-    p = p * f + 8.3334519073e-3f;
-    p = p * f + 4.1665795894e-2f;
-    p = p * f + 1.6666665459e-1f;
-    p = p * f + 5.0000001201e-1f;
-    p = p * (f * f) + f + 1.0f;
-    /* 2^r from the bits of r + 2^23 + 127 (r is an integer in [-126, 127]):
-     * unsigned and conversion-free, so NaN input just yields NaN. */
-    union { float f; uint32_t u; } biased = { .f = r + 8388735.0f }, scale;
-    scale.u = (biased.u - 0x4B000000u) << 23;
-    return p * scale.f;
-}
-
-float ld_expf(float x)
-{
-    return expf_inline(x);
-}
-
-static inline float sigmoid(float x)
-{
-    return 1.0f / (1.0f + expf_inline(-x));
-}
-
-void ld_silu(const float *a, float *s, float *d, size_t n)
+HOT void ld_silu(const float *a, float *s, float *d, size_t n)
 {
     if (s && d) {
-        for (size_t i = 0; i < n; i++) {
-            float x = a[i], sg = sigmoid(x);
-            s[i] = x * sg;
-            d[i] = sg * (1.0f + x * (1.0f - sg));
-        }
+        silu_both(a, s, d, n);
     } else if (s) {
         for (size_t i = 0; i < n; i++)
             s[i] = a[i] * sigmoid(a[i]);
