@@ -947,6 +947,7 @@ static void draw_outline(ld_image_t *grid, int x0, int y0, const uint8_t *mask, 
     }
 }
 
+/* One crop into the grid; mask (may be NULL) outlined over it. */
 static void put_tile(preview_t *pv, int col, int row, const float *chw, const uint8_t *mask)
 {
     const int s = pv->self->cfg.size, c = pv->self->cfg.channels;
@@ -957,7 +958,8 @@ static void put_tile(preview_t *pv, int col, int row, const float *chw, const ui
     ld_image_put_float(&tile, 0, 0, chw, c, s);
     ld_image_paste(&pv->grid, x, y, &tile);
     ld_image_free(&tile);
-    draw_outline(&pv->grid, x, y, mask, s);
+    if (mask)
+        draw_outline(&pv->grid, x, y, mask, s);
 }
 
 static void preview_free(preview_t *pv)
@@ -1043,7 +1045,7 @@ static int preview_target(preview_t *pv, int t, const ld_langevin_params_t *lp)
             int s = rows[first + j];
             int col0 = 1 + (t < s ? t : t - 1) * (PREVIEW_SNAPSHOTS + 1);
             for (int k = 0; k < lp->n_snapshots; k++)
-                put_tile(pv, col0 + k, s, pv->snaps + ((size_t)k * m + j) * il, pv->src_mask + s * ml);
+                put_tile(pv, col0 + k, s, pv->snaps + ((size_t)k * m + j) * il, NULL);
             put_tile(pv, col0 + PREVIEW_SNAPSHOTS, s, pv->real_img + t * il, pv->real_mask + t * ml);
         }
     }

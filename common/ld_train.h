@@ -125,7 +125,8 @@ int ld_train_save_model(ld_train_t *self, const char *path, const ld_meta_t *pro
 /* Writes a preview grid PNG: for one source crop of every domain (fixed
  * crops, fixed noise), a row with the crop, then for each other domain t
  * the EMA model's Langevin snapshots toward t (K/4, K/2, 3K/4, K) next to a
- * real crop of t; masks outlined. */
+ * real crop of t; masks outlined on the source and real crops (the
+ * snapshots share the source's mask and stay clean to show the vessels). */
 int ld_train_preview(ld_train_t *self, const char *path);
 
 /* The training curve: one row per completed iteration, columns
