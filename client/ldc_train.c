@@ -256,6 +256,14 @@ typedef struct {
     const ld_train_t *train;
 } progress_t;
 
+/* On a terminal, log messages first clear the progress line (the next
+ * progress update redraws it below them). */
+static void log_over_progress(int level, const char *msg, void *user)
+{
+    (void)user;
+    fprintf(stderr, "\r%-110s\rlangdaug: %s: %s\n", "", ld_log_level_name(level), msg);
+}
+
 static double now_s(void)
 {
     struct timespec ts;
@@ -291,7 +299,7 @@ static void on_progress(const ld_train_stats_t *st, void *user)
              st->iteration, p->iters, arch->domains[st->source], arch->domains[st->target], st->loss, st->e_pos,
              st->e_neg, st->grad_norm, rate, eta);
     if (p->tty)
-        fprintf(stderr, "\r%-110s%s", line, last ? "\n" : "");
+        fprintf(stderr, "\r%-110s", line);
     else
         fprintf(stderr, "langdaug train: %s\n", line);
     fflush(stderr);
@@ -412,7 +420,11 @@ static int train_loop(ld_train_t *train, const args_t *a)
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
+    if (prog.tty && !prog.quiet)
+        ld_log_set(log_over_progress, NULL, ld_log_level);
     int rc = ld_train_run(train, &ro);
+    if (prog.tty && !prog.quiet)
+        ld_log_set(NULL, NULL, ld_log_level);
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
     if (prog.tty && !prog.quiet)

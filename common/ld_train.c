@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define LD_TRAIN_STREAM_ITER 1
 #define LD_TRAIN_STREAM_PREVIEW 2
@@ -91,7 +92,8 @@ void ld_train_config_defaults(ld_train_config_t *cfg)
     cfg->noise = 0.005;
     cfg->seed = 1;
     cfg->max_energy = 1e4;
-    cfg->threads = 2;
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    cfg->threads = cpus < 1 ? 1 : cpus > 64 ? 64 : (int)cpus;
 }
 
 static const config_key_t *find_key(const char *key)

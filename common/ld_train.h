@@ -64,7 +64,7 @@ typedef struct {
     uint64_t seed;
     /* not part of the trajectory */
     double max_energy;                  /* |E| beyond this is divergence */
-    int threads;
+    int threads;                        /* default: the CPUs online */
 } ld_train_config_t;
 
 void ld_train_config_defaults(ld_train_config_t *cfg);
