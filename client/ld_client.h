@@ -33,6 +33,20 @@
  * session, distinct well-mixed seeds otherwise, so two samplers or a
  * restarted one never replay the same chains.
  *
+ * Typical use (link with `pkg-config --cflags --libs langdaug`):
+ *   const char *eps[] = { "tcp://sampler1:5555", "tcp://sampler2:5555" }, *tg[] = { "DomainB" };
+ *   ld_client_opts_t o;
+ *   ld_client_opts_init(&o);
+ *   o.endpoints = eps; o.n_endpoints = 2; o.targets = tg; o.n_targets = 1; o.batch_size = 16;
+ *   ld_client_t *c;
+ *   if ((rc = ld_client_new(&o, &c))) -> report ld_strerror(rc), ld_errdetail()
+ *   while (training) {
+ *       ld_batch_t *b;
+ *       if ((rc = ld_client_next(c, &b))) -> report; the client stays usable
+ *       else { use b->images, b->masks, b->meta[0 .. b->n-1]; ld_batch_destroy(&b); }
+ *   }
+ *   ld_client_destroy(&c);
+ *
  * Errors: functions return 0 or a negative LD_E* code with ld_errdetail()
  * naming the endpoint and what was wrong. The library never aborts or exits
  * and logs through ld_log (ld_log_set() installs the caller's callback).
