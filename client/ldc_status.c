@@ -36,12 +36,12 @@ typedef struct {
 static void usage(FILE *f)
 {
     fprintf(f,
-            "Usage: langdaug status ENDPOINT [--json] [--watch[=SECONDS]] [--count N] [--timeout SECONDS]\n"
+            "Usage: langdaug status ENDPOINT [--json] [--watch [SECONDS]] [--count N] [--timeout SECONDS]\n"
             "Shows the state of a langdaugd daemon, asked on its status socket\n"
             "(e.g. tcp://127.0.0.1:5556).\n"
             "\n"
             "  --json              the whole status reply as JSON (one object per line with --watch)\n"
-            "  --watch[=SECONDS]   refresh every SECONDS (default 2) until interrupted\n"
+            "  --watch [SECONDS]   refresh every SECONDS (default 2) until interrupted\n"
             "  --count N           with --watch: stop after N refreshes\n"
             "  --timeout SECONDS   wait this long for each reply (default 5)\n"
             "  -h, --help          this help\n");
@@ -310,6 +310,20 @@ static void print_table(const status_args_t *a, const Langdaug__V1__StatusReply 
 
 /* ------------------------------------------------------------ main */
 
+/* `--watch SECONDS` as two words leaves SECONDS among the operands: with
+ * exactly two operands, a number is the interval and the other the endpoint. */
+static void take_watch_operand(int argc, char **argv, status_args_t *a)
+{
+    double v;
+    for (int k = 0; k < 2; k++)
+        if (ld_cli_parse_double("--watch", argv[optind + k], 0.01, 86400, &v) == 0) {
+            a->interval = v;
+            a->endpoint = argv[optind + 1 - k];
+            optind = argc;
+            return;
+        }
+}
+
 static int parse_args(int argc, char **argv, status_args_t *a)
 {
     static const struct option longopts[] = {
@@ -320,12 +334,13 @@ static int parse_args(int argc, char **argv, status_args_t *a)
         { "help", no_argument, 0, 'h' },
         { 0, 0, 0, 0 },
     };
-    int opt;
+    int opt, watch_bare = 0;
     while ((opt = ldc_getopt(CMD, argc, argv, "h", longopts)) != -1) {
         switch (opt) {
         case OPT_JSON: a->json = 1; break;
         case OPT_WATCH:
             a->watch = 1;
+            watch_bare = !optarg;
             if (optarg && ld_cli_parse_double("--watch", optarg, 0.01, 86400, &a->interval))
                 return ldc_usage_error(CMD, "%s", ld_errdetail());
             break;
@@ -341,9 +356,12 @@ static int parse_args(int argc, char **argv, status_args_t *a)
         default: return 2;
         }
     }
-    if (optind >= argc)
+    if (watch_bare && argc - optind == 2)
+        take_watch_operand(argc, argv, a);
+    if (!a->endpoint && optind >= argc)
         return ldc_usage_error(CMD, "ENDPOINT (the daemon's status socket) is required");
-    a->endpoint = argv[optind++];
+    if (!a->endpoint)
+        a->endpoint = argv[optind++];
     if (a->count && !a->watch)
         return ldc_usage_error(CMD, "--count needs --watch");
     return ldc_no_operands(CMD, argc, argv);

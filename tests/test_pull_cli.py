@@ -188,6 +188,11 @@ class PullCliTest(test_client_py.SamplerTestCase):
         self.assertEqual(len(uptimes), 3)
         self.assertTrue(uptimes[0] < uptimes[1] < uptimes[2], uptimes)
         self.assertLess(time.monotonic() - t0, WAIT)
+        for args in (["--watch", "0.1", self.sampler.status_endpoint], [self.sampler.status_endpoint, "--watch", "0.1"],
+                     ["--watch", self.sampler.status_endpoint]):
+            r = cli("status", "--json", "--count", 2, *args)
+            self.assertEqual(r.returncode, 0, (args, r.stderr))
+            self.assertEqual(len(r.stdout.splitlines()), 2, args)
 
     def test_status_errors(self):
         r = cli("status", "tcp://127.0.0.1:%d" % free_port(), "--timeout", 0.3)
