@@ -24,6 +24,7 @@ static const ldc_command_t commands[] = {
     {"energy", ldc_energy_main, "energies and dE/dimage of images under a model"},
     {"init-model", ldc_init_model_main, "write a randomly initialised model"},
     {"synth", ldc_synth_main, "write a synthetic multi-domain fundus-like data set"},
+    {"train", ldc_train_main, "train the energy model by contrastive divergence"},
     {"sample", ldc_sample_main, "Langevin chains from dataset crops, snapshots as PNG"},
     {"pull", ldc_pull_main, "pull labelled samples from samplers into a folder"},
     {"status", ldc_status_main, "show a sampler's status"},

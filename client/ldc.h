@@ -24,6 +24,7 @@ int ldc_energy_main(int argc, char **argv);
 int ldc_init_model_main(int argc, char **argv);
 int ldc_synth_main(int argc, char **argv);
 int ldc_sample_main(int argc, char **argv);
+int ldc_train_main(int argc, char **argv);
 int ldc_pull_main(int argc, char **argv);
 int ldc_status_main(int argc, char **argv);
 int ldc_bench_main(int argc, char **argv);
