@@ -19,6 +19,7 @@
 #include "ld_error.h"
 #include "ld_langevin.h"
 #include "ld_log.h"
+#include "ldd_err.h"
 #include "ldd_mem.h"
 
 typedef enum { T_INT, T_DOUBLE, T_STRING, T_LIST, T_U64, T_LEVEL, T_STEPS } key_type_t;
@@ -103,6 +104,15 @@ static const key_row_t keys[] = {
       "Seed of the streams of clients that send none (0 = a random seed per client)." },
     { "log_level", T_LEVEL, "info", 0, 0, OFF(log_level), 0,
       "error, warning, info or debug." },
+    { "curve_secret_key_file", T_STRING, "", 0, 0, OFF(curve_secret_key_file), F_RESTART,
+      "CURVE encryption and client authentication of the data and status sockets: the server's "
+      "secret key file (Z85 text, as written by `langdaug keygen --out PREFIX` to PREFIX.key; "
+      "clients need PREFIX.pub). It must not be accessible to other users. Empty = plain TCP, "
+      "which anyone who can reach the sockets may use. Changing it needs a restart." },
+    { "curve_allowed_keys_dir", T_STRING, "", 0, 0, OFF(curve_allowed_keys_dir), 0,
+      "With curve_secret_key_file: directory of the client public keys allowed in, one *.pub "
+      "file per client (the file name is the client's name in the log). Connections with other "
+      "keys or without CURVE are refused and logged. Re-read on SIGHUP." },
 };
 
 #define N_KEYS (sizeof keys / sizeof keys[0])
@@ -148,8 +158,7 @@ static int check_steps(const char *value, const char *what)
 {
     ld_langevin_params_t p = { 0 };
     if (ld_langevin_set_snapshots(&p, value) < 0 || p.n_snapshots < 1)
-        return ld_seterr(LD_EINVAL, "%s: '%s' is not an ascending list of steps (%s)", what, value,
-                         ld_errdetail());
+        return ldd_err_wrap(LD_EINVAL, "%s: '%s' is not an ascending list of steps", what, value);
     return 0;
 }
 
@@ -412,6 +421,9 @@ static int check_cross_keys(const ldd_config_t *cfg)
     if (p.snapshots[p.n_snapshots - 1] > cfg->max_steps)
         return ld_seterr(LD_ERANGE, "steps: step %d is beyond max_steps = %d",
                          p.snapshots[p.n_snapshots - 1], cfg->max_steps);
+    if (!*cfg->curve_secret_key_file != !*cfg->curve_allowed_keys_dir)
+        return ld_seterr(LD_EINVAL, "set both curve_secret_key_file and curve_allowed_keys_dir (CURVE with "
+                         "client authentication) or neither (plain TCP)");
     return 0;
 }
 

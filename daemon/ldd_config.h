@@ -39,6 +39,7 @@ typedef struct {
     double idle_timeout, heartbeat_interval, drain_timeout;
     uint64_t seed;
     char *log_level;
+    char *curve_secret_key_file, *curve_allowed_keys_dir;
 } ldd_config_t;
 
 typedef enum {

@@ -8,6 +8,7 @@
 #include "ld_error.h"
 #include "ld_log.h"
 #include "ld_model.h"
+#include "ldd_err.h"
 #include "ldd_mem.h"
 
 static void free_engine(ldd_engine_t *e)
@@ -27,7 +28,7 @@ static int load_models(const ldd_config_t *cfg, ldd_engine_t *e)
         snprintf(m->path, sizeof m->path, "%s", cfg->models[i]);
         int rc = ld_model_load(m->path, &m->ebm, NULL, m->hash);
         if (rc < 0)
-            return ld_seterr(rc, "model %s: %s", m->path, ld_errdetail());
+            return ldd_err_wrap(rc, "model %s", m->path);
         e->n_models++;
         const ld_ebm_arch_t *a = ld_ebm_arch(m->ebm);
         const ld_ebm_arch_t *a0 = ld_ebm_arch(e->models[0].ebm);
@@ -60,7 +61,7 @@ static int load_dataset(const ldd_config_t *cfg, ldd_engine_t *e)
     };
     int rc = ld_dataset_open(&o, &e->dataset);
     if (rc < 0)
-        return ld_seterr(rc, "dataset %s: %s", o.root ? o.root : o.manifest, ld_errdetail());
+        return ldd_err_wrap(rc, "dataset %s", o.root ? o.root : o.manifest);
     e->channels = ld_dataset_channels(e->dataset);
     e->classes = ld_dataset_n_classes(e->dataset);
     for (int i = 0; i < e->n_models; i++) {
@@ -124,7 +125,7 @@ static int set_langevin(const ldd_config_t *cfg, ldd_engine_t *e)
     p->noise = (float)cfg->noise;
     int rc = ld_langevin_set_snapshots(p, cfg->steps);
     if (rc < 0)
-        return ld_seterr(rc, "steps: %s", ld_errdetail());
+        return ldd_err_wrap(rc, "steps");
     p->steps = p->snapshots[p->n_snapshots - 1] > 0 ? p->snapshots[p->n_snapshots - 1] : 1;
     e->max_steps = cfg->max_steps;
     return ld_langevin_validate(p);

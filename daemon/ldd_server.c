@@ -23,6 +23,7 @@
 #include "ld_error.h"
 #include "ld_log.h"
 #include "ldd_batch.h"
+#include "ldd_curve.h"
 #include "ldd_mem.h"
 #include "ldd_notify.h"
 #include "ldd_sched.h"
@@ -37,6 +38,7 @@ typedef struct {
     uv_work_t work;
     ldd_config_t cfg;
     ldd_engine_t *engine;
+    ldd_keyset_t *keys;    /* the allowed client keys again, when CURVE is on */
     int rc;
     char detail[1024];
 } reload_t;
@@ -47,6 +49,7 @@ struct ldd_server_s {
     ldd_config_t cfg;
     ldd_engine_t *engine;
     void *zctx, *data, *status_sock;
+    ldd_curve_t *curve;    /* NULL = plain TCP */
     uv_poll_t data_poll, status_poll;
     uv_idle_t resume;
     uv_signal_t sig_term, sig_int, sig_hup;
@@ -707,28 +710,38 @@ static void reload_work(uv_work_t *w)
     reload_t *r = w->data;
     ldd_server_t *self = r->work.loop->data;
     r->rc = ldd_config_build(self->opts, &r->cfg);
-    if (r->rc == 0) {
+    if (r->rc == 0 && self->curve && !*r->cfg.curve_allowed_keys_dir)
+        r->rc = ld_seterr(LD_EINVAL, "curve_allowed_keys_dir: CURVE is on, so the allowed keys are needed "
+                          "(turning CURVE off needs a restart)");
+    if (r->rc == 0 && self->curve)
+        r->rc = ldd_keyset_load(r->cfg.curve_allowed_keys_dir, &r->keys);
+    if (r->rc == 0)
         r->rc = ldd_engine_load(&r->cfg, &r->engine);
-        if (r->rc < 0)
-            ldd_config_free(&r->cfg);
+    if (r->rc < 0) {
+        ldd_keyset_destroy(&r->keys);
+        ldd_config_free(&r->cfg);
     }
     if (r->rc < 0)
         snprintf(r->detail, sizeof r->detail, "%s: %s", ld_strerror(r->rc), ld_errdetail());
+}
+
+static void swap_strings(char **a, char **b)
+{
+    char *tmp = *a;
+    *a = *b;
+    *b = tmp;
 }
 
 /* Keeps the values of keys that need a restart, with a warning. */
 static void keep_restart_keys(ldd_server_t *self, ldd_config_t *fresh)
 {
     if (strcmp(fresh->bind, self->cfg.bind) || strcmp(fresh->status, self->cfg.status) ||
-        fresh->workers != self->cfg.workers)
-        ld_warn("reload: bind, status and workers changes need a restart; keeping %s, %s, %d", self->cfg.bind,
-                self->cfg.status, self->cfg.workers);
-    char *tmp = fresh->bind;
-    fresh->bind = self->cfg.bind;
-    self->cfg.bind = tmp;
-    tmp = fresh->status;
-    fresh->status = self->cfg.status;
-    self->cfg.status = tmp;
+        fresh->workers != self->cfg.workers || strcmp(fresh->curve_secret_key_file, self->cfg.curve_secret_key_file))
+        ld_warn("reload: bind, status, workers and curve_secret_key_file changes need a restart; keeping %s, %s, "
+                "%d, '%s'", self->cfg.bind, self->cfg.status, self->cfg.workers, self->cfg.curve_secret_key_file);
+    swap_strings(&fresh->bind, &self->cfg.bind);
+    swap_strings(&fresh->status, &self->cfg.status);
+    swap_strings(&fresh->curve_secret_key_file, &self->cfg.curve_secret_key_file);
     fresh->workers = self->cfg.workers;
 }
 
@@ -766,6 +779,7 @@ static void reload_done(uv_work_t *w, int status)
             ldd_engine_unref(&r->engine);
             ldd_config_free(&r->cfg);
         }
+        ldd_keyset_destroy(&r->keys);
         free(r);
         return;
     }
@@ -778,6 +792,7 @@ static void reload_done(uv_work_t *w, int status)
             ldd_engine_unref(&r->engine);
             ldd_config_free(&r->cfg);
         }
+        ldd_keyset_destroy(&r->keys);
     } else {
         keep_restart_keys(self, &r->cfg);
         ldd_config_free(&self->cfg);
@@ -789,6 +804,8 @@ static void reload_done(uv_work_t *w, int status)
         self->sched.capacity = self->cfg.queue_capacity;
         self->sched.chain_batch = self->cfg.chain_batch;
         rebind_sessions(self);
+        if (self->curve)
+            ldd_curve_set_keys(self->curve, &r->keys);
         snprintf(self->last_reload, sizeof self->last_reload, "ok: %d models, first %.16s", self->engine->n_models,
                  self->engine->models[0].hash);
         ld_info("reload %s", self->last_reload);
@@ -822,8 +839,19 @@ static int zmq_fail(const char *what, const char *endpoint)
     return ld_seterr(LD_EIO, "%s %s: %s", what, endpoint, zmq_strerror(zmq_errno()));
 }
 
+/* Whether an endpoint is reachable from this machine only. */
+static int local_only(const char *endpoint)
+{
+    static const char *const prefixes[] = { "tcp://127.", "tcp://localhost:", "tcp://[::1]:", "ipc://", "inproc://" };
+    for (size_t i = 0; i < sizeof prefixes / sizeof prefixes[0]; i++)
+        if (!strncmp(endpoint, prefixes[i], strlen(prefixes[i])))
+            return 1;
+    return 0;
+}
+
 static int open_socket(ldd_server_t *self, int type, const char *endpoint, void **out, uv_poll_t *poll)
 {
+    const char *name = type == ZMQ_ROUTER ? "data" : "status";
     void *sock = zmq_socket(self->zctx, type);
     if (!sock)
         return zmq_fail("cannot create a socket for", endpoint);
@@ -837,6 +865,14 @@ static int open_socket(ldd_server_t *self, int type, const char *endpoint, void 
         zmq_setsockopt(sock, ZMQ_SNDHWM, &hwm, sizeof hwm);
         zmq_setsockopt(sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
     }
+    if (self->curve) {
+        int rc = ldd_curve_secure(self->curve, sock, name);
+        if (rc < 0)
+            return rc;
+    } else if (!local_only(endpoint)) {
+        ld_warn("the %s socket %s is plain TCP: anyone who can reach it may use it; set curve_secret_key_file "
+                "and curve_allowed_keys_dir to encrypt and authenticate", name, endpoint);
+    }
     if (zmq_bind(sock, endpoint) != 0)
         return zmq_fail("cannot bind", endpoint);
     int fd;
@@ -845,7 +881,7 @@ static int open_socket(ldd_server_t *self, int type, const char *endpoint, void 
     uv_poll_init(&self->loop, poll, fd);
     poll->data = self;
     uv_poll_start(poll, UV_READABLE, poll_cb);
-    ld_info("listening on %s (%s)", endpoint, type == ZMQ_ROUTER ? "data" : "status");
+    ld_info("listening on %s (%s%s)", endpoint, name, self->curve ? ", CURVE" : "");
     return 0;
 }
 
@@ -877,6 +913,8 @@ int ldd_server_new(const ldd_options_t *opts, ldd_config_t *cfg, ldd_engine_t *e
     self->zctx = zmq_ctx_new();
     if (!self->zctx)
         rc = ld_seterr(LD_EIO, "cannot create a ZeroMQ context: %s", zmq_strerror(zmq_errno()));
+    if (rc == 0)
+        rc = ldd_curve_new(&self->cfg, self->zctx, &self->loop, &self->curve);
     if (rc == 0)
         rc = open_socket(self, ZMQ_ROUTER, self->cfg.bind, &self->data, &self->data_poll);
     if (rc == 0)
@@ -945,6 +983,7 @@ void ldd_server_destroy(ldd_server_t **self_p)
     }
     if (self->status_sock)
         zmq_close(self->status_sock);
+    ldd_curve_destroy(&self->curve);
     if (self->zctx)
         zmq_ctx_term(self->zctx);
     close_signals(self);
