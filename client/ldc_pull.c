@@ -2,7 +2,8 @@
  *
  * --format png (default) writes, per sample k (0-based, 8 digits):
  *   DIR/<source>2<target>/image/<k>.png   the image (grey or RGB, 8-bit (v+1)*127.5)
- *   DIR/<source>2<target>/mask/<k>.png    the mask (class ids, or --mask-values)
+ *   DIR/<source>2<target>/mask/<k>.png    the mask (class ids, or the values given
+ *                                         by --mask-values or --maskmap)
  * which is the layout the LangDAug reference trainer reads for intermediate
  * domains. --format npz writes DIR/batch_<b>.npz per received batch with
  * arrays images [n,C,S,S] (wire dtype), masks [n,S,S] uint8, step, energy,
@@ -25,6 +26,7 @@
 #include "ld_afile.h"
 #include "ld_cli.h"
 #include "ld_client.h"
+#include "ld_dataset.h"
 #include "ld_error.h"
 #include "ld_image.h"
 #include "ld_png.h"
@@ -35,7 +37,7 @@
 #define CMD "pull"
 #define PATH_CAP 4096
 
-enum { OPT_MASK_VALUES = 0x300 };
+enum { OPT_MASK_VALUES = 0x300, OPT_MASKMAP };
 
 typedef struct {
     const char *out;
@@ -62,6 +64,8 @@ static void usage(FILE *f)
             "                        (default), or one NumPy .npz per batch\n"
             "  --mask-values V0,V1.. PNG mask pixel value of each class id (default: the id),\n"
             "                        e.g. 255,128,0 for the fundus cup/disc convention\n"
+            "  --maskmap SPEC        PNG masks as values that read back as the same classes\n"
+            "                        under this dataset mask map (e.g. the daemon's 0:0,*:1)\n"
             "  -q, --quiet           no progress bar\n" LDC_REQUEST_HELP
             "  -h, --help            this help\n"
             "Writes DIR/samples.csv with the metadata of every sample. Encoding defaults to\n"
@@ -301,6 +305,22 @@ static int parse_mask_values(pull_t *p, const char *arg)
     return 0;
 }
 
+/* The mask values of a dataset mask map, one per class it defines. */
+static int parse_maskmap(pull_t *p, const char *arg)
+{
+    ld_maskmap_t map;
+    if (ld_maskmap_parse(arg, &map))
+        return ldc_usage_error(CMD, "--maskmap: %s", ld_errdetail());
+    for (int c = 0; c < map.n_classes; c++) {
+        int v = ld_maskmap_value(&map, c);
+        if (v < 0)
+            return ldc_usage_error(CMD, "--maskmap: no mask value maps to class %d", c);
+        p->mask_values[c] = (uint8_t)v;
+    }
+    p->n_mask_values = map.n_classes;
+    return 0;
+}
+
 static int parse_args(int argc, char **argv, pull_t *p, ldc_request_t *req)
 {
     static const struct option longopts[] = {
@@ -309,6 +329,7 @@ static int parse_args(int argc, char **argv, pull_t *p, ldc_request_t *req)
         { "out", required_argument, 0, 'o' },
         { "format", required_argument, 0, 'f' },
         { "mask-values", required_argument, 0, OPT_MASK_VALUES },
+        { "maskmap", required_argument, 0, OPT_MASKMAP },
         { "quiet", no_argument, 0, 'q' },
         { "help", no_argument, 0, 'h' },
         { 0, 0, 0, 0 },
@@ -334,7 +355,10 @@ static int parse_args(int argc, char **argv, pull_t *p, ldc_request_t *req)
             p->npz = !strcmp(optarg, "npz");
             break;
         case OPT_MASK_VALUES:
-            if ((rc = parse_mask_values(p, optarg)))
+        case OPT_MASKMAP:
+            if (p->n_mask_values)
+                return ldc_usage_error(CMD, "--mask-values and --maskmap: give one, once");
+            if ((rc = opt == OPT_MASKMAP ? parse_maskmap(p, optarg) : parse_mask_values(p, optarg)))
                 return rc;
             break;
         case 'q': p->quiet = 1; break;

@@ -127,6 +127,18 @@ class PullCliTest(test_client_py.SamplerTestCase):
             got = np.asarray(Image.open(os.path.join(self.out, row["mask"])))
             np.testing.assert_array_equal(got, np.where(masks[k] == 0, 255, 7))
 
+    def test_maskmap(self):
+        rows = self.pull("-n", 2, "--batch", 2, "--maskmap", "0:0,*:1")
+        _, masks, _ = self.reference(2, 2, "uint8")
+        for k, row in enumerate(rows):
+            got = np.asarray(Image.open(os.path.join(self.out, row["mask"])))
+            np.testing.assert_array_equal(got, np.where(masks[k] == 0, 0, 255))
+        for args in (["--maskmap", "0:0,*:1", "--mask-values", "0,1"], ["--maskmap", "0:0,*:2"],
+                     ["--maskmap", "x"]):
+            r = cli("pull", "--from", self.sampler.endpoint, "--targets", TARGET, "-n", 1, "--out", self.out, *args)
+            self.assertEqual(r.returncode, 2, (args, r.stderr))
+            self.assertIn("--ma", r.stderr)
+
     def test_npz(self):
         rows = self.pull("-n", 6, "--batch", 4, "--format", "npz")
         images, masks, meta = self.reference(6, 4, "float32")
