@@ -54,13 +54,13 @@ def _die_with_parent():
 class Sampler:
     """A langdaugd process on 127.0.0.1; stop() always ends it."""
 
-    def __init__(self, workdir, model, data, port=None, extra=()):
+    def __init__(self, workdir, model, data, port=None, extra=(), steps=STEPS):
         self.port = port or free_port()
         self.endpoint = "tcp://127.0.0.1:%d" % self.port
         self.status_endpoint = "tcp://127.0.0.1:%d" % free_port()
         self.log_path = os.path.join(workdir, "daemon-%d.log" % self.port)
         args = [DAEMON, "--bind", self.endpoint, "--status", self.status_endpoint, "--model", model, "--data", data,
-                "--workers", "1", "--chain-batch", "2", "--steps", ",".join(map(str, STEPS)),
+                "--workers", "1", "--chain-batch", "2", "--steps", ",".join(map(str, steps)),
                 "--step-size", "0.01", "--noise", "0.005", "--drain-timeout", "2"] + list(extra)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
@@ -102,8 +102,8 @@ class Fixture:
         if r.returncode != 0:
             raise AssertionError("langdaug synth failed: " + r.stderr)
 
-    def sampler(self, port=None, extra=()):
-        return Sampler(self.dir, self.model, self.data, port, extra)
+    def sampler(self, port=None, extra=(), steps=STEPS):
+        return Sampler(self.dir, self.model, self.data, port, extra, steps)
 
     def close(self):
         if not self.missing:
@@ -371,15 +371,14 @@ class ClientTest(SamplerTestCase):
             self.assertLess(time.monotonic() - t0, WAIT / 2)
 
 
-class RestartTest(unittest.TestCase):
+class MultiSamplerTest(unittest.TestCase):
     def setUp(self):
         self.fx = Fixture()
         if self.fx.missing:
             self.skipTest(self.fx.missing)
         self.addCleanup(self.fx.close)
         self.samplers = [self.fx.sampler(), self.fx.sampler()]
-        for s in self.samplers:
-            self.addCleanup(lambda s=s: s.stop())
+        self.addCleanup(lambda: [s.stop() for s in self.samplers])  # the list as it is at the end
 
     def test_two_samplers_one_restarted(self):
         eps = [s.endpoint for s in self.samplers]
@@ -398,6 +397,20 @@ class RestartTest(unittest.TestCase):
             st = c.stats()[1]
             self.assertEqual((st["state"], st["sessions"]), ("live", 2))
 
+
+    def test_faster_sampler_serves_more(self):
+        """Each sampler has its own credit window, so a slow one does not hold the fast one back."""
+        slow = self.fx.sampler(steps=[0, 400])  # requests without steps get the daemon's default
+        self.addCleanup(slow.stop)
+        fast = self.samplers[0]
+        counts = {0: 0, 1: 0}
+        t0 = time.monotonic()
+        with Client([slow.endpoint, fast.endpoint], 2, targets=[TARGET], credits=2, timeout=WAIT) as c:
+            pull_until_from(self, c, 1, counts)
+            for _ in range(40):
+                counts[c.next().endpoint] += 1
+        self.assertLess(time.monotonic() - t0, WAIT)
+        self.assertGreaterEqual(counts[1], 3 * counts[0], counts)
 
     def test_outlives_session_expiry(self):
         """The caller stops asking for longer than the daemon keeps a session: the client must
