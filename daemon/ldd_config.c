@@ -93,6 +93,11 @@ static const key_row_t keys[] = {
       "Chain jobs queued or running over all clients (each chain_batch chains). Finished samples "
       "wait for their batch, at most credits * batch size per client, so memory is bounded by "
       "max_clients * max_credits * max_batch samples plus this many jobs." },
+    { "max_queue_memory", T_INT, "512", 1, 1048576, OFF(max_queue_memory), 0,
+      "MiB of samples held for clients at once: finished samples waiting for their batch, running "
+      "chains' snapshots and batches handed to ZeroMQ but not yet written to the network. Chains "
+      "for a batch start only once its memory is reserved; a batch larger than this is refused. "
+      "A client that does not read holds at most its credits' batches of it." },
     { "idle_timeout", T_DOUBLE, "60", 0.1, 86400, OFF(idle_timeout), 0,
       "Seconds without any message after which a client's credits expire and its session is "
       "forgotten. Clients send heartbeats to stay longer." },

@@ -35,7 +35,7 @@ typedef struct {
     double step_size, noise;
     char *steps;
     int max_steps;
-    int max_clients, max_credits, max_batch, max_message_size, queue_capacity;
+    int max_clients, max_credits, max_batch, max_message_size, queue_capacity, max_queue_memory;
     double idle_timeout, heartbeat_interval, drain_timeout;
     uint64_t seed;
     char *log_level;

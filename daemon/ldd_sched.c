@@ -105,9 +105,33 @@ static ldd_job_t *build_job(ldd_session_t *s, ldd_engine_t *e, int n)
     return job;
 }
 
-static int schedule_one(ldd_sched_t *self, ldd_session_t *s, ldd_engine_t *e)
+static int64_t reserved_bytes(ldd_sessions_t *sessions)
+{
+    int64_t sum = 0;
+    for (int i = 0; i < ldd_sessions_count(sessions); i++) {
+        const ldd_session_t *s = ldd_sessions_at(sessions, i);
+        sum += (int64_t)s->reserved * s->batch_bytes;
+    }
+    return sum;
+}
+
+/* Reserves the memory of s's next batch if it has credit for one and the
+ * budget allows. */
+static int reserve_batch(ldd_sched_t *self, ldd_sessions_t *sessions, ldd_session_t *s)
+{
+    if (!s->has_request || s->reserved >= s->credits)
+        return 0;
+    if (self->wire_bytes + reserved_bytes(sessions) + s->batch_bytes > self->budget)
+        return 0;
+    s->reserved++;
+    return 1;
+}
+
+static int schedule_one(ldd_sched_t *self, ldd_sessions_t *sessions, ldd_session_t *s, ldd_engine_t *e)
 {
     int64_t wanted = ldd_session_wanted(s);
+    if (wanted <= 0 && reserve_batch(self, sessions, s))
+        wanted = ldd_session_wanted(s);
     if (wanted <= 0)
         return 0;
     int64_t chains = (wanted + s->params.n_snapshots - 1) / s->params.n_snapshots;
@@ -128,7 +152,7 @@ void ldd_sched_run(ldd_sched_t *self, ldd_sessions_t *sessions, ldd_engine_t *en
         int n = ldd_sessions_count(sessions);
         if (self->rr >= n)
             self->rr = 0;
-        int did = schedule_one(self, ldd_sessions_at(sessions, self->rr), engine);
+        int did = schedule_one(self, sessions, ldd_sessions_at(sessions, self->rr), engine);
         self->rr++;
         idle_rounds = did ? 0 : idle_rounds + 1;
         if (idle_rounds >= n)

@@ -1,13 +1,17 @@
 /* ldd_sched: decides which chains run next.
  *
- * Demand comes only from credits: a session wants credits * batch_size
- * samples minus those running or finished for it. Sessions with demand are
- * served one job at a time in round-robin order, so a client asking for
- * large batches cannot starve one asking for small ones. At most
- * queue_capacity jobs are queued or running; finished samples wait for
- * their batch in the session, at most credits * batch_size of them, so the
- * daemon's memory is bounded by max_clients * max_credits * max_batch
- * samples plus queue_capacity jobs.
+ * Demand comes only from credits, and memory is reserved one batch at a
+ * time: a session with more credits than reserved batches reserves the
+ * next batch's memory (batch_bytes) when the total held for all sessions
+ * (their reserved batches, plus the batch frames ZeroMQ has not written
+ * out yet, wire_bytes) stays within max_queue_memory; it then wants
+ * reserved * batch_size samples minus those running or finished for it.
+ * A reserved batch only needs CPU to complete, so memory never deadlocks
+ * between half-made batches. Sessions are served one job at a time in
+ * round-robin order, so a client asking for large batches cannot starve
+ * one asking for small ones. At most queue_capacity jobs are queued or
+ * running. Memory held for clients is therefore at most max_queue_memory
+ * plus, per session, one chain's snapshots beyond its reserved batches.
  *
  * Inside a session, choices are drawn from the session's own random stream
  * in scheduling order: pair by weight, source domain (uniform over the other
@@ -27,6 +31,8 @@ typedef struct {
     int capacity;       /* queue_capacity */
     int chain_batch;
     int outstanding;    /* jobs submitted and not yet back from the workers */
+    int64_t budget;     /* max_queue_memory in bytes */
+    int64_t wire_bytes; /* batch frames held by ZeroMQ (set by the caller before each run) */
     int rr;             /* round-robin position */
 } ldd_sched_t;
 

@@ -13,6 +13,7 @@
 #include <math.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
@@ -33,6 +34,7 @@
 
 #define PUMP_BATCH 256   /* messages per pass before yielding to other events */
 #define TICK_MS 100
+#define RCV_HWM 64       /* messages queued per connection before ZeroMQ stops reading it */
 
 typedef struct {
     uv_work_t work;
@@ -74,31 +76,42 @@ static double now_s(ldd_server_t *self)
 
 /* ------------------------------------------------------------ sending */
 
+/* Bytes of frames handed to ZeroMQ with counting on and not yet freed by
+ * it (batch frames waiting to be written to a client): part of the queue
+ * memory the scheduler budgets. Freed from ZeroMQ's I/O thread, hence
+ * atomic. One server per process. */
+static _Atomic int64_t wire_bytes;
+
+/* zmq_free_fn; hint = the counted length, or NULL. */
 static void free_buffer(void *data, void *hint)
 {
-    (void)hint;
     free(data);
+    if (hint)
+        atomic_fetch_sub(&wire_bytes, (int64_t)(uintptr_t)hint);
 }
 
 /* Sends [id][frames...] as one multipart message without copying the
  * frames; ownership of every frame buffer passes to ZeroMQ (or is freed on
- * failure). Returns 0, or -errno (EHOSTUNREACH: the peer is gone). */
+ * failure). With `counted`, the frames count in wire_bytes until ZeroMQ
+ * frees them. Returns 0, or -errno (EHOSTUNREACH: the peer is gone). */
 static int send_frames(ldd_server_t *self, const void *id, size_t id_len, void **bufs, const size_t *lens,
-                       int n)
+                       int n, int counted)
 {
     zmq_msg_t msg;
-    int rc = 0;
+    int rc = 0, i = 0;
     zmq_msg_init_size(&msg, id_len);
     memcpy(zmq_msg_data(&msg), id, id_len);
     if (zmq_msg_send(&msg, self->data, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
         rc = -zmq_errno();
         zmq_msg_close(&msg);
-        for (int i = 0; i < n; i++)
+        for (; i < n; i++)
             free(bufs[i]);
         return rc;
     }
-    for (int i = 0; i < n; i++) {
-        zmq_msg_init_data(&msg, bufs[i], lens[i], free_buffer, NULL);
+    for (; i < n; i++) {
+        if (counted)
+            atomic_fetch_add(&wire_bytes, (int64_t)lens[i]);
+        zmq_msg_init_data(&msg, bufs[i], lens[i], free_buffer, counted ? (void *)(uintptr_t)lens[i] : NULL);
         if (zmq_msg_send(&msg, self->data, (i + 1 < n ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT) < 0) {
             rc = -zmq_errno(); /* cannot happen after the first part; handled anyway */
             zmq_msg_close(&msg);
@@ -117,7 +130,7 @@ static int send_server_message(ldd_server_t *self, const void *id, size_t id_len
     size_t len = langdaug__v1__server_message__get_packed_size(m);
     void *buf = ldd_xmalloc(len);
     langdaug__v1__server_message__pack(m, buf);
-    return send_frames(self, id, id_len, &buf, &len, 1);
+    return send_frames(self, id, id_len, &buf, &len, 1, 0);
 }
 
 static void send_error(ldd_server_t *self, const void *id, size_t id_len, ldd_session_t *s, int code,
@@ -161,7 +174,9 @@ static int flush_session(ldd_server_t *self, ldd_session_t *s)
         ldd_batch_cut(s, s->credits - 1, &b);
         void *bufs[3] = { b.header, b.images, b.masks };
         size_t lens[3] = { b.header_len, b.images_len, b.masks_len };
-        int rc = send_frames(self, s->id, s->id_len, bufs, lens, 3);
+        int rc = send_frames(self, s->id, s->id_len, bufs, lens, 3, 1);
+        if (s->reserved > 0)
+            s->reserved--; /* its memory is now counted in wire_bytes until ZeroMQ lets go */
         if (rc == -EHOSTUNREACH) {
             drop_session(self, s, "unreachable");
             return -1;
@@ -190,8 +205,23 @@ static void flush_all(ldd_server_t *self)
 
 static void schedule(ldd_server_t *self)
 {
+    self->sched.wire_bytes = atomic_load(&wire_bytes);
     if (!self->draining)
         ldd_sched_run(&self->sched, self->sessions, self->engine);
+}
+
+/* Memory of one sample while the daemon holds it: float32 pixels of the
+ * snapshot, its mask and energy (an upper bound for the wire encodings). */
+static int64_t sample_bytes(const ldd_engine_t *e)
+{
+    int64_t ss = (int64_t)e->size * e->size;
+    return ss * e->channels * (int64_t)sizeof(float) + ss + (int64_t)sizeof(float);
+}
+
+static void install_request(ldd_server_t *self, ldd_session_t *s, const ldd_request_t *req)
+{
+    ldd_session_set_request(s, req, &self->engine->defaults, self->stream_seed);
+    s->batch_bytes = (int64_t)req->batch_size * sample_bytes(self->engine);
 }
 
 /* ------------------------------------------------------------ requests */
@@ -215,6 +245,12 @@ static int parse_request(ldd_server_t *self, const Langdaug__V1__PullRequest *p,
         return snprintf(text, cap, "batch_size: %u is beyond max_batch = %d", p->batch_size, self->cfg.max_batch), -1;
     }
     req->batch_size = p->batch_size;
+    int64_t batch_bytes = (int64_t)p->batch_size * sample_bytes(e);
+    if (batch_bytes > (int64_t)self->cfg.max_queue_memory << 20) {
+        *code = LANGDAUG__V1__ERROR_CODE__ERROR_LIMIT;
+        return snprintf(text, cap, "batch_size: a batch of %u samples needs %.1f MiB, beyond max_queue_memory = %d MiB",
+                        p->batch_size, (double)batch_bytes / (1 << 20), self->cfg.max_queue_memory), -1;
+    }
     size_t n = p->n_targets + p->n_pairs;
     if (n == 0)
         return snprintf(text, cap, "no target: give targets or pairs"), -1;
@@ -311,7 +347,7 @@ static void on_pull(ldd_server_t *self, const uint8_t *id, size_t id_len, ldd_se
         return;
     }
     if (has_spec && (!s->has_request || memcmp(&req, &s->req, sizeof req) != 0))
-        ldd_session_set_request(s, &req, &self->engine->defaults, self->stream_seed);
+        install_request(self, s, &req);
     s->credits += credits;
     flush_session(self, s);
     schedule(self);
@@ -759,8 +795,13 @@ static void rebind_sessions(ldd_server_t *self)
             ok = ldd_engine_find_target(self->engine, pair->target, &pair->model, &pair->target_index) == 0 &&
                  (!*pair->source || (pair->source_domain = ldd_engine_find_source(self->engine, pair->source)) >= 0);
         }
-        ldd_session_set_request(s, &req, &self->engine->defaults, self->stream_seed);
-        if (!ok) {
+        install_request(self, s, &req);
+        if (ok && s->batch_bytes > self->sched.budget) {
+            send_error(self, s->id, s->id_len, s, LANGDAUG__V1__ERROR_CODE__ERROR_LIMIT,
+                       "after a reload, a batch is beyond max_queue_memory; credits dropped");
+            s->has_request = 0;
+            s->credits = 0;
+        } else if (!ok) {
             send_error(self, s->id, s->id_len, s, LANGDAUG__V1__ERROR_CODE__ERROR_UNKNOWN_DOMAIN,
                        "after a reload, a domain of the request is no longer served; credits dropped");
             s->has_request = 0;
@@ -803,6 +844,7 @@ static void reload_done(uv_work_t *w, int status)
         ldd_sessions_set_max(self->sessions, self->cfg.max_clients);
         self->sched.capacity = self->cfg.queue_capacity;
         self->sched.chain_batch = self->cfg.chain_batch;
+        self->sched.budget = (int64_t)self->cfg.max_queue_memory << 20;
         rebind_sessions(self);
         if (self->curve)
             ldd_curve_set_keys(self->curve, &r->keys);
@@ -858,12 +900,18 @@ static int open_socket(ldd_server_t *self, int type, const char *endpoint, void 
     *out = sock;
     int one = 1, linger = 0;
     zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger);
+    /* Messages up to 4x max_message_size are received and answered with
+     * Error TOO_LARGE; longer ones make ZeroMQ drop the connection. At most
+     * RCV_HWM messages wait per connection, bounding what a flooding peer
+     * makes the daemon buffer to RCV_HWM * that size. */
+    int64_t maxmsg = (int64_t)self->cfg.max_message_size * 4 + 4096;
+    int rcvhwm = RCV_HWM;
+    zmq_setsockopt(sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
+    zmq_setsockopt(sock, ZMQ_RCVHWM, &rcvhwm, sizeof rcvhwm);
     if (type == ZMQ_ROUTER) {
         int hwm = self->cfg.max_credits * 2 + 1000;
-        int64_t maxmsg = (int64_t)self->cfg.max_message_size * 4 + 4096;
         zmq_setsockopt(sock, ZMQ_ROUTER_MANDATORY, &one, sizeof one);
         zmq_setsockopt(sock, ZMQ_SNDHWM, &hwm, sizeof hwm);
-        zmq_setsockopt(sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
     }
     if (self->curve) {
         int rc = ldd_curve_secure(self->curve, sock, name);
@@ -927,7 +975,8 @@ int ldd_server_new(const ldd_options_t *opts, ldd_config_t *cfg, ldd_engine_t *e
     if (rc < 0)
         goto fail;
     self->sched = (ldd_sched_t){ .workers = self->workers, .capacity = self->cfg.queue_capacity,
-                                 .chain_batch = self->cfg.chain_batch };
+                                 .chain_batch = self->cfg.chain_batch,
+                                 .budget = (int64_t)self->cfg.max_queue_memory << 20 };
     uv_idle_init(&self->loop, &self->resume);
     self->resume.data = self;
     uv_signal_init(&self->loop, &self->sig_term);

@@ -118,6 +118,7 @@ void ldd_session_drop_jobs(ldd_session_t *s)
         s->epoch[d] = 0;
     }
     s->generation++;
+    s->reserved = 0;
     s->inflight_samples = 0;   /* running jobs of the old generation are dropped on arrival */
     s->next_ready_seq = s->next_job_seq;
     s->pending_pair = -1;
@@ -161,12 +162,12 @@ int64_t ldd_session_ready_samples(const ldd_session_t *s)
 
 int64_t ldd_session_wanted(const ldd_session_t *s)
 {
-    if (!s->has_request || s->credits == 0)
+    if (!s->has_request || s->reserved == 0)
         return 0;
     int64_t held = s->inflight_samples;
     for (const ldd_job_t *j = s->ready; j; j = j->next)
         held += ldd_job_samples(j) - j->consumed;
-    return (int64_t)s->credits * s->req.batch_size - held;
+    return (int64_t)s->reserved * s->req.batch_size - held;
 }
 
 void ldd_session_add_ready(ldd_session_t *s, ldd_job_t *job)

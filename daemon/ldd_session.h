@@ -17,7 +17,8 @@
  *            | or the client is unreachable       | session freed                  |
  *   any      | SIGTERM                            | Pulls get Error UNAVAILABLE    | same
  *
- * IDLE = no credits; ACTIVE = credits > 0 (the scheduler runs chains for it).
+ * IDLE = no credits; ACTIVE = credits > 0 (the scheduler reserves memory for
+ * one batch at a time, up to the credits, and runs chains for reserved ones).
  * A vanished client therefore holds memory for at most idle_timeout. */
 #ifndef LDD_SESSION_H
 #define LDD_SESSION_H
@@ -60,6 +61,8 @@ typedef struct ldd_session_s {
     char name[64];
     double created, last_seen, last_sent;  /* loop clock, seconds */
     uint32_t credits;
+    uint32_t reserved;          /* batches (<= credits) whose memory the scheduler reserved */
+    int64_t batch_bytes;        /* memory of one batch while held (float pixels + masks) */
 
     int has_request;
     ldd_request_t req;
@@ -103,7 +106,7 @@ void ldd_session_set_request(ldd_session_t *s, const ldd_request_t *req, const l
 /* Drops the finished jobs and epoch state of the current request and
  * starts a new generation (running jobs are dropped when they return). */
 void ldd_session_drop_jobs(ldd_session_t *s);
-/* Samples the client still wants that are neither finished nor running. */
+/* Samples of the reserved batches that are neither finished nor running. */
 int64_t ldd_session_wanted(const ldd_session_t *s);
 /* Finished samples available in job order. */
 int64_t ldd_session_ready_samples(const ldd_session_t *s);
