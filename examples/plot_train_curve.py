@@ -31,9 +31,11 @@ def moving_average(values, n):
 def panel(draw, box, iters, series, smooth):
     x0, y0, x1, y1 = box
     smoothed = {k: moving_average(v, smooth) for k, v in series.items()}
-    # the y range follows the smoothed curves: single noisy iterations would flatten them
-    lo = min(min(v) for v in smoothed.values())
-    hi = max(max(v) for v in smoothed.values())
+    # the y range follows the smoothed curves after the first window: the
+    # first iterations and single noisy ones would flatten everything else
+    skip = smooth if len(iters) > 4 * smooth else 0
+    lo = min(min(v[skip:]) for v in smoothed.values())
+    hi = max(max(v[skip:]) for v in smoothed.values())
     span = (hi - lo) or 1.0
     lo, hi = lo - 0.1 * span, hi + 0.1 * span
     n = iters[-1]
@@ -50,10 +52,13 @@ def panel(draw, box, iters, series, smooth):
         draw.text((4, y - 6), "%.2f" % v, fill=(0, 0, 0))
     if lo < 0 < hi:
         draw.line([xy(1, 0), xy(n, 0)], fill=(200, 200, 200))
-    for row, (key, values) in enumerate(series.items()):
-        faint = tuple(255 - (255 - c) // 4 for c in COLOURS[key])
+    for key, values in series.items():  # raw values first, so no curve hides under them
+        faint = tuple(255 - (255 - c) // 5 for c in COLOURS[key])
         draw.line([xy(i, v) for i, v in zip(iters, values)], fill=faint)
+    for key in series:
         draw.line([xy(i, v) for i, v in zip(iters, smoothed[key])], fill=COLOURS[key], width=2)
+    for row, key in enumerate(series):
+        draw.rectangle((x0 + 6, y0 + 6 + 14 * row, x0 + 180, y0 + 20 + 14 * row), fill="white")
         draw.text((x0 + 10, y0 + 8 + 14 * row), LABELS[key], fill=COLOURS[key])
 
 
