@@ -1,8 +1,28 @@
 """langdaug: Python side of the langdaug sampler.
 
-Submodules (imported on demand, nothing heavy here):
-  langdaug.client  ZeroMQ client of langdaugd (needs pyzmq)
-  langdaug.torch   the energy network in PyTorch and langdaug model files
+    langdaug.Client              iterator of labelled batches from langdaugd samplers (pyzmq)
+    langdaug.status(endpoint)    a sampler's StatusReply
+    langdaug.torch.EBM           the energy network in PyTorch, saved as langdaug model files
+    langdaug.torch.LangDAugDataset  a torch IterableDataset over samplers
+
+Submodules load on first use, so `import langdaug` pulls in neither pyzmq nor torch.
 """
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "Client": ("client", "Client"),
+    "Batch": ("client", "Batch"),
+    "status": ("client", "status"),
+    "LangDAugError": ("client", "LangDAugError"),
+    "ProtocolError": ("client", "ProtocolError"),
+    "RequestRejected": ("client", "RequestRejected"),
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module("." + module, __name__), attr)
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))
