@@ -1,11 +1,11 @@
-/* ld_conv: Winograd F(2x2,3x3) transforms, im2col, pooling and silu for the
+/* ld_conv: Winograd F(2x2,3x3) and F(4x4,3x3) transforms, im2col, pooling and silu for the
  * energy engine. See ld_conv.h for the layouts.
  *
  * Invariants: plain float arithmetic in a fixed order (the build uses ISO C,
  * so the compiler contracts nothing into FMAs), loops written so the compiler
  * can vectorise them; vector and scalar tails compute the same IEEE
  * operations and so the same bits. No allocation; scratch rows live on the
- * stack (bounded by LD_CONV_MAX_TW). */
+ * stack (bounded by LD_CONV_MAX_W: about 60 KB per call). */
 /* The build's default -O2 does not vectorise loops whose trip count is
  * unknown; these kernels are worth it. */
 #pragma GCC optimize("O3", "no-trapping-math")
@@ -27,102 +27,6 @@
 #include <string.h>
 
 #define INV_SQRT2 0.70710678118654752440f
-
-/* u = G g G^T per filter, G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1]. For one
- * output channel at a time, the taps are first gathered into 9 contiguous
- * rows over input channels, so that both the arithmetic and the 16 output
- * rows u[e][co][0..cin) run along contiguous memory. */
-HOT void ld_wino_weights(const float *w, int cout, int cin, int co0, int co1, float *u)
-{
-    const size_t e_stride = (size_t)cout * (size_t)cin;
-    float tap[9][LD_CONV_MAX_CIN], gg[12][LD_CONV_MAX_CIN];
-    for (int co = co0; co < co1; co++) {
-        const float *wc = w + (size_t)co * (size_t)cin * 9;
-        for (int ci0 = 0; ci0 < cin; ci0 += LD_CONV_MAX_CIN) {
-            int n = cin - ci0 < LD_CONV_MAX_CIN ? cin - ci0 : LD_CONV_MAX_CIN;
-            for (int k = 0; k < 9; k++)
-                for (int i = 0; i < n; i++)
-                    tap[k][i] = wc[(size_t)(ci0 + i) * 9 + (size_t)k];
-            /* G g: rows r of the 4x3 result, gg[r*3 + kx] */
-            for (int kx = 0; kx < 3; kx++) {
-                const float *g0 = tap[kx], *g1 = tap[3 + kx], *g2 = tap[6 + kx];
-                for (int i = 0; i < n; i++) {
-                    gg[kx][i] = g0[i];
-                    gg[3 + kx][i] = 0.5f * (g0[i] + g1[i] + g2[i]);
-                    gg[6 + kx][i] = 0.5f * (g0[i] - g1[i] + g2[i]);
-                    gg[9 + kx][i] = g2[i];
-                }
-            }
-            /* (G g) G^T: row r, column c -> e = 4r + c */
-            for (int r = 0; r < 4; r++) {
-                const float *a = gg[3 * r], *b = gg[3 * r + 1], *c = gg[3 * r + 2];
-                float *u0 = u + (size_t)(4 * r) * e_stride + (size_t)co * (size_t)cin + (size_t)ci0;
-                float *u1 = u0 + e_stride, *u2 = u1 + e_stride, *u3 = u2 + e_stride;
-                for (int i = 0; i < n; i++) {
-                    u0[i] = a[i];
-                    u1[i] = 0.5f * (a[i] + b[i] + c[i]);
-                    u2[i] = 0.5f * (a[i] - b[i] + c[i]);
-                    u3[i] = c[i];
-                }
-            }
-        }
-    }
-}
-
-int ld_wino_perm(int e)
-{
-    static const int p[4] = { 3, 1, 2, 0 };
-    return p[e / 4] * 4 + p[e % 4];
-}
-
-/* B^T on one padded input row: t_j[tx] from taps pad[2tx .. 2tx+3]. */
-INLINE void input_row(const float *pad, int tw, float *t0, float *t1, float *t2, float *t3)
-{
-    for (int tx = 0; tx < tw; tx++) {
-        float a = pad[2 * tx], b = pad[2 * tx + 1], c = pad[2 * tx + 2], d = pad[2 * tx + 3];
-        t0[tx] = a - c;
-        t1[tx] = b + c;
-        t2[tx] = c - b;
-        t3[tx] = b - d;
-    }
-}
-
-HOT void ld_wino_input(const float *x, int h, int w, int c0, int c1, int ty0, int ty1,
-                   float *v, size_t e_stride, size_t c_stride)
-{
-    const int tw = w / 2;
-    float pad[2 * LD_CONV_MAX_TW + 2];
-    float t[4][4][LD_CONV_MAX_TW];
-    pad[0] = 0.0f;
-    pad[w + 1] = 0.0f;
-    for (int c = c0; c < c1; c++) {
-        const float *xc = x + (size_t)c * (size_t)h * (size_t)w;
-        for (int ty = ty0; ty < ty1; ty++) {
-            for (int i = 0; i < 4; i++) {
-                int r = 2 * ty - 1 + i;
-                if (r < 0 || r >= h) {
-                    for (int j = 0; j < 4; j++)
-                        memset(t[i][j], 0, (size_t)tw * sizeof(float));
-                    continue;
-                }
-                memcpy(pad + 1, xc + (size_t)r * (size_t)w, (size_t)w * sizeof(float));
-                input_row(pad, tw, t[i][0], t[i][1], t[i][2], t[i][3]);
-            }
-            float *vc = v + (size_t)c * c_stride + (size_t)(ty - ty0) * (size_t)tw;
-            for (int j = 0; j < 4; j++) {
-                float *v0 = vc + (size_t)j * e_stride, *v1 = vc + (size_t)(4 + j) * e_stride;
-                float *v2 = vc + (size_t)(8 + j) * e_stride, *v3 = vc + (size_t)(12 + j) * e_stride;
-                const float *r0 = t[0][j], *r1 = t[1][j], *r2 = t[2][j], *r3 = t[3][j];
-                for (int tx = 0; tx < tw; tx++) {
-                    v0[tx] = r0[tx] - r2[tx];
-                    v1[tx] = r1[tx] + r2[tx];
-                    v2[tx] = r2[tx] - r1[tx];
-                    v3[tx] = r1[tx] - r3[tx];
-                }
-            }
-        }
-    }
-}
 
 /* exp by 2^n * p(f), f = x - n ln2 in [-ln2/2, ln2/2], Cephes' minimax
  * polynomial; n is rounded with the 1.5 * 2^23 trick so no libm call or
@@ -167,31 +71,183 @@ INLINE void silu_both(const float *a, float *s, float *d, size_t n)
     }
 }
 
-/* A^T m A for one tile row: y00/y01 go to output row 2ty, y10/y11 to 2ty+1. */
-INLINE void output_row(const float *mc, size_t e_stride, int tw, float *y00, float *y01, float *y10, float *y11)
+/* ---------------- Winograd F(m x m, 3x3), m = 2 or 4 ----------------
+ * a = m + 2 taps per tile side, E = a*a transformed elements.
+ *   m = 2: B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]
+ *          G   = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]
+ *          A^T = [1 1 1 0; 0 1 -1 -1]
+ *   m = 4 (points 0, 1, -1, 2, -2, inf):
+ *          B^T = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0;
+ *                 0 -2 -1 2 1 0; 0 2 -1 -2 1 0; 0 4 0 -5 0 1]
+ *          G   = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6;
+ *                 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1]
+ *          A^T = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1]
+ * Each row k of a matrix is one "combine" of a source arrays, computed
+ * elementwise over n values in a fixed order of operations. */
+
+/* Stack rows: a*a*tw and m*a*tw floats at most, over m = 2 (tw <= 512) and m = 4 (tw <= 256). */
+#define WINO_T_FLOATS (36 * LD_CONV_MAX_TW / 2)
+#define WINO_Q_FLOATS (24 * LD_CONV_MAX_TW / 2)
+
+/* dst = row k of B^T applied to s[0..a) */
+INLINE void bt_combine(int m, int k, const float *const *s, float *dst, int n)
 {
-    const float *m[16];
-    for (int e = 0; e < 16; e++)
-        m[e] = mc + (size_t)e * e_stride;
-    for (int tx = 0; tx < tw; tx++) {
-        float q0[4], q1[4];
-        for (int i = 0; i < 4; i++) {
-            float a = m[4 * i][tx], b = m[4 * i + 1][tx], c = m[4 * i + 2][tx], d = m[4 * i + 3][tx];
-            q0[i] = a + b + c;
-            q1[i] = b - c - d;
+    if (m == 2) {
+        switch (k) {
+        case 0: for (int i = 0; i < n; i++) dst[i] = s[0][i] - s[2][i]; break;
+        case 1: for (int i = 0; i < n; i++) dst[i] = s[1][i] + s[2][i]; break;
+        case 2: for (int i = 0; i < n; i++) dst[i] = s[2][i] - s[1][i]; break;
+        default: for (int i = 0; i < n; i++) dst[i] = s[1][i] - s[3][i]; break;
         }
-        y00[tx] = q0[0] + q0[1] + q0[2];
-        y01[tx] = q1[0] + q1[1] + q1[2];
-        y10[tx] = q0[1] - q0[2] - q0[3];
-        y11[tx] = q1[1] - q1[2] - q1[3];
+        return;
+    }
+    switch (k) {
+    case 0: for (int i = 0; i < n; i++) dst[i] = (4.0f * s[0][i] - 5.0f * s[2][i]) + s[4][i]; break;
+    case 1: for (int i = 0; i < n; i++) dst[i] = (s[3][i] + s[4][i]) - 4.0f * (s[1][i] + s[2][i]); break;
+    case 2: for (int i = 0; i < n; i++) dst[i] = (s[4][i] - s[3][i]) + 4.0f * (s[1][i] - s[2][i]); break;
+    case 3: for (int i = 0; i < n; i++) dst[i] = (s[4][i] - s[2][i]) + 2.0f * (s[3][i] - s[1][i]); break;
+    case 4: for (int i = 0; i < n; i++) dst[i] = (s[4][i] - s[2][i]) - 2.0f * (s[3][i] - s[1][i]); break;
+    default: for (int i = 0; i < n; i++) dst[i] = (4.0f * s[1][i] - 5.0f * s[3][i]) + s[5][i]; break;
     }
 }
 
-INLINE void interleave(float *dst, const float *even, const float *odd, int n)
+/* dst = row k of A^T applied to s[0..a) */
+INLINE void at_combine(int m, int k, const float *const *s, float *dst, int n)
 {
-    for (int i = 0; i < n; i++) {
-        dst[2 * i] = even[i];
-        dst[2 * i + 1] = odd[i];
+    if (m == 2) {
+        if (k == 0)
+            for (int i = 0; i < n; i++) dst[i] = (s[0][i] + s[1][i]) + s[2][i];
+        else
+            for (int i = 0; i < n; i++) dst[i] = (s[1][i] - s[2][i]) - s[3][i];
+        return;
+    }
+    switch (k) {
+    case 0: for (int i = 0; i < n; i++) dst[i] = (s[0][i] + (s[1][i] + s[2][i])) + (s[3][i] + s[4][i]); break;
+    case 1: for (int i = 0; i < n; i++) dst[i] = (s[1][i] - s[2][i]) + 2.0f * (s[3][i] - s[4][i]); break;
+    case 2: for (int i = 0; i < n; i++) dst[i] = (s[1][i] + s[2][i]) + 4.0f * (s[3][i] + s[4][i]); break;
+    default: for (int i = 0; i < n; i++) dst[i] = ((s[1][i] - s[2][i]) + 8.0f * (s[3][i] - s[4][i])) + s[5][i]; break;
+    }
+}
+
+/* dst = row k of G applied to three taps */
+INLINE void g_combine(int m, int k, const float *g0, const float *g1, const float *g2, float *dst, int n)
+{
+    if (m == 2) {
+        switch (k) {
+        case 0: for (int i = 0; i < n; i++) dst[i] = g0[i]; break;
+        case 1: for (int i = 0; i < n; i++) dst[i] = 0.5f * ((g0[i] + g1[i]) + g2[i]); break;
+        case 2: for (int i = 0; i < n; i++) dst[i] = 0.5f * ((g0[i] - g1[i]) + g2[i]); break;
+        default: for (int i = 0; i < n; i++) dst[i] = g2[i]; break;
+        }
+        return;
+    }
+    const float s6 = -1.0f / 6.0f, s24 = 1.0f / 24.0f;
+    switch (k) {
+    case 0: for (int i = 0; i < n; i++) dst[i] = 0.25f * g0[i]; break;
+    case 1: for (int i = 0; i < n; i++) dst[i] = s6 * ((g0[i] + g1[i]) + g2[i]); break;
+    case 2: for (int i = 0; i < n; i++) dst[i] = s6 * ((g0[i] - g1[i]) + g2[i]); break;
+    case 3: for (int i = 0; i < n; i++) dst[i] = s24 * ((g0[i] + 2.0f * g1[i]) + 4.0f * g2[i]); break;
+    case 4: for (int i = 0; i < n; i++) dst[i] = s24 * ((g0[i] - 2.0f * g1[i]) + 4.0f * g2[i]); break;
+    default: for (int i = 0; i < n; i++) dst[i] = g2[i]; break;
+    }
+}
+
+/* u[e][r][0..n) = (G g G^T)[e] for rows r in [r0, r1) and n inner indices,
+ * the 9 taps of (r, i) at src[r * rs + i * is + k * ks]. Taps are gathered
+ * into contiguous rows over the inner index first, so that the arithmetic
+ * and the E output rows all run along contiguous memory. */
+INLINE void weights_rows(int m, const float *src, size_t rs, size_t is, ptrdiff_t ks, int r0, int r1, int n,
+                         float *u, size_t e_stride)
+{
+    const int a = m + 2;
+    float tap[9][LD_CONV_MAX_CIN], gg[6][3][LD_CONV_MAX_CIN];
+    for (int r = r0; r < r1; r++) {
+        for (int i0 = 0; i0 < n; i0 += LD_CONV_MAX_CIN) {
+            int cnt = n - i0 < LD_CONV_MAX_CIN ? n - i0 : LD_CONV_MAX_CIN;
+            const float *base = src + (size_t)r * rs + (size_t)i0 * is;
+            for (int k = 0; k < 9; k++)
+                for (int i = 0; i < cnt; i++)
+                    tap[k][i] = base[(ptrdiff_t)((size_t)i * is) + k * ks];
+            for (int kx = 0; kx < 3; kx++) /* G along ky: gg[row][kx] */
+                for (int row = 0; row < a; row++)
+                    g_combine(m, row, tap[kx], tap[3 + kx], tap[6 + kx], gg[row][kx], cnt);
+            for (int row = 0; row < a; row++) /* G along kx */
+                for (int col = 0; col < a; col++)
+                    g_combine(m, col, gg[row][0], gg[row][1], gg[row][2],
+                              u + (size_t)(row * a + col) * e_stride + (size_t)r * (size_t)n + (size_t)i0, cnt);
+        }
+    }
+}
+
+HOT void ld_wino_weights(int m, const float *w, int cout, int cin, int co0, int co1, float *u)
+{
+    weights_rows(m, w, (size_t)cin * 9, 9, 1, co0, co1, cin, u, (size_t)cout * (size_t)cin);
+}
+
+HOT void ld_wino_weights_t(int m, const float *w, int cout, int cin, int ci0, int ci1, float *ut)
+{
+    /* tap k of the flipped kernel is tap 8 - k of the original */
+    weights_rows(m, w + 8, 9, (size_t)cin * 9, -1, ci0, ci1, cout, ut, (size_t)cout * (size_t)cin);
+}
+
+HOT void ld_wino_input(int m, const float *x, int h, int w, int c0, int c1, int ty0, int ty1, float *v,
+                       size_t e_stride, size_t c_stride)
+{
+    const int a = m + 2, tw = (w + m - 1) / m, padded = m * tw + 2;
+    float pad[LD_CONV_MAX_W + 8];
+    float dj[LD_CONV_TMP];                    /* [j][tx]: tap j of each tile of one input row */
+    float t[WINO_T_FLOATS];                   /* [input row i][k][tx]: B^T along x */
+    for (int c = c0; c < c1; c++) {
+        const float *xc = x + (size_t)c * (size_t)h * (size_t)w;
+        for (int ty = ty0; ty < ty1; ty++) {
+            for (int i = 0; i < a; i++) {
+                int r = m * ty - 1 + i;
+                memset(pad, 0, (size_t)padded * sizeof(float));
+                if (r >= 0 && r < h)
+                    memcpy(pad + 1, xc + (size_t)r * (size_t)w, (size_t)w * sizeof(float));
+                const float *s[6];
+                for (int j = 0; j < a; j++) {
+                    float *d = dj + (size_t)j * (size_t)tw;
+                    for (int tx = 0; tx < tw; tx++)
+                        d[tx] = pad[m * tx + j];
+                    s[j] = d;
+                }
+                for (int k = 0; k < a; k++)
+                    bt_combine(m, k, s, t + (size_t)(i * a + k) * (size_t)tw, tw);
+            }
+            float *vc = v + (size_t)c * c_stride + (size_t)(ty - ty0) * (size_t)tw;
+            for (int k = 0; k < a; k++) { /* B^T along y, for column element k */
+                const float *s[6];
+                for (int i = 0; i < a; i++)
+                    s[i] = t + (size_t)(i * a + k) * (size_t)tw;
+                for (int row = 0; row < a; row++)
+                    bt_combine(m, row, s, vc + (size_t)(row * a + k) * e_stride, tw);
+            }
+        }
+    }
+}
+
+/* The m output rows of one tile row: y[r][x] for x in 0..m*tw. */
+INLINE void output_rows(int m, const float *mc, size_t e_stride, int tw, float (*y)[LD_CONV_MAX_W + 8])
+{
+    const int a = m + 2;
+    float q[WINO_Q_FLOATS], col[LD_CONV_MAX_TW]; /* q: [r][j][tx] */
+    for (int j = 0; j < a; j++) { /* A^T along y for column element j */
+        const float *s[6];
+        for (int i = 0; i < a; i++)
+            s[i] = mc + (size_t)(i * a + j) * e_stride;
+        for (int r = 0; r < m; r++)
+            at_combine(m, r, s, q + (size_t)(r * a + j) * (size_t)tw, tw);
+    }
+    for (int r = 0; r < m; r++) { /* A^T along x */
+        const float *s[6];
+        for (int j = 0; j < a; j++)
+            s[j] = q + (size_t)(r * a + j) * (size_t)tw;
+        for (int cx = 0; cx < m; cx++) {
+            at_combine(m, cx, s, col, tw);
+            for (int tx = 0; tx < tw; tx++)
+                y[r][m * tx + cx] = col[tx];
+        }
     }
 }
 
@@ -201,70 +257,55 @@ INLINE void add_scalar(float *y, float b, int n)
         y[i] = y[i] + b;
 }
 
-INLINE void mul_deinterleaved(float *y0, float *y1, const float *aux, int n)
+HOT void ld_wino_output(int m, const float *mm, size_t e_stride, size_t c_stride, int h, int w, int c0, int c1,
+                        int ty0, int ty1, const ld_wino_out_t *o)
 {
-    for (int i = 0; i < n; i++) {
-        y0[i] = y0[i] * aux[2 * i];
-        y1[i] = y1[i] * aux[2 * i + 1];
-    }
-}
-
-HOT void ld_wino_output(const float *m, size_t e_stride, size_t c_stride, int h, int w,
-                    int c0, int c1, int ty0, int ty1, const ld_wino_out_t *o)
-{
-    const int tw = w / 2;
+    const int tw = (w + m - 1) / m, pw = w / 2;
     const size_t plane = (size_t)h * (size_t)w, qplane = plane / 4;
-    float y[4][LD_CONV_MAX_TW], s[4][LD_CONV_MAX_TW], d[4][LD_CONV_MAX_TW];
+    float y[4][LD_CONV_MAX_W + 8], s[4][LD_CONV_MAX_W + 8];
     for (int c = c0; c < c1; c++) {
         for (int ty = ty0; ty < ty1; ty++) {
-            const float *mc = m + (size_t)c * c_stride + (size_t)(ty - ty0) * (size_t)tw;
-            output_row(mc, e_stride, tw, y[0], y[1], y[2], y[3]);
-            size_t row0 = (size_t)c * plane + (size_t)(2 * ty) * (size_t)w, row1 = row0 + (size_t)w;
-            size_t prow = (size_t)c * qplane + (size_t)ty * (size_t)tw;
-            switch (o->mode) {
-            case LD_WINO_OUT_SILU:
-                for (int k = 0; k < 4; k++) {
-                    add_scalar(y[k], o->bias[c], tw);
-                    silu_both(y[k], s[k], d[k], (size_t)tw);
+            output_rows(m, mm + (size_t)c * c_stride + (size_t)(ty - ty0) * (size_t)tw, e_stride, tw, y);
+            int rows = h - m * ty < m ? h - m * ty : m;
+            for (int r = 0; r < rows; r++) {
+                int yy = m * ty + r;
+                float *yr = y[r];
+                size_t at = (size_t)c * plane + (size_t)yy * (size_t)w;
+                switch (o->mode) {
+                case LD_WINO_OUT_SILU:
+                    add_scalar(yr, o->bias[c], w);
+                    silu_both(yr, o->out + at, o->dout + at, (size_t)w);
+                    break;
+                case LD_WINO_OUT_SILU_POOL_RES:
+                    add_scalar(yr, o->bias[c], w);
+                    silu_both(yr, s[r], o->dout + at, (size_t)w);
+                    if (r % 2 == 1) { /* rows r-1, r make one pooled row */
+                        float *pool = o->pool + (size_t)c * qplane + (size_t)(yy / 2) * (size_t)pw;
+                        const float *s0 = s[r - 1], *s1 = s[r];
+                        for (int q = 0; q < pw; q++) {
+                            float mean = (((s0[2 * q] + s0[2 * q + 1]) + s1[2 * q]) + s1[2 * q + 1]) * 0.25f;
+                            pool[q] = (mean + pool[q]) * INV_SQRT2;
+                        }
+                    }
+                    break;
+                case LD_WINO_OUT_MUL: {
+                    const float *aux = o->aux + at;
+                    float *out = o->out + at;
+                    for (int x = 0; x < w; x++)
+                        out[x] = yr[x] * aux[x];
+                    break;
                 }
-                interleave(o->out + row0, s[0], s[1], tw);
-                interleave(o->out + row1, s[2], s[3], tw);
-                interleave(o->dout + row0, d[0], d[1], tw);
-                interleave(o->dout + row1, d[2], d[3], tw);
-                break;
-            case LD_WINO_OUT_SILU_POOL_RES: {
-                for (int k = 0; k < 4; k++) {
-                    add_scalar(y[k], o->bias[c], tw);
-                    silu_both(y[k], s[k], d[k], (size_t)tw);
+                default: { /* LD_WINO_OUT_ADD_UNPOOL */
+                    const float *aux = o->aux + (size_t)c * qplane + (size_t)(yy / 2) * (size_t)pw;
+                    float *out = o->out + at;
+                    for (int q = 0; q < pw; q++) {
+                        float add = aux[q] * 0.25f;
+                        out[2 * q] = yr[2 * q] + add;
+                        out[2 * q + 1] = yr[2 * q + 1] + add;
+                    }
+                    break;
                 }
-                interleave(o->dout + row0, d[0], d[1], tw);
-                interleave(o->dout + row1, d[2], d[3], tw);
-                float *pool = o->pool + prow;
-                for (int tx = 0; tx < tw; tx++) {
-                    float mean = (s[0][tx] + s[1][tx] + s[2][tx] + s[3][tx]) * 0.25f;
-                    pool[tx] = (mean + pool[tx]) * INV_SQRT2;
                 }
-                break;
-            }
-            case LD_WINO_OUT_MUL:
-                mul_deinterleaved(y[0], y[1], o->aux + row0, tw);
-                mul_deinterleaved(y[2], y[3], o->aux + row1, tw);
-                interleave(o->out + row0, y[0], y[1], tw);
-                interleave(o->out + row1, y[2], y[3], tw);
-                break;
-            default: { /* LD_WINO_OUT_ADD_UNPOOL */
-                const float *aux = o->aux + prow;
-                for (int tx = 0; tx < tw; tx++) {
-                    float a = aux[tx] * 0.25f;
-                    y[0][tx] = y[0][tx] + a;
-                    y[1][tx] = y[1][tx] + a;
-                    y[2][tx] = y[2][tx] + a;
-                    y[3][tx] = y[3][tx] + a;
-                }
-                interleave(o->out + row0, y[0], y[1], tw);
-                interleave(o->out + row1, y[2], y[3], tw);
-                break;
-            }
             }
         }
     }

@@ -59,6 +59,7 @@
 #define COL_FLOATS (256 * 1024)  /* im2col chunk for weight gradients */
 #define WROWS 32                 /* output rows per weight-gradient piece */
 #define WT_ROWS 16               /* output channels per weight-transform piece */
+#define WINO4_MIN_SIZE 16        /* F(4x4,3x3) for layers at least this big, else F(2x2,3x3) */
 
 /* ------------------------------------------------------------------ */
 /* Architecture                                                        */
@@ -382,9 +383,10 @@ enum { FWD, BWD };
 
 typedef struct {
     int cin, cout, h, w;   /* forward channels; h x w input and output */
+    int m, E;              /* Winograd F(m x m, 3x3), E = (m+2)^2 */
     int tw, th;            /* tiles per row and per column */
     int band_rows, n_bands;
-    size_t u_off;          /* transformed weights in ws->u */
+    size_t u_off, ut_off;  /* transformed weights in ws->u: forward, transposed */
     size_t w_off, b_off;   /* parameters */
     size_t kc_rows;        /* image rows per im2col chunk (weight gradient) */
 } conv_plan_t;
@@ -474,14 +476,18 @@ static void plan_conv(conv_plan_t *cp, int cin, int cout, int h, int w, size_t *
     cp->cout = cout;
     cp->h = h;
     cp->w = w;
-    cp->tw = w / 2;
-    cp->th = h / 2;
+    cp->m = h >= WINO4_MIN_SIZE && w >= WINO4_MIN_SIZE ? 4 : 2;
+    cp->E = ld_wino_elems(cp->m);
+    cp->tw = (w + cp->m - 1) / cp->m;
+    cp->th = (h + cp->m - 1) / cp->m;
     int cmax = cin > cout ? cin : cout;
-    long rows = BAND_FLOATS / ((long)LD_WINO_E * cmax * cp->tw);
+    long rows = BAND_FLOATS / ((long)cp->E * cmax * cp->tw);
     cp->band_rows = rows < 1 ? 1 : rows > cp->th ? cp->th : (int)rows;
     cp->n_bands = (cp->th + cp->band_rows - 1) / cp->band_rows;
     cp->u_off = *u_off;
-    *u_off += round16((size_t)LD_WINO_E * (size_t)cin * (size_t)cout);
+    *u_off += round16((size_t)cp->E * (size_t)cin * (size_t)cout);
+    cp->ut_off = *u_off;
+    *u_off += round16((size_t)cp->E * (size_t)cin * (size_t)cout);
     long kc = COL_FLOATS / ((long)cin * 9 * w);
     cp->kc_rows = kc < 1 ? 1 : kc > h ? (size_t)h : (size_t)kc;
 }
@@ -489,7 +495,7 @@ static void plan_conv(conv_plan_t *cp, int cin, int cout, int h, int w, size_t *
 static size_t band_floats(const conv_plan_t *cp)
 {
     int cmax = cp->cin > cp->cout ? cp->cin : cp->cout;
-    return (size_t)LD_WINO_E * (size_t)cmax * (size_t)cp->band_rows * (size_t)cp->tw;
+    return (size_t)cp->E * (size_t)cmax * (size_t)cp->band_rows * (size_t)cp->tw;
 }
 
 static size_t col_floats(const conv_plan_t *cp)
@@ -784,8 +790,10 @@ static int prof_block(int b, int k) { return PR_GLOBAL + b * PB_N + k; }
 static int prep_pieces(const ld_ebm_ws_t *ws)
 {
     int n = 1; /* the stem class table */
-    for (int b = 0; b < ws->arch.n_blocks; b++)
-        n += 2 * ((ws->blk[b].cout + WT_ROWS - 1) / WT_ROWS);
+    for (int b = 0; b < ws->arch.n_blocks; b++) {
+        const block_plan_t *bp = &ws->blk[b];
+        n += 3 * ((bp->cout + WT_ROWS - 1) / WT_ROWS) + (bp->cin + WT_ROWS - 1) / WT_ROWS;
+    }
     return n;
 }
 
@@ -815,9 +823,16 @@ static void prep_piece(ld_ebm_ws_t *ws, const float *p, int piece)
         for (int k = 0; k < 2; k++) {
             const conv_plan_t *cp = cps[k];
             int chunks = (cp->cout + WT_ROWS - 1) / WT_ROWS;
-            if (piece < chunks) {
+            if (piece < chunks) { /* forward: rows are output channels */
                 int r0 = piece * WT_ROWS, r1 = r0 + WT_ROWS < cp->cout ? r0 + WT_ROWS : cp->cout;
-                ld_wino_weights(p + cp->w_off, cp->cout, cp->cin, r0, r1, ws->u + cp->u_off);
+                ld_wino_weights(cp->m, p + cp->w_off, cp->cout, cp->cin, r0, r1, ws->u + cp->u_off);
+                return;
+            }
+            piece -= chunks;
+            chunks = (cp->cin + WT_ROWS - 1) / WT_ROWS;
+            if (piece < chunks) { /* transposed: rows are input channels */
+                int r0 = piece * WT_ROWS, r1 = r0 + WT_ROWS < cp->cin ? r0 + WT_ROWS : cp->cin;
+                ld_wino_weights_t(cp->m, p + cp->w_off, cp->cout, cp->cin, r0, r1, ws->u + cp->ut_off);
                 return;
             }
             piece -= chunks;
@@ -865,7 +880,7 @@ static void conv_input(const exec_t *ex, const conv_call_t *cc, scratch_t *s, in
     double t0 = prof_begin(ex);
     band_range(cc->cp, band, &ty0, &ty1, &P);
     conv_channels(cc, &cin, &cout);
-    ld_wino_input(cc->in, cc->cp->h, cc->cp->w, c0, c1, ty0, ty1, s->v, (size_t)cin * P, P);
+    ld_wino_input(cc->cp->m, cc->in, cc->cp->h, cc->cp->w, c0, c1, ty0, ty1, s->v, (size_t)cin * P, P);
     prof_end(ex, cc->prof, t0);
 }
 
@@ -877,15 +892,11 @@ static void conv_gemm(const exec_t *ex, const conv_call_t *cc, scratch_t *s, int
     band_range(cc->cp, band, &ty0, &ty1, &P);
     conv_channels(cc, &cin, &cout);
     const conv_plan_t *cp = cc->cp;
-    const float *u = ex->ws->u + cp->u_off;
+    const float *u = ex->ws->u + (cc->dir == FWD ? cp->u_off : cp->ut_off);
     size_t usz = (size_t)cp->cout * (size_t)cp->cin;
-    if (cc->dir == FWD)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, cout, (int)P, cin, 1.0f, u + (size_t)e * usz, cp->cin,
-                    s->v + (size_t)e * (size_t)cin * P, (int)P, 0.0f, s->m + (size_t)e * (size_t)cout * P, (int)P);
-    else
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, cout, (int)P, cin, 1.0f,
-                    u + (size_t)ld_wino_perm(e) * usz, cp->cin, s->v + (size_t)e * (size_t)cin * P, (int)P, 0.0f,
-                    s->m + (size_t)e * (size_t)cout * P, (int)P);
+    /* forward U[e] is [cout][cin], transposed Ut[e] is [cin][cout]: [out][in] either way */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, cout, (int)P, cin, 1.0f, u + (size_t)e * usz, cin,
+                s->v + (size_t)e * (size_t)cin * P, (int)P, 0.0f, s->m + (size_t)e * (size_t)cout * P, (int)P);
     prof_end(ex, cc->prof + 1, t0);
 }
 
@@ -896,7 +907,7 @@ static void conv_output(const exec_t *ex, const conv_call_t *cc, scratch_t *s, i
     double t0 = prof_begin(ex);
     band_range(cc->cp, band, &ty0, &ty1, &P);
     conv_channels(cc, &cin, &cout);
-    ld_wino_output(s->m, (size_t)cout * P, P, cc->cp->h, cc->cp->w, c0, c1, ty0, ty1, &cc->out);
+    ld_wino_output(cc->cp->m, s->m, (size_t)cout * P, P, cc->cp->h, cc->cp->w, c0, c1, ty0, ty1, &cc->out);
     prof_end(ex, cc->prof + 2, t0);
 }
 
@@ -910,7 +921,7 @@ static void conv_run(const exec_t *ex, const conv_call_t *cc)
     if (ex->parts == 1 || cp->n_bands >= 2 * ex->parts || cp->n_bands % ex->parts == 0) {
         FOR_PIECES(ex, cp->n_bands, band) {
             conv_input(ex, cc, ex->own, band, 0, cin);
-            for (int e = 0; e < LD_WINO_E; e++)
+            for (int e = 0; e < cp->E; e++)
                 conv_gemm(ex, cc, ex->own, band, e);
             conv_output(ex, cc, ex->own, band, 0, cout);
         }
@@ -920,7 +931,7 @@ static void conv_run(const exec_t *ex, const conv_call_t *cc)
     for (int band = 0; band < cp->n_bands; band++) {
         conv_input(ex, cc, ex->shared, band, cin * ex->part / ex->parts, cin * (ex->part + 1) / ex->parts);
         phase_end(ex);
-        FOR_PIECES(ex, LD_WINO_E, e)
+        FOR_PIECES(ex, cp->E, e)
         conv_gemm(ex, cc, ex->shared, band, e);
         phase_end(ex);
         conv_output(ex, cc, ex->shared, band, cout * ex->part / ex->parts, cout * (ex->part + 1) / ex->parts);

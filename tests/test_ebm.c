@@ -413,16 +413,22 @@ START_TEST(avgpool_and_im2col)
 }
 END_TEST
 
-/* Runs a Winograd conv (direction dir: 0 forward, 1 transposed) of x through
- * the kernels with a plain GEMM loop, output mode MUL by ones (y itself). */
-static void wino_conv(const float *x, const float *w, int cin, int cout, int h, int wd, int transposed, int band_rows,
-                      float *y)
+/* Runs a Winograd F(m x m, 3x3) conv (transposed: the gradient to the input)
+ * of x through the kernels with a plain GEMM loop, in bands of band_rows
+ * tile rows, output mode MUL by ones (y itself). */
+static void wino_conv(int m, const float *x, const float *w, int cin, int cout, int h, int wd, int transposed,
+                      int band_rows, float *y)
 {
-    int tw = wd / 2, th = h / 2, in_c = transposed ? cout : cin, out_c = transposed ? cin : cout;
-    float *u = malloc(sizeof(float) * 16 * (size_t)cin * (size_t)cout);
-    ld_wino_weights(w, cout, cin, 0, cout, u);
+    int E = ld_wino_elems(m), tw = (wd + m - 1) / m, th = (h + m - 1) / m;
+    int in_c = transposed ? cout : cin, out_c = transposed ? cin : cout;
+    float *u = malloc(sizeof(float) * (size_t)E * (size_t)cin * (size_t)cout);
+    if (transposed)
+        ld_wino_weights_t(m, w, cout, cin, 0, cin, u);
+    else
+        ld_wino_weights(m, w, cout, cin, 0, cout, u);
     size_t maxp = (size_t)band_rows * (size_t)tw;
-    float *v = malloc(sizeof(float) * 16 * (size_t)in_c * maxp), *m = malloc(sizeof(float) * 16 * (size_t)out_c * maxp);
+    float *v = malloc(sizeof(float) * (size_t)E * (size_t)in_c * maxp);
+    float *mm = malloc(sizeof(float) * (size_t)E * (size_t)out_c * maxp);
     float *ones = malloc(sizeof(float) * (size_t)out_c * (size_t)h * (size_t)wd);
     for (int i = 0; i < out_c * h * wd; i++)
         ones[i] = 1.0f;
@@ -430,32 +436,31 @@ static void wino_conv(const float *x, const float *w, int cin, int cout, int h, 
     for (int ty0 = 0; ty0 < th; ty0 += band_rows) {
         int ty1 = ty0 + band_rows < th ? ty0 + band_rows : th;
         size_t P = (size_t)(ty1 - ty0) * (size_t)tw;
-        ld_wino_input(x, h, wd, 0, in_c, ty0, ty1, v, (size_t)in_c * P, P);
-        for (int e = 0; e < 16; e++) {
-            const float *ue = u + (size_t)(transposed ? ld_wino_perm(e) : e) * (size_t)cin * (size_t)cout;
+        ld_wino_input(m, x, h, wd, 0, in_c, ty0, ty1, v, (size_t)in_c * P, P);
+        for (int e = 0; e < E; e++) {
+            const float *ue = u + (size_t)e * (size_t)cin * (size_t)cout; /* [out_c][in_c] */
             for (int oc = 0; oc < out_c; oc++)
                 for (size_t p = 0; p < P; p++) {
                     double acc = 0;
-                    for (int ic = 0; ic < in_c; ic++) {
-                        float uv = transposed ? ue[ic * cin + oc] : ue[oc * cin + ic];
-                        acc += (double)uv * v[(size_t)e * in_c * P + (size_t)ic * P + p];
-                    }
-                    m[(size_t)e * out_c * P + (size_t)oc * P + p] = (float)acc;
+                    for (int ic = 0; ic < in_c; ic++)
+                        acc += (double)ue[oc * in_c + ic] * v[(size_t)e * in_c * P + (size_t)ic * P + p];
+                    mm[(size_t)e * out_c * P + (size_t)oc * P + p] = (float)acc;
                 }
         }
-        ld_wino_output(m, (size_t)out_c * P, P, h, wd, 0, out_c, ty0, ty1, &o);
+        ld_wino_output(m, mm, (size_t)out_c * P, P, h, wd, 0, out_c, ty0, ty1, &o);
     }
     free(u);
     free(v);
-    free(m);
+    free(mm);
     free(ones);
 }
 
 START_TEST(winograd_conv3x3_matches_direct)
 {
+    /* 6 x 10: F(4x4) has partial border tiles */
     enum { CI = 5, CO = 7, H = 6, W = 10 };
     float x[CI * H * W], w[CO * CI * 9], y[CO * H * W], dy[CO * H * W], dx[CI * H * W];
-    double xd[CI * H * W], ref[CO * H * W];
+    double xd[CI * H * W], ref[CO * H * W], dref[CI * H * W];
     ld_rng_t r;
     ld_rng_init(&r, 4, 0);
     for (int i = 0; i < CI * H * W; i++)
@@ -465,14 +470,7 @@ START_TEST(winograd_conv3x3_matches_direct)
     for (int i = 0; i < CO * H * W; i++)
         dy[i] = (float)frand(&r);
     ref_conv(xd, CI, H, W, w, NULL, CO, 3, ref);
-    for (int band_rows = 1; band_rows <= 3; band_rows++) {
-        wino_conv(x, w, CI, CO, H, W, 0, band_rows, y);
-        for (int i = 0; i < CO * H * W; i++)
-            ck_assert_msg(fabs(y[i] - ref[i]) < 2e-5 * 15, "y[%d] = %g, direct %g", i, y[i], ref[i]);
-    }
-    /* The transposed conv is the adjoint: <conv(x), dy> = <x, conv^T(dy)>,
-     * checked entry by entry against the direct adjoint. */
-    wino_conv(dy, w, CI, CO, H, W, 1, 2, dx);
+    /* the transposed conv is the adjoint of the conv: the direct adjoint */
     for (int ci = 0; ci < CI; ci++)
         for (int yy = 0; yy < H; yy++)
             for (int xx = 0; xx < W; xx++) {
@@ -484,46 +482,56 @@ START_TEST(winograd_conv3x3_matches_direct)
                             if (oy >= 0 && oy < H && ox >= 0 && ox < W)
                                 acc += (double)w[((co * CI + ci) * 3 + ky) * 3 + kx] * dy[(co * H + oy) * W + ox];
                         }
-                ck_assert_msg(fabs(dx[(ci * H + yy) * W + xx] - acc) < 3e-4, "dx(%d,%d,%d) = %g vs %g", ci, yy, xx,
-                              dx[(ci * H + yy) * W + xx], acc);
+                dref[(ci * H + yy) * W + xx] = acc;
             }
+    for (int m = 2; m <= 4; m += 2)
+        for (int band_rows = 1; band_rows <= 3; band_rows++) {
+            wino_conv(m, x, w, CI, CO, H, W, 0, band_rows, y);
+            for (int i = 0; i < CO * H * W; i++)
+                ck_assert_msg(fabs(y[i] - ref[i]) < 3e-4, "F(%d): y[%d] = %g, direct %g", m, i, y[i], ref[i]);
+            wino_conv(m, dy, w, CI, CO, H, W, 1, band_rows, dx);
+            for (int i = 0; i < CI * H * W; i++)
+                ck_assert_msg(fabs(dx[i] - dref[i]) < 3e-4, "F(%d): dx[%d] = %g vs %g", m, i, dx[i], dref[i]);
+        }
 }
 END_TEST
 
 START_TEST(winograd_output_modes)
 {
-    /* One channel, 4x4 output; m chosen so that y = A^T m A is known:
-     * putting value t at element e=(0,0) gives y = [[t,0],[0,0]] per tile. */
-    enum { H = 4, W = 4, TW = 2, P = 4 };
-    float m[16 * P] = { 0 };
-    for (int p = 0; p < P; p++)
-        m[p] = (float)(p + 1) * 0.5f - 1.0f; /* tile p: y00 = t_p */
-    float bias = 0.25f, out[H * W], dout[H * W], pool[P], aux[H * W];
-    for (int i = 0; i < P; i++)
-        pool[i] = (float)i;
-    ld_wino_out_t silu = { LD_WINO_OUT_SILU, &bias, out, dout, NULL, NULL };
-    ld_wino_output(m, P, P, H, W, 0, 1, 0, 2, &silu);
-    for (int p = 0; p < P; p++) {
-        int ty = p / TW, tx = p % TW;
-        for (int k = 0; k < 4; k++) {
-            double a = (k == 0 ? m[p] : 0.0) + bias;
-            int idx = (2 * ty + k / 2) * W + 2 * tx + k % 2;
-            ck_assert(fabs(out[idx] - silu_d(a)) < 1e-6 && fabs(dout[idx] - dsilu_d(a)) < 1e-6);
+    /* One channel, 2 x 2 tiles. Putting t_p at element e = 0 of tile p and 0
+     * elsewhere gives y = t_p at the tile's origin and 0 elsewhere (column 0
+     * of A^T is (1, 0, ..)); m = 4 on 6 x 6 also cuts the border tiles. */
+    for (int m = 2; m <= 4; m += 2) {
+        int H = m == 2 ? 4 : 6, W = H, E = ld_wino_elems(m), P = 4, tw = 2, pw = W / 2;
+        float mm[36 * 4] = { 0 }, t[4], bias = 0.25f;
+        float out[36], dout[36], pool[9], pool0[9], aux[36];
+        for (int p = 0; p < P; p++)
+            mm[p] = t[p] = (float)(p + 1) * 0.5f - 1.0f;
+        (void)E;
+        double val[36];
+        for (int yy = 0; yy < H; yy++)
+            for (int xx = 0; xx < W; xx++)
+                val[yy * W + xx] = yy % m == 0 && xx % m == 0 ? t[(yy / m) * tw + xx / m] : 0.0;
+        ld_wino_out_t silu = { LD_WINO_OUT_SILU, &bias, out, dout, NULL, NULL };
+        ld_wino_output(m, mm, (size_t)P, (size_t)P, H, W, 0, 1, 0, 2, &silu);
+        for (int i = 0; i < H * W; i++)
+            ck_assert_msg(fabs(out[i] - silu_d(val[i] + bias)) < 1e-6 && fabs(dout[i] - dsilu_d(val[i] + bias)) < 1e-6,
+                          "F(%d) silu at %d", m, i);
+        for (int i = 0; i < pw * pw; i++)
+            pool[i] = pool0[i] = (float)i;
+        ld_wino_out_t res = { LD_WINO_OUT_SILU_POOL_RES, &bias, NULL, dout, NULL, pool };
+        ld_wino_output(m, mm, (size_t)P, (size_t)P, H, W, 0, 1, 0, 2, &res);
+        for (int q = 0; q < pw * pw; q++) {
+            int y0 = 2 * (q / pw), x0 = 2 * (q % pw);
+            double mean = 0;
+            for (int k = 0; k < 4; k++)
+                mean += silu_d(val[(y0 + k / 2) * W + x0 + k % 2] + bias) / 4;
+            ck_assert_msg(fabs(pool[q] - (mean + pool0[q]) / sqrt(2.0)) < 1e-6, "F(%d) pool[%d] = %g", m, q, pool[q]);
         }
-    }
-    ld_wino_out_t res = { LD_WINO_OUT_SILU_POOL_RES, &bias, NULL, dout, NULL, pool };
-    ld_wino_output(m, P, P, H, W, 0, 1, 0, 2, &res);
-    for (int p = 0; p < P; p++) {
-        double mean = (silu_d(m[p] + bias) + 3 * silu_d(bias)) / 4;
-        ck_assert_msg(fabs(pool[p] - (mean + p) / sqrt(2.0)) < 1e-6, "pool[%d] = %g", p, pool[p]);
-    }
-    for (int i = 0; i < P; i++)
-        pool[i] = (float)(i + 1);
-    ld_wino_out_t add = { LD_WINO_OUT_ADD_UNPOOL, NULL, aux, NULL, pool, NULL };
-    ld_wino_output(m, P, P, H, W, 0, 1, 0, 2, &add);
-    for (int i = 0; i < H * W; i++) {
-        int p = (i / W / 2) * TW + (i % W) / 2, first = (i / W) % 2 == 0 && (i % W) % 2 == 0;
-        ck_assert_float_eq_tol(aux[i], (first ? m[p] : 0.0f) + pool[p] / 4, 1e-6);
+        ld_wino_out_t add = { LD_WINO_OUT_ADD_UNPOOL, NULL, aux, NULL, pool0, NULL };
+        ld_wino_output(m, mm, (size_t)P, (size_t)P, H, W, 0, 1, 0, 2, &add);
+        for (int i = 0; i < H * W; i++)
+            ck_assert_float_eq_tol(aux[i], val[i] + pool0[(i / W / 2) * pw + (i % W) / 2] / 4, 1e-6);
     }
 }
 END_TEST
