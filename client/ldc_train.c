@@ -27,7 +27,6 @@
 
 #define CMD "train"
 
-int ldc_train_main(int argc, char **argv);
 
 enum {
     OPT_OUT = 1000, OPT_ITERS, OPT_RESUME, OPT_CHECKPOINT, OPT_CHECKPOINT_EVERY, OPT_PREVIEW,
