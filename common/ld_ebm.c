@@ -14,7 +14,12 @@
  *               da1 = conv2^T(da2) * d1, dx = conv1^T(da1) + dpx/4 (unpooled)
  *               dimage = Wstem_img^T dh0
  * (pooling before the skip 1x1 conv equals PyTorch's conv-then-pool: both are
- * linear; it is 4x cheaper.)
+ * linear; it is 4x cheaper.) The 3x3 convolutions run as Winograd
+ * F(4x4,3x3) on layers of at least WINO4_MIN_SIZE pixels a side and
+ * F(2x2,3x3) below (ld_conv.h), in bands of tile rows sized so that a band's
+ * transformed input stays in cache; transposed convolutions use the
+ * transformed flipped kernels, computed once per call ("prep", skipped by
+ * ld_ebm_energy_reuse).
  *
  * Determinism: a sample's work is a fixed sequence of phases, each cut into
  * pieces whose shapes depend only on the architecture (tile-row bands,

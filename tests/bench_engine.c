@@ -135,9 +135,9 @@ static double gemm_gflops(int m, int n, int k, int mode)
 
 static void bench_sgemm(int tsv)
 {
-    static const int shapes[][3] = { { 1024, 1024, 1024 }, { 64, 256, 64 }, { 128, 256, 128 }, { 256, 64, 256 } };
-    static const char *what[] = { "square", "Winograd GEMM of blocks.0.conv2 (band)",
-                                  "Winograd GEMM of blocks.1.conv2 (band)", "Winograd GEMM of blocks.3.conv2, S=128" };
+    static const int shapes[][3] = { { 1024, 1024, 1024 }, { 64, 256, 64 }, { 128, 128, 128 }, { 256, 64, 256 } };
+    static const char *what[] = { "square", "Winograd GEMM, 64 channels",
+                                  "Winograd GEMM, 128 channels", "Winograd GEMM, 256 channels" };
     if (!tsv) {
         printf("OpenBLAS sgemm (core %s), GFLOP/s:\n", openblas_get_corename());
         printf("  %-22s %-40s %8s %14s %14s\n", "M x N x K", "shape", "1 thread", "2 (OpenBLAS)", "2 x 1 thread");
