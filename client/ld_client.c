@@ -31,6 +31,8 @@
 #define MAX_CREDITS 4096
 #define DEFAULT_IDLE_TIMEOUT_MS 60000
 #define RETRY_MS 50 /* resend period of a PullRequest that found no connection */
+#define HANDSHAKE_FAILED \
+    (ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH)
 
 enum ep_state { EP_DOWN, EP_HELLO, EP_LIVE, EP_REJECTED, EP_DRAINING };
 static const char *const state_names[] = { "down", "hello", "live", "rejected", "draining" };
@@ -45,6 +47,7 @@ typedef struct {
     int spec_sent;         /* this session's first PullRequest (with the request) went out */
     int reject_err;        /* LD_E* of the rejection while REJECTED */
     char reject_text[256];
+    char handshake_error[128]; /* why the last connection attempt was refused, "" if none */
     uint64_t sessions, batches, samples, bytes, errors;
 } endpoint_t;
 
@@ -59,6 +62,8 @@ struct ld_client_s {
     uint64_t seed;
     int64_t last_heartbeat_ms;
     char *name;
+    int curve;             /* the three keys below are set */
+    char curve_server[41], curve_public[41], curve_secret[41];
     /* the PullRequest template (credits and seed set per send) */
     Langdaug__V1__PullRequest pull;
     Langdaug__V1__Pair *pair_store;
@@ -170,6 +175,55 @@ void ld_client_opts_init(ld_client_opts_t *opts)
     opts->dead_ms = 3000;
 }
 
+/* A Z85 key: 40 characters that decode. */
+static int check_key(const char *what, const char *key)
+{
+    uint8_t raw[32];
+    if (!key || strlen(key) != 40 || !zmq_z85_decode(raw, key))
+        return ld_seterr(LD_EINVAL, "%s: not a 40-character Z85 CURVE key", what);
+    return 0;
+}
+
+static int check_curve(const ld_client_opts_t *o)
+{
+    if (!o->curve_server_key && !o->curve_public_key && !o->curve_secret_key)
+        return 0;
+    if (!zmq_has("curve"))
+        return ld_seterr(LD_ENOTSUP, "CURVE keys given, but libzmq was built without CURVE");
+    if (!o->curve_server_key || !o->curve_secret_key)
+        return ld_seterr(LD_EINVAL, "CURVE needs the server's public key and the client's secret key");
+    int rc = check_key("curve_server_key", o->curve_server_key);
+    rc = rc ? rc : check_key("curve_secret_key", o->curve_secret_key);
+    if (!rc && o->curve_public_key)
+        rc = check_key("curve_public_key", o->curve_public_key);
+    return rc;
+}
+
+static int copy_curve(ld_client_t *c, const ld_client_opts_t *o)
+{
+    if (!o->curve_server_key)
+        return 0;
+    c->curve = 1;
+    memcpy(c->curve_server, o->curve_server_key, 41);
+    memcpy(c->curve_secret, o->curve_secret_key, 41);
+    if (o->curve_public_key)
+        memcpy(c->curve_public, o->curve_public_key, 41);
+    else if (zmq_curve_public(c->curve_public, c->curve_secret) != 0)
+        return ld_seterr(LD_EINVAL, "curve_secret_key: cannot derive its public key: %s", zmq_strerror(errno));
+    return 0;
+}
+
+static int set_curve(const ld_client_t *c, const endpoint_t *ep)
+{
+    if (!c->curve)
+        return 0;
+    if (zmq_setsockopt(ep->sock, ZMQ_CURVE_SERVERKEY, c->curve_server, 41) != 0 ||
+        zmq_setsockopt(ep->sock, ZMQ_CURVE_PUBLICKEY, c->curve_public, 41) != 0 ||
+        zmq_setsockopt(ep->sock, ZMQ_CURVE_SECRETKEY, c->curve_secret, 41) != 0)
+        return ld_seterr(LD_EIO, "%s: setting the CURVE keys: %s", ep->addr, zmq_strerror(errno));
+    return 0;
+}
+
 static int check_opts(const ld_client_opts_t *o)
 {
     if (o->n_endpoints < 1 || o->n_endpoints > MAX_ENDPOINTS || !o->endpoints)
@@ -203,9 +257,7 @@ static int check_opts(const ld_client_opts_t *o)
         return ld_seterr(LD_ERANGE, "credits %u outside 1..%d", o->credits, MAX_CREDITS);
     if (o->timeout_ms < 0 || o->heartbeat_ms < 1 || o->dead_ms < 1)
         return ld_seterr(LD_ERANGE, "timeout_ms >= 0, heartbeat_ms >= 1 and dead_ms >= 1 required");
-    if (o->curve_server_key || o->curve_public_key || o->curve_secret_key)
-        return ld_seterr(LD_ENOTSUP, "CURVE encryption is not implemented yet");
-    return 0;
+    return check_curve(o);
 }
 
 /* Copies targets, pairs and steps into the PullRequest template. */
@@ -288,10 +340,11 @@ static int open_endpoint(ld_client_t *c, int i, int dead_ms)
     rc = rc ? rc : set_int(ep->sock, ZMQ_HEARTBEAT_IVL, c->heartbeat_ms, ep->addr, "heartbeat interval");
     rc = rc ? rc : set_int(ep->sock, ZMQ_HEARTBEAT_TIMEOUT, dead_ms, ep->addr, "heartbeat timeout");
     rc = rc ? rc : set_int(ep->mon, ZMQ_LINGER, 0, ep->addr, "linger");
+    rc = rc ? rc : set_curve(c, ep);
     if (rc)
         return rc;
     snprintf(mon_addr, sizeof mon_addr, "inproc://ld-client-%p-%d", (void *)c, i);
-    if (zmq_socket_monitor(ep->sock, mon_addr, ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_DISCONNECTED) != 0 ||
+    if (zmq_socket_monitor(ep->sock, mon_addr, ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_DISCONNECTED | HANDSHAKE_FAILED) != 0 ||
         zmq_connect(ep->mon, mon_addr) != 0)
         return ld_seterr(LD_EIO, "%s: cannot monitor the socket: %s", ep->addr, zmq_strerror(errno));
     if (zmq_connect(ep->sock, ep->addr) != 0)
@@ -328,7 +381,7 @@ int ld_client_new(const ld_client_opts_t *opts, ld_client_t **out)
         rc = ld_seterr(LD_EIO, "cannot create a ZeroMQ context: %s", zmq_strerror(errno));
         goto fail;
     }
-    if ((rc = build_template(c, opts)))
+    if ((rc = build_template(c, opts)) || (rc = copy_curve(c, opts)))
         goto fail;
     for (int i = 0; i < c->n; i++) {
         if (!(c->eps[i].addr = strdup(opts->endpoints[i]))) {
@@ -437,6 +490,23 @@ static int reconnect(endpoint_t *ep, const char *why)
     return 0;
 }
 
+/* Records (and logs once) why a sampler refused the connection. ZeroMQ
+ * retries by itself, so the endpoint just stays down meanwhile. */
+static void handshake_failed(endpoint_t *ep, uint16_t event, uint32_t value)
+{
+    char why[sizeof ep->handshake_error];
+    if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH)
+        snprintf(why, sizeof why, "the sampler refused our CURVE key (status %u)", value);
+    else if (event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL)
+        snprintf(why, sizeof why, "security handshake failed (ZMTP error 0x%x: CURVE keys or CURVE on one side only?)",
+                 value);
+    else
+        snprintf(why, sizeof why, "security handshake failed (%s)", zmq_strerror((int)value));
+    if (strcmp(why, ep->handshake_error))
+        ld_warn("%s: %s", ep->addr, why);
+    memcpy(ep->handshake_error, why, sizeof why);
+}
+
 /* Reads every pending monitor event of one endpoint. */
 static void read_monitor(endpoint_t *ep)
 {
@@ -448,8 +518,11 @@ static void read_monitor(endpoint_t *ep)
             return;
         }
         uint16_t event = 0;
-        if (zmq_msg_size(&msg) >= 6)
+        uint32_t value = 0;
+        if (zmq_msg_size(&msg) >= 6) {
             memcpy(&event, zmq_msg_data(&msg), sizeof event);
+            memcpy(&value, (const char *)zmq_msg_data(&msg) + 2, sizeof value);
+        }
         while (zmq_msg_more(&msg)) { /* the address frame */
             zmq_msg_close(&msg);
             zmq_msg_init(&msg);
@@ -467,7 +540,10 @@ static void read_monitor(endpoint_t *ep)
             ep->window = 0;
             ep->sessions++;
             ep->last_recv_ms = now_ms();
+            ep->handshake_error[0] = '\0';
             ld_info("%s: connected (session %" PRIu64 ")", ep->addr, ep->sessions);
+        } else if (event & HANDSHAKE_FAILED) {
+            handshake_failed(ep, event, value);
         }
     }
 }
@@ -754,11 +830,12 @@ static int all_rejected(const ld_client_t *c)
 
 static int timeout_error(const ld_client_t *c)
 {
-    char detail[400];
+    char detail[512];
     int len = snprintf(detail, sizeof detail, "no batch within %d ms:", c->timeout_ms);
     for (int i = 0; i < c->n && len > 0 && (size_t)len < sizeof detail; i++)
-        len += snprintf(detail + len, sizeof detail - (size_t)len, "%s %s %s (%u credits out)", i ? "," : "",
-                        c->eps[i].addr, state_names[c->eps[i].state], c->eps[i].outstanding);
+        len += snprintf(detail + len, sizeof detail - (size_t)len, "%s %s %s (%u credits out%s%s)", i ? "," : "",
+                        c->eps[i].addr, state_names[c->eps[i].state], c->eps[i].outstanding,
+                        c->eps[i].handshake_error[0] ? "; " : "", c->eps[i].handshake_error);
     return ld_seterr(LD_ETIMEDOUT, "%s", detail);
 }
 

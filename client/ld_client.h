@@ -47,6 +47,10 @@
  *   }
  *   ld_client_destroy(&c);
  *
+ * A sampler that refuses the connection (CURVE keys not accepted, or CURVE
+ * on one side only) stays "down"; ZeroMQ keeps retrying, the failure is
+ * logged once and named in ld_client_next()'s timeout detail.
+ *
  * Errors: functions return 0 or a negative LD_E* code with ld_errdetail()
  * naming the endpoint and what was wrong. The library never aborts or exits
  * and logs through ld_log (ld_log_set() installs the caller's callback).
@@ -95,8 +99,11 @@ typedef struct {
     int heartbeat_ms;             /* client heartbeats while waiting; default 1000 */
     int dead_ms;                  /* ZMTP heartbeat: connection lost after this silence; default 3000 */
     const char *name;             /* client name shown by `langdaug status`; default "liblangdaug" */
-    /* CURVE encryption (issue 7): Z85 keys of 40 characters. All NULL = plain
-     * TCP. Not implemented yet: setting any gives LD_ENOTSUP. */
+    /* CURVE encryption and authentication (langdaugd's curve_* settings):
+     * Z85 keys of 40 characters (common/ld_curve.h reads key files). All
+     * NULL = plain TCP. Otherwise the server's public key and the client's
+     * secret key are needed; the client's public key may be NULL (computed
+     * from the secret one). Every endpoint gets the same keys. */
     const char *curve_server_key;
     const char *curve_public_key;
     const char *curve_secret_key;
@@ -152,8 +159,8 @@ void ld_client_opts_init(ld_client_opts_t *opts);
 
 /* Checks and copies opts, creates the sockets and starts connecting (the
  * endpoints need not be up yet). LD_EINVAL/LD_ERANGE name a bad option or a
- * malformed endpoint, LD_ENOTSUP an unsupported one (CURVE keys), LD_EIO a
- * ZeroMQ failure. */
+ * malformed endpoint (key text is never put in the detail), LD_ENOTSUP
+ * CURVE keys with a libzmq built without CURVE, LD_EIO a ZeroMQ failure. */
 int ld_client_new(const ld_client_opts_t *opts, ld_client_t **out);
 
 /* Says Bye to live endpoints, closes everything, NULLs *self_p. Safe on

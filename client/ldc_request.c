@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "ld_cli.h"
+#include "ld_curve.h"
 #include "ld_error.h"
 #include "ldc.h"
 
@@ -145,8 +146,27 @@ int ldc_request_option(ldc_request_t *req, const char *cmd, int opt, const char 
         req->opts.timeout_ms = (int)(d * 1000);
         return 0;
     default:
-        return -1;
+        return ldc_curve_option(&req->curve, cmd, opt, arg);
     }
+}
+
+int ldc_curve_option(ldc_curve_t *keys, const char *cmd, int opt, const char *arg)
+{
+    int rc;
+    if (opt == LDC_OPT_CURVE_SERVER_KEY)
+        rc = ld_curve_read_key(arg, keys->server, NULL);
+    else if (opt == LDC_OPT_CURVE_SECRET_KEY)
+        rc = ld_curve_read_secret_key(arg, keys->secret);
+    else
+        return -1;
+    return rc ? ldc_fail(cmd, rc) : 0;
+}
+
+int ldc_curve_finish(const ldc_curve_t *keys, const char *cmd)
+{
+    if (!keys->server[0] != !keys->secret[0])
+        return ldc_usage_error(cmd, "CURVE needs both --curve-server-key and --curve-secret-key");
+    return 0;
 }
 
 int ldc_request_finish(ldc_request_t *req, const char *cmd)
@@ -155,6 +175,12 @@ int ldc_request_finish(ldc_request_t *req, const char *cmd)
         return ldc_usage_error(cmd, "--from ENDPOINTS is required");
     if (req->opts.n_targets + req->opts.n_pairs < 1)
         return ldc_usage_error(cmd, "--targets or --pairs is required");
+    if (ldc_curve_finish(&req->curve, cmd))
+        return 2;
+    if (req->curve.server[0]) {
+        req->opts.curve_server_key = req->curve.server;
+        req->opts.curve_secret_key = req->curve.secret;
+    }
     return 0;
 }
 

@@ -1,6 +1,7 @@
 /* ldc_request: the sampler-request options shared by `langdaug pull` and
  * `langdaug bench` (--from, --batch, --targets, --pairs, --steps, --encoding,
- * --seed, --epoch, --credits, --timeout), parsed into ld_client_opts_t.
+ * --seed, --epoch, --credits, --timeout, CURVE keys), parsed into
+ * ld_client_opts_t.
  *
  * Ownership: an ldc_request_t owns the copies of the option texts that its
  * opts point into; ldc_request_free() releases them. */
@@ -15,8 +16,31 @@
 
 enum {
     LDC_OPT_FROM = 0x200, LDC_OPT_BATCH, LDC_OPT_TARGETS, LDC_OPT_PAIRS, LDC_OPT_STEPS, LDC_OPT_ENCODING,
-    LDC_OPT_SEED, LDC_OPT_EPOCH, LDC_OPT_CREDITS, LDC_OPT_TIMEOUT
+    LDC_OPT_SEED, LDC_OPT_EPOCH, LDC_OPT_CREDITS, LDC_OPT_TIMEOUT, LDC_OPT_CURVE_SERVER_KEY,
+    LDC_OPT_CURVE_SECRET_KEY
 };
+
+/* CURVE key files (common/ld_curve.h), for the commands that talk to a
+ * sampler: --curve-server-key (the sampler's .pub) and --curve-secret-key
+ * (our .key from `langdaug keygen`; its public key is derived). */
+#define LDC_CURVE_LONGOPTS                                                                \
+    { "curve-server-key", required_argument, 0, LDC_OPT_CURVE_SERVER_KEY },               \
+    { "curve-secret-key", required_argument, 0, LDC_OPT_CURVE_SECRET_KEY }
+
+#define LDC_CURVE_HELP                                                                           \
+    "  --curve-server-key F  the sampler's CURVE public key file (.pub); with\n"                 \
+    "  --curve-secret-key F  our CURVE secret key file (.key, langdaug keygen)\n"
+
+typedef struct {
+    char server[41], secret[41]; /* Z85 keys, "" = not given */
+} ldc_curve_t;
+
+/* As ldc_request_option, for the two CURVE options (the file is read here:
+ * exit status 1 when it cannot be). */
+int ldc_curve_option(ldc_curve_t *keys, const char *cmd, int opt, const char *arg);
+
+/* Both keys or neither: 0, or 2 after a usage error. */
+int ldc_curve_finish(const ldc_curve_t *keys, const char *cmd);
 
 /* Entries for a getopt_long table (no terminator). */
 #define LDC_REQUEST_LONGOPTS                                                              \
@@ -29,7 +53,8 @@ enum {
     { "seed", required_argument, 0, LDC_OPT_SEED },                                       \
     { "epoch", no_argument, 0, LDC_OPT_EPOCH },                                           \
     { "credits", required_argument, 0, LDC_OPT_CREDITS },                                 \
-    { "timeout", required_argument, 0, LDC_OPT_TIMEOUT }
+    { "timeout", required_argument, 0, LDC_OPT_TIMEOUT },                                 \
+    LDC_CURVE_LONGOPTS
 
 /* The --help lines of those options. */
 #define LDC_REQUEST_HELP                                                                         \
@@ -42,7 +67,8 @@ enum {
     "  --seed N              reproducible streams (default: random)\n"                           \
     "  --epoch               each source crop once per epoch before repeats\n"                   \
     "  --credits C           batches kept requested from each sampler (default 4)\n"             \
-    "  --timeout SECONDS     give up when no batch comes for this long (default 60)\n"
+    "  --timeout SECONDS     give up when no batch comes for this long (default 60)\n"     \
+    LDC_CURVE_HELP
 
 typedef struct {
     ld_client_opts_t opts;
@@ -52,6 +78,7 @@ typedef struct {
     ld_pair_t pair_v[LDC_REQUEST_MAX_ITEMS];
     uint32_t step_v[LDC_REQUEST_MAX_ITEMS];
     int encoding_set;
+    ldc_curve_t curve;
 } ldc_request_t;
 
 /* Defaults (batch 16, timeout 60 s, encoding `encoding`). */

@@ -20,8 +20,10 @@
 #include "langdaug.pb-c.h"
 #include "ld_cli.h"
 #include "ld_client.h"
+#include "ld_curve.h"
 #include "ld_error.h"
 #include "ldc.h"
+#include "ldc_request.h"
 
 #define CMD "status"
 
@@ -31,6 +33,7 @@ typedef struct {
     const char *endpoint;
     int json, watch, count;
     double interval, timeout;
+    ldc_curve_t curve;
 } status_args_t;
 
 static void usage(FILE *f)
@@ -43,11 +46,24 @@ static void usage(FILE *f)
             "  --json              the whole status reply as JSON (one object per line with --watch)\n"
             "  --watch [SECONDS]   refresh every SECONDS (default 2) until interrupted\n"
             "  --count N           with --watch: stop after N refreshes\n"
-            "  --timeout SECONDS   wait this long for each reply (default 5)\n"
+            "  --timeout SECONDS   wait this long for each reply (default 5)\n" LDC_CURVE_HELP
             "  -h, --help          this help\n");
 }
 
 /* ------------------------------------------------------------ request */
+
+static int set_curve(void *sock, const ldc_curve_t *k)
+{
+    char public_key[41];
+    int rc = ld_curve_public_key(k->secret, public_key);
+    if (rc)
+        return rc;
+    if (zmq_setsockopt(sock, ZMQ_CURVE_SERVERKEY, k->server, 41) != 0 ||
+        zmq_setsockopt(sock, ZMQ_CURVE_PUBLICKEY, public_key, 41) != 0 ||
+        zmq_setsockopt(sock, ZMQ_CURVE_SECRETKEY, k->secret, 41) != 0)
+        return ld_seterr(LD_EIO, "setting the CURVE keys: %s", zmq_strerror(zmq_errno()));
+    return 0;
+}
 
 static int fetch(void *ctx, const status_args_t *a, Langdaug__V1__StatusReply **out)
 {
@@ -57,6 +73,10 @@ static int fetch(void *ctx, const status_args_t *a, Langdaug__V1__StatusReply **
         return ld_seterr(LD_EIO, "cannot create a socket: %s", zmq_strerror(zmq_errno()));
     int linger = 0, rc = 0;
     zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger);
+    if (a->curve.server[0] && (rc = set_curve(sock, &a->curve))) {
+        zmq_close(sock);
+        return rc;
+    }
     Langdaug__V1__StatusRequest req = LANGDAUG__V1__STATUS_REQUEST__INIT;
     req.has_version = 1;
     req.version = LD_CLIENT_PROTOCOL_VERSION;
@@ -331,11 +351,17 @@ static int parse_args(int argc, char **argv, status_args_t *a)
         { "watch", optional_argument, 0, OPT_WATCH },
         { "count", required_argument, 0, OPT_COUNT },
         { "timeout", required_argument, 0, OPT_TIMEOUT },
+        LDC_CURVE_LONGOPTS,
         { "help", no_argument, 0, 'h' },
         { 0, 0, 0, 0 },
     };
-    int opt, watch_bare = 0;
+    int opt, rc, watch_bare = 0;
     while ((opt = ldc_getopt(CMD, argc, argv, "h", longopts)) != -1) {
+        if ((rc = ldc_curve_option(&a->curve, CMD, opt, optarg)) >= 0) {
+            if (rc)
+                return rc;
+            continue;
+        }
         switch (opt) {
         case OPT_JSON: a->json = 1; break;
         case OPT_WATCH:
@@ -364,6 +390,8 @@ static int parse_args(int argc, char **argv, status_args_t *a)
         a->endpoint = argv[optind++];
     if (a->count && !a->watch)
         return ldc_usage_error(CMD, "--count needs --watch");
+    if (ldc_curve_finish(&a->curve, CMD))
+        return 2;
     return ldc_no_operands(CMD, argc, argv);
 }
 

@@ -52,8 +52,9 @@ START_TEST(options_are_checked)
     struct { const char *word; int rc; } expect[] = {
         { "endpoints", LD_EINVAL }, { "batch_size", LD_EINVAL }, { "target", LD_EINVAL },
         { "targets[0]", LD_EINVAL }, { "ascending", LD_EINVAL }, { "weight", LD_ERANGE },
-        { "credits", LD_ERANGE }, { "encoding", LD_EINVAL }, { "CURVE", LD_ENOTSUP },
-        { "nonsense", LD_EINVAL },
+        { "credits", LD_ERANGE }, { "encoding", LD_EINVAL }, { "secret key", LD_EINVAL },
+        { "nonsense", LD_EINVAL }, { "curve_server_key: not a 40-character", LD_EINVAL },
+        { "curve_secret_key: not a 40-character", LD_EINVAL },
     };
     for (size_t i = 0; i < sizeof expect / sizeof expect[0]; i++) {
         base_opts(&o, ep, 1, tg);
@@ -66,8 +67,13 @@ START_TEST(options_are_checked)
         case 5: o.pairs = bad_weight; o.n_pairs = 1; break;
         case 6: o.credits = 0; break;
         case 7: o.encoding = (ld_encoding_t)7; break;
-        case 8: o.curve_server_key = "x"; break;
+        case 8: o.curve_server_key = "x"; break; /* and no secret key */
         case 9: { static const char *const bad[] = { "nonsense" }; o.endpoints = bad; break; }
+        case 10: o.curve_server_key = "short"; o.curve_secret_key = "short"; break;
+        case 11: /* 40 characters, but '"' is not in the Z85 alphabet */
+            o.curve_server_key = "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7";
+            o.curve_secret_key = "\"q:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7";
+            break;
         }
         ck_assert_int_eq(ld_client_new(&o, &c), expect[i].rc);
         ck_assert_ptr_null(c);
@@ -662,6 +668,63 @@ START_TEST(outlives_session_expiry)
 }
 END_TEST
 
+/* Writes a key file as `langdaug keygen` does (common/ld_curve.h). */
+static void write_key(const char *path, const char *z85, int secret)
+{
+    char text[128];
+    int n = snprintf(text, sizeof text, "# test key\n%s\n", z85);
+    ld_test_write_file(path, text, (size_t)n);
+    ck_assert_int_eq(chmod(path, secret ? 0600 : 0644), 0);
+}
+
+START_TEST(curve_keys)
+{
+    NEED_DAEMON();
+    char server_pub[41], server_sec[41], client_pub[41], client_sec[41], other_pub[41], other_sec[41];
+    ck_assert_int_eq(zmq_curve_keypair(server_pub, server_sec), 0);
+    ck_assert_int_eq(zmq_curve_keypair(client_pub, client_sec), 0);
+    ck_assert_int_eq(zmq_curve_keypair(other_pub, other_sec), 0);
+    char *server_key = ld_test_path(fx.dir, "server.key"), *allowed = ld_test_path(fx.dir, "allowed");
+    char *client_key = ld_test_path(allowed, "trainer.pub");
+    write_key(server_key, server_sec, 1);
+    ck_assert_int_eq(mkdir(allowed, 0755), 0);
+    write_key(client_key, client_pub, 0);
+    daemon_t d = { 0 };
+    const char *extra[] = { "--curve-secret-key-file", server_key, "--curve-allowed-keys-dir", allowed, NULL };
+    daemon_start_with(&d, 0, extra);
+
+    const char *eps[] = { d.ep }, *tg[] = { "cam1" };
+    struct { const char *secret, *server; int rc; const char *word; } cases[] = {
+        { client_sec, server_pub, 0, NULL },          /* allowed key: served */
+        { other_sec, server_pub, LD_ETIMEDOUT, "refused our CURVE key" },
+        { NULL, NULL, LD_ETIMEDOUT, "security handshake failed" }, /* no CURVE at all */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        ld_client_opts_t o;
+        base_opts(&o, eps, 1, tg);
+        o.curve_server_key = cases[i].server;
+        o.curve_secret_key = cases[i].secret;
+        o.timeout_ms = cases[i].rc ? 1500 : WAIT_MS;
+        ld_client_t *c;
+        ck_assert_int_eq(ld_client_new(&o, &c), 0);
+        ld_batch_t *b = NULL;
+        int rc = ld_client_next(c, &b);
+        ck_assert_msg(rc == cases[i].rc, "case %zu: %s: %s", i, ld_strerror(rc), ld_errdetail());
+        if (rc == 0) {
+            check_batch(b, 4, "cam1", (const uint32_t[]){ 0, 2, 4 }, 3);
+            ld_batch_destroy(&b);
+        } else {
+            ck_assert_msg(strstr(ld_errdetail(), cases[i].word), "case %zu: %s", i, ld_errdetail());
+        }
+        ld_client_destroy(&c);
+    }
+    daemon_stop(&d, 0);
+    free(server_key);
+    free(client_key);
+    free(allowed);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("client");
@@ -677,6 +740,7 @@ int main(void)
     tcase_add_test(tc, refused_request_is_reported);
     tcase_add_test(tc, survives_sampler_restart);
     tcase_add_test(tc, outlives_session_expiry);
+    tcase_add_test(tc, curve_keys);
     suite_add_tcase(s, tc);
     return ld_test_run(s);
 }

@@ -20,7 +20,8 @@ import unittest
 
 import numpy as np
 
-from langdaug.client import Client, LangDAugError, ProtocolError, RequestRejected, parse_pairs, session_seed, status
+from langdaug.client import (Client, LangDAugError, ProtocolError, RequestRejected, parse_pairs, read_key_file,
+                             session_seed, status)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BUILD = os.environ.get("LD_BUILD", os.path.join(os.path.dirname(HERE), "build"))
@@ -423,6 +424,67 @@ class MultiSamplerTest(unittest.TestCase):
             for _ in range(3 * 4):  # past what the old session had already queued
                 c.next()
             self.assertEqual(c.stats()[0]["sessions"], 2)
+
+
+def write_key(path, z85, secret=False):
+    """A key file as `langdaug keygen` writes it (common/ld_curve.h)."""
+    with open(path, "wb") as f:
+        f.write(b"# test key\n" + z85 + b"\n")
+    os.chmod(path, 0o600 if secret else 0o644)
+
+
+class CurveFixture:
+    """Key pairs (server, client, other) and a daemon that only serves the client's key."""
+
+    def __init__(self, test):
+        import zmq
+        test.fx = Fixture()
+        if test.fx.missing:
+            test.skipTest(test.fx.missing)
+        test.addCleanup(test.fx.close)
+        self.server, self.client, self.other = (zmq.curve_keypair() for _ in range(3))
+        d = test.fx.dir
+        self.server_pub, self.server_sec = os.path.join(d, "server.pub"), os.path.join(d, "server.key")
+        self.client_sec, allowed = os.path.join(d, "client.key"), os.path.join(d, "allowed")
+        os.mkdir(allowed)
+        write_key(self.server_pub, self.server[0])
+        write_key(self.server_sec, self.server[1], secret=True)
+        write_key(self.client_sec, self.client[1], secret=True)
+        write_key(os.path.join(allowed, "client.pub"), self.client[0])
+        self.sampler = test.fx.sampler(extra=["--curve-secret-key-file", self.server_sec,
+                                              "--curve-allowed-keys-dir", allowed])
+        test.addCleanup(self.sampler.stop)
+
+
+class CurveTest(unittest.TestCase):
+    def test_keys(self):
+        keys = CurveFixture(self)
+        server_pub = read_key_file(keys.server_pub)
+        self.assertEqual(server_pub, keys.server[0])
+        ep = keys.sampler.endpoint
+        with Client(ep, 2, targets=[TARGET], timeout=WAIT, curve_server_key=server_pub,
+                    curve_secret_key=read_key_file(keys.client_sec)) as c:
+            check_batch(self, c.next(), 2, "<f4")
+        reply = status(keys.sampler.status_endpoint, WAIT, curve_server_key=server_pub,
+                       curve_secret_key=keys.client[1])
+        self.assertEqual(list(reply.models[0].domains), DOMAINS)
+        for kwargs, word in [(dict(curve_server_key=server_pub, curve_secret_key=keys.other[1]), "refused our CURVE key"),
+                             ({}, "security handshake failed")]:
+            with Client(ep, 2, targets=[TARGET], timeout=1.5, **kwargs) as c:
+                with self.assertRaises(TimeoutError) as cm:
+                    c.next()
+                self.assertIn(word, str(cm.exception))
+        with self.assertRaises(TimeoutError):
+            status(keys.sampler.status_endpoint, 0.5, curve_server_key=server_pub, curve_secret_key=keys.other[1])
+        for kwargs, word in [(dict(curve_server_key=server_pub), "secret key"),
+                             (dict(curve_server_key=b"x" * 39, curve_secret_key=keys.client[1]), "curve_server_key")]:
+            with self.assertRaises(ValueError) as cm:
+                Client(ep, 2, targets=[TARGET], **kwargs)
+            self.assertIn(word, str(cm.exception))
+        with open(os.path.join(self.fx.dir, "bad.pub"), "w") as f:
+            f.write("# no key\n")
+        with self.assertRaises(ValueError):
+            read_key_file(os.path.join(self.fx.dir, "bad.pub"))
 
 
 @unittest.skipIf(torch is None, "python3-torch is not installed")

@@ -223,5 +223,38 @@ class PullCliTest(test_client_py.SamplerTestCase):
         self.assertEqual(cli("bench", "--targets", TARGET).returncode, 2)
 
 
+class CurveCliTest(unittest.TestCase):
+    def test_pull_and_status_with_keys(self):
+        missing = commands_missing()
+        if missing:
+            self.skipTest(missing)
+        keys = test_client_py.CurveFixture(self)
+        out = os.path.join(self.fx.dir, "out")
+        key_args = ["--curve-server-key", keys.server_pub, "--curve-secret-key", keys.client_sec]
+        r = cli("pull", "--from", keys.sampler.endpoint, "--targets", TARGET, "-n", 2, "--out", out,
+                "--timeout", WAIT, *key_args)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(os.path.join(out, "samples.csv")) as f:
+            rows = list(csv.DictReader(f))
+        self.assertEqual(len(rows), 2)
+        self.assertTrue(all(os.path.exists(os.path.join(out, row["image"])) for row in rows))
+        r = cli("status", "--json", keys.sampler.status_endpoint, *key_args)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(json.loads(r.stdout)["models"][0]["domains"], DOMAINS)
+        r = cli("status", keys.sampler.status_endpoint, "--timeout", 0.5)  # no keys: no answer
+        self.assertEqual(r.returncode, 1)
+        r = cli("bench", "--from", keys.sampler.endpoint, "--targets", TARGET, "--timeout", 1, "--seconds", 0.1,
+                "--curve-server-key", keys.server_pub, "--curve-secret-key", keys.server_pub)
+        self.assertEqual(r.returncode, 1, "a public key is no secret key file: %s" % r.stderr)
+        os.chmod(keys.client_sec, 0o644)
+        r = cli("pull", "--from", keys.sampler.endpoint, "--targets", TARGET, "-n", 1, "--out", out, *key_args)
+        self.assertEqual(r.returncode, 1, "a secret key others may read is refused")
+        self.assertIn(keys.client_sec, r.stderr)
+        r = cli("pull", "--from", keys.sampler.endpoint, "--targets", TARGET, "-n", 1, "--out", out,
+                "--curve-server-key", keys.server_pub)
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("--curve-secret-key", r.stderr)
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -36,6 +36,7 @@ import time
 
 import numpy as np
 import zmq
+import zmq.utils.z85
 from zmq.utils.monitor import recv_monitor_message
 
 try:
@@ -56,6 +57,47 @@ _REJECTIONS = {
     pb.ERROR_UNSUPPORTED_VERSION, pb.ERROR_INVALID_REQUEST, pb.ERROR_UNKNOWN_DOMAIN, pb.ERROR_LIMIT,
     pb.ERROR_MALFORMED, pb.ERROR_TOO_LARGE, pb.ERROR_UNSPECIFIED,
 }
+
+
+_HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                     zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+
+
+def read_key_file(path):
+    """The Z85 key (bytes) of a CURVE key file written by `langdaug keygen` (format in
+    common/ld_curve.h: one 40-character key on a line; blank and '#' lines ignored)."""
+    with open(path, "rb") as f:
+        lines = [line.strip() for line in f.read(4097).splitlines()]
+    keys = [line for line in lines if line and not line.startswith(b"#")]
+    if len(keys) != 1 or len(keys[0]) != 40:
+        raise ValueError("%s: not a CURVE key file (one 40-character Z85 key expected)" % path)
+    return keys[0]
+
+
+def _curve_keys(server, secret, public):
+    """(server, secret, public) Z85 bytes, or None without CURVE; checks what it is given."""
+    if server is None and secret is None and public is None:
+        return None
+    if server is None or secret is None:
+        raise ValueError("CURVE needs the server's public key and the client's secret key")
+    keys = []
+    for what, key in (("curve_server_key", server), ("curve_secret_key", secret), ("curve_public_key", public)):
+        if key is None:
+            keys.append(None)
+            continue
+        key = key.encode() if isinstance(key, str) else bytes(key)
+        try:
+            ok = len(key) == 40 and len(zmq.utils.z85.decode(key)) == 32
+        except (ValueError, KeyError, IndexError):
+            ok = False
+        if not ok:
+            raise ValueError("%s: not a 40-character Z85 CURVE key" % what)
+        keys.append(key)
+    if not zmq.has("curve"):
+        raise ValueError("CURVE keys given, but libzmq was built without CURVE")
+    if keys[2] is None:
+        keys[2] = zmq.curve_public(keys[1])
+    return tuple(keys)
 
 
 class LangDAugError(Exception):
@@ -153,6 +195,7 @@ class _Endpoint:
         self.idle_timeout = 60.0
         self.sessions = self.batches = self.samples = self.bytes = self.errors = 0
         self.rejection = None
+        self.handshake_error = ""
 
 
 class Client:
@@ -170,11 +213,16 @@ class Client:
     timeout     seconds next() waits before raising TimeoutError (None = forever)
     heartbeat   seconds between client heartbeats while waiting
     dead        seconds of silence after which a connection counts as lost (ZMTP heartbeat)
+    curve_server_key, curve_secret_key[, curve_public_key]
+                CURVE encryption and authentication (langdaugd's curve_* settings): 40-character
+                Z85 keys (str or bytes), e.g. read with read_key_file(); the public key is derived
+                from the secret one when not given. A sampler that refuses them stays "down" and
+                the reason is logged and named in the TimeoutError.
     """
 
     def __init__(self, endpoints, batch_size, targets=(), pairs=(), steps=None, dtype="float32", seed=None,
                  epoch=False, credits=4, timeout=30.0, heartbeat=1.0, dead=3.0, name="langdaug-python",
-                 context=None):
+                 context=None, curve_server_key=None, curve_secret_key=None, curve_public_key=None):
         if isinstance(endpoints, str):
             endpoints = [e for e in endpoints.split(",") if e]
         endpoints = list(endpoints)
@@ -205,6 +253,7 @@ class Client:
                                        encoding=self._encoding, epoch=bool(epoch))
         for source, target, weight in pairs:
             self._request.pairs.add(source=source, target=target, weight=weight)
+        self._curve = _curve_keys(curve_server_key, curve_secret_key, curve_public_key)
         self._name = name
         self._closed = False
         self._own_ctx = context is None
@@ -227,7 +276,10 @@ class Client:
                            (zmq.RECONNECT_IVL_MAX, 2000), (zmq.HEARTBEAT_IVL, int(self.heartbeat * 1000)),
                            (zmq.HEARTBEAT_TIMEOUT, int(dead * 1000))):
             ep.sock.setsockopt(opt, value)
-        ep.mon = ep.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+        if self._curve:
+            ep.sock.curve_serverkey, ep.sock.curve_secretkey, ep.sock.curve_publickey = self._curve
+        ep.mon = ep.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED |
+                                            _HANDSHAKE_FAILED)
         ep.mon.setsockopt(zmq.LINGER, 0)
         try:
             ep.sock.connect(ep.addr)
@@ -259,6 +311,21 @@ class Client:
             elif event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 ep.state, ep.outstanding, ep.window, ep.need_hello, ep.spec_sent = "hello", 0, 0, True, False
                 ep.sessions += 1
+                ep.handshake_error = ""
+            elif event["event"] & _HANDSHAKE_FAILED:
+                self._handshake_failed(ep, event["event"], event["value"])
+
+    def _handshake_failed(self, ep, event, value):
+        """Records (and logs once) why a sampler refused the connection; ZeroMQ retries by itself."""
+        if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            why = "the sampler refused our CURVE key (status %d)" % value
+        elif event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+            why = "security handshake failed (ZMTP error 0x%x: CURVE keys or CURVE on one side only?)" % value
+        else:
+            why = "security handshake failed (%s)" % zmq.strerror(value)
+        if why != ep.handshake_error:
+            _log.warning("%s: %s", ep.addr, why)
+        ep.handshake_error = why
 
     def _top_up(self, ep):
         if ep.state != "live" or ep.outstanding >= ep.window:
@@ -415,7 +482,9 @@ class Client:
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 raise TimeoutError("no batch within %.1f s: %s" % (timeout, ", ".join(
-                    "%s %s (%d credits out)" % (ep.addr, ep.state, ep.outstanding) for ep in self._eps)))
+                    "%s %s (%d credits out%s)" % (ep.addr, ep.state, ep.outstanding,
+                                                  "; " + ep.handshake_error if ep.handshake_error else "")
+                    for ep in self._eps)))
             wait = self._last_heartbeat + self.heartbeat - now
             if deadline is not None:
                 wait = min(wait, deadline - now)
@@ -459,14 +528,18 @@ class Client:
         self.close()
 
 
-def status(endpoint, timeout=5.0, context=None):
+def status(endpoint, timeout=5.0, context=None, curve_server_key=None, curve_secret_key=None,
+           curve_public_key=None):
     """Asks a daemon's status socket (REP) for its StatusReply (a protobuf message).
 
     Raises TimeoutError when no reply comes within ``timeout`` seconds and LangDAugError when
-    the daemon answers with an error."""
+    the daemon answers with an error. CURVE keys as for Client."""
+    curve = _curve_keys(curve_server_key, curve_secret_key, curve_public_key)
     ctx = context or zmq.Context.instance()
     sock = ctx.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
+    if curve:
+        sock.curve_serverkey, sock.curve_secretkey, sock.curve_publickey = curve
     try:
         sock.connect(endpoint)
         sock.send(pb.StatusRequest(version=PROTOCOL_VERSION).SerializeToString())

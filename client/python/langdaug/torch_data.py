@@ -75,14 +75,18 @@ class LangDAugDataset(IterableDataset):
     seed            base seed of all streams (None: a random one, recorded in state_dict())
     request_batch   samples per network message (a daemon batch), not the DataLoader's batch size
     num_samples     samples per iteration over all workers (None = endless)
+    curve_server_key, curve_secret_key
+                    CURVE keys as for langdaug.Client (Z85; see langdaug.client.read_key_file)
     """
 
     def __init__(self, endpoints, targets=(), pairs=(), steps=None, dtype="float32", seed=None, epoch=False,
-                 credits=4, timeout=60.0, request_batch=16, num_samples=None):
+                 credits=4, timeout=60.0, request_batch=16, num_samples=None, curve_server_key=None,
+                 curve_secret_key=None):
         super().__init__()
         self.endpoints = endpoints
         self.client_args = dict(targets=targets, pairs=pairs, steps=steps, dtype=dtype, epoch=epoch,
-                                credits=credits, timeout=timeout)
+                                credits=credits, timeout=timeout, curve_server_key=curve_server_key,
+                                curve_secret_key=curve_secret_key)
         self.request_batch = int(request_batch)
         self.num_samples = None if num_samples is None else int(num_samples)
         self.seed = int.from_bytes(os.urandom(8), "little") if seed is None else int(seed) & _MASK64
