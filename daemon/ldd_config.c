@@ -8,6 +8,7 @@
  * ldd_config_build(). */
 #include "ldd_config.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
 #include <ini.h>
@@ -167,6 +168,21 @@ static int check_steps(const char *value, const char *what)
     return 0;
 }
 
+/* Whether a value survives `key = value` in a config file unchanged, so
+ * that --print-config always reads back: inih strips spaces around it,
+ * ends a line at a newline and starts a comment at a ';' that begins the
+ * value or follows a space. */
+static int value_printable(const char *v)
+{
+    size_t n = strlen(v);
+    if (n && (isspace((unsigned char)v[0]) || isspace((unsigned char)v[n - 1]) || v[0] == ';'))
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (iscntrl((unsigned char)v[i]) || (v[i] == ';' && isspace((unsigned char)v[i - 1])))
+            return 0;
+    return 1;
+}
+
 int ldd_config_set(ldd_config_t *cfg, const char *name, const char *value, const char *where)
 {
     const key_row_t *k = find_key(name);
@@ -174,6 +190,9 @@ int ldd_config_set(ldd_config_t *cfg, const char *name, const char *value, const
         return ld_seterr(LD_EINVAL, "%s: unknown key '%s'", where, name);
     char what[512];
     snprintf(what, sizeof what, "%s: %s", where, name);
+    if (!value_printable(value))
+        return ld_seterr(LD_EINVAL, "%s: value with a control character, surrounding spaces or a ';' that would "
+                         "start a comment", what);
     void *slot = (char *)cfg + k->offset;
     int rc = 0;
     switch (k->type) {

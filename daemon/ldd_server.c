@@ -27,6 +27,7 @@
 #include "ldd_curve.h"
 #include "ldd_mem.h"
 #include "ldd_notify.h"
+#include "ldd_request.h"
 #include "ldd_sched.h"
 #include "ldd_session.h"
 #include "ldd_status.h"
@@ -210,109 +211,13 @@ static void schedule(ldd_server_t *self)
         ldd_sched_run(&self->sched, self->sessions, self->engine);
 }
 
-/* Memory of one sample while the daemon holds it: float32 pixels of the
- * snapshot, its mask and energy (an upper bound for the wire encodings). */
-static int64_t sample_bytes(const ldd_engine_t *e)
-{
-    int64_t ss = (int64_t)e->size * e->size;
-    return ss * e->channels * (int64_t)sizeof(float) + ss + (int64_t)sizeof(float);
-}
-
 static void install_request(ldd_server_t *self, ldd_session_t *s, const ldd_request_t *req)
 {
     ldd_session_set_request(s, req, &self->engine->defaults, self->stream_seed);
-    s->batch_bytes = (int64_t)req->batch_size * sample_bytes(self->engine);
+    s->batch_bytes = (int64_t)req->batch_size * ldd_sample_bytes(self->engine);
 }
 
 /* ------------------------------------------------------------ requests */
-
-static int name_ok(const char *s)
-{
-    return s && strlen(s) < LD_NAME_MAX;
-}
-
-/* Fills req from a PullRequest; on failure sets *code and text. */
-static int parse_request(ldd_server_t *self, const Langdaug__V1__PullRequest *p, ldd_request_t *req, int *code,
-                         char *text, size_t cap)
-{
-    const ldd_engine_t *e = self->engine;
-    memset(req, 0, sizeof *req);
-    *code = LANGDAUG__V1__ERROR_CODE__ERROR_INVALID_REQUEST;
-    if (!p->has_batch_size || p->batch_size == 0)
-        return snprintf(text, cap, "batch_size: missing or 0"), -1;
-    if (p->batch_size > (uint32_t)self->cfg.max_batch) {
-        *code = LANGDAUG__V1__ERROR_CODE__ERROR_LIMIT;
-        return snprintf(text, cap, "batch_size: %u is beyond max_batch = %d", p->batch_size, self->cfg.max_batch), -1;
-    }
-    req->batch_size = p->batch_size;
-    int64_t batch_bytes = (int64_t)p->batch_size * sample_bytes(e);
-    if (batch_bytes > (int64_t)self->cfg.max_queue_memory << 20) {
-        *code = LANGDAUG__V1__ERROR_CODE__ERROR_LIMIT;
-        return snprintf(text, cap, "batch_size: a batch of %u samples needs %.1f MiB, beyond max_queue_memory = %d MiB",
-                        p->batch_size, (double)batch_bytes / (1 << 20), self->cfg.max_queue_memory), -1;
-    }
-    size_t n = p->n_targets + p->n_pairs;
-    if (n == 0)
-        return snprintf(text, cap, "no target: give targets or pairs"), -1;
-    if (n > LDD_MAX_PAIRS)
-        return snprintf(text, cap, "%zu targets and pairs, more than %d", n, LDD_MAX_PAIRS), -1;
-    for (size_t i = 0; i < n; i++) {
-        ldd_pair_t *pair = &req->pairs[req->n_pairs++];
-        const char *src = "", *tgt;
-        double w = 1;
-        if (i < p->n_targets) {
-            tgt = p->targets[i];
-        } else {
-            const Langdaug__V1__Pair *pp = p->pairs[i - p->n_targets];
-            src = pp->source ? pp->source : "";
-            tgt = pp->target;
-            if (pp->has_weight)
-                w = pp->weight;
-        }
-        if (!tgt || !*tgt || !name_ok(tgt) || !name_ok(src))
-            return snprintf(text, cap, "pair %zu: missing or overlong domain name", i), -1;
-        if (!(w > 0) || !isfinite(w))
-            return snprintf(text, cap, "pair %zu: weight %g must be > 0", i, w), -1;
-        snprintf(pair->source, sizeof pair->source, "%s", src);
-        snprintf(pair->target, sizeof pair->target, "%s", tgt);
-        pair->weight = w;
-        req->total_weight += w;
-        *code = LANGDAUG__V1__ERROR_CODE__ERROR_UNKNOWN_DOMAIN;
-        if (ldd_engine_find_target(e, tgt, &pair->model, &pair->target_index) < 0)
-            return snprintf(text, cap, "target domain '%s' is served by no loaded model", tgt), -1;
-        pair->source_domain = -1;
-        if (*src && (pair->source_domain = ldd_engine_find_source(e, src)) < 0)
-            return snprintf(text, cap, "source domain '%s' is not in the dataset", src), -1;
-        int nd = ld_dataset_n_domains(e->dataset);
-        if (!*src && (nd == 0 || (nd == 1 && ldd_engine_find_source(e, tgt) == 0)))
-            return snprintf(text, cap, "target '%s': the dataset has no other domain to start from", tgt), -1;
-        *code = LANGDAUG__V1__ERROR_CODE__ERROR_INVALID_REQUEST;
-    }
-    if (p->n_steps > LD_LANGEVIN_MAX_SNAPSHOTS)
-        return snprintf(text, cap, "steps: %zu snapshots, more than %d", p->n_steps, LD_LANGEVIN_MAX_SNAPSHOTS), -1;
-    for (size_t i = 0; i < p->n_steps; i++) {
-        if (i > 0 && p->steps[i] <= p->steps[i - 1])
-            return snprintf(text, cap, "steps: not strictly ascending at %u", p->steps[i]), -1;
-        if (p->steps[i] > (uint32_t)self->cfg.max_steps) {
-            *code = LANGDAUG__V1__ERROR_CODE__ERROR_LIMIT;
-            return snprintf(text, cap, "steps: %u is beyond max_steps = %d", p->steps[i], self->cfg.max_steps), -1;
-        }
-        req->steps[req->n_steps++] = (int)p->steps[i];
-    }
-    req->encoding = p->has_encoding ? (int)p->encoding : LANGDAUG__V1__ENCODING__ENCODING_FLOAT32;
-    if (req->encoding < 0 || req->encoding > LANGDAUG__V1__ENCODING__ENCODING_UINT8)
-        return snprintf(text, cap, "encoding: unknown value %d", req->encoding), -1;
-    req->has_seed = p->has_seed;
-    req->seed = p->seed;
-    req->epoch = p->has_epoch && p->epoch;
-    return 0;
-}
-
-static int only_credits(const Langdaug__V1__PullRequest *p)
-{
-    return !p->has_batch_size && !p->n_targets && !p->n_pairs && !p->n_steps && !p->has_encoding && !p->has_seed &&
-           !p->has_epoch;
-}
 
 static void on_pull(ldd_server_t *self, const uint8_t *id, size_t id_len, ldd_session_t *s,
                     const Langdaug__V1__PullRequest *p)
@@ -329,7 +234,7 @@ static void on_pull(ldd_server_t *self, const uint8_t *id, size_t id_len, ldd_se
         return;
     }
     ldd_request_t req;
-    int has_spec = !only_credits(p);
+    int has_spec = !ldd_request_only_credits(p);
     if (!has_spec && !(s && s->has_request)) {
         send_error(self, id, id_len, s, LANGDAUG__V1__ERROR_CODE__ERROR_INVALID_REQUEST,
                    "the first pull request must say what to sample (batch_size and targets or pairs)");
@@ -337,7 +242,7 @@ static void on_pull(ldd_server_t *self, const uint8_t *id, size_t id_len, ldd_se
     }
     int code;
     char text[512];
-    if (has_spec && parse_request(self, p, &req, &code, text, sizeof text) < 0) {
+    if (has_spec && ldd_request_parse(&self->cfg, self->engine, p, &req, &code, text, sizeof text) < 0) {
         send_error(self, id, id_len, s, code, "%s", text);
         return;
     }
@@ -356,10 +261,10 @@ static void on_pull(ldd_server_t *self, const uint8_t *id, size_t id_len, ldd_se
 static void on_hello(ldd_server_t *self, const uint8_t *id, size_t id_len, ldd_session_t *s,
                      const Langdaug__V1__Hello *h)
 {
-    uint32_t lo = h->has_min_version ? h->min_version : 1, hi = h->has_max_version ? h->max_version : lo;
-    if (lo > 1 || hi < 1) {
-        send_error(self, id, id_len, s, LANGDAUG__V1__ERROR_CODE__ERROR_UNSUPPORTED_VERSION,
-                   "client speaks protocol versions %u..%u; this daemon speaks 1", lo, hi);
+    int code;
+    char text[256];
+    if (ldd_request_check_hello(h, &code, text, sizeof text) < 0) {
+        send_error(self, id, id_len, s, code, "%s", text);
         return;
     }
     if (!s && !(s = ldd_sessions_add(self->sessions, id, id_len, now_s(self)))) {
@@ -421,39 +326,26 @@ static void handle_client(ldd_server_t *self, const uint8_t *id, size_t id_len, 
     ldd_session_t *s = ldd_sessions_find(self->sessions, id, id_len);
     if (s)
         s->last_seen = now_s(self);
-    if (total > (size_t)self->cfg.max_message_size) {
-        send_error(self, id, id_len, s, LANGDAUG__V1__ERROR_CODE__ERROR_TOO_LARGE,
-                   "message of %zu bytes is beyond max_message_size = %d", total, self->cfg.max_message_size);
-        return;
-    }
-    if (parts != 1) {
-        send_error(self, id, id_len, s, LANGDAUG__V1__ERROR_CODE__ERROR_MALFORMED,
-                   "expected one frame holding a ClientMessage, got %d frames", parts);
-        return;
-    }
-    Langdaug__V1__ClientMessage *m = len ? langdaug__v1__client_message__unpack(NULL, len, data) : NULL;
+    int code;
+    char text[512];
+    Langdaug__V1__ClientMessage *m =
+        ldd_request_decode(data, len, parts, total, self->cfg.max_message_size, &code, text, sizeof text);
     if (!m) {
-        send_error(self, id, id_len, s, LANGDAUG__V1__ERROR_CODE__ERROR_MALFORMED,
-                   "%zu bytes that do not decode as a ClientMessage", len);
+        send_error(self, id, id_len, s, code, "%s", text);
         return;
     }
-    if (!m->has_version || m->version != LANGDAUG__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_CURRENT) {
-        send_error(self, id, id_len, s, LANGDAUG__V1__ERROR_CODE__ERROR_UNSUPPORTED_VERSION,
-                   "protocol version %u is not supported; this daemon speaks 1", m->has_version ? m->version : 0);
-    } else {
-        switch (m->body_case) {
-        case LANGDAUG__V1__CLIENT_MESSAGE__BODY_HELLO: on_hello(self, id, id_len, s, m->hello); break;
-        case LANGDAUG__V1__CLIENT_MESSAGE__BODY_PULL: on_pull(self, id, id_len, s, m->pull); break;
-        case LANGDAUG__V1__CLIENT_MESSAGE__BODY_HEARTBEAT:
-            send_heartbeat(self, id, id_len, m->heartbeat->has_time_ms ? m->heartbeat->time_ms : 0);
-            break;
-        case LANGDAUG__V1__CLIENT_MESSAGE__BODY_BYE:
-            if (s)
-                drop_session(self, s, "said bye");
-            break;
-        default:
-            send_error(self, id, id_len, s, LANGDAUG__V1__ERROR_CODE__ERROR_MALFORMED, "message has no body");
-        }
+    switch (m->body_case) {
+    case LANGDAUG__V1__CLIENT_MESSAGE__BODY_HELLO: on_hello(self, id, id_len, s, m->hello); break;
+    case LANGDAUG__V1__CLIENT_MESSAGE__BODY_PULL: on_pull(self, id, id_len, s, m->pull); break;
+    case LANGDAUG__V1__CLIENT_MESSAGE__BODY_HEARTBEAT:
+        send_heartbeat(self, id, id_len, m->heartbeat->has_time_ms ? m->heartbeat->time_ms : 0);
+        break;
+    case LANGDAUG__V1__CLIENT_MESSAGE__BODY_BYE:
+        if (s)
+            drop_session(self, s, "said bye");
+        break;
+    default:
+        break; /* ldd_request_decode refuses a message without a body */
     }
     langdaug__v1__client_message__free_unpacked(m, NULL);
 }

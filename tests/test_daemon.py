@@ -330,6 +330,9 @@ class ConfigTest(unittest.TestCase):
             ("model = /m\n[section]\ndata = /d\n", 3, "section"),
             ("model = /m\ndata = /d\nsteps = 3,3\n", 3, "steps"),
             ("model = /m\ndata = /d\nlog_level = loud\n", 3, "log_level"),
+            # values --print-config could not write back (found by tests/fuzz/fuzz_config)
+            ("model = /m\ndata =;/d\n", 2, "data"),
+            ("model = /m\ndata = /d\x01\n", 2, "data"),
         ]
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "bad.conf")
@@ -347,6 +350,7 @@ class ConfigTest(unittest.TestCase):
                            (["--model", "m", "--print-config"], "data"),
                            (["--data", "d", "--print-config"], "model"),
                            (["--config", "/nonexistent/x.conf", "--print-config"], "/nonexistent/x.conf"),
+                           (["--data", " /d", "--model", "m", "--print-config"], "data"),
                            (["stray"], "stray")]:
             r = self.run_daemon(*args)
             self.assertEqual(r.returncode, 2, args)

@@ -1,0 +1,139 @@
+/* ldd_request: decoding and validation of client messages (see ldd_request.h). */
+#include "ldd_request.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+int64_t ldd_sample_bytes(const ldd_engine_t *e)
+{
+    int64_t ss = (int64_t)e->size * e->size;
+    return ss * e->channels * (int64_t)sizeof(float) + ss + (int64_t)sizeof(float);
+}
+
+Langdaug__V1__ClientMessage *ldd_request_decode(const uint8_t *data, size_t len, int parts, size_t total,
+                                                int max_message_size, int *code, char *text, size_t cap)
+{
+    *code = LANGDAUG__V1__ERROR_CODE__ERROR_MALFORMED;
+    if (total > (size_t)max_message_size) {
+        *code = LANGDAUG__V1__ERROR_CODE__ERROR_TOO_LARGE;
+        snprintf(text, cap, "message of %zu bytes is beyond max_message_size = %d", total, max_message_size);
+        return NULL;
+    }
+    if (parts != 1) {
+        snprintf(text, cap, "expected one frame holding a ClientMessage, got %d frames", parts);
+        return NULL;
+    }
+    Langdaug__V1__ClientMessage *m = len ? langdaug__v1__client_message__unpack(NULL, len, data) : NULL;
+    if (!m) {
+        snprintf(text, cap, "%zu bytes that do not decode as a ClientMessage", len);
+        return NULL;
+    }
+    if (!m->has_version || m->version != LANGDAUG__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_CURRENT) {
+        *code = LANGDAUG__V1__ERROR_CODE__ERROR_UNSUPPORTED_VERSION;
+        snprintf(text, cap, "protocol version %u is not supported; this daemon speaks 1", m->has_version ? m->version : 0);
+    } else if (m->body_case == LANGDAUG__V1__CLIENT_MESSAGE__BODY__NOT_SET) {
+        snprintf(text, cap, "message has no body");
+    } else {
+        return m;
+    }
+    langdaug__v1__client_message__free_unpacked(m, NULL);
+    return NULL;
+}
+
+int ldd_request_check_hello(const Langdaug__V1__Hello *h, int *code, char *text, size_t cap)
+{
+    uint32_t lo = h->has_min_version ? h->min_version : 1, hi = h->has_max_version ? h->max_version : lo;
+    if (lo > 1 || hi < 1) {
+        *code = LANGDAUG__V1__ERROR_CODE__ERROR_UNSUPPORTED_VERSION;
+        snprintf(text, cap, "client speaks protocol versions %u..%u; this daemon speaks 1", lo, hi);
+        return -1;
+    }
+    return 0;
+}
+
+static int name_ok(const char *s)
+{
+    return s && strlen(s) < LD_NAME_MAX;
+}
+
+int ldd_request_parse(const ldd_config_t *cfg, const ldd_engine_t *e, const Langdaug__V1__PullRequest *p,
+                      ldd_request_t *req, int *code, char *text, size_t cap)
+{
+    memset(req, 0, sizeof *req);
+    *code = LANGDAUG__V1__ERROR_CODE__ERROR_INVALID_REQUEST;
+    if (!p->has_batch_size || p->batch_size == 0)
+        return snprintf(text, cap, "batch_size: missing or 0"), -1;
+    if (p->batch_size > (uint32_t)cfg->max_batch) {
+        *code = LANGDAUG__V1__ERROR_CODE__ERROR_LIMIT;
+        return snprintf(text, cap, "batch_size: %u is beyond max_batch = %d", p->batch_size, cfg->max_batch), -1;
+    }
+    req->batch_size = p->batch_size;
+    int64_t batch_bytes = (int64_t)p->batch_size * ldd_sample_bytes(e);
+    if (batch_bytes > (int64_t)cfg->max_queue_memory << 20) {
+        *code = LANGDAUG__V1__ERROR_CODE__ERROR_LIMIT;
+        return snprintf(text, cap, "batch_size: a batch of %u samples needs %.1f MiB, beyond max_queue_memory = %d MiB",
+                        p->batch_size, (double)batch_bytes / (1 << 20), cfg->max_queue_memory), -1;
+    }
+    size_t n = p->n_targets + p->n_pairs;
+    if (n == 0)
+        return snprintf(text, cap, "no target: give targets or pairs"), -1;
+    if (n > LDD_MAX_PAIRS)
+        return snprintf(text, cap, "%zu targets and pairs, more than %d", n, LDD_MAX_PAIRS), -1;
+    for (size_t i = 0; i < n; i++) {
+        ldd_pair_t *pair = &req->pairs[req->n_pairs++];
+        const char *src = "", *tgt;
+        double w = 1;
+        if (i < p->n_targets) {
+            tgt = p->targets[i];
+        } else {
+            const Langdaug__V1__Pair *pp = p->pairs[i - p->n_targets];
+            src = pp->source ? pp->source : "";
+            tgt = pp->target;
+            if (pp->has_weight)
+                w = pp->weight;
+        }
+        if (!tgt || !*tgt || !name_ok(tgt) || !name_ok(src))
+            return snprintf(text, cap, "pair %zu: missing or overlong domain name", i), -1;
+        if (!(w > 0) || !isfinite(w))
+            return snprintf(text, cap, "pair %zu: weight %g must be > 0", i, w), -1;
+        snprintf(pair->source, sizeof pair->source, "%s", src);
+        snprintf(pair->target, sizeof pair->target, "%s", tgt);
+        pair->weight = w;
+        req->total_weight += w;
+        *code = LANGDAUG__V1__ERROR_CODE__ERROR_UNKNOWN_DOMAIN;
+        if (ldd_engine_find_target(e, tgt, &pair->model, &pair->target_index) < 0)
+            return snprintf(text, cap, "target domain '%s' is served by no loaded model", tgt), -1;
+        pair->source_domain = -1;
+        if (*src && (pair->source_domain = ldd_engine_find_source(e, src)) < 0)
+            return snprintf(text, cap, "source domain '%s' is not in the dataset", src), -1;
+        int nd = ld_dataset_n_domains(e->dataset);
+        if (!*src && (nd == 0 || (nd == 1 && ldd_engine_find_source(e, tgt) == 0)))
+            return snprintf(text, cap, "target '%s': the dataset has no other domain to start from", tgt), -1;
+        *code = LANGDAUG__V1__ERROR_CODE__ERROR_INVALID_REQUEST;
+    }
+    if (p->n_steps > LD_LANGEVIN_MAX_SNAPSHOTS)
+        return snprintf(text, cap, "steps: %zu snapshots, more than %d", p->n_steps, LD_LANGEVIN_MAX_SNAPSHOTS), -1;
+    for (size_t i = 0; i < p->n_steps; i++) {
+        if (i > 0 && p->steps[i] <= p->steps[i - 1])
+            return snprintf(text, cap, "steps: not strictly ascending at %u", p->steps[i]), -1;
+        if (p->steps[i] > (uint32_t)cfg->max_steps) {
+            *code = LANGDAUG__V1__ERROR_CODE__ERROR_LIMIT;
+            return snprintf(text, cap, "steps: %u is beyond max_steps = %d", p->steps[i], cfg->max_steps), -1;
+        }
+        req->steps[req->n_steps++] = (int)p->steps[i];
+    }
+    req->encoding = p->has_encoding ? (int)p->encoding : LANGDAUG__V1__ENCODING__ENCODING_FLOAT32;
+    if (req->encoding < 0 || req->encoding > LANGDAUG__V1__ENCODING__ENCODING_UINT8)
+        return snprintf(text, cap, "encoding: unknown value %d", req->encoding), -1;
+    req->has_seed = p->has_seed;
+    req->seed = p->seed;
+    req->epoch = p->has_epoch && p->epoch;
+    return 0;
+}
+
+int ldd_request_only_credits(const Langdaug__V1__PullRequest *p)
+{
+    return !p->has_batch_size && !p->n_targets && !p->n_pairs && !p->n_steps && !p->has_encoding && !p->has_seed &&
+           !p->has_epoch;
+}

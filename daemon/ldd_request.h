@@ -1,0 +1,44 @@
+/* ldd_request: checking what a client sends on the data socket, apart
+ * from any socket or session state (so that it can be fuzzed alone).
+ *
+ *   frames, size, bytes  --ldd_request_decode-->  ClientMessage with a body
+ *   PullRequest          --ldd_request_parse-->   ldd_request_t resolved
+ *                                                 against an engine
+ *   Hello                --ldd_request_check_hello--> version agreed
+ * Each refusal gives the ErrorCode to answer with and a text naming the
+ * field and the limit; nothing here changes any state. */
+#ifndef LDD_REQUEST_H
+#define LDD_REQUEST_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "langdaug.pb-c.h"
+#include "ldd_config.h"
+#include "ldd_engine.h"
+#include "ldd_session.h"
+
+/* Memory of one sample while the daemon holds it: float32 pixels of the
+ * snapshot, its mask and energy (an upper bound for the wire encodings). */
+int64_t ldd_sample_bytes(const ldd_engine_t *e);
+
+/* Decodes the frame a client sent (`parts` frames, `total` bytes over all
+ * of them, the first one is data[len]). Returns the message (free with
+ * langdaug__v1__client_message__free_unpacked), or NULL with *code
+ * (TOO_LARGE, MALFORMED, UNSUPPORTED_VERSION) and text set. A returned
+ * message has the current version and a body. */
+Langdaug__V1__ClientMessage *ldd_request_decode(const uint8_t *data, size_t len, int parts, size_t total,
+                                                int max_message_size, int *code, char *text, size_t cap);
+
+/* Fills req from a PullRequest that says what to sample, checked against
+ * cfg's limits and resolved against e. Returns 0, or -1 with *code and text. */
+int ldd_request_parse(const ldd_config_t *cfg, const ldd_engine_t *e, const Langdaug__V1__PullRequest *p,
+                      ldd_request_t *req, int *code, char *text, size_t cap);
+
+/* Whether a PullRequest only grants credits (keeps the current request). */
+int ldd_request_only_credits(const Langdaug__V1__PullRequest *p);
+
+/* Version negotiation of a Hello. Returns 0, or -1 with *code and text. */
+int ldd_request_check_hello(const Langdaug__V1__Hello *h, int *code, char *text, size_t cap);
+
+#endif
