@@ -62,6 +62,7 @@ struct ld_client_s {
     uint64_t seed;
     int64_t last_heartbeat_ms;
     char *name;
+    const volatile sig_atomic_t *cancel; /* ld_client_set_cancel(), or NULL */
     int curve;             /* the three keys below are set */
     char curve_server[41], curve_public[41], curve_secret[41];
     /* the PullRequest template (credits and seed set per send) */
@@ -872,6 +873,8 @@ int ld_client_next(ld_client_t *self, ld_batch_t **out)
     *out = NULL;
     int64_t deadline = now_ms() + self->timeout_ms;
     for (;;) {
+        if (self->cancel && *self->cancel)
+            return ld_seterr(LD_ECANCELED, "interrupted while waiting for a batch");
         for (int i = 0; i < self->n; i++)
             read_monitor(&self->eps[i]);
         int rc = maintain(self, now_ms());
@@ -947,6 +950,11 @@ void ld_client_destroy(ld_client_t **self_p)
     free(c->name);
     free(c);
     *self_p = NULL;
+}
+
+void ld_client_set_cancel(ld_client_t *self, const volatile sig_atomic_t *flag)
+{
+    self->cancel = flag;
 }
 
 int ld_client_endpoints(const ld_client_t *self)

@@ -58,6 +58,7 @@
 #ifndef LD_CLIENT_H
 #define LD_CLIENT_H
 
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -176,9 +177,15 @@ void ld_client_destroy(ld_client_t **self_p);
  *                 request (Error INVALID_REQUEST, UNKNOWN_DOMAIN, LIMIT,
  *                 UNSUPPORTED_VERSION; the detail has its text): that
  *                 endpoint gets no more credits until it reconnects;
+ *   LD_ECANCELED  the flag of ld_client_set_cancel() was raised;
  *   LD_EIO        a ZeroMQ call failed.
  * After an error the client stays usable: call again to go on. */
 int ld_client_next(ld_client_t *self, ld_batch_t **out);
+
+/* Makes ld_client_next() return LD_ECANCELED once *flag is non-zero, e.g.
+ * set by a SIGINT handler (the signal also wakes the wait; at worst the
+ * client notices within heartbeat_ms). NULL removes the flag. */
+void ld_client_set_cancel(ld_client_t *self, const volatile sig_atomic_t *flag);
 
 /* Number of endpoints, and a snapshot of one's counters. */
 int ld_client_endpoints(const ld_client_t *self);

@@ -10,12 +10,14 @@
  * chain_id, seed, source_item, crop_x, crop_y. Either way DIR/samples.csv
  * holds one row of metadata per sample, naming its file(s).
  *
- * Every file is written atomically; samples.csv appears only once the run
- * is complete. Domain names become folder names with any character outside
+ * Every file is written atomically; samples.csv appears once the run is
+ * complete, or interrupted by SIGINT/SIGTERM: then it lists the samples
+ * written so far and the exit status is 130. Domain names become folder names with any character outside
  * [A-Za-z0-9._-] replaced by '_'. */
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -70,6 +72,26 @@ static void usage(FILE *f)
             "  -h, --help            this help\n"
             "Writes DIR/samples.csv with the metadata of every sample. Encoding defaults to\n"
             "uint8 for png and float32 for npz.\n");
+}
+
+static volatile sig_atomic_t interrupted;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    interrupted = 1;
+}
+
+/* SIGINT/SIGTERM stop the pull between batches (no SA_RESTART: they wake
+ * the client's wait). */
+static void catch_signals(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
 }
 
 static double elapsed_s(const struct timespec *t0)
@@ -389,8 +411,10 @@ static int run(pull_t *p, const ldc_request_t *req)
     rc = rc ? rc : ld_afile_open(path, &p->csv);
     rc = rc ? rc : ld_afile_write(p->csv, header, sizeof header - 1);
     rc = rc ? rc : ld_client_new(&req->opts, &client);
+    if (!rc)
+        ld_client_set_cancel(client, &interrupted);
     clock_gettime(CLOCK_MONOTONIC, &p->start);
-    while (!rc && p->done < p->total) {
+    while (!rc && p->done < p->total && !interrupted) {
         ld_batch_t *b;
         if ((rc = ld_client_next(client, &b)))
             break;
@@ -401,6 +425,8 @@ static int run(pull_t *p, const ldc_request_t *req)
     }
     progress(p, 1);
     ld_client_destroy(&client);
+    if (rc == LD_ECANCELED || (!rc && interrupted))
+        return (rc = ld_afile_commit(&p->csv)) ? rc : LD_ECANCELED;
     if (rc) {
         ld_afile_abort(&p->csv);
         return rc;
@@ -416,11 +442,16 @@ int ldc_pull_main(int argc, char **argv)
     req.opts.name = "langdaug pull";
     int rc = parse_args(argc, argv, &p, &req);
     if (rc == 0) {
+        catch_signals();
         rc = run(&p, &req);
-        if (rc)
+        if (rc == LD_ECANCELED) {
+            fprintf(stderr, "langdaug pull: interrupted; %" PRIu64 " samples written to %s\n", p.done, p.out);
+            rc = 130;
+        } else if (rc) {
             rc = ldc_fail(CMD, rc);
-        else if (!p.quiet)
+        } else if (!p.quiet) {
             fprintf(stderr, "langdaug pull: wrote %" PRIu64 " samples to %s\n", p.done, p.out);
+        }
     } else if (rc < 0) {
         rc = 0; /* --help */
     }

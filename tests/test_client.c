@@ -16,6 +16,7 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -123,6 +124,40 @@ START_TEST(times_out_without_sampler)
     ck_assert_int_eq(ld_client_stats(c, 1, &st), LD_ERANGE);
     ld_client_destroy(&c);
     ck_assert_ptr_null(c);
+    ld_client_destroy(&c);
+}
+END_TEST
+
+static volatile sig_atomic_t alarm_rang;
+
+static void on_alarm(int sig)
+{
+    (void)sig;
+    alarm_rang = 1;
+}
+
+START_TEST(cancel_flag_interrupts_the_wait)
+{
+    char ep[64];
+    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", free_port());
+    const char *eps[] = { ep }, *tg[] = { "cam1" };
+    ld_client_opts_t o;
+    base_opts(&o, eps, 1, tg);
+    o.timeout_ms = 10000;
+    ld_client_t *c;
+    ck_assert_int_eq(ld_client_new(&o, &c), 0);
+    ld_client_set_cancel(c, &alarm_rang);
+    struct sigaction sa = { .sa_handler = on_alarm };
+    sigemptyset(&sa.sa_mask);
+    ck_assert_int_eq(sigaction(SIGALRM, &sa, NULL), 0);
+    struct itimerval it = { .it_value = { .tv_usec = 200000 } };
+    ck_assert_int_eq(setitimer(ITIMER_REAL, &it, NULL), 0);
+    ld_batch_t *b;
+    int64_t t0 = now_ms();
+    ck_assert_int_eq(ld_client_next(c, &b), LD_ECANCELED);
+    int64_t took = now_ms() - t0;
+    ck_assert_msg(took >= 150 && took < 2500, "cancelled after %lld ms, the alarm rang at 200", (long long)took);
+    ck_assert_int_eq(ld_client_next(c, &b), LD_ECANCELED); /* stays raised */
     ld_client_destroy(&c);
 }
 END_TEST
@@ -733,6 +768,7 @@ int main(void)
     tcase_add_test(tc, times_out_without_sampler);
     tcase_add_test(tc, encodings_and_seeds);
     tcase_add_test(tc, malformed_messages_are_errors);
+    tcase_add_test(tc, cancel_flag_interrupts_the_wait);
     suite_add_tcase(s, tc);
     tc = ld_tcase("daemon", 90);
     tcase_add_checked_fixture(tc, fixture_setup, fixture_teardown);

@@ -12,6 +12,7 @@ import json
 import os
 import pty
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -119,6 +120,32 @@ class PullCliTest(test_client_py.SamplerTestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertNotIn("\r", r.stderr)
         self.assertIn("wrote 2 samples", r.stderr)
+
+    def test_interrupted_pull_keeps_a_consistent_folder(self):
+        proc = subprocess.Popen([CLI, "pull", "--from", self.sampler.endpoint, "--targets", TARGET, "-n", "1000000",
+                                 "--batch", "2", "--out", self.out, "-q"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + WAIT
+            while time.monotonic() < deadline and proc.poll() is None:
+                if sum(len(files) for _, _, files in os.walk(self.out)) >= 8:
+                    break
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=WAIT)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        self.assertEqual(proc.returncode, 130, err)
+        self.assertIn("interrupted", err)
+        with open(os.path.join(self.out, "samples.csv"), newline="") as f:
+            rows = list(csv.DictReader(f))
+        images = sorted(os.path.join(d, f) for d, _, files in os.walk(self.out) for f in files
+                        if os.path.basename(d) == "image")
+        self.assertGreaterEqual(len(rows), 2)
+        self.assertEqual(sorted(os.path.join(self.out, r["image"]) for r in rows), images)
+        self.assertFalse([f for _, _, files in os.walk(self.out) for f in files if f.startswith(".")])
 
     def test_mask_values(self):
         rows = self.pull("-n", 3, "--batch", 3, "--mask-values", "255,7")
