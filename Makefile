@@ -39,7 +39,7 @@ endif
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKG_LIBS) 2>/dev/null)
 PKG_LDLIBS = $(shell pkg-config --libs $(PKG_LIBS) 2>/dev/null)
 CFLAGS := -std=c11 -D_GNU_SOURCE $(OPT) -g $(WARN) $(SAN_FLAGS) -pthread -fPIC \
-	-Icommon -I$(B)/proto $(PKG_CFLAGS) $(EXTRA_CFLAGS)
+	-Icommon -Iclient -I$(B)/proto $(PKG_CFLAGS) $(EXTRA_CFLAGS)
 LDFLAGS := $(SAN_FLAGS) -pthread $(EXTRA_LDFLAGS)
 LDLIBS := $(PKG_LDLIBS) -lm
 
@@ -90,8 +90,9 @@ ifneq ($(DAEMON_SRC),)
 TARGETS += $(B)/langdaugd
 endif
 ifneq ($(CLIENTLIB_SRC),)
-TARGETS += $(B)/liblangdaug.a $(B)/liblangdaug.so
+TARGETS += $(B)/liblangdaug.a $(B)/liblangdaug.so $(B)/langdaug.pc
 endif
+VERSION := 0.1.0
 
 .PHONY: all deps test bench demo install clean print-deps
 # Generated sources are kept (make would delete them as intermediates).
@@ -151,6 +152,10 @@ $(B)/liblangdaug.a: $(CLIENTLIB_OBJ) $(CORE_OBJ) $(PROTO_OBJ)
 $(B)/liblangdaug.so: $(CLIENTLIB_OBJ) $(CORE_OBJ) $(PROTO_OBJ)
 	$(Q)$(CC) -shared $(LDFLAGS) -Wl,-soname,liblangdaug.so.0 -o $@ $^ $(LDLIBS)
 
+$(B)/langdaug.pc: client/langdaug.pc.in
+	$(Q)sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCDIR@|$(INCDIR)|' \
+	  -e 's|@VERSION@|$(VERSION)|' $< > $@
+
 $(B)/tests/%: tests/%.c $(B)/tests/testutil.o $(CORE_LIB) $(CLIENTLIB_OBJ) $(PROTO_H) $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	@echo "  TEST $@"
@@ -174,12 +179,21 @@ demo: deps
 	$(Q)LD_BUILD=$(B) LD_PY=$(PY) examples/demo
 
 install: all
-	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCDIR)/langdaug
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCDIR)/langdaug
 	install -m 755 $(filter $(B)/langdaug $(B)/langdaugd,$(TARGETS)) $(DESTDIR)$(BINDIR)/
-	$(if $(CLIENTLIB_SRC),install -m 644 $(B)/liblangdaug.a $(B)/liblangdaug.so $(DESTDIR)$(LIBDIR)/)
 	install -m 644 common/ld_*.h $(DESTDIR)$(INCDIR)/langdaug/
-	$(if $(wildcard systemd/*.service),install -d $(DESTDIR)$(UNITDIR) && install -m 644 systemd/*.service $(DESTDIR)$(UNITDIR)/)
-	$(if $(wildcard examples/langdaugd.conf),install -d $(DESTDIR)$(SYSCONFDIR)/langdaug && install -m 644 examples/langdaugd.conf $(DESTDIR)$(SYSCONFDIR)/langdaug/langdaugd.conf.example)
+ifneq ($(CLIENTLIB_SRC),)
+	install -m 644 client/ld_client.h $(DESTDIR)$(INCDIR)/langdaug/
+	install -m 644 $(B)/liblangdaug.a $(DESTDIR)$(LIBDIR)/
+	install -m 755 $(B)/liblangdaug.so $(DESTDIR)$(LIBDIR)/liblangdaug.so.0
+	ln -sf liblangdaug.so.0 $(DESTDIR)$(LIBDIR)/liblangdaug.so
+	install -m 644 $(B)/langdaug.pc $(DESTDIR)$(LIBDIR)/pkgconfig/
+endif
+	install -d $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/langdaug
+	for u in systemd/*.service; do \
+	  sed 's|/usr/local/bin/|$(BINDIR)/|g' $$u > $(DESTDIR)$(UNITDIR)/$$(basename $$u) && chmod 644 $(DESTDIR)$(UNITDIR)/$$(basename $$u); \
+	done
+	install -m 644 examples/langdaugd.conf $(DESTDIR)$(SYSCONFDIR)/langdaug/langdaugd.conf.example
 
 clean:
 	rm -rf $(B)

@@ -28,6 +28,7 @@ static const ldc_command_t commands[] = {
     {"sample", ldc_sample_main, "Langevin chains from dataset crops, snapshots as PNG"},
     {"pull", ldc_pull_main, "pull labelled samples from samplers into a folder"},
     {"status", ldc_status_main, "show a sampler's status"},
+    {"keygen", ldc_keygen_main, "write a CURVE key pair for encrypted, authenticated sockets"},
     {"bench", ldc_bench_main, "measure batches/s and MB/s received from samplers"},
 };
 

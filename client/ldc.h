@@ -28,6 +28,7 @@ int ldc_train_main(int argc, char **argv);
 int ldc_pull_main(int argc, char **argv);
 int ldc_status_main(int argc, char **argv);
 int ldc_bench_main(int argc, char **argv);
+int ldc_keygen_main(int argc, char **argv);
 
 /* getopt_long with the CLI's error reporting: returns the option character
  * (or a long option's val), -1 after the last option, or '?' once it has

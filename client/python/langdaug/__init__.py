@@ -14,6 +14,7 @@ _LAZY = {
     "Client": ("client", "Client"),
     "Batch": ("client", "Batch"),
     "status": ("client", "status"),
+    "read_key_file": ("client", "read_key_file"),
     "LangDAugError": ("client", "LangDAugError"),
     "ProtocolError": ("client", "ProtocolError"),
     "RequestRejected": ("client", "RequestRejected"),
