@@ -193,6 +193,12 @@ int ldd_config_set(ldd_config_t *cfg, const char *name, const char *value, const
     if (!value_printable(value))
         return ld_seterr(LD_EINVAL, "%s: value with a control character, surrounding spaces or a ';' that would "
                          "start a comment", what);
+    /* "key = value\n" must fit inih's line buffer, or --print-config would
+     * write a file that cannot be read back */
+    size_t longest = INI_MAX_LINE - 1 - strlen(" = \n") - strlen(name);
+    if (strlen(value) > longest)
+        return ld_seterr(LD_ERANGE, "%s: value of %zu characters, longer than a config file line allows (%zu)", what,
+                         strlen(value), longest);
     void *slot = (char *)cfg + k->offset;
     int rc = 0;
     switch (k->type) {

@@ -351,6 +351,7 @@ class ConfigTest(unittest.TestCase):
                            (["--data", "d", "--print-config"], "model"),
                            (["--config", "/nonexistent/x.conf", "--print-config"], "/nonexistent/x.conf"),
                            (["--data", " /d", "--model", "m", "--print-config"], "data"),
+                           (["--data", "/" + "d" * 200, "--model", "m", "--print-config"], "longer than"),
                            (["stray"], "stray")]:
             r = self.run_daemon(*args)
             self.assertEqual(r.returncode, 2, args)
