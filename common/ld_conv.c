@@ -89,43 +89,43 @@ INLINE void silu_both(const float *a, float *s, float *d, size_t n)
 #define WINO_T_FLOATS (36 * LD_CONV_MAX_TW / 2)
 #define WINO_Q_FLOATS (24 * LD_CONV_MAX_TW / 2)
 
-/* dst = row k of B^T applied to s[0..a) */
-INLINE void bt_combine(int m, int k, const float *const *s, float *dst, int n)
+/* dst[i] = row k of B^T applied to s[0..a)[i * ss] */
+INLINE void bt_combine(int m, int k, const float *const *s, int ss, float *dst, int n)
 {
     if (m == 2) {
         switch (k) {
-        case 0: for (int i = 0; i < n; i++) dst[i] = s[0][i] - s[2][i]; break;
-        case 1: for (int i = 0; i < n; i++) dst[i] = s[1][i] + s[2][i]; break;
-        case 2: for (int i = 0; i < n; i++) dst[i] = s[2][i] - s[1][i]; break;
-        default: for (int i = 0; i < n; i++) dst[i] = s[1][i] - s[3][i]; break;
+        case 0: for (int i = 0; i < n; i++) dst[i] = s[0][i * ss] - s[2][i * ss]; break;
+        case 1: for (int i = 0; i < n; i++) dst[i] = s[1][i * ss] + s[2][i * ss]; break;
+        case 2: for (int i = 0; i < n; i++) dst[i] = s[2][i * ss] - s[1][i * ss]; break;
+        default: for (int i = 0; i < n; i++) dst[i] = s[1][i * ss] - s[3][i * ss]; break;
         }
         return;
     }
     switch (k) {
-    case 0: for (int i = 0; i < n; i++) dst[i] = (4.0f * s[0][i] - 5.0f * s[2][i]) + s[4][i]; break;
-    case 1: for (int i = 0; i < n; i++) dst[i] = (s[3][i] + s[4][i]) - 4.0f * (s[1][i] + s[2][i]); break;
-    case 2: for (int i = 0; i < n; i++) dst[i] = (s[4][i] - s[3][i]) + 4.0f * (s[1][i] - s[2][i]); break;
-    case 3: for (int i = 0; i < n; i++) dst[i] = (s[4][i] - s[2][i]) + 2.0f * (s[3][i] - s[1][i]); break;
-    case 4: for (int i = 0; i < n; i++) dst[i] = (s[4][i] - s[2][i]) - 2.0f * (s[3][i] - s[1][i]); break;
-    default: for (int i = 0; i < n; i++) dst[i] = (4.0f * s[1][i] - 5.0f * s[3][i]) + s[5][i]; break;
+    case 0: for (int i = 0; i < n; i++) dst[i] = (4.0f * s[0][i * ss] - 5.0f * s[2][i * ss]) + s[4][i * ss]; break;
+    case 1: for (int i = 0; i < n; i++) dst[i] = (s[3][i * ss] + s[4][i * ss]) - 4.0f * (s[1][i * ss] + s[2][i * ss]); break;
+    case 2: for (int i = 0; i < n; i++) dst[i] = (s[4][i * ss] - s[3][i * ss]) + 4.0f * (s[1][i * ss] - s[2][i * ss]); break;
+    case 3: for (int i = 0; i < n; i++) dst[i] = (s[4][i * ss] - s[2][i * ss]) + 2.0f * (s[3][i * ss] - s[1][i * ss]); break;
+    case 4: for (int i = 0; i < n; i++) dst[i] = (s[4][i * ss] - s[2][i * ss]) - 2.0f * (s[3][i * ss] - s[1][i * ss]); break;
+    default: for (int i = 0; i < n; i++) dst[i] = (4.0f * s[1][i * ss] - 5.0f * s[3][i * ss]) + s[5][i * ss]; break;
     }
 }
 
-/* dst = row k of A^T applied to s[0..a) */
-INLINE void at_combine(int m, int k, const float *const *s, float *dst, int n)
+/* dst[i * ds] = row k of A^T applied to s[0..a)[i] */
+INLINE void at_combine(int m, int k, const float *const *s, float *dst, int ds, int n)
 {
     if (m == 2) {
         if (k == 0)
-            for (int i = 0; i < n; i++) dst[i] = (s[0][i] + s[1][i]) + s[2][i];
+            for (int i = 0; i < n; i++) dst[i * ds] = (s[0][i] + s[1][i]) + s[2][i];
         else
-            for (int i = 0; i < n; i++) dst[i] = (s[1][i] - s[2][i]) - s[3][i];
+            for (int i = 0; i < n; i++) dst[i * ds] = (s[1][i] - s[2][i]) - s[3][i];
         return;
     }
     switch (k) {
-    case 0: for (int i = 0; i < n; i++) dst[i] = (s[0][i] + (s[1][i] + s[2][i])) + (s[3][i] + s[4][i]); break;
-    case 1: for (int i = 0; i < n; i++) dst[i] = (s[1][i] - s[2][i]) + 2.0f * (s[3][i] - s[4][i]); break;
-    case 2: for (int i = 0; i < n; i++) dst[i] = (s[1][i] + s[2][i]) + 4.0f * (s[3][i] + s[4][i]); break;
-    default: for (int i = 0; i < n; i++) dst[i] = ((s[1][i] - s[2][i]) + 8.0f * (s[3][i] - s[4][i])) + s[5][i]; break;
+    case 0: for (int i = 0; i < n; i++) dst[i * ds] = (s[0][i] + (s[1][i] + s[2][i])) + (s[3][i] + s[4][i]); break;
+    case 1: for (int i = 0; i < n; i++) dst[i * ds] = (s[1][i] - s[2][i]) + 2.0f * (s[3][i] - s[4][i]); break;
+    case 2: for (int i = 0; i < n; i++) dst[i * ds] = (s[1][i] + s[2][i]) + 4.0f * (s[3][i] + s[4][i]); break;
+    default: for (int i = 0; i < n; i++) dst[i * ds] = ((s[1][i] - s[2][i]) + 8.0f * (s[3][i] - s[4][i])) + s[5][i]; break;
     }
 }
 
@@ -190,13 +190,12 @@ HOT void ld_wino_weights_t(int m, const float *w, int cout, int cin, int ci0, in
     weights_rows(m, w + 8, 9, (size_t)cin * 9, -1, ci0, ci1, cout, ut, (size_t)cout * (size_t)cin);
 }
 
-HOT void ld_wino_input(int m, const float *x, int h, int w, int c0, int c1, int ty0, int ty1, float *v,
-                       size_t e_stride, size_t c_stride)
+INLINE void wino_input_m(int m, const float *x, int h, int w, int c0, int c1, int ty0, int ty1, float *v,
+                         size_t e_stride, size_t c_stride)
 {
     const int a = m + 2, tw = (w + m - 1) / m, padded = m * tw + 2;
     float pad[LD_CONV_MAX_W + 8];
-    float dj[LD_CONV_TMP];                    /* [j][tx]: tap j of each tile of one input row */
-    float t[WINO_T_FLOATS];                   /* [input row i][k][tx]: B^T along x */
+    float t[WINO_T_FLOATS]; /* [input row i][k][tx]: B^T along x */
     for (int c = c0; c < c1; c++) {
         const float *xc = x + (size_t)c * (size_t)h * (size_t)w;
         for (int ty = ty0; ty < ty1; ty++) {
@@ -205,49 +204,50 @@ HOT void ld_wino_input(int m, const float *x, int h, int w, int c0, int c1, int 
                 memset(pad, 0, (size_t)padded * sizeof(float));
                 if (r >= 0 && r < h)
                     memcpy(pad + 1, xc + (size_t)r * (size_t)w, (size_t)w * sizeof(float));
-                const float *s[6];
-                for (int j = 0; j < a; j++) {
-                    float *d = dj + (size_t)j * (size_t)tw;
-                    for (int tx = 0; tx < tw; tx++)
-                        d[tx] = pad[m * tx + j];
-                    s[j] = d;
-                }
+                const float *s[6] = { pad, pad + 1, pad + 2, pad + 3, pad + 4, pad + 5 }; /* tap j of tile tx: s[j][m*tx] */
                 for (int k = 0; k < a; k++)
-                    bt_combine(m, k, s, t + (size_t)(i * a + k) * (size_t)tw, tw);
+                    bt_combine(m, k, s, m, t + (size_t)(i * a + k) * (size_t)tw, tw);
             }
             float *vc = v + (size_t)c * c_stride + (size_t)(ty - ty0) * (size_t)tw;
             for (int k = 0; k < a; k++) { /* B^T along y, for column element k */
-                const float *s[6];
+                const float *s[6] = { 0 };
                 for (int i = 0; i < a; i++)
                     s[i] = t + (size_t)(i * a + k) * (size_t)tw;
                 for (int row = 0; row < a; row++)
-                    bt_combine(m, row, s, vc + (size_t)(row * a + k) * e_stride, tw);
+                    bt_combine(m, row, s, 1, vc + (size_t)(row * a + k) * e_stride, tw);
             }
         }
     }
+}
+
+/* Specialised for each m so that tile sizes and strides are constants. */
+HOT void ld_wino_input(int m, const float *x, int h, int w, int c0, int c1, int ty0, int ty1, float *v,
+                       size_t e_stride, size_t c_stride)
+{
+    if (m == 2)
+        wino_input_m(2, x, h, w, c0, c1, ty0, ty1, v, e_stride, c_stride);
+    else
+        wino_input_m(4, x, h, w, c0, c1, ty0, ty1, v, e_stride, c_stride);
 }
 
 /* The m output rows of one tile row: y[r][x] for x in 0..m*tw. */
 INLINE void output_rows(int m, const float *mc, size_t e_stride, int tw, float (*y)[LD_CONV_MAX_W + 8])
 {
     const int a = m + 2;
-    float q[WINO_Q_FLOATS], col[LD_CONV_MAX_TW]; /* q: [r][j][tx] */
+    float q[WINO_Q_FLOATS]; /* [r][j][tx] */
     for (int j = 0; j < a; j++) { /* A^T along y for column element j */
         const float *s[6];
         for (int i = 0; i < a; i++)
             s[i] = mc + (size_t)(i * a + j) * e_stride;
         for (int r = 0; r < m; r++)
-            at_combine(m, r, s, q + (size_t)(r * a + j) * (size_t)tw, tw);
+            at_combine(m, r, s, q + (size_t)(r * a + j) * (size_t)tw, 1, tw);
     }
     for (int r = 0; r < m; r++) { /* A^T along x */
         const float *s[6];
         for (int j = 0; j < a; j++)
             s[j] = q + (size_t)(r * a + j) * (size_t)tw;
-        for (int cx = 0; cx < m; cx++) {
-            at_combine(m, cx, s, col, tw);
-            for (int tx = 0; tx < tw; tx++)
-                y[r][m * tx + cx] = col[tx];
-        }
+        for (int cx = 0; cx < m; cx++)
+            at_combine(m, cx, s, y[r] + cx, m, tw);
     }
 }
 
@@ -257,7 +257,7 @@ INLINE void add_scalar(float *y, float b, int n)
         y[i] = y[i] + b;
 }
 
-HOT void ld_wino_output(int m, const float *mm, size_t e_stride, size_t c_stride, int h, int w, int c0, int c1,
+INLINE void wino_output_m(int m, const float *mm, size_t e_stride, size_t c_stride, int h, int w, int c0, int c1,
                         int ty0, int ty1, const ld_wino_out_t *o)
 {
     const int tw = (w + m - 1) / m, pw = w / 2;
@@ -309,6 +309,15 @@ HOT void ld_wino_output(int m, const float *mm, size_t e_stride, size_t c_stride
             }
         }
     }
+}
+
+HOT void ld_wino_output(int m, const float *mm, size_t e_stride, size_t c_stride, int h, int w, int c0, int c1,
+                        int ty0, int ty1, const ld_wino_out_t *o)
+{
+    if (m == 2)
+        wino_output_m(2, mm, e_stride, c_stride, h, w, c0, c1, ty0, ty1, o);
+    else
+        wino_output_m(4, mm, e_stride, c_stride, h, w, c0, c1, ty0, ty1, o);
 }
 
 HOT void ld_im2col3x3(const float *x, int c, int h, int w, int y0, int y1, float *col, size_t ldc)
