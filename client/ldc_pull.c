@@ -14,14 +14,12 @@
  * complete, or interrupted by SIGINT/SIGTERM: then it lists the samples
  * written so far and the exit status is 130. Domain names become folder names with any character outside
  * [A-Za-z0-9._-] replaced by '_'. */
-#include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -131,45 +129,22 @@ static void safe_name(const char *in, char *out, size_t cap)
         snprintf(out, cap, "_%s", in[0] ? "dots" : "any");
 }
 
-static int make_dir(const char *path)
-{
-    if (mkdir(path, 0777) == 0 || errno == EEXIST)
-        return 0;
-    return ld_seterr(LD_EIO, "%s: cannot create folder: %s", path, strerror(errno));
-}
-
-/* Writes s as a CSV field (quoted when needed). */
-static void csv_field(FILE *f, const char *s)
-{
-    if (!strpbrk(s, ",\"\r\n")) {
-        fputs(s, f);
-        return;
-    }
-    fputc('"', f);
-    for (; *s; s++) {
-        if (*s == '"')
-            fputc('"', f);
-        fputc(*s, f);
-    }
-    fputc('"', f);
-}
-
 static void csv_row(pull_t *p, const ld_batch_t *b, uint32_t i, const char *image, const char *mask, uint32_t row)
 {
     FILE *f = ld_afile_fp(p->csv);
     const ld_sample_meta_t *m = &b->meta[i];
     fprintf(f, "%" PRIu64 ",", p->done);
-    csv_field(f, image);
+    ld_cli_csv_field(f, image);
     fputc(',', f);
-    csv_field(f, mask);
+    ld_cli_csv_field(f, mask);
     fprintf(f, ",%u,", row);
-    csv_field(f, m->source_domain);
+    ld_cli_csv_field(f, m->source_domain);
     fputc(',', f);
-    csv_field(f, m->target_domain);
+    ld_cli_csv_field(f, m->target_domain);
     fprintf(f, ",%u,%.9g,%" PRIu64 ",%" PRIu64 ",", m->step, (double)m->energy, m->chain_id, m->seed);
-    csv_field(f, m->source_file);
+    ld_cli_csv_field(f, m->source_file);
     fprintf(f, ",%d,%d,", m->crop_x, m->crop_y);
-    csv_field(f, m->model_hash);
+    ld_cli_csv_field(f, m->model_hash);
     fprintf(f, ",%u,%" PRIu64 ",%d\n", m->source_item, m->epoch, b->endpoint);
 }
 
@@ -186,7 +161,7 @@ static int write_png_sample(pull_t *p, const ld_batch_t *b, uint32_t i)
     for (int k = 0; k < 3 && !rc; k++) {
         if (snprintf(dir, sizeof dir, "%s/%s%s", p->out, pair, subdirs[k]) >= (int)sizeof dir)
             return ld_seterr(LD_ERANGE, "%s/%s: path too long", p->out, pair);
-        rc = make_dir(dir);
+        rc = ld_afile_mkdir(dir);
     }
     ld_image_t img = { 0 }, m = { 0 };
     int s = (int)b->size;
@@ -405,7 +380,7 @@ static int run(pull_t *p, const ldc_request_t *req)
                                  "source_file,crop_x,crop_y,model_hash,source_item,epoch,endpoint\n";
     char path[PATH_CAP];
     ld_client_t *client = NULL;
-    int rc = make_dir(p->out);
+    int rc = ld_afile_mkdir(p->out);
     if (!rc && snprintf(path, sizeof path, "%s/samples.csv", p->out) >= (int)sizeof path)
         rc = ld_seterr(LD_ERANGE, "%s: path too long", p->out);
     rc = rc ? rc : ld_afile_open(path, &p->csv);

@@ -17,11 +17,9 @@
  * from (model, data, crops, seed). Every file is written atomically. */
 #include "ldc.h"
 
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
 
 #include "ld_afile.h"
@@ -277,14 +275,6 @@ static int run_chains(const sample_opts_t *o, sample_run_t *r)
 
 /* ---- output ---- */
 
-static int make_dir(const char *path)
-{
-    struct stat st;
-    if (mkdir(path, 0777) == 0 || (errno == EEXIST && stat(path, &st) == 0 && S_ISDIR(st.st_mode)))
-        return LD_OK;
-    return ld_seterr(LD_EIO, "%s: cannot create folder: %s", path, strerror(errno));
-}
-
 static void sample_name(char *buf, size_t n, int chain, int step)
 {
     snprintf(buf, n, "c%03d_s%04d", chain, step);
@@ -317,22 +307,6 @@ static int write_pair(const char *out, const sample_run_t *r, const uint8_t *val
     return rc;
 }
 
-/* Prints a CSV field, quoted when it holds a comma, quote or newline. */
-static void csv_field(FILE *f, const char *s)
-{
-    if (!strpbrk(s, ",\"\n\r")) {
-        fputs(s, f);
-        return;
-    }
-    fputc('"', f);
-    for (; *s; s++) {
-        if (*s == '"')
-            fputc('"', f);
-        fputc(*s, f);
-    }
-    fputc('"', f);
-}
-
 static int write_csv(const sample_opts_t *o, const sample_run_t *r)
 {
     char *path = NULL;
@@ -351,12 +325,12 @@ static int write_csv(const sample_opts_t *o, const sample_run_t *r)
             const ld_crop_t *cr = &r->crops[j];
             sample_name(name, sizeof name, j, o->lp.snapshots[k]);
             fprintf(f, "image/%s.png,", name);
-            csv_field(f, o->source);
+            ld_cli_csv_field(f, o->source);
             fputc(',', f);
-            csv_field(f, o->target);
+            ld_cli_csv_field(f, o->target);
             double energy = r->snap_energy[(size_t)k * (size_t)r->n + (size_t)j];
             fprintf(f, ",%d,%.9g,%d,%llu,", o->lp.snapshots[k], energy, j, (unsigned long long)o->lp.seed);
-            csv_field(f, ld_dataset_item_name(r->ds, cr->domain, cr->item));
+            ld_cli_csv_field(f, ld_dataset_item_name(r->ds, cr->domain, cr->item));
             fprintf(f, ",%d,%d\n", cr->x, cr->y);
         }
     if (ferror(f)) {
@@ -422,13 +396,13 @@ static void mask_values(const ld_dataset_t *ds, uint8_t value_of[256])
 static int write_outputs(const sample_opts_t *o, const sample_run_t *r)
 {
     char *img_dir = NULL, *mask_dir = NULL;
-    int rc = make_dir(o->out);
+    int rc = ld_afile_mkdir(o->out);
     if (!rc && (asprintf(&img_dir, "%s/image", o->out) < 0 || asprintf(&mask_dir, "%s/mask", o->out) < 0))
         rc = ld_seterr(LD_ENOMEM, "out of memory");
     if (!rc)
-        rc = make_dir(img_dir);
+        rc = ld_afile_mkdir(img_dir);
     if (!rc)
-        rc = make_dir(mask_dir);
+        rc = ld_afile_mkdir(mask_dir);
     free(img_dir);
     free(mask_dir);
     uint8_t value_of[256];

@@ -8,14 +8,12 @@
  * with --resume. */
 #include "ldc.h"
 
-#include <errno.h>
 #include <inttypes.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -228,9 +226,8 @@ static int prepare_outputs(args_t *a, char **checkpoint_owned)
             a->checkpoint = *checkpoint_owned;
         }
     }
-    if (a->preview_dir && mkdir(a->preview_dir, 0777) != 0 && errno != EEXIST) {
-        fprintf(stderr, "langdaug %s: cannot create preview folder %s: %s\n", CMD, a->preview_dir,
-                strerror(errno));
+    if (a->preview_dir && ld_afile_mkdir(a->preview_dir)) {
+        fprintf(stderr, "langdaug %s: --preview: %s\n", CMD, ld_errdetail());
         return 1;
     }
     if (check_writable("--out", a->out) || check_writable("--checkpoint", a->checkpoint) ||

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 struct ld_afile_s {
@@ -139,4 +140,12 @@ int ld_afile_write_all(const char *path, const void *buf, size_t len)
         return rc;
     }
     return ld_afile_commit(&af);
+}
+
+int ld_afile_mkdir(const char *path)
+{
+    struct stat st;
+    if (mkdir(path, 0777) == 0 || (errno == EEXIST && stat(path, &st) == 0 && S_ISDIR(st.st_mode)))
+        return LD_OK;
+    return ld_seterr(LD_EIO, "%s: cannot create folder: %s", path, strerror(errno));
 }

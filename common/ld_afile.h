@@ -36,4 +36,8 @@ void ld_afile_abort(ld_afile_t **self_p);
 /* Convenience: atomically replaces `path` with the given bytes. */
 int ld_afile_write_all(const char *path, const void *buf, size_t len);
 
+/* Creates the folder `path` (its parent must exist); a folder already there
+ * is fine. Anything else there, or a failed mkdir, is LD_EIO naming path. */
+int ld_afile_mkdir(const char *path);
+
 #endif

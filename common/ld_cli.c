@@ -1,7 +1,7 @@
-/* ld_cli: strict whole-string parsing of option and config values (see
- * ld_cli.h). strtoll/strtod do the conversion; these wrappers add the checks
- * they leave out: empty text, leading space or sign tricks, trailing junk,
- * overflow, NaN/Inf, and range. */
+/* ld_cli: strict whole-string parsing of option and config values, and CSV
+ * field quoting (see ld_cli.h). strtoll/strtod do the conversion; these
+ * wrappers add the checks they leave out: empty text, leading space or sign
+ * tricks, trailing junk, overflow, NaN/Inf, and range. */
 #include "ld_cli.h"
 #include "ld_error.h"
 
@@ -115,4 +115,19 @@ int ld_cli_parse_int_list(const char *what, const char *s, int min, int max, int
     }
     *n_out = n;
     return LD_OK;
+}
+
+void ld_cli_csv_field(FILE *f, const char *s)
+{
+    if (!strpbrk(s, ",\"\r\n")) {
+        fputs(s, f);
+        return;
+    }
+    fputc('"', f);
+    for (; *s; s++) {
+        if (*s == '"')
+            fputc('"', f);
+        fputc(*s, f);
+    }
+    fputc('"', f);
 }

@@ -1,4 +1,5 @@
-/* ld_cli: strict parsing of command-line and config values.
+/* ld_cli: strict parsing of command-line and config values, and the CSV
+ * quoting the commands use for the tables they write.
  *
  * Each parser takes `what` (the option or key being parsed, e.g. "--threads"
  * or "model.conf:3: size") and the text; it accepts the whole string or
@@ -11,6 +12,7 @@
 #define LD_CLI_H
 
 #include <stdint.h>
+#include <stdio.h>
 
 /* Decimal integer in [min, max] ("-3", "42"; no "+", no hex). */
 int ld_cli_parse_int(const char *what, const char *s, int min, int max, int *out);
@@ -24,5 +26,9 @@ int ld_cli_parse_float(const char *what, const char *s, double min, double max, 
  * items ("32,64,128"). *n_out = number of items. */
 int ld_cli_parse_int_list(const char *what, const char *s, int min, int max,
                           int *out, int max_n, int *n_out);
+
+/* Writes s to f as one CSV field (RFC 4180): as is, or in double quotes with
+ * inner quotes doubled when it holds a comma, quote, CR or LF. */
+void ld_cli_csv_field(FILE *f, const char *s);
 
 #endif

@@ -15,13 +15,11 @@
 #include "ld_png.h"
 #include "ld_rng.h"
 
-#include <errno.h>
 #include <stdarg.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #define PI 3.14159265358979323846
 #define MAX_DEPTH 3
@@ -306,12 +304,7 @@ __attribute__((format(printf, 1, 2))) static char *pathf(const char *fmt, ...)
 /* Creates the folder path (its parent must exist) and frees path. */
 static int make_dir(char *path)
 {
-    struct stat st;
-    int rc = LD_OK;
-    if (!path)
-        return LD_ENOMEM;
-    if (mkdir(path, 0777) != 0 && !(errno == EEXIST && stat(path, &st) == 0 && S_ISDIR(st.st_mode)))
-        rc = ld_seterr(LD_EIO, "%s: cannot create folder: %s", path, strerror(errno));
+    int rc = path ? ld_afile_mkdir(path) : LD_ENOMEM;
     free(path);
     return rc;
 }

@@ -1,5 +1,6 @@
 /* Atomic writes: commit replaces, abort and failures leave the old file and
- * no temporary behind; errors carry a detail naming the path. */
+ * no temporary behind; errors carry a detail naming the path. Also the
+ * folder helper ld_afile_mkdir. */
 #include "testutil.h"
 
 #include <stdlib.h>
@@ -94,6 +95,33 @@ START_TEST(missing_directory_is_an_error)
 }
 END_TEST
 
+/* ld_afile_mkdir: a new or existing folder is fine; a file in the way or a
+ * missing parent is LD_EIO naming the path. */
+START_TEST(mkdir_creates_or_accepts_folder)
+{
+    char *dir = ld_test_tmpdir(), *sub = ld_test_path(dir, "sub"), *file = ld_test_path(dir, "file");
+    ck_assert_int_eq(ld_afile_mkdir(sub), 0);
+    struct stat st;
+    ck_assert_int_eq(stat(sub, &st), 0);
+    ck_assert(S_ISDIR(st.st_mode));
+    ck_assert_int_eq(ld_afile_mkdir(sub), 0); /* already there */
+
+    ld_test_write_file(file, "x", 1);
+    ck_assert_int_eq(ld_afile_mkdir(file), LD_EIO);
+    ck_assert_ptr_nonnull(strstr(ld_errdetail(), file));
+
+    char *orphan = ld_test_path(file, "child");
+    ck_assert_int_eq(ld_afile_mkdir(orphan), LD_EIO);
+    ck_assert_ptr_nonnull(strstr(ld_errdetail(), orphan));
+    ck_assert_int_eq(ld_test_count_entries(dir), 2);
+    ld_test_rmtree(dir);
+    free(orphan);
+    free(file);
+    free(sub);
+    free(dir);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("afile");
@@ -102,6 +130,7 @@ int main(void)
     tcase_add_test(tc, abort_keeps_old);
     tcase_add_test(tc, disk_full_keeps_old);
     tcase_add_test(tc, missing_directory_is_an_error);
+    tcase_add_test(tc, mkdir_creates_or_accepts_folder);
     suite_add_tcase(s, tc);
     return ld_test_run(s);
 }

@@ -2,7 +2,7 @@
  * message naming the problem, nothing written), init-model determinism and
  * config files, and `energy` against direct ld_ebm_energy /
  * ld_ebm_backward_params calls on the same model and inputs. Also the strict
- * value parsers of ld_cli. Runs build/langdaug (env LD_BUILD). */
+ * value parsers and CSV quoting of ld_cli. Runs build/langdaug (env LD_BUILD). */
 #include "testutil.h"
 
 #include <math.h>
@@ -526,6 +526,34 @@ START_TEST(value_parsers)
 }
 END_TEST
 
+/* Fields with a separator, quote or line break are quoted, inner quotes
+ * doubled; anything else is written as is. */
+START_TEST(csv_field_quoting)
+{
+    static const struct {
+        const char *in, *out;
+    } cases[] = {
+        { "plain", "plain" },
+        { "", "" },
+        { "semi;colon", "semi;colon" },
+        { "a,b", "\"a,b\"" },
+        { "say \"hi\"", "\"say \"\"hi\"\"\"" },
+        { "two\nlines", "\"two\nlines\"" },
+        { "cr\r", "\"cr\r\"" },
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+        char *buf = NULL;
+        size_t len = 0;
+        FILE *f = open_memstream(&buf, &len);
+        ck_assert_ptr_nonnull(f);
+        ld_cli_csv_field(f, cases[k].in);
+        ck_assert_int_eq(fclose(f), 0);
+        ck_assert_str_eq(buf, cases[k].out);
+        free(buf);
+    }
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("cli");
@@ -538,6 +566,7 @@ int main(void)
     tcase_add_test(tc, energy_matches_direct_call);
     tcase_add_test(tc, energy_rejects_bad_inputs);
     tcase_add_test(tc, value_parsers);
+    tcase_add_test(tc, csv_field_quoting);
     suite_add_tcase(s, tc);
     return ld_test_run(s);
 }
