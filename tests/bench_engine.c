@@ -3,13 +3,14 @@
  * per-layer time profile.
  *
  *   bench_engine [--sizes 64,128] [--batches 1,8,16] [--threads 1,2]
- *                [--widths 32,64,128,128,256] [--seconds 4] [--steps 2]
+ *                [--widths 32,64,128,128,256] [--seconds 4] [--steps 8]
  *                [--sgemm] [--profile S,BATCH,THREADS] [--tsv]
  *
  * Langevin runs use the reference network (C=3, K=2, D=3; random weights,
  * random images and masks), step size 0.01, noise 0.005, --steps steps per
- * ld_langevin_run, repeated until --seconds have passed (after a one-step
- * warm-up run). image-steps/s = chains * steps * runs / seconds; GFLOP/s uses
+ * ld_langevin_run (a run transforms the weights once, so short runs pay
+ * more per step; LangDAug chains run tens of steps), repeated until
+ * --seconds have passed (after a one-step warm-up run). image-steps/s = chains * steps * runs / seconds; GFLOP/s uses
  * ld_ebm_arch_flops (nominal forward + backward-to-input convolution FLOPs,
  * 2 per multiply-add). --tsv prints "engine<TAB>S<TAB>batch<TAB>threads<TAB>
  * img_steps_per_s<TAB>gflops" lines for tests/bench.
@@ -338,14 +339,14 @@ static int bench_profile(const opts_t *o)
 static void usage(FILE *f)
 {
     fputs("Usage: bench_engine [--sizes 64,128] [--batches 1,8,16] [--threads 1,2] [--widths W0,..,WL]\n"
-          "                    [--seconds 4] [--steps 2] [--sgemm] [--profile S,BATCH,THREADS] [--tsv]\n",
+          "                    [--seconds 4] [--steps 8] [--sgemm] [--profile S,BATCH,THREADS] [--tsv]\n",
           f);
 }
 
 int main(int argc, char **argv)
 {
     opts_t o = { .sizes = { 64, 128 }, .n_sizes = 2, .batches = { 1, 8, 16 }, .n_batches = 3,
-                 .threads = { 1, 2 }, .n_threads = 2, .widths = "32,64,128,128,256", .seconds = 4, .steps = 2 };
+                 .threads = { 1, 2 }, .n_threads = 2, .widths = "32,64,128,128,256", .seconds = 4, .steps = 8 };
     static const struct option longopts[] = {
         { "sizes", required_argument, NULL, 'S' },   { "batches", required_argument, NULL, 'b' },
         { "threads", required_argument, NULL, 't' }, { "widths", required_argument, NULL, 'w' },
