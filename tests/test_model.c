@@ -4,7 +4,6 @@
  * the problem; a failed save leaves the old file and no temporary behind. */
 #include "testutil.h"
 
-#include <dirent.h>
 #include <math.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -52,34 +51,6 @@ static ld_ebm_t *small_model(uint64_t seed)
     return m;
 }
 
-static unsigned char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    ck_assert_ptr_nonnull(f);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *buf = malloc((size_t)n + 1);
-    ck_assert_ptr_nonnull(buf);
-    ck_assert_uint_eq(fread(buf, 1, (size_t)n, f), (size_t)n);
-    fclose(f);
-    *len = (size_t)n;
-    return buf;
-}
-
-/* Entries of the test directory (a failed save must leave no temporary). */
-static int count_entries(void)
-{
-    DIR *d = opendir(dir);
-    ck_assert_ptr_nonnull(d);
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)))
-        n += e->d_name[0] != '.';
-    closedir(d);
-    return n;
-}
-
 START_TEST(roundtrip_bit_exact)
 {
     char *p = ld_test_path(dir, "m.safetensors");
@@ -115,7 +86,7 @@ START_TEST(roundtrip_bit_exact)
     ck_assert_str_eq(ld_meta_get(meta, "provenance"), "test \xc3\xa9");
 
     size_t len;
-    unsigned char *raw = slurp(p, &len);
+    unsigned char *raw = (unsigned char *)ld_test_read_file(p, &len);
     ld_sha256_hex(raw, len, h_file);
     ck_assert_str_eq(h_save, h_load);
     ck_assert_str_eq(h_save, h_file);
@@ -140,7 +111,7 @@ START_TEST(hash_stable_and_follows_weights)
     ck_assert_int_eq(ld_model_save(p2, m, NULL, h2), 0);
     ck_assert_str_eq(h1, h2);
     size_t l1, l2;
-    unsigned char *b1 = slurp(p1, &l1), *b2 = slurp(p2, &l2);
+    char *b1 = ld_test_read_file(p1, &l1), *b2 = ld_test_read_file(p2, &l2);
     ck_assert_uint_eq(l1, l2);
     ck_assert_int_eq(memcmp(b1, b2, l1), 0);
     size_t last = ld_ebm_numel(m) - 1;
@@ -180,7 +151,7 @@ START_TEST(save_refuses_bad_input)
     ck_assert_int_eq(ld_model_save(p, m, NULL, NULL), LD_ENUMERIC);
     ck_assert_ptr_nonnull(strstr(ld_errdetail(), "element 5"));
     ck_assert_int_eq(access(p, F_OK), -1);
-    ck_assert_int_eq(count_entries(), 0);
+    ck_assert_int_eq(ld_test_count_entries(dir), 0);
     ld_meta_destroy(&extra);
     ld_ebm_destroy(&m);
     free(p);
@@ -351,7 +322,7 @@ START_TEST(failed_save_keeps_old_file)
     ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &lim), 0);
     ck_assert_int_eq(ld_model_save(p, m, NULL, NULL), LD_EIO);
     ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &old_lim), 0);
-    ck_assert_int_eq(count_entries(), 1); /* no temporary left */
+    ck_assert_int_eq(ld_test_count_entries(dir), 1); /* no temporary left */
     ld_ebm_t *back;
     ck_assert_int_eq(ld_model_load(p, &back, NULL, h_now), 0);
     ck_assert_str_eq(h_now, h_old);

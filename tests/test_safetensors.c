@@ -16,21 +16,6 @@
 
 /* ---- helpers -------------------------------------------------------------- */
 
-static unsigned char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    ck_assert_ptr_nonnull(f);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *buf = malloc((size_t)n + 1);
-    ck_assert_ptr_nonnull(buf);
-    ck_assert_uint_eq(fread(buf, 1, (size_t)n, f), (size_t)n);
-    fclose(f);
-    *len = (size_t)n;
-    return buf;
-}
-
 /* A file image: u64 LE header length, the header text, then data_len bytes
  * of a fixed pattern. */
 static unsigned char *make_file(const char *header, size_t data_len, size_t *len)
@@ -97,7 +82,7 @@ static unsigned char *small_valid_file(size_t *len)
     ck_assert_int_eq(ld_st_writer_add(wr, "ids", LD_DT_I32, 1, s3, ids), 0);
     ck_assert_int_eq(ld_st_writer_write(wr, p, NULL), 0);
     ld_st_writer_destroy(&wr);
-    unsigned char *buf = slurp(p, len);
+    unsigned char *buf = (unsigned char *)ld_test_read_file(p, len);
     ld_test_rmtree(dir);
     free(p);
     free(dir);
@@ -173,7 +158,7 @@ START_TEST(roundtrip_all_dtypes)
     char hash_r[65], hash_f[65];
     ld_st_sha256(st, hash_r);
     size_t len;
-    unsigned char *raw = slurp(p, &len);
+    unsigned char *raw = (unsigned char *)ld_test_read_file(p, &len);
     ld_sha256_hex(raw, len, hash_f);
     ck_assert_str_eq(hash_w, hash_r);
     ck_assert_str_eq(hash_w, hash_f);
@@ -209,7 +194,7 @@ START_TEST(writer_layout)
     ck_assert_int_eq(ld_st_writer_write(w, p, NULL), 0);
     ld_st_writer_destroy(&w);
     size_t len;
-    unsigned char *buf = slurp(p, &len);
+    unsigned char *buf = (unsigned char *)ld_test_read_file(p, &len);
     uint64_t h = 0;
     for (int i = 7; i >= 0; i--)
         h = (h << 8) | buf[i];
