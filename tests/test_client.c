@@ -7,14 +7,11 @@
  * (PR_SET_PDEATHSIG) and is stopped by it; every wait is bounded. */
 #include "testutil.h"
 
-#include <arpa/inet.h>
 #include <math.h>
-#include <netinet/in.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/wait.h>
@@ -83,17 +80,6 @@ START_TEST(options_are_checked)
 }
 END_TEST
 
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-    socklen_t len = sizeof a;
-    ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
-    ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
 static int64_t now_ms(void)
 {
     struct timespec ts;
@@ -104,7 +90,7 @@ static int64_t now_ms(void)
 START_TEST(times_out_without_sampler)
 {
     char ep[64];
-    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", free_port());
+    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", ld_test_free_port());
     const char *eps[] = { ep }, *tg[] = { "cam1" };
     ld_client_opts_t o;
     base_opts(&o, eps, 1, tg);
@@ -139,7 +125,7 @@ static void on_alarm(int sig)
 START_TEST(cancel_flag_interrupts_the_wait)
 {
     char ep[64];
-    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", free_port());
+    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", ld_test_free_port());
     const char *eps[] = { ep }, *tg[] = { "cam1" };
     ld_client_opts_t o;
     base_opts(&o, eps, 1, tg);
@@ -211,7 +197,7 @@ static void fake_open(fake_t *f)
     f->router = zmq_socket(f->ctx, ZMQ_ROUTER);
     int linger = 0;
     zmq_setsockopt(f->router, ZMQ_LINGER, &linger, sizeof linger);
-    snprintf(f->ep, sizeof f->ep, "tcp://127.0.0.1:%d", free_port());
+    snprintf(f->ep, sizeof f->ep, "tcp://127.0.0.1:%d", ld_test_free_port());
     ck_assert_int_eq(zmq_bind(f->router, f->ep), 0);
 }
 
@@ -433,11 +419,11 @@ typedef struct {
  * NULL-terminated `extra` options; it dies with the test. */
 static void daemon_start_with(daemon_t *d, int port, const char *const *extra)
 {
-    d->port = port ? port : free_port();
+    d->port = port ? port : ld_test_free_port();
     snprintf(d->ep, sizeof d->ep, "tcp://127.0.0.1:%d", d->port);
     char bin[4096], status[64], log[4096];
     snprintf(bin, sizeof bin, "%s/langdaugd", ld_test_build_dir());
-    snprintf(status, sizeof status, "tcp://127.0.0.1:%d", free_port());
+    snprintf(status, sizeof status, "tcp://127.0.0.1:%d", ld_test_free_port());
     snprintf(log, sizeof log, "%s/daemon-%d.log", fx.dir, d->port);
     const char *argv[40] = { bin, "--bind", d->ep, "--status", status, "--model", fx.model, "--data", fx.data,
                              "--workers", "1", "--chain-batch", "2", "--steps", "0,2,4", "--step-size", "0.01",

@@ -55,6 +55,10 @@ int ld_test_count_entries(const char *dir);
 /* Runs a shell command, returns its exit status (-1 if it did not exit). */
 int ld_test_system(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* A TCP port on 127.0.0.1 that was free a moment ago (the kernel picks it
+ * for a socket that is then closed). Aborts the test if it cannot. */
+int ld_test_free_port(void);
+
 /* Max |a-b| / max(|b|, floor) over n values. */
 double ld_test_max_rel_err(const float *a, const float *b, size_t n, double floor);
 
