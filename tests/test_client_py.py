@@ -10,7 +10,6 @@ Also the fixtures of tests/test_pull_cli.py.
 import ctypes
 import os
 import signal
-import socket
 import shutil
 import subprocess
 import sys
@@ -22,11 +21,8 @@ import numpy as np
 
 from langdaug.client import (Client, LangDAugError, ProtocolError, RequestRejected, parse_pairs, read_key_file,
                              session_seed, status)
+from ldtest import CLI, DAEMON, HERE, free_port, run_cli
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-BUILD = os.environ.get("LD_BUILD", os.path.join(os.path.dirname(HERE), "build"))
-DAEMON = os.path.join(BUILD, "langdaugd")
-CLI = os.environ.get("LD_CLI", os.path.join(BUILD, "langdaug"))
 WAIT = 20.0   # seconds any single expected event may take
 C, K, S = 3, 2, 16
 DOMAINS = ["cam0", "cam1"]  # langdaug synth's names
@@ -39,12 +35,6 @@ try:
     from langdaug.torch_data import LangDAugDataset
 except ImportError:  # pragma: no cover - Debian's python3-torch is a build dependency
     torch = None
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _die_with_parent():
@@ -93,13 +83,12 @@ class Fixture:
         self.dir = tempfile.mkdtemp(prefix="langdaug-client-test-")
         self.model = os.path.join(self.dir, "m.safetensors")
         self.data = os.path.join(self.dir, "data")
-        r = subprocess.run([CLI, "init-model", "--out", self.model, "--size", str(S), "--widths", "4,8",
-                            "--domains", ",".join(DOMAINS), "--mask-classes", str(K), "--image-channels", str(C),
-                            "--seed", "3"], capture_output=True, text=True, timeout=60)
+        r = run_cli("init-model", "--out", self.model, "--size", S, "--widths", "4,8", "--domains", ",".join(DOMAINS),
+                    "--mask-classes", K, "--image-channels", C, "--seed", 3, timeout=60)
         if r.returncode != 0:
             raise AssertionError("langdaug init-model failed: " + r.stderr)
-        r = subprocess.run([CLI, "synth", "--out", self.data, "--domains", "2", "--per-domain", "2", "--size", "32",
-                            "--seed", "7"], capture_output=True, text=True, timeout=60)
+        r = run_cli("synth", "--out", self.data, "--domains", 2, "--per-domain", 2, "--size", 32, "--seed", 7,
+                    timeout=60)
         if r.returncode != 0:
             raise AssertionError("langdaug synth failed: " + r.stderr)
 

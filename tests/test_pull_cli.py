@@ -12,7 +12,6 @@ import json
 import os
 import pty
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -22,7 +21,8 @@ import numpy as np
 from PIL import Image
 
 import test_client_py
-from test_client_py import CLI, C, DOMAINS, S, TARGET, WAIT, free_port
+from ldtest import CLI, free_port, interrupt_when, run_cli
+from test_client_py import C, DOMAINS, S, TARGET, WAIT
 
 from langdaug.client import Client
 
@@ -30,7 +30,7 @@ SEED = 21
 
 
 def cli(*args, timeout=60):
-    return subprocess.run([CLI] + [str(a) for a in args], capture_output=True, text=True, timeout=timeout)
+    return run_cli(*args, timeout=timeout)
 
 
 def commands_missing():
@@ -125,18 +125,7 @@ class PullCliTest(test_client_py.SamplerTestCase):
         proc = subprocess.Popen([CLI, "pull", "--from", self.sampler.endpoint, "--targets", TARGET, "-n", "1000000",
                                  "--batch", "2", "--out", self.out, "-q"], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)
-        try:
-            deadline = time.monotonic() + WAIT
-            while time.monotonic() < deadline and proc.poll() is None:
-                if sum(len(files) for _, _, files in os.walk(self.out)) >= 8:
-                    break
-                time.sleep(0.05)
-            proc.send_signal(signal.SIGINT)
-            _, err = proc.communicate(timeout=WAIT)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        _, err = interrupt_when(proc, lambda: sum(len(files) for _, _, files in os.walk(self.out)) >= 8, WAIT)
         self.assertEqual(proc.returncode, 130, err)
         self.assertIn("interrupted", err)
         with open(os.path.join(self.out, "samples.csv"), newline="") as f:

@@ -25,6 +25,8 @@ import unittest
 
 import numpy as np
 
+from ldtest import CLI
+
 try:
     import torch
     from langdaug.torch import EBM, read_safetensors, write_safetensors
@@ -32,8 +34,6 @@ except ImportError as e:  # pragma: no cover - depends on the machine
     torch = None
     IMPORT_ERROR = str(e)
 
-BUILD = os.environ.get("LD_BUILD", os.path.join(os.path.dirname(__file__), "..", "build"))
-CLI = os.path.join(BUILD, "langdaug")
 ENERGY_TOL = 1e-4
 GRAD_TOL = 1e-3
 

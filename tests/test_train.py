@@ -8,22 +8,20 @@ is bounded in time; the data is a tiny `langdaug synth` set.
 import json
 import os
 import shutil
-import signal
 import struct
 import subprocess
 import tempfile
 import time
 import unittest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-BUILD = os.environ.get("LD_BUILD", os.path.join(os.path.dirname(HERE), "build"))
-CLI = os.environ.get("LD_CLI", os.path.join(BUILD, "langdaug"))
+from ldtest import CLI, interrupt_when, run_cli
+
 WAIT = 120.0  # seconds any single command may take (sanitizer builds are slow)
 SMALL = ["--size", "16", "--widths", "8,16", "--batch", "4", "--langevin-steps", "3", "--threads", "1"]
 
 
 def run(*args, timeout=WAIT):
-    return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=timeout)
+    return run_cli(*args, timeout=timeout)
 
 
 def safetensors_meta(path):
@@ -111,17 +109,8 @@ class TrainCli(unittest.TestCase):
         proc = subprocess.Popen([CLI, "train", "--data", self.data, *SMALL, "--checkpoint", ckpt, "--checkpoint-every",
                                  "2", "--out", self.out("i.safetensors"), "--iters", "100000"],
                                 stderr=subprocess.PIPE, text=True)
-        try:
-            deadline = time.monotonic() + WAIT
-            while not os.path.exists(ckpt) and time.monotonic() < deadline:  # the loop is running
-                time.sleep(0.05)
-            self.assertTrue(os.path.exists(ckpt), "no checkpoint appeared")
-            proc.send_signal(signal.SIGINT)
-            _, err = proc.communicate(timeout=WAIT)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        running, err = interrupt_when(proc, lambda: os.path.exists(ckpt), WAIT)
+        self.assertTrue(running, "no checkpoint appeared before SIGINT")
         self.assertEqual(proc.returncode, 1, err)
         self.assertIn("interrupted after iteration", err)
         done = int(safetensors_meta(ckpt)["iteration"])
