@@ -7,11 +7,9 @@
  * ld_langevin_run from (crop, target, seed, chain id): masks, step-0
  * images, energies and every snapshot must match. */
 #include <fcntl.h>
-#include <netinet/in.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -28,17 +26,6 @@
 #define C 3
 #define STEP_SIZE "0.01"
 #define NOISE "0.005"
-
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-    socklen_t len = sizeof a;
-    ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
-    ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-    close(fd);
-    return ntohs(a.sin_port);
-}
 
 typedef struct {
     char *dir, *data, *model, *log;
@@ -72,8 +59,8 @@ static void make_fixture(fixture_t *f)
 
 static void start_daemon(fixture_t *f)
 {
-    snprintf(f->bind, sizeof f->bind, "tcp://127.0.0.1:%d", free_port());
-    snprintf(f->status, sizeof f->status, "tcp://127.0.0.1:%d", free_port());
+    snprintf(f->bind, sizeof f->bind, "tcp://127.0.0.1:%d", ld_test_free_port());
+    snprintf(f->status, sizeof f->status, "tcp://127.0.0.1:%d", ld_test_free_port());
     char *exe = ld_test_path(ld_test_build_dir(), "langdaugd");
     f->pid = fork();
     ck_assert_int_ge(f->pid, 0);
