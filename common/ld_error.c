@@ -3,6 +3,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 static _Thread_local char tls_detail[512];
 
@@ -29,10 +30,14 @@ const char *ld_strerror(int err)
 
 int ld_seterr(int err, const char *fmt, ...)
 {
+    /* Format into a local buffer first: callers may pass ld_errdetail() as
+     * an argument ("%s: %s", path, ld_errdetail()) to add context. */
+    char buf[sizeof tls_detail];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(tls_detail, sizeof tls_detail, fmt, ap);
+    vsnprintf(buf, sizeof buf, fmt, ap);
     va_end(ap);
+    memcpy(tls_detail, buf, sizeof buf);
     return err;
 }
 

@@ -30,7 +30,9 @@ enum {
 const char *ld_strerror(int err);
 
 /* Records a printf-style detail for the calling thread and returns err,
- * so that callers can write `return ld_seterr(LD_EFORMAT, "...", ...);`. */
+ * so that callers can write `return ld_seterr(LD_EFORMAT, "...", ...);`.
+ * The arguments may include ld_errdetail() itself, to add context to the
+ * detail a callee recorded. */
 int ld_seterr(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* The calling thread's last detail message ("" if none). Valid until the
