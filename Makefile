@@ -4,6 +4,7 @@
 #   make test            build and run the test suite (tests/run)
 #   make bench           benchmarks (speed is measured here, never in tests)
 #   make demo            the main job on the embedded default
+#   make fuzz            libFuzzer pass over every target (FUZZ_SECONDS each, default 20)
 #   make install         PREFIX=/usr/local DESTDIR=
 # Options: SANITIZE=address,undefined  WERROR=1  OPT=-O2  V=1
 
@@ -23,7 +24,7 @@ PY := /usr/bin/python3
 # Debian packages the build, the tests and the demo need.
 DEB_PKGS := make gcc libc6-dev pkg-config libzmq3-dev libprotobuf-c-dev protobuf-c-compiler \
 	libuv1-dev libpng-dev libopenblas-dev libjansson-dev libsodium-dev libinih-dev libsystemd-dev \
-	check protobuf-compiler python3-zmq python3-protobuf python3-numpy python3-torch python3-pil \
+	check valgrind protobuf-compiler python3-zmq python3-protobuf python3-numpy python3-torch python3-pil \
 	clang libclang-rt-14-dev
 PKG_LIBS := libzmq libprotobuf-c libuv libpng openblas jansson libsodium inih libsystemd
 
@@ -94,7 +95,7 @@ TARGETS += $(B)/liblangdaug.a $(B)/liblangdaug.so $(B)/langdaug.pc
 endif
 VERSION := 0.1.0
 
-.PHONY: all deps test bench demo install clean print-deps
+.PHONY: all deps test bench demo fuzz install clean print-deps
 # Generated sources are kept (make would delete them as intermediates).
 .SECONDARY: $(PROTO_C) $(PROTO_H)
 all: $(TARGETS) $(TEST_BIN) $(BENCH_BIN) $(PY_PROTO)
@@ -177,6 +178,11 @@ bench: deps
 demo: deps
 	$(Q)$(MAKE) --no-print-directory all
 	$(Q)LD_BUILD=$(B) LD_PY=$(PY) examples/demo
+
+FUZZ_SECONDS ?= 20
+FUZZ_SEED ?=
+fuzz: deps
+	$(Q)FUZZ_BUILD=$(B)/fuzz FUZZ_SEED=$(FUZZ_SEED) tests/fuzz/run $(FUZZ_SECONDS)
 
 install: all
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCDIR)/langdaug
