@@ -44,18 +44,6 @@ static const char *at(const char *name)
     return b;
 }
 
-static char *text_of(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return strdup("");
-    static char buf[16384];
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    buf[n] = '\0';
-    fclose(f);
-    return strdup(buf);
-}
-
 static char *out_text, *err_text;
 
 /* Runs `langdaug <args>`, capturing stdout/stderr; returns the exit status. */
@@ -71,8 +59,8 @@ static int run(const char *fmt, ...)
                             at("stderr.txt"));
     free(out_text);
     free(err_text);
-    out_text = text_of(at("stdout.txt"));
-    err_text = text_of(at("stderr.txt"));
+    out_text = ld_test_read_file(at("stdout.txt"), NULL);
+    err_text = ld_test_read_file(at("stderr.txt"), NULL);
     return st;
 }
 
@@ -83,24 +71,10 @@ static void expect_usage_error(const char *args, const char *needle)
     ck_assert_msg(strstr(err_text, needle) != NULL, "'langdaug %s': stderr '%s' lacks '%s'", args, err_text, needle);
 }
 
-static unsigned char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    ck_assert_msg(f != NULL, "cannot read %s", path);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *buf = malloc((size_t)n + 1);
-    ck_assert_uint_eq(fread(buf, 1, (size_t)n, f), (size_t)n);
-    fclose(f);
-    *len = (size_t)n;
-    return buf;
-}
-
 static int same_file(const char *a, const char *b)
 {
     size_t la, lb;
-    unsigned char *x = slurp(a, &la), *y = slurp(b, &lb);
+    char *x = ld_test_read_file(a, &la), *y = ld_test_read_file(b, &lb);
     int same = la == lb && memcmp(x, y, la) == 0;
     free(x);
     free(y);

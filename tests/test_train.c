@@ -404,20 +404,6 @@ START_TEST(resume_rejects_changed_settings)
 }
 END_TEST
 
-static char *read_file(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    ck_assert_ptr_nonnull(f);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    ck_assert_uint_eq(fread(buf, 1, (size_t)n, f), (size_t)n);
-    fclose(f);
-    *len = (size_t)n;
-    return buf;
-}
-
 /* The checkpoint at path loads and is the run at `iteration`. */
 static void assert_checkpoint_at(const char *path, int64_t iteration)
 {
@@ -440,7 +426,7 @@ START_TEST(killed_checkpoint_write_keeps_previous)
     ld_train_t *tr = new_run(&cfg);
     run_to(tr, 1, ck, 0);
     size_t len0;
-    char *before = read_file(ck, &len0);
+    char *before = ld_test_read_file(ck, &len0);
     ld_train_stats_t st;
     ck_assert_int_eq(ld_train_step(tr, &st, NULL), 0);
     for (int trial = 0; trial < 8; trial++) {
@@ -480,7 +466,7 @@ START_TEST(killed_checkpoint_write_keeps_previous)
     waitpid(pid, &status, 0);
     ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "a write over the size limit did not fail with LD_EIO");
     size_t len1;
-    char *after = read_file(ck, &len1);
+    char *after = ld_test_read_file(ck, &len1);
     ck_assert(len0 == len1 && memcmp(before, after, len0) == 0);
     assert_checkpoint_at(ck, 1);
     ld_train_destroy(&tr);
