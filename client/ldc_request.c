@@ -47,22 +47,28 @@ static int split_list(const char *cmd, const char *what, char *s, const char **v
     return n;
 }
 
-static int replace_copy(char **dst, const char *arg)
+/* Replaces *copy with an owned copy of arg and splits it into v[]; *n_out
+ * gets the count. Returns 0, or the exit status (message printed). */
+static int set_list(const char *cmd, const char *what, const char *arg, char **copy, const char **v, int *n_out)
 {
-    free(*dst);
-    *dst = strdup(arg);
-    return *dst != NULL;
+    free(*copy);
+    *copy = strdup(arg);
+    if (!*copy)
+        return ldc_fail(cmd, ld_seterr(LD_ENOMEM, "%s: out of memory", what));
+    int n = split_list(cmd, what, *copy, v);
+    if (n < 0)
+        return 2;
+    *n_out = n;
+    return 0;
 }
 
 /* "A:B" or "A:B:W" items (the source may be empty). */
 static int parse_pairs(ldc_request_t *req, const char *cmd, const char *arg)
 {
     const char *items[LDC_REQUEST_MAX_ITEMS];
-    if (!replace_copy(&req->pairs, arg))
-        return ldc_fail(cmd, ld_seterr(LD_ENOMEM, "--pairs: out of memory"));
-    int n = split_list(cmd, "--pairs", req->pairs, items);
-    if (n < 0)
-        return 2;
+    int n, rc = set_list(cmd, "--pairs", arg, &req->pairs, items, &n);
+    if (rc)
+        return rc;
     for (int i = 0; i < n; i++) {
         char *item = (char *)items[i], *c1 = strchr(item, ':'), *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
         if (!c1 || c1[1] == '\0' || c1[1] == ':')
@@ -96,23 +102,13 @@ static int parse_steps(ldc_request_t *req, const char *cmd, const char *arg)
 
 int ldc_request_option(ldc_request_t *req, const char *cmd, int opt, const char *arg)
 {
-    int v, n;
+    int v;
     double d;
     switch (opt) {
     case LDC_OPT_FROM:
-        if (!replace_copy(&req->from, arg))
-            return ldc_fail(cmd, ld_seterr(LD_ENOMEM, "--from: out of memory"));
-        if ((n = split_list(cmd, "--from", req->from, req->endpoint_v)) < 0)
-            return 2;
-        req->opts.n_endpoints = n;
-        return 0;
+        return set_list(cmd, "--from", arg, &req->from, req->endpoint_v, &req->opts.n_endpoints);
     case LDC_OPT_TARGETS:
-        if (!replace_copy(&req->targets, arg))
-            return ldc_fail(cmd, ld_seterr(LD_ENOMEM, "--targets: out of memory"));
-        if ((n = split_list(cmd, "--targets", req->targets, req->target_v)) < 0)
-            return 2;
-        req->opts.n_targets = n;
-        return 0;
+        return set_list(cmd, "--targets", arg, &req->targets, req->target_v, &req->opts.n_targets);
     case LDC_OPT_PAIRS:
         return parse_pairs(req, cmd, arg);
     case LDC_OPT_STEPS:
