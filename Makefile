@@ -62,6 +62,7 @@ endif
 #   client/langdaug.c + client/ldc_*.c  the command line          -> build/langdaug
 #   tests/test_*.c       one Check suite each, + tests/testutil.c  -> build/tests/
 #   tests/bench_*.c      benchmarks                                -> build/tests/
+#   examples/*.c         example programs on liblangdaug           -> build/examples/
 CORE_SRC := $(sort $(wildcard common/*.c))
 PROTO_SRC := $(sort $(wildcard proto/*.proto))
 PROTO_C := $(patsubst proto/%.proto,$(B)/proto/%.pb-c.c,$(PROTO_SRC))
@@ -73,6 +74,7 @@ CLIENTLIB_SRC := $(sort $(wildcard client/ld_*.c))
 CLI_SRC := $(sort $(wildcard client/langdaug.c client/ldc_*.c))
 TEST_SRC := $(sort $(wildcard tests/test_*.c))
 BENCH_SRC := $(sort $(wildcard tests/bench_*.c))
+EXAMPLE_SRC := $(sort $(wildcard examples/*.c))
 
 CORE_OBJ := $(CORE_SRC:%.c=$(B)/%.o)
 PROTO_OBJ := $(PROTO_C:.c=.o)
@@ -81,6 +83,7 @@ CLIENTLIB_OBJ := $(CLIENTLIB_SRC:%.c=$(B)/%.o)
 CLI_OBJ := $(CLI_SRC:%.c=$(B)/%.o)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(B)/tests/%)
 BENCH_BIN := $(BENCH_SRC:tests/%.c=$(B)/tests/%)
+EXAMPLE_BIN := $(EXAMPLE_SRC:examples/%.c=$(B)/examples/%)
 
 CORE_LIB := $(B)/libldcore.a
 TARGETS := $(CORE_LIB)
@@ -98,7 +101,7 @@ VERSION := 0.1.0
 .PHONY: all deps test bench demo fuzz install clean print-deps
 # Generated sources are kept (make would delete them as intermediates).
 .SECONDARY: $(PROTO_C) $(PROTO_H)
-all: $(TARGETS) $(TEST_BIN) $(BENCH_BIN) $(PY_PROTO)
+all: $(TARGETS) $(TEST_BIN) $(BENCH_BIN) $(EXAMPLE_BIN) $(PY_PROTO)
 
 # The dependency step: install missing Debian packages when root, otherwise
 # print the one apt-get command needed and stop.
@@ -152,6 +155,12 @@ $(B)/liblangdaug.a: $(CLIENTLIB_OBJ) $(CORE_OBJ) $(PROTO_OBJ)
 
 $(B)/liblangdaug.so: $(CLIENTLIB_OBJ) $(CORE_OBJ) $(PROTO_OBJ)
 	$(Q)$(CC) -shared $(LDFLAGS) -Wl,-soname,liblangdaug.so.0 -o $@ $^ $(LDLIBS)
+
+# Examples link the client library as a user's program would.
+$(B)/examples/%: examples/%.c $(B)/liblangdaug.a $(FLAGS_STAMP)
+	@mkdir -p $(dir $@)
+	@echo "  LD   $@"
+	$(Q)$(CC) $(CFLAGS) -o $@ $< $(B)/liblangdaug.a $(LDFLAGS) $(LDLIBS)
 
 $(B)/langdaug.pc: client/langdaug.pc.in
 	$(Q)sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCDIR@|$(INCDIR)|' \
