@@ -136,19 +136,22 @@ class PullCliTest(test_client_py.SamplerTestCase):
         self.assertEqual(sorted(os.path.join(self.out, r["image"]) for r in rows), images)
         self.assertFalse([f for _, _, files in os.walk(self.out) for f in files if f.startswith(".")])
 
-    def test_mask_values(self):
-        rows = self.pull("-n", 3, "--batch", 3, "--mask-values", "255,7")
-        _, masks, _ = self.reference(3, 3, "uint8")
+    def assert_mask_files(self, rows, n, class0_value, other_value):
+        """The mask PNGs of rows are the first n reference masks with class 0
+        written as class0_value and every other class as other_value."""
+        _, masks, _ = self.reference(n, n, "uint8")
+        self.assertEqual(len(rows), n)
         for k, row in enumerate(rows):
             got = np.asarray(Image.open(os.path.join(self.out, row["mask"])))
-            np.testing.assert_array_equal(got, np.where(masks[k] == 0, 255, 7))
+            np.testing.assert_array_equal(got, np.where(masks[k] == 0, class0_value, other_value))
+
+    def test_mask_values(self):
+        rows = self.pull("-n", 3, "--batch", 3, "--mask-values", "255,7")
+        self.assert_mask_files(rows, 3, 255, 7)
 
     def test_maskmap(self):
         rows = self.pull("-n", 2, "--batch", 2, "--maskmap", "0:0,*:1")
-        _, masks, _ = self.reference(2, 2, "uint8")
-        for k, row in enumerate(rows):
-            got = np.asarray(Image.open(os.path.join(self.out, row["mask"])))
-            np.testing.assert_array_equal(got, np.where(masks[k] == 0, 0, 255))
+        self.assert_mask_files(rows, 2, 0, 255)
         for args in (["--maskmap", "0:0,*:1", "--mask-values", "0,1"], ["--maskmap", "0:0,*:2"],
                      ["--maskmap", "x"]):
             r = cli("pull", "--from", self.sampler.endpoint, "--targets", TARGET, "-n", 1, "--out", self.out, *args)
