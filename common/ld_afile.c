@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <libgen.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -148,4 +149,48 @@ int ld_afile_mkdir(const char *path)
     if (mkdir(path, 0777) == 0 || (errno == EEXIST && stat(path, &st) == 0 && S_ISDIR(st.st_mode)))
         return LD_OK;
     return ld_seterr(LD_EIO, "%s: cannot create folder: %s", path, strerror(errno));
+}
+
+int ld_afile_read_all(const char *path, size_t max_len, char **buf_out, size_t *len_out)
+{
+    /* O_NONBLOCK: opening a FIFO must not wait for a writer (it is then
+     * refused as not a regular file); regular-file reads ignore it. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0)
+        return ld_seterr(errno == ENOENT ? LD_ENOENT : LD_EIO, "%s: cannot open: %s", path,
+                         strerror(errno));
+    struct stat sb;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        close(fd);
+        return ld_seterr(LD_EIO, "%s: not a regular file", path);
+    }
+    if ((uintmax_t)sb.st_size > max_len) {
+        close(fd);
+        return ld_seterr(LD_ERANGE, "%s: larger than %zu bytes", path, max_len);
+    }
+    size_t len = (size_t)sb.st_size;
+    char *buf = malloc(len + 1);
+    if (!buf) {
+        close(fd);
+        return ld_seterr(LD_ENOMEM, "%s: cannot allocate %zu bytes", path, len);
+    }
+    size_t got = 0;
+    while (got < len) {
+        ssize_t r = read(fd, buf + got, len - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) {
+            int rc = ld_seterr(LD_EIO, "%s: read failed after %zu of %zu bytes: %s", path, got, len,
+                               r < 0 ? strerror(errno) : "file shrank");
+            free(buf);
+            close(fd);
+            return rc;
+        }
+        got += (size_t)r;
+    }
+    close(fd);
+    buf[len] = '\0';
+    *buf_out = buf;
+    *len_out = len;
+    return LD_OK;
 }

@@ -1,4 +1,5 @@
-/* ld_afile: atomic file writes.
+/* ld_afile: atomic file writes (and the two other file chores the library
+ * shares: creating a folder, reading a whole file).
  *
  * Every file langdaug writes goes through here: data is written to a
  * temporary file in the destination's directory, flushed and fsync'ed, then
@@ -39,5 +40,12 @@ int ld_afile_write_all(const char *path, const void *buf, size_t len);
 /* Creates the folder `path` (its parent must exist); a folder already there
  * is fine. Anything else there, or a failed mkdir, is LD_EIO naming path. */
 int ld_afile_mkdir(const char *path);
+
+/* Reads the whole regular file `path` into a malloc'ed buffer with a NUL
+ * after the data (the caller frees *buf_out); *len_out gets the size.
+ * Errors, each naming path: LD_ENOENT (missing), LD_EIO (cannot open, not a
+ * regular file, e.g. a FIFO, which is refused rather than waited on, or a
+ * read failed), LD_ERANGE (over max_len bytes), LD_ENOMEM. */
+int ld_afile_read_all(const char *path, size_t max_len, char **buf_out, size_t *len_out);
 
 #endif

@@ -18,6 +18,7 @@
  * optionally fov (h*w bytes 0/1) at working scale; nothing changes until
  * ld_dataset_destroy(), so all queries are thread-safe. */
 #include "ld_dataset.h"
+#include "ld_afile.h"
 #include "ld_error.h"
 #include "ld_image.h"
 #include "ld_log.h"
@@ -544,33 +545,15 @@ static int split_csv(char *line, char **fields, int max)
 static int read_text_file(const char *path, char **out)
 {
     *out = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return ld_seterr(errno == ENOENT ? LD_ENOENT : LD_EIO, "%s: cannot open: %s", path, strerror(errno));
-    char *buf = NULL;
-    long len = -1;
-    if (fseek(f, 0, SEEK_END) == 0)
-        len = ftell(f);
-    int rc = LD_OK;
-    if (len < 0 || fseek(f, 0, SEEK_SET) != 0)
-        rc = ld_seterr(LD_EIO, "%s: cannot read: %s", path, strerror(errno));
-    else if (len > MANIFEST_MAX_BYTES)
-        rc = ld_seterr(LD_ERANGE, "%s: manifest larger than %ld bytes", path, MANIFEST_MAX_BYTES);
-    else if (!(buf = malloc((size_t)len + 1)))
-        rc = LD_ENOMEM;
-    else if (fread(buf, 1, (size_t)len, f) != (size_t)len)
-        rc = ld_seterr(LD_EIO, "%s: read failed", path);
-    fclose(f);
-    if (rc) {
-        free(buf);
+    size_t len;
+    int rc = ld_afile_read_all(path, MANIFEST_MAX_BYTES, out, &len);
+    if (rc)
         return rc;
-    }
-    buf[len] = '\0';
-    if (strlen(buf) != (size_t)len) {
-        free(buf);
+    if (strlen(*out) != len) {
+        free(*out);
+        *out = NULL;
         return ld_seterr(LD_EFORMAT, "%s: manifest contains a NUL byte", path);
     }
-    *out = buf;
     return LD_OK;
 }
 

@@ -11,16 +11,12 @@
 #include "ld_afile.h"
 #include "ld_error.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <jansson.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "langdaug reads and writes tensor bytes as-is: a little-endian host is required"
@@ -230,45 +226,6 @@ static shown_t shown(const char *name)
     }
     strcpy(out.s + i, name[i] ? "..." : "");
     return out;
-}
-
-static int read_file(const char *path, unsigned char **buf_out, size_t *len_out)
-{
-    /* O_NONBLOCK: opening a FIFO must not wait for a writer (it is then
-     * refused as not a regular file); regular-file reads ignore it. */
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-    if (fd < 0)
-        return ld_seterr(errno == ENOENT ? LD_ENOENT : LD_EIO, "%s: cannot open: %s", path,
-                         strerror(errno));
-    struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        close(fd);
-        return ld_seterr(LD_EIO, "%s: not a regular file", path);
-    }
-    size_t len = (size_t)sb.st_size;
-    unsigned char *buf = malloc(len ? len : 1);
-    if (!buf) {
-        close(fd);
-        return ld_seterr(LD_ENOMEM, "%s: cannot allocate %zu bytes", path, len);
-    }
-    size_t got = 0;
-    while (got < len) {
-        ssize_t r = read(fd, buf + got, len - got);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0) {
-            int rc = ld_seterr(LD_EIO, "%s: read failed after %zu of %zu bytes: %s", path, got, len,
-                               r < 0 ? strerror(errno) : "file shrank");
-            free(buf);
-            close(fd);
-            return rc;
-        }
-        got += (size_t)r;
-    }
-    close(fd);
-    *buf_out = buf;
-    *len_out = len;
-    return LD_OK;
 }
 
 static int bad(const ld_st_t *st, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -495,10 +452,10 @@ fail:
 int ld_st_open(const char *path, ld_st_t **out)
 {
     *out = NULL;
-    unsigned char *buf = NULL;
+    char *buf = NULL;
     size_t len = 0;
-    int rc = read_file(path, &buf, &len);
-    return rc ? rc : st_from_buffer(path, buf, len, out);
+    int rc = ld_afile_read_all(path, SIZE_MAX - 1, &buf, &len);
+    return rc ? rc : st_from_buffer(path, (unsigned char *)buf, len, out);
 }
 
 int ld_st_open_mem(const void *bytes, size_t len, const char *label, ld_st_t **out)

@@ -1,6 +1,6 @@
 /* Atomic writes: commit replaces, abort and failures leave the old file and
  * no temporary behind; errors carry a detail naming the path. Also the
- * folder helper ld_afile_mkdir. */
+ * helpers ld_afile_mkdir and ld_afile_read_all. */
 #include "testutil.h"
 
 #include <stdlib.h>
@@ -122,6 +122,45 @@ START_TEST(mkdir_creates_or_accepts_folder)
 }
 END_TEST
 
+/* ld_afile_read_all: whole file plus a NUL; missing, oversized and
+ * non-regular files refused with the path named (a FIFO without a writer
+ * must not block). */
+START_TEST(read_all_reads_or_names_the_problem)
+{
+    char *dir = ld_test_tmpdir(), *p = ld_test_path(dir, "f.bin"), *fifo = ld_test_path(dir, "fifo");
+    ld_test_write_file(p, "ab\0cd", 5);
+    char *buf = NULL;
+    size_t len = 0;
+    ck_assert_int_eq(ld_afile_read_all(p, 5, &buf, &len), 0);
+    ck_assert_uint_eq(len, 5);
+    ck_assert_mem_eq(buf, "ab\0cd", 6); /* data and the NUL after it */
+    free(buf);
+
+    ck_assert_int_eq(ld_afile_read_all(p, 4, &buf, &len), LD_ERANGE);
+    ck_assert_ptr_nonnull(strstr(ld_errdetail(), p));
+
+    ld_test_write_file(p, "", 0);
+    ck_assert_int_eq(ld_afile_read_all(p, 0, &buf, &len), 0);
+    ck_assert_uint_eq(len, 0);
+    ck_assert_str_eq(buf, "");
+    free(buf);
+
+    ck_assert_int_eq(mkfifo(fifo, 0600), 0);
+    ck_assert_int_eq(ld_afile_read_all(fifo, 100, &buf, &len), LD_EIO);
+    ck_assert_ptr_nonnull(strstr(ld_errdetail(), "not a regular file"));
+    ck_assert_int_eq(ld_afile_read_all(dir, 100, &buf, &len), LD_EIO);
+
+    char *missing = ld_test_path(dir, "missing");
+    ck_assert_int_eq(ld_afile_read_all(missing, 100, &buf, &len), LD_ENOENT);
+    ck_assert_ptr_nonnull(strstr(ld_errdetail(), missing));
+    ld_test_rmtree(dir);
+    free(missing);
+    free(fifo);
+    free(p);
+    free(dir);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("afile");
@@ -131,6 +170,7 @@ int main(void)
     tcase_add_test(tc, disk_full_keeps_old);
     tcase_add_test(tc, missing_directory_is_an_error);
     tcase_add_test(tc, mkdir_creates_or_accepts_folder);
+    tcase_add_test(tc, read_all_reads_or_names_the_problem);
     suite_add_tcase(s, tc);
     return ld_test_run(s);
 }
