@@ -219,6 +219,17 @@ static void install_request(ldd_server_t *self, ldd_session_t *s, const ldd_requ
 
 /* ------------------------------------------------------------ requests */
 
+/* A new session for a client that has none, or NULL after telling it that
+ * max_clients is reached. */
+static ldd_session_t *open_session(ldd_server_t *self, const uint8_t *id, size_t id_len)
+{
+    ldd_session_t *s = ldd_sessions_add(self->sessions, id, id_len, now_s(self));
+    if (!s)
+        send_error(self, id, id_len, NULL, LANGDAUG__V1__ERROR_CODE__ERROR_LIMIT,
+                   "too many clients (max_clients = %d)", self->cfg.max_clients);
+    return s;
+}
+
 static void on_pull(ldd_server_t *self, const uint8_t *id, size_t id_len, ldd_session_t *s,
                     const Langdaug__V1__PullRequest *p)
 {
@@ -246,11 +257,8 @@ static void on_pull(ldd_server_t *self, const uint8_t *id, size_t id_len, ldd_se
         send_error(self, id, id_len, s, code, "%s", text);
         return;
     }
-    if (!s && !(s = ldd_sessions_add(self->sessions, id, id_len, now_s(self)))) {
-        send_error(self, id, id_len, NULL, LANGDAUG__V1__ERROR_CODE__ERROR_LIMIT, "too many clients (max_clients = %d)",
-                   self->cfg.max_clients);
+    if (!s && !(s = open_session(self, id, id_len)))
         return;
-    }
     if (has_spec && (!s->has_request || memcmp(&req, &s->req, sizeof req) != 0))
         install_request(self, s, &req);
     s->credits += credits;
@@ -267,11 +275,8 @@ static void on_hello(ldd_server_t *self, const uint8_t *id, size_t id_len, ldd_s
         send_error(self, id, id_len, s, code, "%s", text);
         return;
     }
-    if (!s && !(s = ldd_sessions_add(self->sessions, id, id_len, now_s(self)))) {
-        send_error(self, id, id_len, NULL, LANGDAUG__V1__ERROR_CODE__ERROR_LIMIT, "too many clients (max_clients = %d)",
-                   self->cfg.max_clients);
+    if (!s && !(s = open_session(self, id, id_len)))
         return;
-    }
     if (h->client_name)
         snprintf(s->name, sizeof s->name, "%s", h->client_name);
     const ldd_engine_t *e = self->engine;
