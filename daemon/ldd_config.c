@@ -11,6 +11,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
+#include <math.h>
 #include <ini.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -497,9 +498,14 @@ int ldd_config_build(const ldd_options_t *opts, ldd_config_t *out)
 
 /* ---- printing ---- */
 
-/* Shortest decimal text that reads back as the same double. */
+/* Shortest decimal text that reads back as the same double; whole numbers
+ * in plain notation ("60", not "6e+01"), as a person would write them. */
 static void format_double(double v, char *out, size_t cap)
 {
+    if (v == (double)(long long)v && fabs(v) < 1e15) {
+        snprintf(out, cap, "%lld", (long long)v);
+        return;
+    }
     for (int prec = 1; prec <= 17; prec++) {
         snprintf(out, cap, "%.*g", prec, v);
         if (strtod(out, NULL) == v)
