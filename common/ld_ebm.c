@@ -59,7 +59,7 @@
 
 /* Piece sizes. They fix arithmetic (GEMM shapes), so they depend only on
  * the architecture, never on batch or threads. */
-#define BAND_FLOATS (96 * 1024)  /* Winograd V (or M) buffer of one band */
+#define BAND_FLOATS (768 * 1024) /* Winograd V (or M) buffer of one band: few, large GEMMs */
 #define CHUNK_PIXELS 1024        /* stem and skip GEMM column chunks */
 #define COL_FLOATS (256 * 1024)  /* im2col chunk for weight gradients */
 #define WROWS 32                 /* output rows per weight-gradient piece */

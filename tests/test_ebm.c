@@ -712,8 +712,39 @@ END_TEST
 
 /* ---------------- determinism ---------------- */
 
-/* A config whose convolutions run both as whole bands and split three ways. */
-static ld_ebm_arch_t det_arch(void) { return make_arch(3, 2, 64, "8,16,32", 3); }
+/* A config whose convolutions run both as whole bands and split three ways
+ * (checked by bands_of_det_arch). */
+static ld_ebm_arch_t det_arch(void) { return make_arch(3, 2, 128, "16,32,32", 3); }
+
+/* Input-transform calls of blocks.B.conv1 for one sample on one thread = its bands. */
+static long long conv1_bands(const ld_ebm_arch_t *a, const ld_ebm_t *m, int block)
+{
+    ld_ebm_ws_t *ws = make_ws(a, 1, 1);
+    batch_t b = make_batch(a, 1, 1);
+    ld_ebm_ws_set_profiling(ws, 1);
+    ck_assert_int_eq(ld_ebm_energy(m, ws, 1, b.image, b.mask, b.target, b.energy, NULL), 0);
+    ld_ebm_prof_t prof[256];
+    int n = ld_ebm_ws_profile(ws, prof, 256);
+    char name[64];
+    snprintf(name, sizeof name, "blocks.%d.conv1.fwd.in", block);
+    long long calls = -1;
+    for (int i = 0; i < n && i < 256; i++)
+        if (strcmp(prof[i].name, name) == 0)
+            calls = prof[i].calls;
+    free_batch(&b);
+    ld_ebm_ws_destroy(&ws);
+    return calls;
+}
+
+START_TEST(bands_of_det_arch)
+{
+    ld_ebm_arch_t a = det_arch();
+    ld_ebm_t *m = make_model(&a, 50);
+    ck_assert_int_ge(conv1_bands(&a, m, 0), 2); /* several bands: shared out whole */
+    ck_assert_int_eq(conv1_bands(&a, m, 1), 1); /* one band: split three ways */
+    ld_ebm_destroy(&m);
+}
+END_TEST
 
 START_TEST(bit_identical_across_threads_and_batches)
 {
@@ -963,6 +994,7 @@ int main(void)
     tcase_add_test(tc, zero_model_energy_is_head_bias);
     tcase_add_test(tc, grad_input_matches_finite_differences);
     tcase_add_test(tc, grad_params_match_finite_differences);
+    tcase_add_test(tc, bands_of_det_arch);
     tcase_add_test(tc, bit_identical_across_threads_and_batches);
     tcase_add_test(tc, weight_gradients_reproducible_across_threads);
     tcase_add_test(tc, workspace_follows_model_changes);

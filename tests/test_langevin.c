@@ -216,7 +216,7 @@ END_TEST
  * identical snapshots and energies, bit for bit. */
 START_TEST(chains_bit_identical_across_batches_and_threads)
 {
-    fixture_t f = make_fixture(64, "8,16,32", 6, 4);
+    fixture_t f = make_fixture(128, "16,32,32", 6, 4); /* multi-band and single-band layers (see test_ebm) */
     ld_langevin_params_t p = params(0.01f, 0.005f, 4, "0,2,4");
     size_t per = f.per, q = f.q;
     float *ref_snap = malloc(3 * per * sizeof(float)), ref_e[3];
@@ -242,7 +242,7 @@ START_TEST(chains_bit_identical_across_batches_and_threads)
             ck_assert_int_eq(memcmp(snap + ((size_t)s * 4 + 3) * per, ref_snap + s * per, per * sizeof(float)), 0);
             ck_assert(e[s * 4 + 3] == ref_e[s]);
         }
-        fixture_t r = make_fixture(64, "8,16,32", 6, 4);
+        fixture_t r = make_fixture(128, "16,32,32", 6, 4);
         for (int c = 0; c < 6; c++) {
             memcpy(r.image + c * per, f.image + (5 - c) * per, per * sizeof(float));
             memcpy(r.mask + c * q, f.mask + (5 - c) * q, q);
