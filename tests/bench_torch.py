@@ -2,11 +2,14 @@
 engine (langdaug.torch.EBM, reference widths, random weights).
 
     bench_torch.py [--sizes 64,128] [--batches 1,8,16] [--threads 1,2]
-                   [--widths 32,64,128,128,256] [--seconds 4] [--steps 2] [--tsv]
+                   [--widths 32,64,128,128,256] [--seconds 4] [--steps K] [--tsv]
 
 One Langevin step per image, as the engine does it: forward, autograd
 backward to the image only (parameters do not require gradients), then
-x <- clamp(x - eta/2 g + sqrt(eta) sigma z, -1, 1). Each thread count runs in
+x <- clamp(x - eta/2 g + sqrt(eta) sigma z, -1, 1). Timed as bench_engine:
+windows of --steps steps (default: enough for 32 image-steps, at least 2),
+at least 3 and until --seconds have passed, best window counts. Each thread
+count runs in
 its own child process with torch.set_num_threads(T) and
 OMP_NUM_THREADS = MKL_NUM_THREADS = OPENBLAS_NUM_THREADS = T set before torch
 is imported. --tsv prints "torch<TAB>S<TAB>batch<TAB>threads<TAB>img_steps_per_s".
@@ -16,6 +19,9 @@ import os
 import subprocess
 import sys
 import time
+
+WINDOW_IMAGE_STEPS = 32  # image-steps per timed window (default --steps)
+MIN_RUNS = 3
 
 
 def int_list(s):
@@ -46,16 +52,15 @@ def measure(args):
                     return (x - 0.5 * eta * g + (eta ** 0.5) * sigma * torch.randn_like(x)).clamp_(-1, 1)
 
             x = step(x)  # warm-up
-            runs = 0
-            t0 = time.perf_counter()
-            while True:
-                for _ in range(args.steps):
+            steps = args.steps or max(2, -(-WINDOW_IMAGE_STEPS // batch))
+            best, start, runs = 0.0, time.perf_counter(), 0
+            while runs < MIN_RUNS or time.perf_counter() - start < args.seconds:
+                t0 = time.perf_counter()
+                for _ in range(steps):
                     x = step(x)
+                best = max(best, batch * steps / (time.perf_counter() - t0))
                 runs += 1
-                dt = time.perf_counter() - t0
-                if dt >= args.seconds:
-                    break
-            rate = batch * args.steps * runs / dt
+            rate = best
             if args.tsv:
                 print("torch\t%d\t%d\t%d\t%.3f" % (size, batch, args.threads[0], rate), flush=True)
             else:
@@ -69,7 +74,7 @@ def main():
     ap.add_argument("--threads", type=int_list, default=[1, 2])
     ap.add_argument("--widths", default="32,64,128,128,256")
     ap.add_argument("--seconds", type=float, default=4.0)
-    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=0)
     ap.add_argument("--tsv", action="store_true")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
