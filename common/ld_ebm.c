@@ -212,7 +212,7 @@ double ld_ebm_arch_flops(const ld_ebm_arch_t *a)
     return 2.0 * fwd;
 }
 
-static int arch_same_shape(const ld_ebm_arch_t *a, const ld_ebm_arch_t *b)
+int ld_ebm_arch_same_shape(const ld_ebm_arch_t *a, const ld_ebm_arch_t *b)
 {
     if (a->image_channels != b->image_channels || a->mask_classes != b->mask_classes || a->size != b->size ||
         a->n_blocks != b->n_blocks || a->n_domains != b->n_domains)
@@ -1211,7 +1211,7 @@ static int check_call(const ld_ebm_t *m, const ld_ebm_ws_t *ws, int n, const flo
 {
     if (!m || !ws)
         return ld_seterr(LD_EINVAL, "energy: NULL model or workspace");
-    if (!arch_same_shape(&m->arch, &ws->arch)) {
+    if (!ld_ebm_arch_same_shape(&m->arch, &ws->arch)) {
         char am[160], aw[160];
         arch_describe(&m->arch, am, sizeof am);
         arch_describe(&ws->arch, aw, sizeof aw);

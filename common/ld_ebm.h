@@ -56,6 +56,9 @@ int ld_ebm_arch_set_widths(ld_ebm_arch_t *arch, const char *csv);
 int ld_ebm_arch_set_domains(ld_ebm_arch_t *arch, const char *csv);
 /* Index of a domain name, or -1. */
 int ld_ebm_arch_domain(const ld_ebm_arch_t *arch, const char *name);
+/* 1 when a and b have the same tensor shapes (C, K, S, widths, D): a
+ * workspace made for one serves the other. Domain names do not matter. */
+int ld_ebm_arch_same_shape(const ld_ebm_arch_t *a, const ld_ebm_arch_t *b);
 /* FLOPs (2 per multiply-add) of one forward + backward-to-input image-step. */
 double ld_ebm_arch_flops(const ld_ebm_arch_t *arch);
 

@@ -79,25 +79,11 @@ static void push(ldd_job_t **head, ldd_job_t **tail, ldd_job_t *job)
     *tail = job;
 }
 
-/* Whether a workspace made for a fits b: the shapes must agree (the
- * domain names do not matter, and memcmp would read the unset bytes after
- * each name). */
-static int same_shape(const ld_ebm_arch_t *a, const ld_ebm_arch_t *b)
-{
-    if (a->image_channels != b->image_channels || a->mask_classes != b->mask_classes || a->size != b->size ||
-        a->n_blocks != b->n_blocks || a->n_domains != b->n_domains)
-        return 0;
-    for (int i = 0; i <= a->n_blocks; i++)
-        if (a->widths[i] != b->widths[i])
-            return 0;
-    return 1;
-}
-
 static ld_ebm_ws_t *workspace_for(worker_t *w, const ld_ebm_arch_t *arch, int n)
 {
     ws_slot_t *s = NULL;
     for (int i = 0; i < w->n_slots && !s; i++)
-        if (same_shape(&w->slots[i].arch_copy, arch))
+        if (ld_ebm_arch_same_shape(&w->slots[i].arch_copy, arch))
             s = &w->slots[i];
     if (s && s->max_batch >= n)
         return s->ws;
