@@ -16,6 +16,11 @@ so a slow sampler never stalls training: the pool keeps growing while the traine
 runs, and early iterations reuse what has arrived. The EBM behind the samplers must
 have been trained on the source domains only, or the held-out result is not honest.
 
+Offline, --langdaug-dir reads samples written before by `langdaug pull --format png`
+(--steps then keeps only those snapshot steps): every variant and seed draws from the
+same sample set, no sampler competes with the trainer for the CPU, and one pull at
+many steps serves a study of how far along the chains to sample.
+
 Results: DIR/results.csv and DIR/results.md (Dice and IoU on the held-out domain,
 mean and spread over seeds), DIR/results.png (a bar plot).
 
@@ -255,6 +260,68 @@ class LangDAugPool:
         return self.images[idx], self.masks[idx]
 
 
+class PulledPool:
+    """LangDAug samples written earlier by `langdaug pull --format png` (DIR/samples.csv
+    naming DIR/<source>2<target>/{image,mask}/<k>.png), optionally only those at the
+    given Langevin steps. The same interface as LangDAugPool; everything is in memory,
+    so every variant and seed draws from the same sample set."""
+
+    def __init__(self, dirs, steps, channels, size, classes):
+        imgs, msks = [], []
+        self.counts = {}
+        for d in dirs:
+            for row in self._rows(d):
+                step = int(row["step"])
+                if steps and step not in steps:
+                    continue
+                img, mask = self._load_pair(d, row, channels, size, classes)
+                imgs.append(img)
+                msks.append(mask)
+                key = (row["source_domain"], row["target_domain"], step)
+                self.counts[key] = self.counts.get(key, 0) + 1
+        if not imgs:
+            raise SystemExit("--langdaug-dir %s: no samples%s" % (
+                ",".join(dirs), " at steps %s" % ",".join(map(str, sorted(steps))) if steps else ""))
+        self.images, self.masks = torch.stack(imgs), torch.stack(msks)
+        self.n = self.received = len(imgs)
+
+    @staticmethod
+    def _rows(d):
+        path = os.path.join(d, "samples.csv")
+        try:
+            with open(path, newline="") as f:
+                rows = list(csv.DictReader(f))
+        except OSError as e:
+            raise SystemExit("--langdaug-dir: %s: %s (write it with `langdaug pull --format png`)" % (
+                path, e.strerror))
+        need = {"image", "mask", "step", "source_domain", "target_domain"}
+        if rows and not need <= set(rows[0]):
+            raise SystemExit("%s: missing column(s) %s" % (path, ", ".join(sorted(need - set(rows[0])))))
+        return rows
+
+    @staticmethod
+    def _load_pair(d, row, channels, size, classes):
+        ipath, mpath = os.path.join(d, row["image"]), os.path.join(d, row["mask"])
+        try:
+            img = np.asarray(Image.open(ipath).convert("RGB" if channels == 3 else "L"))
+            mask = np.asarray(Image.open(mpath))
+        except OSError as e:
+            raise SystemExit("%s: %s" % (ipath, e))
+        if img.shape[:2] != (size, size) or mask.shape != (size, size):
+            raise SystemExit("%s: %dx%d sample, but --size is %d" % (ipath, img.shape[1], img.shape[0], size))
+        if mask.max() >= classes:
+            raise SystemExit("%s: class %d, but the mask map has %d classes (pull without --mask-values)" % (
+                mpath, mask.max(), classes))
+        return to_tensor(img.reshape(size, size, channels)), torch.from_numpy(mask.astype(np.int64))
+
+    def fill(self, wait_for=0):
+        pass
+
+    def draw(self, n, gen):
+        idx = torch.randint(self.n, (n,), generator=gen)
+        return self.images[idx], self.masks[idx]
+
+
 # ----------------------------------------------------------------------------- experiment
 
 def train_one(args, sources, holdout, variant, seed, pool, classes, channels):
@@ -374,7 +441,9 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--base", type=int, default=16, help="U-Net base width")
     ap.add_argument("--sampler", help="langdaugd endpoints (comma-separated) for the LangDAug variants")
-    ap.add_argument("--steps", default="", help="Langevin snapshot steps to ask for (default: the daemon's)")
+    ap.add_argument("--langdaug-dir", help="instead of --sampler: folders written by `langdaug pull --format png`")
+    ap.add_argument("--steps", default="", help="Langevin snapshot steps to ask for (default: the daemon's), "
+                    "or to keep from --langdaug-dir (default: all)")
     ap.add_argument("--langdaug-ratio", type=float, default=0.5, help="share of each batch from LangDAug")
     ap.add_argument("--pool", type=int, default=4096, help="LangDAug samples kept for reuse")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
@@ -385,8 +454,14 @@ def main(argv=None):
     for v in variants:
         if v not in VARIANTS:
             ap.error("unknown variant %r (choose from %s)" % (v, ", ".join(VARIANTS)))
-    if any("langdaug" in v for v in variants) and not args.sampler:
-        ap.error("the LangDAug variants need --sampler ENDPOINTS")
+    if any("langdaug" in v for v in variants) and not (args.sampler or args.langdaug_dir):
+        ap.error("the LangDAug variants need --sampler ENDPOINTS or --langdaug-dir DIR")
+    if args.sampler and args.langdaug_dir:
+        ap.error("give --sampler or --langdaug-dir, not both")
+    try:
+        steps = sorted({int(s) for s in args.steps.split(",") if s})
+    except ValueError:
+        ap.error("--steps: %r is not a comma-separated list of step counts" % args.steps)
     if not 0 < args.langdaug_ratio < 1:
         ap.error("--langdaug-ratio must be in (0, 1)")
     seeds = [int(s) for s in args.seeds.split(",") if s]
@@ -406,11 +481,17 @@ def main(argv=None):
         classes), flush=True)
 
     pool = client = None
-    if any("langdaug" in v for v in variants):
+    if any("langdaug" in v for v in variants) and args.langdaug_dir:
+        pool = PulledPool(args.langdaug_dir.split(","), set(steps), args.channels, args.size, classes)
+        if any(args.holdout in (a, b) for (a, b, _) in pool.counts):
+            raise SystemExit("--langdaug-dir: samples from or toward %s, the held-out domain: pull them from a "
+                             "sampler whose EBM and dataset leave it out" % args.holdout)
+        print("LangDAug samples loaded: %d (%s)" % (pool.n, ", ".join(
+            "%s>%s@%d: %d" % (a, b, st, c) for (a, b, st), c in sorted(pool.counts.items()))), flush=True)
+    elif any("langdaug" in v for v in variants):
         sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "client", "python"))
         import langdaug
-        steps = [int(s) for s in args.steps.split(",") if s] or None
-        client = langdaug.Client(args.sampler, batch_size=8, targets=[d.name for d in sources], steps=steps,
+        client = langdaug.Client(args.sampler, batch_size=8, targets=[d.name for d in sources], steps=steps or None,
                                  credits=8, timeout=120)
         pool = LangDAugPool(client, args.pool, args.channels, args.size)
 

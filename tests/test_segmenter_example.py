@@ -1,0 +1,195 @@
+"""The study tools in examples/: langdaug_chains.py on hand-made chains whose
+answers are known, and train_segmenter.py trained on samples that a real
+sampler on 127.0.0.1 wrote through `langdaug pull`, including the errors it
+must give for samples of the held-out domain, wrong sizes and missing files."""
+import csv
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import unittest
+
+import numpy as np
+from PIL import Image
+
+from ldtest import CLI, DAEMON, HERE, run_cli
+from test_client_py import Sampler
+
+EXAMPLES = os.path.join(os.path.dirname(HERE), "examples")
+CHAINS = os.path.join(EXAMPLES, "langdaug_chains.py")
+SEGMENTER = os.path.join(EXAMPLES, "train_segmenter.py")
+WAIT = 120  # seconds for one example run (torch import included)
+S = 16
+DOMAINS = ["cam0", "cam1", "cam2"]
+
+
+def run_py(*args):
+    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=WAIT)
+
+
+def write_pull_folder(folder, chains):
+    """A folder in the layout of `langdaug pull --format png`: chains is a list of
+    (source, target, {step: (image uint8 SxSx3, mask uint8 SxS)})."""
+    rows = []
+    for chain_id, (src, tgt, snaps) in enumerate(chains):
+        for step, (img, mask) in sorted(snaps.items()):
+            k = len(rows)
+            sub = "%s2%s" % (src, tgt)
+            os.makedirs(os.path.join(folder, sub, "image"), exist_ok=True)
+            os.makedirs(os.path.join(folder, sub, "mask"), exist_ok=True)
+            image, maskf = "%s/image/%08d.png" % (sub, k), "%s/mask/%08d.png" % (sub, k)
+            Image.fromarray(img).save(os.path.join(folder, image))
+            Image.fromarray(mask).save(os.path.join(folder, maskf))
+            rows.append(dict(index=k, image=image, mask=maskf, source_domain=src, target_domain=tgt, step=step,
+                             energy=-float(step), chain_id=chain_id, seed=1))
+    with open(os.path.join(folder, "samples.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def table_rows(text):
+    """{(pair, step): (chains, change, progress, contrast, energy)} from langdaug_chains.py's table."""
+    out = {}
+    for m in re.finditer(r"^\| (\S+) \| (\d+) \| (\d+) \| (\S+) \| (\S+) \| (\S+) \| (\S+) \|$", text, re.M):
+        out[(m[1], int(m[2]))] = (int(m[3]), *(float(v) if v != "-" else None for v in m.groups()[3:]))
+    return out
+
+
+class ChainsReportTest(unittest.TestCase):
+    """Chains built by hand: A is dark, B bright; the mask is a bright stripe on the left half."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="langdaug-chains-test-")
+        self.mask = np.zeros((S, S), np.uint8)
+        self.mask[:, :S // 2] = 1
+
+    def tearDown(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def crop(self, level, stripe):
+        img = np.full((S, S, 3), level, np.uint8)
+        img[:, :S // 2] += stripe
+        return img
+
+    def test_known_change_progress_and_contrast(self):
+        a, b = self.crop(40, 60), self.crop(140, 60)
+        washed = self.crop(90, 0)     # halfway in mean colour, stripe gone
+        same = a.copy()
+        write_pull_folder(self.dir, [
+            ("A", "B", {0: (a, self.mask), 5: (same, self.mask), 10: (b, self.mask)}),
+            ("B", "A", {0: (b, self.mask), 10: (washed, self.mask)}),
+        ])
+        r = run_py(CHAINS, self.dir, "--per-pair")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        rows = table_rows(r.stdout)
+        self.assertEqual(set(rows), {("A>B", 5), ("A>B", 10), ("B>A", 10)}, r.stdout)
+        chains, change, progress, contrast, energy = rows[("A>B", 5)]
+        self.assertEqual((chains, change, progress, contrast, energy), (1, 0.0, 0.0, 1.0, -5.0))
+        _, change, progress, contrast, _ = rows[("A>B", 10)]
+        self.assertAlmostEqual(change, 100 / 255, places=3)
+        self.assertAlmostEqual(progress, 1.0, places=3)
+        self.assertAlmostEqual(contrast, 1.0, places=3)
+        _, change, progress, contrast, _ = rows[("B>A", 10)]
+        # the stripe lost its 60 levels: mean moved 80 of B->A's 100, and the spread went to 0
+        self.assertAlmostEqual(contrast, 0.0, places=3)
+        self.assertAlmostEqual(progress, 0.8, places=3)
+
+    def test_without_step_zero_is_an_error(self):
+        a = self.crop(40, 60)
+        write_pull_folder(self.dir, [("A", "B", {5: (a, self.mask)})])
+        r = run_py(CHAINS, self.dir)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("no step-0", r.stderr)
+
+    def test_missing_folder_is_an_error_naming_it(self):
+        r = run_py(CHAINS, os.path.join(self.dir, "nowhere"))
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("nowhere", r.stderr)
+
+
+class SegmenterOnPulledSamplesTest(unittest.TestCase):
+    """Three synthetic cameras; the sampler serves cam0 and cam1 only, so cam2 is an honest held-out domain."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = None
+        for path in (DAEMON, CLI):
+            if not os.access(path, os.X_OK):
+                raise unittest.SkipTest("%s is not built yet" % path)
+        cls.dir = tempfile.mkdtemp(prefix="langdaug-segmenter-test-")
+        cls.data = os.path.join(cls.dir, "data")
+        cls.pulled = os.path.join(cls.dir, "pulled")
+        model = os.path.join(cls.dir, "m.safetensors")
+        for args in (("init-model", "--out", model, "--size", S, "--widths", "4,8", "--domains", ",".join(DOMAINS),
+                      "--mask-classes", 2, "--image-channels", 3, "--seed", 3),
+                     ("synth", "--out", cls.data, "--domains", 3, "--per-domain", 2, "--size", 32, "--seed", 7)):
+            r = run_cli(*args, timeout=60)
+            if r.returncode:
+                raise AssertionError("langdaug %s failed: %s" % (args[0], r.stderr))
+        sampler = Sampler(cls.dir, model, cls.data, extra=["--domains", "cam0,cam1"])
+        try:
+            r = run_cli("pull", "--from", sampler.endpoint, "-n", 24, "--batch", 12, "--targets", "cam0,cam1", "--steps", "0,2,4",
+                        "--seed", 5, "--timeout", 30, "-q", "--out", cls.pulled, timeout=WAIT)
+        finally:
+            sampler.stop()
+        if r.returncode:
+            raise AssertionError("langdaug pull failed: %s\n%s" % (r.stderr, sampler.log()))
+
+    @classmethod
+    def tearDownClass(cls):
+        if cls.dir:
+            shutil.rmtree(cls.dir, ignore_errors=True)
+
+    def segmenter(self, *extra, holdout="cam2", size=S):
+        out = os.path.join(self.dir, "seg-%s-%d" % (holdout, len(extra)))
+        return out, run_py(SEGMENTER, "--data", self.data, "--holdout", holdout, "--size", size, "--batch", 4,
+                           "--iters", 3, "--seeds", 0, "--threads", 1, "--out", out, *extra)
+
+    def test_chains_report_on_real_pull(self):
+        r = run_py(CHAINS, self.pulled)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        rows = table_rows(r.stdout)
+        self.assertEqual(set(rows), {("all", 2), ("all", 4)}, r.stdout)
+        self.assertEqual(rows[("all", 2)][0] + rows[("all", 4)][0], 16)  # 8 chains x 2 steps after step 0
+
+    def test_trains_on_pulled_samples_of_chosen_steps(self):
+        out, r = self.segmenter("--variants", "none,langdaug", "--langdaug-dir", self.pulled, "--steps", "2,4")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        loaded = re.search(r"^LangDAug samples loaded: (\d+) \((.*)\)$", r.stdout, re.M)
+        self.assertIsNotNone(loaded, r.stdout)
+        self.assertEqual(int(loaded[1]), 16)
+        self.assertNotIn("@0:", loaded[2])
+        with open(os.path.join(out, "results.csv"), newline="") as f:
+            rows = list(csv.DictReader(f))
+        self.assertEqual([(x["holdout"], x["variant"]) for x in rows], [("cam2", "none"), ("cam2", "langdaug")])
+        for x in rows:
+            self.assertTrue(0.0 <= float(x["dice"]) <= 1.0, x)
+        self.assertTrue(os.path.exists(os.path.join(out, "results.png")))
+
+    def test_samples_touching_the_held_out_domain_are_refused(self):
+        _, r = self.segmenter("--variants", "langdaug", "--langdaug-dir", self.pulled, holdout="cam1")
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("held-out domain", r.stderr)
+
+    def test_wrong_crop_size_is_an_error_naming_the_file(self):
+        _, r = self.segmenter("--variants", "langdaug", "--langdaug-dir", self.pulled, size=32)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertRegex(r.stderr, r"\.png: 16x16 sample, but --size is 32")
+
+    def test_no_samples_at_the_steps_asked(self):
+        _, r = self.segmenter("--variants", "langdaug", "--langdaug-dir", self.pulled, "--steps", "3")
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("no samples at steps 3", r.stderr)
+
+    def test_sampler_and_folder_together_are_refused(self):
+        _, r = self.segmenter("--variants", "langdaug", "--langdaug-dir", self.pulled,
+                              "--sampler", "tcp://127.0.0.1:1")
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("not both", r.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()
