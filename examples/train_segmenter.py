@@ -19,7 +19,8 @@ have been trained on the source domains only, or the held-out result is not hone
 Offline, --langdaug-dir reads samples written before by `langdaug pull --format png`
 (--steps then keeps only those snapshot steps): every variant and seed draws from the
 same sample set, no sampler competes with the trainer for the CPU, and one pull at
-many steps serves a study of how far along the chains to sample.
+many steps serves a study of how far along the chains to sample. With samples from a
+folder (or no LangDAug variant), --jobs N trains N runs at once in separate processes.
 
 Results: DIR/results.csv and DIR/results.md (Dice and IoU on the held-out domain,
 mean and spread over seeds), DIR/results.png (a bar plot).
@@ -356,6 +357,32 @@ def train_one(args, sources, holdout, variant, seed, pool, classes, channels):
                 seconds=round(time.time() - start, 1))
 
 
+_worker_context = None
+
+
+def _init_worker(context):
+    global _worker_context
+    _worker_context = context
+    torch.set_num_threads(context[0].threads or 1)
+
+
+def _run_in_worker(run):
+    args, sources, holdout, pool, classes, channels = _worker_context
+    return train_one(args, sources, holdout, run[0], run[1], pool, classes, channels)
+
+
+def run_parallel(args, runs, context, record):
+    """Runs (variant, seed) pairs in --jobs fresh processes (spawned: forking a process that has
+    used torch's thread pool can hang); each worker gets the data and the pool once."""
+    import concurrent.futures
+    import multiprocessing
+    with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=_init_worker, initargs=(context,)) as ex:
+        futures = [ex.submit(_run_in_worker, run) for run in runs]
+        for f in concurrent.futures.as_completed(futures):
+            record(f.result())
+
+
 def summarize(rows):
     out = {}
     for r in rows:
@@ -446,7 +473,9 @@ def main(argv=None):
                     "or to keep from --langdaug-dir (default: all)")
     ap.add_argument("--langdaug-ratio", type=float, default=0.5, help="share of each batch from LangDAug")
     ap.add_argument("--pool", type=int, default=4096, help="LangDAug samples kept for reuse")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default; 1 with --jobs)")
+    ap.add_argument("--jobs", type=int, default=1, help="training runs at once, in separate processes "
+                    "(needs --langdaug-dir for the LangDAug variants)")
     ap.add_argument("--out", required=True, help="results folder")
     args = ap.parse_args(argv)
 
@@ -458,6 +487,10 @@ def main(argv=None):
         ap.error("the LangDAug variants need --sampler ENDPOINTS or --langdaug-dir DIR")
     if args.sampler and args.langdaug_dir:
         ap.error("give --sampler or --langdaug-dir, not both")
+    if args.jobs < 1:
+        ap.error("--jobs must be at least 1")
+    if args.jobs > 1 and args.sampler:
+        ap.error("--jobs > 1 works with --langdaug-dir, not with a live --sampler (one stream, one trainer)")
     try:
         steps = sorted({int(s) for s in args.steps.split(",") if s})
     except ValueError:
@@ -496,14 +529,21 @@ def main(argv=None):
         pool = LangDAugPool(client, args.pool, args.channels, args.size)
 
     rows = []
+    runs = [(v, s) for v in variants for s in seeds]
+
+    def record(r):
+        rows.append(r)
+        rows.sort(key=lambda x: (VARIANTS.index(x["variant"]), x["seed"]))
+        print("%s seed %d: Dice %.4f IoU %.4f on %s (%.0f s)" % (
+            r["variant"], r["seed"], r["dice"], r["iou"], holdout.name, r["seconds"]), flush=True)
+        write_results(rows, args.out)
+
     try:
-        for variant in variants:
-            for seed in seeds:
-                r = train_one(args, sources, holdout, variant, seed, pool, classes, args.channels)
-                rows.append(r)
-                print("%s seed %d: Dice %.4f IoU %.4f on %s (%.0f s)" % (
-                    variant, seed, r["dice"], r["iou"], holdout.name, r["seconds"]), flush=True)
-                write_results(rows, args.out)
+        if args.jobs > 1:
+            run_parallel(args, runs, (args, sources, holdout, pool, classes, args.channels), record)
+        else:
+            for variant, seed in runs:
+                record(train_one(args, sources, holdout, variant, seed, pool, classes, args.channels))
     finally:
         if client is not None:
             client.close()

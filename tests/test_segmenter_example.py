@@ -144,7 +144,7 @@ class SegmenterOnPulledSamplesTest(unittest.TestCase):
             shutil.rmtree(cls.dir, ignore_errors=True)
 
     def segmenter(self, *extra, holdout="cam2", size=S):
-        out = os.path.join(self.dir, "seg-%s-%d" % (holdout, len(extra)))
+        out = tempfile.mkdtemp(prefix="seg-", dir=self.dir)
         return out, run_py(SEGMENTER, "--data", self.data, "--holdout", holdout, "--size", size, "--batch", 4,
                            "--iters", 3, "--seeds", 0, "--threads", 1, "--out", out, *extra)
 
@@ -168,6 +168,22 @@ class SegmenterOnPulledSamplesTest(unittest.TestCase):
         for x in rows:
             self.assertTrue(0.0 <= float(x["dice"]) <= 1.0, x)
         self.assertTrue(os.path.exists(os.path.join(out, "results.png")))
+
+    def test_parallel_runs_give_the_serial_results(self):
+        common = ("--variants", "none,langdaug", "--seeds", "0,1", "--langdaug-dir", self.pulled)
+        results = []
+        for jobs in ("1", "2"):
+            out, r = self.segmenter(*common, "--jobs", jobs)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            with open(os.path.join(out, "results.csv"), newline="") as f:
+                results.append([(x["variant"], x["seed"], x["dice"], x["iou"]) for x in csv.DictReader(f)])
+        self.assertEqual(len(results[0]), 4)
+        self.assertEqual(results[0], results[1])
+
+    def test_parallel_runs_need_pulled_samples(self):
+        _, r = self.segmenter("--variants", "langdaug", "--jobs", "2", "--sampler", "tcp://127.0.0.1:1")
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("--jobs", r.stderr)
 
     def test_samples_touching_the_held_out_domain_are_refused(self):
         _, r = self.segmenter("--variants", "langdaug", "--langdaug-dir", self.pulled, holdout="cam1")
