@@ -144,25 +144,33 @@ def random_crops(domains, n, size, rng):
     return torch.stack(xs), torch.stack(ms)
 
 
-def classic_randomize(x, gen):
+CLASSIC_OPS = ("gamma", "cast", "contrast", "blur", "noise")
+
+
+def classic_randomize(x, gen, ops=CLASSIC_OPS):
     """Intensity/colour randomization of a batch in [-1, 1]: each sample gets its own
-    brightness, contrast, gamma, per-channel colour cast, blur and noise."""
+    gamma, per-channel colour cast, contrast and brightness, blur and noise (those in ops)."""
     n, c = x.shape[:2]
 
     def u(lo, hi, *shape):
         return lo + (hi - lo) * torch.rand(n, *shape, generator=gen)
 
     v = (x + 1) / 2
-    v = v.clamp(1e-4, 1) ** u(0.6, 1.6, 1, 1, 1)
-    v = v * u(0.75, 1.25, c, 1, 1)
-    mean = v.mean(dim=(1, 2, 3), keepdim=True)
-    v = (v - mean) * u(0.6, 1.4, 1, 1, 1) + mean + u(-0.15, 0.15, 1, 1, 1)
-    blur = torch.rand(n, generator=gen) < 0.3
-    if blur.any():
-        k = torch.tensor([0.25, 0.5, 0.25])
-        k2 = (k[:, None] * k[None, :]).expand(c, 1, 3, 3)
-        v[blur] = F.conv2d(F.pad(v[blur], (1, 1, 1, 1), mode="replicate"), k2, groups=c)
-    v = v + torch.randn(v.shape, generator=gen) * u(0, 0.04, 1, 1, 1)
+    if "gamma" in ops:
+        v = v.clamp(1e-4, 1) ** u(0.6, 1.6, 1, 1, 1)
+    if "cast" in ops:
+        v = v * u(0.75, 1.25, c, 1, 1)
+    if "contrast" in ops:
+        mean = v.mean(dim=(1, 2, 3), keepdim=True)
+        v = (v - mean) * u(0.6, 1.4, 1, 1, 1) + mean + u(-0.15, 0.15, 1, 1, 1)
+    if "blur" in ops:
+        blur = torch.rand(n, generator=gen) < 0.3
+        if blur.any():
+            k = torch.tensor([0.25, 0.5, 0.25])
+            k2 = (k[:, None] * k[None, :]).expand(c, 1, 3, 3)
+            v[blur] = F.conv2d(F.pad(v[blur], (1, 1, 1, 1), mode="replicate"), k2, groups=c)
+    if "noise" in ops:
+        v = v + torch.randn(v.shape, generator=gen) * u(0, 0.04, 1, 1, 1)
     return (v.clamp(0, 1) * 2 - 1)
 
 
@@ -341,7 +349,7 @@ def train_one(args, sources, holdout, variant, seed, pool, classes, channels):
             xa, ya = pool.draw(n_aug, gen)
             x, y = torch.cat([x, xa]), torch.cat([y, ya])
         if "classic" in variant:
-            x = classic_randomize(x, gen)
+            x = classic_randomize(x, gen, args.classic_ops)
         loss = seg_loss(model(x), y, classes)
         opt.zero_grad()
         loss.backward()
@@ -467,6 +475,8 @@ def main(argv=None):
     ap.add_argument("--iters", type=int, default=500)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--base", type=int, default=16, help="U-Net base width")
+    ap.add_argument("--classic", default=",".join(CLASSIC_OPS),
+                    help="the classic randomization's operations, a subset of %(default)s")
     ap.add_argument("--sampler", help="langdaugd endpoints (comma-separated) for the LangDAug variants")
     ap.add_argument("--langdaug-dir", help="instead of --sampler: folders written by `langdaug pull --format png`")
     ap.add_argument("--steps", default="", help="Langevin snapshot steps to ask for (default: the daemon's), "
@@ -487,6 +497,11 @@ def main(argv=None):
         ap.error("the LangDAug variants need --sampler ENDPOINTS or --langdaug-dir DIR")
     if args.sampler and args.langdaug_dir:
         ap.error("give --sampler or --langdaug-dir, not both")
+    args.classic_ops = tuple(o for o in args.classic.split(",") if o)
+    unknown = [o for o in args.classic_ops if o not in CLASSIC_OPS]
+    if unknown or not args.classic_ops:
+        ap.error("--classic: %s; choose from %s" % ("%r is unknown" % unknown[0] if unknown else "empty",
+                                                     ",".join(CLASSIC_OPS)))
     if args.jobs < 1:
         ap.error("--jobs must be at least 1")
     if args.jobs > 1 and args.sampler:

@@ -180,6 +180,11 @@ class SegmenterOnPulledSamplesTest(unittest.TestCase):
         self.assertEqual(len(results[0]), 4)
         self.assertEqual(results[0], results[1])
 
+    def test_unknown_classic_operation_is_refused(self):
+        _, r = self.segmenter("--variants", "classic", "--classic", "gamma,sharpen")
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("'sharpen' is unknown", r.stderr)
+
     def test_parallel_runs_need_pulled_samples(self):
         _, r = self.segmenter("--variants", "langdaug", "--jobs", "2", "--sampler", "tcp://127.0.0.1:1")
         self.assertEqual(r.returncode, 2)
