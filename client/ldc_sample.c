@@ -14,7 +14,12 @@
  * value ld_maskmap_value() gives for the mask map used (e.g. 255 for vessel
  * under "0:0,*:1"), so OUT loads back as a dataset folder with the same
  * --maskmap. Chain j uses chain id j for its noise, so a run is reproducible
- * from (model, data, crops, seed). Every file is written atomically. */
+ * from (model, data, crops, seed). Every file is written atomically.
+ *
+ * --step-size and --noise, when not given, are what the model was trained
+ * with (its train.step-size / train.noise metadata), as in the daemon's
+ * `auto`: chains with other dynamics than training's drift elsewhere. A
+ * model without them (init-model, PyTorch export) gets the fixed defaults. */
 #include "ldc.h"
 
 #include <stdio.h>
@@ -37,6 +42,17 @@
 #define GRID_GAP 2
 #define CROP_STREAM 0x63726f70u /* "crop": the RNG stream that picks crops */
 
+/* --step-size / --noise: range, the training setting (metadata
+ * "train.<trained>") used when the option is not given, and the default for
+ * a model without it. */
+typedef struct {
+    const char *option, *trained;
+    double min, max, fallback;
+} langevin_opt_t;
+
+static const langevin_opt_t step_opt = { "--step-size", "step-size", 1e-12, 1e6, 1.0 };
+static const langevin_opt_t noise_opt = { "--noise", "noise", 0, 1e3, 0.01 };
+
 static const char usage[] =
     "Usage: langdaug sample --model M --data ROOT --source A --target B --out DIR [options]\n"
     "Runs Langevin chains from crops of source domain A towards target domain B and\n"
@@ -58,8 +74,9 @@ static const char usage[] =
     "  --batch N           number of chains (default 8)\n"
     "  --steps K           Langevin steps (default 40)\n"
     "  --snapshots LIST    steps to save, ascending, 0 = start (default: K)\n"
-    "  --step-size ETA     eta in x - (eta/2) dE/dx + sqrt(eta) sigma noise (default 1)\n"
-    "  --noise SIGMA       sigma (default 0.01)\n"
+    "  --step-size ETA     eta in x - (eta/2) dE/dx + sqrt(eta) sigma noise (default:\n"
+    "                      the model's train.step-size, as trained; else 1)\n"
+    "  --noise SIGMA       sigma (default: the model's train.noise; else 0.01)\n"
     "  --seed S            noise and crop seed (default 1)\n"
     "  --threads T         worker threads (default 1)\n"
     "Output:\n"
@@ -72,6 +89,8 @@ typedef struct {
     int resize, batch, threads, center;
     const char *snapshots;
     ld_langevin_params_t lp;
+    int step_given, noise_given;
+    const char *step_from, *noise_from; /* where lp's step size and noise came from */
 } sample_opts_t;
 
 typedef struct {
@@ -107,6 +126,34 @@ static void run_free(sample_run_t *r)
 
 /* ---- options ---- */
 
+static int parse_langevin(const langevin_opt_t *opt, const char *text, float *out, int *given)
+{
+    *given = 1;
+    return ld_cli_parse_float(opt->option, text, opt->min, opt->max, out);
+}
+
+/* An option not given takes the model's training value, else its fallback
+ * (already in *value); *from says which, for the summary. */
+static int trained_langevin(const langevin_opt_t *opt, int given, const char *path, const ld_meta_t *meta,
+                            float *value, const char **from)
+{
+    if (given) {
+        *from = "given";
+        return 0;
+    }
+    double v;
+    int rc = ld_model_train_number(path, meta, opt->trained, opt->min, opt->max, &v);
+    if (rc == LD_ENOENT) {
+        *from = "default: not in the model";
+        return 0;
+    }
+    if (rc)
+        return ld_seterr(rc, "%s (give %s to use another value)", ld_errdetail(), opt->option);
+    *value = (float)v;
+    *from = "as trained";
+    return 0;
+}
+
 static int parse_opts(int argc, char **argv, sample_opts_t *o)
 {
     static const char cmd[] = "sample";
@@ -125,7 +172,8 @@ static int parse_opts(int argc, char **argv, sample_opts_t *o)
         { "help", no_argument, NULL, 'h' },                  { NULL, 0, NULL, 0 },
     };
     *o = (sample_opts_t){ .batch = 8, .threads = 1, .scale = 0 };
-    o->lp = (ld_langevin_params_t){ .step_size = 1.0f, .noise = 0.01f, .steps = 40, .seed = 1 };
+    o->lp = (ld_langevin_params_t){ .step_size = (float)step_opt.fallback, .noise = (float)noise_opt.fallback,
+                                    .steps = 40, .seed = 1 };
     int c, rc = 0;
     while ((c = ldc_getopt(cmd, argc, argv, "h", longopts)) != -1) {
         switch (c) {
@@ -146,8 +194,8 @@ static int parse_opts(int argc, char **argv, sample_opts_t *o)
         case O_BATCH: rc = ld_cli_parse_int("--batch", optarg, 1, MAX_BATCH, &o->batch); break;
         case O_STEPS: rc = ld_cli_parse_int("--steps", optarg, 1, 1000000, &o->lp.steps); break;
         case O_SNAPS: o->snapshots = optarg; break;
-        case O_ETA: rc = ld_cli_parse_float("--step-size", optarg, 1e-12, 1e6, &o->lp.step_size); break;
-        case O_NOISE: rc = ld_cli_parse_float("--noise", optarg, 0, 1e3, &o->lp.noise); break;
+        case O_ETA: rc = parse_langevin(&step_opt, optarg, &o->lp.step_size, &o->step_given); break;
+        case O_NOISE: rc = parse_langevin(&noise_opt, optarg, &o->lp.noise, &o->noise_given); break;
         case O_SEED: rc = ld_cli_parse_u64("--seed", optarg, &o->lp.seed); break;
         case O_THREADS: rc = ld_cli_parse_int("--threads", optarg, 1, MAX_THREADS, &o->threads); break;
         case O_OUT: o->out = optarg; break;
@@ -207,6 +255,15 @@ static int open_model_and_data(const sample_opts_t *o, sample_run_t *r)
     r->c = a->image_channels;
     r->s = a->size;
     return LD_OK;
+}
+
+/* Options not given take the model's training values. */
+static int resolve_langevin(sample_opts_t *o, const sample_run_t *r)
+{
+    int rc = trained_langevin(&step_opt, o->step_given, o->model, r->meta, &o->lp.step_size, &o->step_from);
+    if (!rc)
+        rc = trained_langevin(&noise_opt, o->noise_given, o->model, r->meta, &o->lp.noise, &o->noise_from);
+    return rc;
 }
 
 static int alloc_run(const sample_opts_t *o, sample_run_t *r)
@@ -428,6 +485,8 @@ int ldc_sample_main(int argc, char **argv)
     sample_run_t r = { 0 };
     rc = open_model_and_data(&o, &r);
     if (!rc)
+        rc = resolve_langevin(&o, &r);
+    if (!rc)
         rc = alloc_run(&o, &r);
     if (!rc)
         rc = cut_crops(&o, &r);
@@ -443,10 +502,12 @@ int ldc_sample_main(int argc, char **argv)
             e1 += r.snap_energy[(size_t)(o.lp.n_snapshots - 1) * (size_t)r.n + (size_t)j] / r.n;
         }
         printf("sample: %d chains %s -> %s, %d steps in %.3f s: %.1f image-steps/s with %d thread(s)\n"
+               "sample: step size %g (%s), noise %g (%s)\n"
                "sample: mean energy %.6g at the start, %.6g at step %d; model %.12s\n"
                "sample: wrote %d snapshots, samples.csv and grid.png to %s\n",
-               r.n, o.source, o.target, o.lp.steps, r.seconds, isps, o.threads, e0, e1,
-               o.lp.snapshots[o.lp.n_snapshots - 1], r.hash, r.n * o.lp.n_snapshots, o.out);
+               r.n, o.source, o.target, o.lp.steps, r.seconds, isps, o.threads, (double)o.lp.step_size, o.step_from,
+               (double)o.lp.noise, o.noise_from, e0, e1, o.lp.snapshots[o.lp.n_snapshots - 1], r.hash,
+               r.n * o.lp.n_snapshots, o.out);
     }
     run_free(&r);
     return rc ? ldc_fail("sample", rc) : 0;

@@ -95,6 +95,20 @@ static int arch_from_meta(const char *path, const ld_meta_t *m, ld_ebm_arch_t *a
     return LD_OK;
 }
 
+int ld_model_train_number(const char *path, const ld_meta_t *meta, const char *name, double min, double max,
+                          double *out)
+{
+    char key[128], what[160];
+    snprintf(key, sizeof key, "train.%s", name);
+    const char *v = ld_meta_get(meta, key);
+    if (!v)
+        return ld_seterr(LD_ENOENT, "%s: no metadata '%s'", path, key);
+    snprintf(what, sizeof what, "%s: metadata '%s'", path, key);
+    if (ld_cli_parse_double(what, v, min, max, out) != LD_OK)
+        return ld_seterr(LD_EFORMAT, "%s", ld_errdetail());
+    return LD_OK;
+}
+
 static void format_shape(char *buf, size_t cap, int ndim, const int64_t *shape)
 {
     size_t n = (size_t)snprintf(buf, cap, "[");

@@ -20,6 +20,14 @@
  * of the file's bytes, the model's identity in logs and messages. */
 int ld_model_load(const char *path, ld_ebm_t **ebm_out, ld_meta_t **meta_out, char hash_out[65]);
 
+/* A setting the model was trained with: metadata "train.<name>" as
+ * `langdaug train` writes it (name "step-size", "noise", ...). Returns 0 and
+ * *out; LD_ENOENT when the file has no such key (files from `langdaug
+ * init-model` or exported from PyTorch); LD_EFORMAT naming path and key when
+ * the value is not a number in [min, max]. path is only for the detail. */
+int ld_model_train_number(const char *path, const ld_meta_t *meta, const char *name, double min, double max,
+                          double *out);
+
 /* Writes the model atomically; the architecture keys are generated, and the
  * keys of `extra` (may be NULL) are added (an extra key that collides with a
  * generated one is an error). hash_out (may be NULL) as for load. */

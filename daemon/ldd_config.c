@@ -5,7 +5,9 @@
  * ldd_config_set(), which checks the value against its table row, so a
  * config that exists is always within range. Cross-key rules (a snapshot
  * step beyond max_steps, a missing model) are checked once at the end of
- * ldd_config_build(). */
+ * ldd_config_build(). A T_DOUBLE_AUTO key holds NAN for `auto`: what auto
+ * means depends on the model files, so the engine resolves it when it loads
+ * them, and the config keeps saying auto (--print-config, status reply). */
 #include "ldd_config.h"
 
 #include <ctype.h>
@@ -24,7 +26,7 @@
 #include "ldd_err.h"
 #include "ldd_mem.h"
 
-typedef enum { T_INT, T_DOUBLE, T_STRING, T_LIST, T_U64, T_LEVEL, T_STEPS } key_type_t;
+typedef enum { T_INT, T_DOUBLE, T_DOUBLE_AUTO, T_STRING, T_LIST, T_U64, T_LEVEL, T_STEPS } key_type_t;
 
 enum { F_RESTART = 1 };
 
@@ -74,10 +76,15 @@ static const key_row_t keys[] = {
       "Changing it needs a restart." },
     { "chain_batch", T_INT, "4", 1, 256, OFF(chain_batch), 0,
       "Chains a worker advances together in one engine call." },
-    { "step_size", T_DOUBLE, "1", 1e-9, 1e6, OFF(step_size), 0,
-      "Langevin step size eta in x <- x - (eta/2) dE/dx + sqrt(eta) sigma noise." },
-    { "noise", T_DOUBLE, "0.005", 0, 100, OFF(noise), 0,
-      "Langevin noise scale sigma." },
+    { "step_size", T_DOUBLE_AUTO, "auto", 1e-9, 1e6, OFF(step_size), 0,
+      "Langevin step size eta in x <- x - (eta/2) dE/dx + sqrt(eta) sigma noise. auto = the step size "
+      "the models were trained with, read from their train.step-size metadata (written by `langdaug "
+      "train`) at start and on every reload. Models that disagree are refused: set a number then. "
+      "If no model has it (files from `langdaug init-model` or exported from PyTorch), auto is "
+      LDD_STR(LDD_FALLBACK_STEP_SIZE) ". The log says which value is in force and where it came from." },
+    { "noise", T_DOUBLE_AUTO, "auto", 0, 100, OFF(noise), 0,
+      "Langevin noise scale sigma. auto = the models' train.noise metadata, as for step_size; "
+      LDD_STR(LDD_FALLBACK_NOISE) " if no model has it." },
     { "steps", T_STEPS, "10,20,40", 0, 0, OFF(steps), 0,
       "Default snapshot steps (ascending, 0 = the source crop itself) for requests that name none; "
       "a chain runs to the last one." },
@@ -132,6 +139,16 @@ static const key_row_t *find_key(const char *name)
     return NULL;
 }
 
+int ldd_config_range(const char *key, double *min, double *max)
+{
+    const key_row_t *k = find_key(key);
+    if (!k || (k->type != T_DOUBLE && k->type != T_DOUBLE_AUTO))
+        return ld_seterr(LD_EINVAL, "'%s' is not a number key", key);
+    *min = k->min;
+    *max = k->max;
+    return 0;
+}
+
 int ldd_config_needs_restart(const char *key)
 {
     const key_row_t *k = find_key(key);
@@ -167,6 +184,19 @@ static int check_steps(const char *value, const char *what)
     if (ld_langevin_set_snapshots(&p, value) < 0 || p.n_snapshots < 1)
         return ldd_err_wrap(LD_EINVAL, "%s: '%s' is not an ascending list of steps", what, value);
     return 0;
+}
+
+/* `auto` (NAN) or a number in the row's range. */
+static int set_double_auto(const key_row_t *k, const char *value, const char *what, double *slot)
+{
+    if (!strcmp(value, "auto")) {
+        *slot = NAN;
+        return 0;
+    }
+    int rc = ld_cli_parse_double(what, value, k->min, k->max, slot);
+    if (rc == LD_EINVAL)
+        return ld_seterr(rc, "%s: '%s' is neither auto nor a number", what, value);
+    return rc;
 }
 
 /* Whether a value survives `key = value` in a config file unchanged, so
@@ -208,6 +238,9 @@ int ldd_config_set(ldd_config_t *cfg, const char *name, const char *value, const
         break;
     case T_DOUBLE:
         rc = ld_cli_parse_double(what, value, k->min, k->max, slot);
+        break;
+    case T_DOUBLE_AUTO:
+        rc = set_double_auto(k, value, what, slot);
         break;
     case T_U64:
         rc = ld_cli_parse_u64(what, value, slot);
@@ -519,6 +552,12 @@ static void format_value(const ldd_config_t *cfg, const key_row_t *k, char *out,
     switch (k->type) {
     case T_INT: snprintf(out, cap, "%d", *(const int *)slot); break;
     case T_DOUBLE: format_double(*(const double *)slot, out, cap); break;
+    case T_DOUBLE_AUTO:
+        if (isnan(*(const double *)slot))
+            snprintf(out, cap, "auto");
+        else
+            format_double(*(const double *)slot, out, cap);
+        break;
     case T_U64: snprintf(out, cap, "%llu", (unsigned long long)*(const uint64_t *)slot); break;
     case T_LIST: out[0] = '\0'; break;
     default: snprintf(out, cap, "%s", *(char *const *)slot ? *(char *const *)slot : ""); break;
@@ -575,10 +614,10 @@ static void print_range(FILE *out, const key_row_t *k)
     char lo[64], hi[64];
     if (k->type == T_INT) {
         fprintf(out, "# Integer, %d..%d.\n", (int)k->min, (int)k->max);
-    } else if (k->type == T_DOUBLE) {
+    } else if (k->type == T_DOUBLE || k->type == T_DOUBLE_AUTO) {
         format_double(k->min, lo, sizeof lo);
         format_double(k->max, hi, sizeof hi);
-        fprintf(out, "# Number, %s..%s.\n", lo, hi);
+        fprintf(out, "# Number, %s..%s%s.\n", lo, hi, k->type == T_DOUBLE_AUTO ? ", or auto" : "");
     } else if (k->type == T_U64) {
         fprintf(out, "# Integer, 0..18446744073709551615.\n");
     }

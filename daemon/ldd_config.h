@@ -8,6 +8,10 @@
  * examples/langdaugd.conf). Defaults go through the same parser as file
  * values, so a default can never be out of range.
  *
+ * step_size and noise may be `auto` (their default), stored as NAN: the
+ * engine resolves it from the models' training settings when it loads
+ * (ldd_engine.h), falling back to LDD_FALLBACK_STEP_SIZE / _NOISE.
+ *
  * Precedence: defaults < config file < command line. `model` is a list: the
  * file may repeat the key; --model on the command line (repeatable) replaces
  * the file's list. The command-line overrides are kept in ldd_options_t so
@@ -24,6 +28,14 @@
 #define LDD_DEFAULT_CONFIG "/etc/langdaug/langdaugd.conf"
 #define LDD_VERSION "0.1.0"
 
+/* What step_size / noise = auto become when no model file says what it was
+ * trained with: the fixed defaults from before `auto` existed. Plain
+ * literals, because the config help text quotes them (LDD_STR). */
+#define LDD_FALLBACK_STEP_SIZE 1
+#define LDD_FALLBACK_NOISE 0.005
+#define LDD_STR(x) LDD_STR_(x)
+#define LDD_STR_(x) #x
+
 typedef struct {
     char *models[LDD_MAX_MODELS];
     int n_models;
@@ -32,7 +44,7 @@ typedef struct {
     int resize, min_side, size;
     char *bind, *status;
     int workers, chain_batch;
-    double step_size, noise;
+    double step_size, noise;       /* NAN = auto */
     char *steps;
     int max_steps;
     int max_clients, max_credits, max_batch, max_message_size, queue_capacity, max_queue_memory;
@@ -91,6 +103,11 @@ void ldd_config_print_usage(FILE *out);
  * once per key (a list key once per item); value is formatted text. */
 typedef void (*ldd_config_visit_fn)(const char *key, const char *value, void *user);
 void ldd_config_visit(const ldd_config_t *cfg, ldd_config_visit_fn fn, void *user);
+
+/* The range a floating-point key accepts, from its table row: the engine
+ * checks values taken from model files (auto) against the same bounds.
+ * Returns 0, or LD_EINVAL for a key that is not floating-point. */
+int ldd_config_range(const char *key, double *min, double *max);
 
 /* Whether a key may not change on reload (sockets, worker count). */
 int ldd_config_needs_restart(const char *key);

@@ -1,6 +1,13 @@
-/* ldd_engine: loading and checking models + dataset (see ldd_engine.h). */
+/* ldd_engine: loading and checking models + dataset (see ldd_engine.h).
+ *
+ * step_size / noise = auto are resolved here, from the training settings in
+ * the model files' metadata, because only a load sees the files: each load
+ * (start, SIGHUP) resolves them afresh, and a load that cannot (models that
+ * disagree, an unreadable value) fails like any bad file, so a reload keeps
+ * the running engine. */
 #include "ldd_engine.h"
 
+#include <math.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,15 +28,95 @@ static void free_engine(ldd_engine_t *e)
     free(e);
 }
 
-static int load_models(const ldd_config_t *cfg, ldd_engine_t *e)
+/* A Langevin setting while the models load: the config's value, or (auto)
+ * the one the models were trained with. */
+typedef struct {
+    const char *key;      /* config key: "step_size" */
+    const char *trained;  /* training setting: metadata "train.<trained>" */
+    double fallback;      /* what auto means when no model has it */
+    double value;         /* NAN = auto, and no model had it so far */
+    int from_config;
+    int model;            /* the first model that gave value, -1 = none */
+    int n_models;         /* models that gave it (all agree) */
+} trained_t;
+
+enum { STEP_SIZE, NOISE, N_TRAINED };
+
+static void trained_init(const ldd_config_t *cfg, trained_t t[N_TRAINED])
+{
+    t[STEP_SIZE] = (trained_t){ "step_size", "step-size", LDD_FALLBACK_STEP_SIZE, cfg->step_size,
+                                !isnan(cfg->step_size), -1, 0 };
+    t[NOISE] = (trained_t){ "noise", "noise", LDD_FALLBACK_NOISE, cfg->noise, !isnan(cfg->noise), -1, 0 };
+}
+
+/* An auto setting takes model i's training value. Every model that has one
+ * must agree with the first: which one a chain should use is the user's
+ * choice, not the loader's. */
+static int take_trained(trained_t *t, const ldd_engine_t *e, int i, const ld_meta_t *meta)
+{
+    if (t->from_config)
+        return 0;
+    double lo, hi, v;
+    int rc = ldd_config_range(t->key, &lo, &hi);
+    if (rc == 0)
+        rc = ld_model_train_number(e->models[i].path, meta, t->trained, lo, hi, &v);
+    if (rc == LD_ENOENT)
+        return 0;
+    if (rc < 0)
+        return ldd_err_wrap(rc, "%s = auto (set %s to a number to not read it)", t->key, t->key);
+    if (t->model >= 0 && (float)v != (float)t->value) /* the engine runs in float */
+        return ld_seterr(LD_EINVAL,
+                         "%s = auto, but the models were trained with different values: %s has train.%s = %.9g, "
+                         "%s has %.9g; set %s in the config file or on the command line",
+                         t->key, e->models[t->model].path, t->trained, t->value, e->models[i].path, v, t->key);
+    if (t->model < 0) {
+        t->value = v;
+        t->model = i;
+    }
+    t->n_models++;
+    return 0;
+}
+
+static double trained_value(const trained_t *t)
+{
+    return isnan(t->value) ? t->fallback : t->value;
+}
+
+static void log_trained(const trained_t *t, const ldd_engine_t *e)
+{
+    double v = trained_value(t);
+    if (t->from_config)
+        ld_info("langevin: %s = %.9g, from the config", t->key, v);
+    else if (t->model >= 0)
+        ld_info("langevin: %s = %.9g (auto): train.%s of model %s (%d of %d models have it)", t->key, v,
+                t->trained, e->models[t->model].path, t->n_models, e->n_models);
+    else
+        ld_info("langevin: %s = %.9g (auto): no model has train.%s (files from `langdaug init-model` or exported "
+                "from PyTorch), so the fallback", t->key, v, t->trained);
+}
+
+static int load_model(ldd_engine_t *e, int i, const char *path, trained_t trained[N_TRAINED])
+{
+    ldd_model_t *m = &e->models[i];
+    snprintf(m->path, sizeof m->path, "%s", path);
+    ld_meta_t *meta = NULL;
+    int rc = ld_model_load(m->path, &m->ebm, &meta, m->hash);
+    if (rc < 0)
+        return ldd_err_wrap(rc, "model %s", m->path);
+    e->n_models++;
+    for (int k = 0; k < N_TRAINED && rc == 0; k++)
+        rc = take_trained(&trained[k], e, i, meta);
+    ld_meta_destroy(&meta);
+    return rc;
+}
+
+static int load_models(const ldd_config_t *cfg, ldd_engine_t *e, trained_t trained[N_TRAINED])
 {
     for (int i = 0; i < cfg->n_models; i++) {
-        ldd_model_t *m = &e->models[i];
-        snprintf(m->path, sizeof m->path, "%s", cfg->models[i]);
-        int rc = ld_model_load(m->path, &m->ebm, NULL, m->hash);
+        int rc = load_model(e, i, cfg->models[i], trained);
         if (rc < 0)
-            return ldd_err_wrap(rc, "model %s", m->path);
-        e->n_models++;
+            return rc;
+        const ldd_model_t *m = &e->models[i];
         const ld_ebm_arch_t *a = ld_ebm_arch(m->ebm);
         const ld_ebm_arch_t *a0 = ld_ebm_arch(e->models[0].ebm);
         if (a->size != a0->size || a->image_channels != a0->image_channels)
@@ -118,11 +205,11 @@ static void build_tiles(ldd_engine_t *e)
     }
 }
 
-static int set_langevin(const ldd_config_t *cfg, ldd_engine_t *e)
+static int set_langevin(const ldd_config_t *cfg, const trained_t trained[N_TRAINED], ldd_engine_t *e)
 {
     ld_langevin_params_t *p = &e->defaults;
-    p->step_size = (float)cfg->step_size;
-    p->noise = (float)cfg->noise;
+    p->step_size = (float)trained_value(&trained[STEP_SIZE]);
+    p->noise = (float)trained_value(&trained[NOISE]);
     int rc = ld_langevin_set_snapshots(p, cfg->steps);
     if (rc < 0)
         return ldd_err_wrap(rc, "steps");
@@ -136,13 +223,17 @@ int ldd_engine_load(const ldd_config_t *cfg, ldd_engine_t **out)
     *out = NULL;
     ldd_engine_t *e = ldd_xcalloc(1, sizeof *e);
     atomic_init(&e->refs, 1);
-    int rc = load_models(cfg, e);
+    trained_t trained[N_TRAINED];
+    trained_init(cfg, trained);
+    int rc = load_models(cfg, e, trained);
     if (rc == 0)
         rc = load_dataset(cfg, e);
     if (rc == 0)
-        rc = set_langevin(cfg, e);
+        rc = set_langevin(cfg, trained, e);
     if (rc < 0)
         goto fail;
+    for (int k = 0; k < N_TRAINED; k++)
+        log_trained(&trained[k], e);
     build_tiles(e);
     *out = e;
     return 0;

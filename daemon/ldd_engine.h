@@ -8,6 +8,11 @@
  * and checks that models and dataset agree (channels, mask classes, size);
  * it runs on a libuv work thread and touches no loop state.
  *
+ * Langevin settings: step_size / noise = auto take the value the models were
+ * trained with (metadata train.step-size / train.noise), resolved by every
+ * build; models that disagree fail the build, models without the key get
+ * LDD_FALLBACK_*. The build logs the values in force and their source.
+ *
  * Domains: a target domain is served by the first model that declares it;
  * a source domain is a dataset domain. */
 #ifndef LDD_ENGINE_H

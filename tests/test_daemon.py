@@ -65,7 +65,9 @@ def arch_tensors(rng, scale=0.3):
     return [(name, shape, (rng.standard_normal(shape) * scale).astype("<f4")) for name, shape in t]
 
 
-def write_model(path, seed):
+def write_model(path, seed, meta=None):
+    """A random model (weights fixed by seed); meta adds metadata keys, e.g.
+    {"train.step-size": "5"}, as `langdaug train` writes them."""
     rng = np.random.default_rng(seed)
     header, blobs, off = {}, [], 0
     for name, shape, arr in arch_tensors(rng):
@@ -75,7 +77,7 @@ def write_model(path, seed):
         off += len(b)
     header["__metadata__"] = {"format": "langdaug-ebm", "version": "1", "arch": "resdown",
                               "image_channels": str(C), "mask_classes": str(K), "size": str(S),
-                              "widths": ",".join(map(str, WIDTHS)), "domains": ",".join(DOMAINS)}
+                              "widths": ",".join(map(str, WIDTHS)), "domains": ",".join(DOMAINS), **(meta or {})}
     h = json.dumps(header).encode()
     h += b" " * (-len(h) % 8)
     data = struct.pack("<Q", len(h)) + h + b"".join(blobs)
@@ -126,17 +128,22 @@ def free_port():
 
 # ---------------------------------------------------------------- daemon + client helpers
 
-class Daemon:
-    """A langdaugd process on free loopback ports; stop() always ends it."""
+# Explicit Langevin settings, so that tests do not depend on what auto finds.
+LANGEVIN = ("--step-size", "0.01", "--noise", "0.005")
 
-    def __init__(self, workdir, model, data, extra=(), env=None, config=None):
+
+class Daemon:
+    """A langdaugd process on free loopback ports; stop() always ends it.
+    langevin: the step size and noise options (() = the config's or auto)."""
+
+    def __init__(self, workdir, model, data, extra=(), env=None, config=None, langevin=LANGEVIN):
         self.port, self.sport = free_port(), free_port()
         self.bind = f"tcp://127.0.0.1:{self.port}"
         self.status_ep = f"tcp://127.0.0.1:{self.sport}"
         self.log_path = os.path.join(workdir, f"daemon-{self.port}.log")
         args = [DAEMON, "--bind", self.bind, "--status", self.status_ep, "--data", data,
-                "--workers", "1", "--chain-batch", "2", "--steps", "0,2,4", "--step-size", "0.01",
-                "--noise", "0.005", "--drain-timeout", "5", "--log-level", "debug"]
+                "--workers", "1", "--chain-batch", "2", "--steps", "0,2,4", *langevin,
+                "--drain-timeout", "5", "--log-level", "debug"]
         if config:
             args += ["--config", config]
         if model:

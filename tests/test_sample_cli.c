@@ -1,8 +1,9 @@
 /* `langdaug sample` and `langdaug synth` end to end: on synthetic data and a
  * random model written by the test, the snapshots, masks, CSV and grid are
  * checked against the library (dataset crops, energies), runs are
- * reproducible and independent of the thread count, and bad input fails
- * with clear messages and the documented exit codes. */
+ * reproducible and independent of the thread count, step size and noise
+ * default to the model's training settings, and bad input fails with clear
+ * messages and the documented exit codes. */
 #include "testutil.h"
 
 #include <math.h>
@@ -34,7 +35,9 @@ static ld_synth_opts_t synth_opts(void)
     return o;
 }
 
-static void save_model(const char *path, int channels)
+/* A random model (the same weights for the same channels); extra (may be
+ * NULL) adds metadata keys. */
+static void save_model(const char *path, int channels, const ld_meta_t *extra)
 {
     ld_ebm_arch_t a = { .image_channels = channels, .mask_classes = 2, .size = S };
     ck_assert_int_eq(ld_ebm_arch_set_widths(&a, "8,12"), 0);
@@ -42,7 +45,7 @@ static void save_model(const char *path, int channels)
     ld_ebm_t *m = NULL;
     ck_assert_int_eq(ld_ebm_new(&a, &m), 0);
     ld_ebm_init_random(m, 11);
-    ck_assert_msg(ld_model_save(path, m, NULL, NULL) == 0, "%s", ld_errdetail());
+    ck_assert_msg(ld_model_save(path, m, extra, NULL) == 0, "%s", ld_errdetail());
     ld_ebm_destroy(&m);
 }
 
@@ -56,8 +59,8 @@ static fixture_t setup(void)
     f.out = ld_test_path(f.dir, "out");
     ld_synth_opts_t so = synth_opts();
     ck_assert_int_eq(ld_synth_write(f.data, &so), 0);
-    save_model(f.model, 3);
-    save_model(f.grey_model, 1);
+    save_model(f.model, 3, NULL);
+    save_model(f.grey_model, 1, NULL);
     return f;
 }
 
@@ -255,6 +258,78 @@ START_TEST(sample_reproducible_across_threads)
 }
 END_TEST
 
+/* The RGB model's weights with train.step-size / train.noise metadata. */
+static char *save_trained_model(const char *dir, const char *name, const char *step_size, const char *noise)
+{
+    char *path = ld_test_path(dir, name);
+    ld_meta_t *meta = NULL;
+    ck_assert_int_eq(ld_meta_new(&meta), 0);
+    ck_assert_int_eq(ld_meta_set(meta, "train.step-size", step_size), 0);
+    ck_assert_int_eq(ld_meta_set(meta, "train.noise", noise), 0);
+    save_model(path, 3, meta);
+    ld_meta_destroy(&meta);
+    return path;
+}
+
+/* Two chains cam1 -> cam3 with snapshots 3,6 (what compare_outputs reads),
+ * plus langevin options; returns the exit status. */
+static int run_chains_to(const fixture_t *f, const char *model, const char *out, const char *langevin)
+{
+    char args[4096];
+    snprintf(args, sizeof args,
+             "sample --model '%s' --data '%s' --source cam1 --target cam3 --batch 2 --steps 6 --snapshots 3,6 "
+             "--seed 9 %s --out '%s'",
+             model, f->data, langevin, out);
+    return run_cli(f->dir, args);
+}
+
+START_TEST(sample_langevin_defaults_to_the_trained_settings)
+{
+    fixture_t f = setup();
+    char *trained = save_trained_model(f.dir, "trained.safetensors", "0.3", "0.02");
+    char *out2 = ld_test_path(f.dir, "out2");
+    ck_assert_msg(run_chains_to(&f, trained, f.out, "") == 0, "%s", log_text);
+    ck_assert_msg(strstr(log_text, "step size 0.3 (as trained), noise 0.02 (as trained)"), "%s", log_text);
+    ck_assert_msg(run_chains_to(&f, f.model, out2, "--step-size 0.3 --noise 0.02") == 0, "%s", log_text);
+    compare_outputs(f.out, out2);
+    /* a given option wins over the model */
+    ck_assert_msg(run_chains_to(&f, trained, out2, "--step-size 0.5") == 0, "%s", log_text);
+    ck_assert_msg(strstr(log_text, "step size 0.5 (given), noise 0.02 (as trained)"), "%s", log_text);
+    ck_assert_int_ne(ld_test_system("cmp -s '%s/samples.csv' '%s/samples.csv'", f.out, out2), 0);
+    ck_assert_msg(run_chains_to(&f, trained, out2, "--noise 0.05") == 0, "%s", log_text);
+    ck_assert_int_ne(ld_test_system("cmp -s '%s/samples.csv' '%s/samples.csv'", f.out, out2), 0);
+    /* a model without the keys: the fixed defaults */
+    ck_assert_msg(run_chains_to(&f, f.model, f.out, "") == 0, "%s", log_text);
+    ck_assert_msg(strstr(log_text, "step size 1 (default: not in the model), noise 0.01 (default: not in the model)"),
+                  "%s", log_text);
+    ck_assert_msg(run_chains_to(&f, f.model, out2, "--step-size 1 --noise 0.01") == 0, "%s", log_text);
+    compare_outputs(f.out, out2);
+    free(out2);
+    free(trained);
+    teardown(&f);
+}
+END_TEST
+
+START_TEST(sample_rejects_unreadable_trained_settings)
+{
+    fixture_t f = setup();
+    static const struct { const char *step_size, *noise, *needle, *option; } cases[] = {
+        { "fast", "0.01", "metadata 'train.step-size': 'fast' is not a number", "--step-size" },
+        { "0.3", "-1", "metadata 'train.noise': -1 is out of range", "--noise" },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *bad = save_trained_model(f.dir, "bad.safetensors", cases[i].step_size, cases[i].noise);
+        ck_assert_int_eq(run_chains_to(&f, bad, f.out, ""), 1);
+        ck_assert_msg(strstr(log_text, bad) && strstr(log_text, cases[i].needle) && strstr(log_text, cases[i].option),
+                      "%s", log_text);
+        /* given options do not read the metadata */
+        ck_assert_msg(run_chains_to(&f, bad, f.out, "--step-size 0.3 --noise 0.02") == 0, "%s", log_text);
+        free(bad);
+    }
+    teardown(&f);
+}
+END_TEST
+
 /* A grey copy of two synthetic domains, in the folders layout. */
 static void write_grey_data(const char *root)
 {
@@ -400,6 +475,8 @@ int main(void)
     TCase *tc = ld_tcase("sample_cli", 120);
     tcase_add_test(tc, sample_writes_consistent_outputs);
     tcase_add_test(tc, sample_reproducible_across_threads);
+    tcase_add_test(tc, sample_langevin_defaults_to_the_trained_settings);
+    tcase_add_test(tc, sample_rejects_unreadable_trained_settings);
     tcase_add_test(tc, sample_center_crops_and_grey_data);
     tcase_add_test(tc, sample_rejects_bad_input);
     tcase_add_test(tc, synth_cli_writes_dataset);
