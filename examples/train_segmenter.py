@@ -368,9 +368,15 @@ def train_one(args, sources, holdout, variant, seed, pool, classes, channels):
 _worker_context = None
 
 
-def _init_worker(context):
+def _init_worker(context, trainer_pid):
     global _worker_context
     _worker_context = context
+    if sys.platform.startswith("linux"):  # a worker must not outlive a killed trainer
+        import ctypes
+        import signal
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != trainer_pid:  # the trainer died before the line above
+            os._exit(1)
     torch.set_num_threads(context[0].threads or 1)
 
 
@@ -385,7 +391,7 @@ def run_parallel(args, runs, context, record):
     import concurrent.futures
     import multiprocessing
     with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"),
-                                                initializer=_init_worker, initargs=(context,)) as ex:
+                                                initializer=_init_worker, initargs=(context, os.getpid())) as ex:
         futures = [ex.submit(_run_in_worker, run) for run in runs]
         for f in concurrent.futures.as_completed(futures):
             record(f.result())

@@ -6,9 +6,12 @@ import csv
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 import unittest
 
 import numpy as np
@@ -48,6 +51,43 @@ def write_pull_folder(folder, chains):
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
+
+
+def children(ppid, needle):
+    """PIDs of the processes whose parent is ppid and whose command line contains needle."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open("/proc/%s/cmdline" % d, "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == ppid and needle in cmd:
+            out.append(int(d))
+    return out
+
+
+def alive(pid):
+    """True while pid exists and is not a zombie."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_for(probe, seconds):
+    """probe()'s first truthy value within `seconds` (polled every 50 ms), else None."""
+    deadline = time.monotonic() + seconds
+    while True:
+        v = probe()
+        if v or time.monotonic() >= deadline:
+            return v or None
+        time.sleep(0.05)
 
 
 def table_rows(text):
@@ -179,6 +219,35 @@ class SegmenterOnPulledSamplesTest(unittest.TestCase):
                 results.append([(x["variant"], x["seed"], x["dice"], x["iou"]) for x in csv.DictReader(f)])
         self.assertEqual(len(results[0]), 4)
         self.assertEqual(results[0], results[1])
+
+    def test_workers_die_with_a_killed_trainer(self):
+        out = tempfile.mkdtemp(prefix="seg-", dir=self.dir)
+        args = [SEGMENTER, "--data", self.data, "--holdout", "cam2", "--size", S, "--batch", 4, "--iters", 10 ** 6,
+                "--seeds", "0,1", "--threads", 1, "--jobs", 2, "--variants", "none", "--out", out]
+        proc = subprocess.Popen([sys.executable, *map(str, args)], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        lines, workers = [], []
+        reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+        reader.start()
+        try:
+            # both workers training (each prints its progress after 10 s), not still starting up
+            training = wait_for(lambda: sum("[none seed" in x for x in list(lines)) >= 2, WAIT)
+            self.assertTrue(training, "workers did not report progress:\n" + "".join(lines))
+            workers = children(proc.pid, "spawn_main")
+            self.assertEqual(len(workers), 2, workers)
+            proc.kill()
+            proc.wait(WAIT)
+            left = wait_for(lambda: not any(alive(pid) for pid in workers) or None, WAIT)
+            self.assertTrue(left, "workers %s outlived the trainer" % workers)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            for pid in workers:
+                if alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+            reader.join(WAIT)
+            proc.stdout.close()
 
     def test_unknown_classic_operation_is_refused(self):
         _, r = self.segmenter("--variants", "classic", "--classic", "gamma,sharpen")
