@@ -30,6 +30,9 @@
 #define MAX_ENDPOINTS 256
 #define MAX_CREDITS 4096
 #define DEFAULT_IDLE_TIMEOUT_MS 60000
+/* Beyond any daemon's setting: a larger (or infinite) HelloReply.idle_timeout
+ * is ignored rather than overflow the count of milliseconds. */
+#define MAX_IDLE_TIMEOUT_S 1e7
 #define RETRY_MS 50 /* resend period of a PullRequest that found no connection */
 #define HANDSHAKE_FAILED \
     (ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH)
@@ -628,6 +631,19 @@ static int handle_error(endpoint_t *ep, const Langdaug__V1__Error *e)
     return ld_seterr(ep->reject_err, "%s", ep->reject_text);
 }
 
+/* The daemon's idle timeout in ms, 0 if it did not say: the precise
+ * idle_timeout when present and sane, else the whole seconds of older
+ * daemons (rounded up, so heartbeats planned from them can be too slow for
+ * a timeout below a second). */
+static int64_t hello_idle_ms(const Langdaug__V1__HelloReply *h)
+{
+    if (h->has_idle_timeout && h->idle_timeout > 0 && h->idle_timeout <= MAX_IDLE_TIMEOUT_S) {
+        int64_t ms = llround(h->idle_timeout * 1000);
+        return ms > 0 ? ms : 1;
+    }
+    return h->has_idle_timeout_s ? (int64_t)h->idle_timeout_s * 1000 : 0;
+}
+
 static int handle_hello(ld_client_t *c, endpoint_t *ep, const Langdaug__V1__HelloReply *h)
 {
     if (ep->state != EP_HELLO)
@@ -646,8 +662,9 @@ static int handle_hello(ld_client_t *c, endpoint_t *ep, const Langdaug__V1__Hell
                 h->max_credits);
         ep->window = h->max_credits;
     }
-    if (h->has_idle_timeout_s && h->idle_timeout_s > 0) {
-        ep->idle_timeout_ms = (int64_t)h->idle_timeout_s * 1000;
+    int64_t idle_ms = hello_idle_ms(h);
+    if (idle_ms > 0) {
+        ep->idle_timeout_ms = idle_ms;
         if (c->heartbeat_ms > ep->idle_timeout_ms / 3) /* heartbeats must beat the daemon's expiry */
             c->heartbeat_ms = ep->idle_timeout_ms / 3 > 10 ? (int)(ep->idle_timeout_ms / 3) : 10;
     }

@@ -25,7 +25,10 @@
  * A reconnection is a new session on the daemon (ZeroMQ gives the new
  * connection a new routing id), so nothing of the old one can arrive after
  * it and the window restarts from zero. Heartbeats go to every live
- * endpoint each heartbeat_ms while the caller waits in ld_client_next().
+ * endpoint each heartbeat_ms while the caller waits in ld_client_next();
+ * heartbeat_ms is lowered to a third of a daemon's idle timeout
+ * (HelloReply.idle_timeout, which may be below a second, or the whole
+ * seconds of idle_timeout_s from daemons that do not send it).
  *
  * Seeds: with opts.has_seed, session k (0, 1, ... counted per endpoint, a
  * new one after each reconnection) of endpoint e asks for seed

@@ -298,6 +298,27 @@ static void print_energies(const Langdaug__V1__StatusReply *r)
     }
 }
 
+/* Lines for fields that older daemons do not send are left out. */
+static void print_queue_memory(const Langdaug__V1__StatusReply *r)
+{
+    if (r->has_queue_bytes && r->has_max_queue_bytes)
+        printf("queue memory %.1f MiB of %.1f MiB (finished samples held for clients)\n",
+               (double)r->queue_bytes / (1024.0 * 1024.0), (double)r->max_queue_bytes / (1024.0 * 1024.0));
+}
+
+static void print_security(const Langdaug__V1__StatusReply *r)
+{
+    if (!r->has_data_curve && !r->has_status_curve)
+        return;
+    printf("security: data socket %s, status socket %s", r->data_curve ? "CURVE" : "plain TCP",
+           r->status_curve ? "CURVE" : "plain TCP");
+    if (r->has_allowed_keys)
+        printf(", %u allowed client keys", r->allowed_keys);
+    if (r->has_refused_handshakes)
+        printf(", %" PRIu64 " refused handshakes", r->refused_handshakes);
+    putchar('\n');
+}
+
 static void print_table(const status_args_t *a, const Langdaug__V1__StatusReply *r)
 {
     char up[32], age[32];
@@ -306,6 +327,8 @@ static void print_table(const status_args_t *a, const Langdaug__V1__StatusReply 
            r->draining ? ", DRAINING (shutting down)" : "");
     printf("workers %u, queue %u/%u, resident %.1f MiB\n", r->workers, r->queue_depth, r->queue_capacity,
            (double)r->resident_bytes / (1024.0 * 1024.0));
+    print_queue_memory(r);
+    print_security(r);
     rates("produced", r->samples_produced, r->produced_rate);
     rates("sent", r->samples_sent, r->sent_rate);
     printf("  batches sent %" PRIu64 ", chains failed %" PRIu64 ", protocol errors %" PRIu64 "\n", r->batches_sent,

@@ -423,6 +423,11 @@ uint64_t ldd_curve_refused(const ldd_curve_t *self)
     return self ? self->refused : 0;
 }
 
+int ldd_curve_allowed_keys(const ldd_curve_t *self)
+{
+    return self ? ldd_keyset_count(self->keys) : 0;
+}
+
 const char *ldd_curve_server_public(const ldd_curve_t *self)
 {
     return self->server_public;

@@ -62,8 +62,12 @@ int ldd_curve_secure(ldd_curve_t *self, void *sock, const char *name);
 /* Replaces the allowed keys (takes ownership, NULLs *keys). New
  * connections are checked against them; established ones stay. */
 void ldd_curve_set_keys(ldd_curve_t *self, ldd_keyset_t **keys);
-/* Connections refused so far (unknown key or failed handshake). */
+/* Connections refused so far (unknown key or failed handshake), every
+ * one counted, whether logged or not (the status reply shows it); 0 on
+ * NULL. */
 uint64_t ldd_curve_refused(const ldd_curve_t *self);
+/* Client keys allowed now (re-read on SIGHUP); 0 on NULL (no CURVE). */
+int ldd_curve_allowed_keys(const ldd_curve_t *self);
 /* The server's public key (Z85), for the log and for operators. */
 const char *ldd_curve_server_public(const ldd_curve_t *self);
 /* Closes the ZeroMQ sockets and frees. The loop must have closed this

@@ -304,10 +304,11 @@ static void on_hello(ldd_server_t *self, const uint8_t *id, size_t id_len, ldd_s
     r.image_channels = (uint32_t)e->channels;
     r.mask_classes = (uint32_t)e->classes;
     r.size = (uint32_t)e->size;
-    r.has_max_batch = r.has_max_credits = r.has_idle_timeout_s = 1;
+    r.has_max_batch = r.has_max_credits = r.has_idle_timeout_s = r.has_idle_timeout = 1;
     r.max_batch = (uint32_t)self->cfg.max_batch;
     r.max_credits = (uint32_t)self->cfg.max_credits;
-    r.idle_timeout_s = (uint32_t)ceil(self->cfg.idle_timeout);
+    r.idle_timeout_s = (uint32_t)ceil(self->cfg.idle_timeout); /* rounded up: never 0 for older clients */
+    r.idle_timeout = self->cfg.idle_timeout;
     Langdaug__V1__ServerMessage m = LANGDAUG__V1__SERVER_MESSAGE__INIT;
     m.body_case = LANGDAUG__V1__SERVER_MESSAGE__BODY_HELLO;
     m.hello = &r;
@@ -386,6 +387,41 @@ static void recv_client(ldd_server_t *self)
 
 /* ------------------------------------------------------------ status socket */
 
+/* Bytes of finished samples held for clients: those waiting in sessions for
+ * a full batch (at the scheduler's per-sample size) and the batch frames
+ * ZeroMQ has not written out yet. */
+static int64_t queue_bytes(ldd_server_t *self)
+{
+    int64_t samples = 0;
+    for (int i = 0; i < ldd_sessions_count(self->sessions); i++)
+        samples += ldd_session_held_samples(ldd_sessions_at(self->sessions, i));
+    return samples * ldd_sample_bytes(self->engine) + atomic_load(&wire_bytes);
+}
+
+static ldd_status_view_t status_view(ldd_server_t *self)
+{
+    /* open_socket() secures both sockets or neither */
+    return (ldd_status_view_t){
+        .cfg = &self->cfg,
+        .engine = self->engine,
+        .sessions = self->sessions,
+        .workers = ldd_workers_count(self->workers),
+        .queue_depth = ldd_workers_busy(self->workers),
+        .queue_capacity = self->cfg.queue_capacity,
+        .draining = self->draining,
+        .now = now_s(self),
+        .started = self->started,
+        .last_reload_time = self->last_reload_time,
+        .last_reload = self->last_reload,
+        .data_curve = self->curve != NULL,
+        .status_curve = self->curve != NULL,
+        .allowed_keys = ldd_curve_allowed_keys(self->curve),
+        .refused = ldd_curve_refused(self->curve),
+        .queue_bytes = queue_bytes(self),
+        .max_queue_bytes = self->sched.budget,
+    };
+}
+
 static void answer_status(ldd_server_t *self)
 {
     zmq_msg_t req;
@@ -414,19 +450,7 @@ static void answer_status(ldd_server_t *self)
         buf = ldd_status_error_reply(LANGDAUG__V1__ERROR_CODE__ERROR_MALFORMED,
                                      "expected one frame holding a StatusRequest", &out_len);
     } else {
-        ldd_status_view_t v = {
-            .cfg = &self->cfg,
-            .engine = self->engine,
-            .sessions = self->sessions,
-            .workers = ldd_workers_count(self->workers),
-            .queue_depth = ldd_workers_busy(self->workers),
-            .queue_capacity = self->cfg.queue_capacity,
-            .draining = self->draining,
-            .now = now_s(self),
-            .started = self->started,
-            .last_reload_time = self->last_reload_time,
-            .last_reload = self->last_reload,
-        };
+        ldd_status_view_t v = status_view(self);
         buf = ldd_status_reply(self->stats, &v, &out_len);
     }
     langdaug__v1__status_request__free_unpacked(sr, NULL);

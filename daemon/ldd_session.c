@@ -160,14 +160,19 @@ int64_t ldd_session_ready_samples(const ldd_session_t *s)
     return n;
 }
 
+int64_t ldd_session_held_samples(const ldd_session_t *s)
+{
+    int64_t n = 0;
+    for (const ldd_job_t *j = s->ready; j; j = j->next)
+        n += ldd_job_samples(j) - j->consumed;
+    return n;
+}
+
 int64_t ldd_session_wanted(const ldd_session_t *s)
 {
     if (!s->has_request || s->reserved == 0)
         return 0;
-    int64_t held = s->inflight_samples;
-    for (const ldd_job_t *j = s->ready; j; j = j->next)
-        held += ldd_job_samples(j) - j->consumed;
-    return (int64_t)s->reserved * s->req.batch_size - held;
+    return (int64_t)s->reserved * s->req.batch_size - s->inflight_samples - ldd_session_held_samples(s);
 }
 
 void ldd_session_add_ready(ldd_session_t *s, ldd_job_t *job)

@@ -108,6 +108,8 @@ void ldd_session_set_request(ldd_session_t *s, const ldd_request_t *req, const l
 void ldd_session_drop_jobs(ldd_session_t *s);
 /* Samples of the reserved batches that are neither finished nor running. */
 int64_t ldd_session_wanted(const ldd_session_t *s);
+/* Finished samples held, not yet put in a batch (in job order or not). */
+int64_t ldd_session_held_samples(const ldd_session_t *s);
 /* Finished samples available in job order. */
 int64_t ldd_session_ready_samples(const ldd_session_t *s);
 /* Takes a finished job (ownership) into the ordered ready list. */

@@ -285,6 +285,27 @@ static void fill_engine(reply_mem_t *m, const ldd_engine_t *e, Langdaug__V1__Sta
     r->dataset_skipped = (uint32_t)ld_dataset_n_skipped(e->dataset);
 }
 
+/* allowed_keys and refused_handshakes only mean something with CURVE, so
+ * they are left out without it rather than shown as zeros. */
+static void fill_security(const ldd_status_view_t *v, Langdaug__V1__StatusReply *r)
+{
+    r->has_data_curve = r->has_status_curve = 1;
+    r->data_curve = v->data_curve;
+    r->status_curve = v->status_curve;
+    if (v->data_curve || v->status_curve) {
+        r->has_allowed_keys = r->has_refused_handshakes = 1;
+        r->allowed_keys = (uint32_t)v->allowed_keys;
+        r->refused_handshakes = v->refused;
+    }
+}
+
+static void fill_queue_memory(const ldd_status_view_t *v, Langdaug__V1__StatusReply *r)
+{
+    r->has_queue_bytes = r->has_max_queue_bytes = 1;
+    r->queue_bytes = v->queue_bytes > 0 ? (uint64_t)v->queue_bytes : 0;
+    r->max_queue_bytes = (uint64_t)v->max_queue_bytes;
+}
+
 static void free_mem(reply_mem_t *m)
 {
     for (int i = 0; i < 2 * m->n_config; i++)
@@ -353,6 +374,8 @@ void *ldd_status_reply(const ldd_status_t *self, const ldd_status_view_t *v, siz
     r.draining = v->draining;
     r.chains_failed = self->chains_failed;
     r.protocol_errors = self->protocol_errors;
+    fill_security(v, &r);
+    fill_queue_memory(v, &r);
     void *buf = pack(&r, len);
     free_mem(m);
     return buf;

@@ -1,12 +1,13 @@
 """Helpers shared by the Python test suites (tests/run runs them with cwd
 tests/, so `import ldtest` works): where the built programs are, running the
-CLI with a bounded wait, a free 127.0.0.1 port, and interrupting a command
-once it has got going.
+CLI with a bounded wait, a free 127.0.0.1 port, interrupting a command once
+it has got going, and a client that fills a daemon's queue memory.
 """
 import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -48,3 +49,42 @@ def interrupt_when(proc, ready, timeout):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+class Hog:
+    """A raw client of a daemon's data socket that asks for `credits` batches of `batch_size`
+    samples of `target` (step 0) and never reads them, with tiny receive buffers: once the
+    kernel's socket buffers are full, its batches wait in the daemon's ZeroMQ queue and hold
+    max_queue_memory, so no other client gets a batch of that size until the hog closes. A
+    thread owns the socket and sends heartbeats every 50 ms, so that even a short idle_timeout
+    keeps its session. close() (idempotent) ends the thread and the socket."""
+
+    def __init__(self, endpoint, target, batch_size, credits=1000):
+        import zmq
+        from langdaug import langdaug_pb2 as pb
+        self._zmq, self._pb = zmq, pb
+        self._stop = threading.Event()
+        self._ctx = zmq.Context()
+        pull = pb.PullRequest(credits=credits, batch_size=batch_size, targets=[target], steps=[0])
+        self._thread = threading.Thread(target=self._run, args=(endpoint, pull), daemon=True)
+        self._thread.start()
+
+    def _run(self, endpoint, pull):
+        zmq, pb = self._zmq, self._pb
+        sock = self._ctx.socket(zmq.DEALER)
+        for opt, value in ((zmq.LINGER, 0), (zmq.RCVHWM, 1), (zmq.RCVBUF, 4096)):
+            sock.setsockopt(opt, value)
+        sock.connect(endpoint)
+        sock.send(pb.ClientMessage(version=1, pull=pull).SerializeToString())
+        beat = pb.ClientMessage(version=1, heartbeat=pb.Heartbeat()).SerializeToString()
+        while not self._stop.wait(0.05):
+            try:
+                sock.send(beat, zmq.DONTWAIT)
+            except zmq.Again:  # the daemon is not reading: its session ends, which the test sees
+                pass
+        sock.close()
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(10)
+        self._ctx.destroy(linger=0)

@@ -3,12 +3,15 @@
  * (tiny model from `langdaug init-model`, tiny data from ld_synth): batches
  * well-formed and as requested, a refused request reported, and a client of
  * two samplers that goes on when one is killed and takes it back once it is
- * restarted. Each daemon is started by its test, dies with it
+ * restarted; heartbeats that keep a session of a sub-second idle timeout
+ * while no batch can come (a raw client hogs the queue memory). Each daemon is started by its test, dies with it
  * (PR_SET_PDEATHSIG) and is stopped by it; every wait is bounded. */
 #include "testutil.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
@@ -689,6 +692,141 @@ START_TEST(outlives_session_expiry)
 }
 END_TEST
 
+/* A raw client that asks for many batches of `batch` samples of cam1 and
+ * never reads them, with tiny receive buffers: once the kernel's socket
+ * buffers are full, its batches wait in the daemon's ZeroMQ queue and hold
+ * max_queue_memory, so no other client gets a batch of that size until it
+ * stops. Its thread owns the socket and sends heartbeats every 50 ms, so
+ * that a short idle_timeout keeps its session. */
+typedef struct {
+    void *ctx;
+    char ep[64];
+    uint32_t batch;
+    atomic_int stop;
+    pthread_t thread;
+} hog_t;
+
+static void hog_send(void *sock, Langdaug__V1__ClientMessage *m)
+{
+    uint8_t buf[256];
+    m->has_version = 1;
+    m->version = 1;
+    size_t len = langdaug__v1__client_message__get_packed_size(m);
+    if (len <= sizeof buf) {
+        langdaug__v1__client_message__pack(m, buf);
+        zmq_send(sock, buf, len, ZMQ_DONTWAIT); /* a daemon not reading ends the hog's session: the test sees it */
+    }
+}
+
+static void *hog_run(void *arg)
+{
+    hog_t *h = arg;
+    void *sock = zmq_socket(h->ctx, ZMQ_DEALER);
+    int zero = 0, one = 1, small = 4096;
+    zmq_setsockopt(sock, ZMQ_LINGER, &zero, sizeof zero);
+    zmq_setsockopt(sock, ZMQ_RCVHWM, &one, sizeof one);
+    zmq_setsockopt(sock, ZMQ_RCVBUF, &small, sizeof small);
+    zmq_connect(sock, h->ep);
+    char *targets[] = { "cam1" };
+    uint32_t steps[] = { 0 };
+    Langdaug__V1__PullRequest p = LANGDAUG__V1__PULL_REQUEST__INIT;
+    p.has_credits = p.has_batch_size = 1;
+    p.credits = 1000;
+    p.batch_size = h->batch;
+    p.n_targets = 1;
+    p.targets = targets;
+    p.n_steps = 1;
+    p.steps = steps;
+    Langdaug__V1__ClientMessage m = LANGDAUG__V1__CLIENT_MESSAGE__INIT;
+    m.body_case = LANGDAUG__V1__CLIENT_MESSAGE__BODY_PULL;
+    m.pull = &p;
+    hog_send(sock, &m);
+    Langdaug__V1__Heartbeat hb = LANGDAUG__V1__HEARTBEAT__INIT;
+    m.body_case = LANGDAUG__V1__CLIENT_MESSAGE__BODY_HEARTBEAT;
+    m.heartbeat = &hb;
+    while (!atomic_load(&h->stop)) {
+        hog_send(sock, &m);
+        usleep(50000);
+    }
+    zmq_close(sock);
+    return NULL;
+}
+
+static void hog_start(hog_t *h, const char *ep, uint32_t batch)
+{
+    snprintf(h->ep, sizeof h->ep, "%s", ep);
+    h->batch = batch;
+    atomic_store(&h->stop, 0);
+    h->ctx = zmq_ctx_new();
+    ck_assert_ptr_nonnull(h->ctx);
+    ck_assert_int_eq(pthread_create(&h->thread, NULL, hog_run, h), 0);
+}
+
+/* Idempotent. */
+static void hog_stop(hog_t *h)
+{
+    if (!h->ctx)
+        return;
+    atomic_store(&h->stop, 1);
+    pthread_join(h->thread, NULL);
+    zmq_ctx_term(h->ctx);
+    h->ctx = NULL;
+}
+
+START_TEST(heartbeats_keep_a_short_idle_timeout)
+{
+    /* idle_timeout 0.3 s: HelloReply.idle_timeout says so, idle_timeout_s
+     * says 1. While next() waits with no batch to come (the hog holds the
+     * queue memory), heartbeats planned from the precise value keep the
+     * session; planned from 1 s they would come every 333 ms, too late, and
+     * the daemon would forget a client that does not notice */
+    NEED_DAEMON();
+    enum { BATCH = 32 };
+    daemon_t d = { 0 };
+    static const char *const extra[] = { "--idle-timeout", "0.3", "--max-queue-memory", "1", "--max-credits", "1000",
+                                         NULL };
+    daemon_start_with(&d, 0, extra);
+    hog_t hog = { 0 };
+    hog_start(&hog, d.ep, BATCH);
+    const char *eps[] = { d.ep }, *tg[] = { "cam1" };
+    static const uint32_t steps[] = { 0 };
+    ld_client_opts_t o;
+    base_opts(&o, eps, 1, tg);
+    o.batch_size = BATCH;
+    o.steps = steps;
+    o.n_steps = 1;
+    o.timeout_ms = 3000;
+    o.name = "short-idle";
+    ld_client_t *c;
+    ck_assert_int_eq(ld_client_new(&o, &c), 0);
+    int waited = 0;
+    for (int64_t deadline = now_ms() + WAIT_MS; !waited && now_ms() < deadline;) {
+        ld_batch_t *b = NULL;
+        int rc = ld_client_next(c, &b); /* batches come until the hog's fill the queue memory */
+        ck_assert_msg(rc == 0 || rc == LD_ETIMEDOUT, "%s: %s", ld_strerror(rc), ld_errdetail());
+        waited = rc == LD_ETIMEDOUT;
+        ld_batch_destroy(&b);
+    }
+    ck_assert_msg(waited, "the hog never held the queue memory: nothing was tested");
+    hog_stop(&hog);
+    ld_batch_t *b = NULL;
+    int rc = ld_client_next(c, &b); /* the same session is served once the memory is free */
+    ck_assert_msg(rc == 0, "after the wait: %s: %s", ld_strerror(rc), ld_errdetail());
+    ld_batch_destroy(&b);
+    ld_endpoint_stats_t st;
+    ck_assert_int_eq(ld_client_stats(c, 0, &st), 0);
+    ck_assert_str_eq(st.state, "live");
+    ck_assert_uint_eq(st.sessions, 1);
+    ld_client_destroy(&c);
+    daemon_stop(&d, 0);
+    char log[4096];
+    snprintf(log, sizeof log, "%s/daemon-%d.log", fx.dir, d.port);
+    char *text = ld_test_read_file(log, NULL);
+    ck_assert_msg(!strstr(text, "(short-idle): idle timeout"), "the session expired:\n%s", text);
+    free(text);
+}
+END_TEST
+
 /* Writes a key file as `langdaug keygen` does (common/ld_curve.h). */
 static void write_key(const char *path, const char *z85, int secret)
 {
@@ -762,6 +900,7 @@ int main(void)
     tcase_add_test(tc, refused_request_is_reported);
     tcase_add_test(tc, survives_sampler_restart);
     tcase_add_test(tc, outlives_session_expiry);
+    tcase_add_test(tc, heartbeats_keep_a_short_idle_timeout);
     tcase_add_test(tc, curve_keys);
     suite_add_tcase(s, tc);
     return ld_test_run(s);

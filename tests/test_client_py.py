@@ -21,7 +21,7 @@ import numpy as np
 
 from langdaug.client import (Client, LangDAugError, ProtocolError, RequestRejected, parse_pairs, read_key_file,
                              session_seed, status)
-from ldtest import CLI, DAEMON, HERE, free_port, run_cli
+from ldtest import CLI, DAEMON, HERE, Hog, free_port, run_cli
 
 WAIT = 20.0   # seconds any single expected event may take
 C, K, S = 3, 2, 16
@@ -413,6 +413,32 @@ class MultiSamplerTest(unittest.TestCase):
             for _ in range(3 * 4):  # past what the old session had already queued
                 c.next()
             self.assertEqual(c.stats()[0]["sessions"], 2)
+
+    def test_heartbeats_keep_a_short_idle_timeout(self):
+        """idle_timeout 0.3 s: HelloReply.idle_timeout says so, idle_timeout_s says 1. While next()
+        waits with no batch to come (a hog holds the queue memory), heartbeats planned from the
+        precise value keep the session; planned from 1 s they would come every 333 ms, too late,
+        and the daemon would forget a client that does not notice."""
+        batch = 32
+        sampler = self.fx.sampler(extra=["--idle-timeout", "0.3", "--max-queue-memory", "1",
+                                         "--max-credits", "1000"])
+        self.addCleanup(sampler.stop)
+        hog = Hog(sampler.endpoint, TARGET, batch)
+        self.addCleanup(hog.close)
+        with Client(sampler.endpoint, batch, targets=[TARGET], steps=[0], timeout=3.0, name="short-idle") as c:
+            waited, deadline = False, time.monotonic() + WAIT
+            while not waited and time.monotonic() < deadline:
+                try:
+                    c.next()  # batches come until the hog's fill the queue memory
+                except TimeoutError:
+                    waited = True
+            self.assertTrue(waited, "the hog never held the queue memory: nothing was tested")
+            self.assertIn("short-idle", [cl.name for cl in status(sampler.status_endpoint, WAIT).clients])
+            hog.close()
+            c.next()  # the same session is served once the memory is free
+            st = c.stats()[0]
+            self.assertEqual((st["state"], st["sessions"]), ("live", 1))
+        self.assertNotIn("(short-idle): idle timeout", sampler.log())
 
 
 def write_key(path, z85, secret=False):

@@ -79,7 +79,10 @@ class CurveDaemon(td.Daemon):
 
 @unittest.skipUnless(os.access(td.DAEMON, os.X_OK), "langdaugd not built")
 @unittest.skipUnless(zmq.has("curve"), "libzmq without CURVE")
-class CurveTest(td.DaemonTestCase):
+class CurveTestCase(td.DaemonTestCase):
+    """Keys server, alice and bob; a fresh allowed-keys folder per test with alice's key only;
+    start_curve() starts a daemon that needs CURVE. Also used by test_daemon_status.py."""
+
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
@@ -122,6 +125,8 @@ class CurveTest(td.DaemonTestCase):
         self.assertEqual((b.n, images.shape[0], masks.shape[0]), (2, 2, 2))
         c.close()
 
+
+class CurveTest(CurveTestCase):
     def test_allowed_key_is_served_on_data_and_status(self):
         d = self.start_curve()
         self.assertIn("CURVE on: server public key " + self.server.public.decode(), d.log_text())

@@ -28,7 +28,9 @@ two samplers or a restarted one never replay the same chains. A chain is
 identified by ``(meta["seed"], meta["chain_id"])``.
 
 A Client is used by one thread at a time; it has no thread of its own, so
-heartbeats are sent while the caller waits in ``next()``.
+heartbeats are sent while the caller waits in ``next()``, at least three per
+idle timeout of the daemon (HelloReply.idle_timeout, which may be below a
+second, or the whole seconds of idle_timeout_s from daemons that do not send it).
 """
 
 import logging
@@ -151,6 +153,18 @@ def parse_pairs(pairs):
             raise ValueError("pair %r: weight must be a finite number > 0" % (p,))
         out.append((source, target, weight))
     return out
+
+
+_MAX_IDLE_TIMEOUT = 1e7  # seconds; beyond any daemon's setting (same bound as the C library)
+
+
+def _idle_timeout(reply):
+    """The daemon's idle timeout in seconds from a HelloReply, 0 if it did not say: the precise
+    ``idle_timeout`` when present and sane, else the whole seconds of older daemons (rounded up, so
+    heartbeats planned from them can be too slow for a timeout below a second)."""
+    if reply.HasField("idle_timeout") and 0 < reply.idle_timeout <= _MAX_IDLE_TIMEOUT:
+        return reply.idle_timeout
+    return float(reply.idle_timeout_s)
 
 
 def _meta_dict(m):
@@ -377,9 +391,10 @@ class Client:
         ep.window = self.credits
         if reply.max_credits > 0:
             ep.window = min(ep.window, reply.max_credits)
-        if reply.idle_timeout_s > 0:
-            ep.idle_timeout = float(reply.idle_timeout_s)
-            self.heartbeat = min(self.heartbeat, max(ep.idle_timeout / 3, 0.01))
+        idle = _idle_timeout(reply)
+        if idle > 0:
+            ep.idle_timeout = idle
+            self.heartbeat = min(self.heartbeat, max(idle / 3, 0.01))
         ep.state = "live"
         self._top_up(ep)
 
