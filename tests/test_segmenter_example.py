@@ -1,5 +1,5 @@
-"""The study tools in examples/: langdaug_chains.py on hand-made chains whose
-answers are known, and train_segmenter.py trained on samples that a real
+"""The study tools in examples/: langdaug_chains.py and domain_stats.py on
+hand-made data whose answers are known, and train_segmenter.py trained on samples that a real
 sampler on 127.0.0.1 wrote through `langdaug pull`, including the errors it
 must give for samples of the held-out domain, wrong sizes and missing files."""
 import csv
@@ -148,6 +148,54 @@ class ChainsReportTest(unittest.TestCase):
         r = run_py(CHAINS, os.path.join(self.dir, "nowhere"))
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("nowhere", r.stderr)
+
+
+class DomainStatsTest(unittest.TestCase):
+    """examples/domain_stats.py on domains drawn by hand: A has a dark vessel stripe, B and C are flat."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="langdaug-stats-test-")
+        half = np.zeros((8, 8), bool)
+        half[:, :4] = True
+        striped = np.zeros((8, 8, 3), np.uint8)
+        striped[..., 0], striped[..., 2] = 200, 40
+        striped[..., 1] = np.where(half, 50, 150)
+        self.write("A", striped, half)
+        self.write("B", np.full((8, 8, 3), 100, np.uint8), half)
+        self.write("C", np.full((8, 8, 3), (220, 100, 100), np.uint8), half)
+
+    def tearDown(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def write(self, domain, img, fg):
+        for sub in ("image", "mask"):
+            os.makedirs(os.path.join(self.dir, domain, sub))
+        Image.fromarray(img).save(os.path.join(self.dir, domain, "image", "1.png"))
+        Image.fromarray(fg.astype(np.uint8) * 255).save(os.path.join(self.dir, domain, "mask", "1.png"))
+
+    def test_known_statistics_and_distance_outside_the_sources(self):
+        r = run_py(os.path.join(EXAMPLES, "domain_stats.py"), self.dir, "--holdout", "C")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        rows = {m[1]: m[2].split(" | ") for m in re.finditer(r"^\| (.+?) \| (.*) \|$", r.stdout, re.M)}
+        a, b = [list(map(float, rows[d])) for d in ("A", "B")]
+        # mean R,G,B; sd R,G,B; detail; vessel
+        self.assertAlmostEqual(a[0], 200 / 255, places=4)
+        self.assertAlmostEqual(a[2], 40 / 255, places=4)
+        self.assertAlmostEqual(a[1], 100 / 255, places=4)
+        self.assertAlmostEqual(a[4], 50 / 255, places=4)
+        self.assertEqual((a[3], a[5]), (0.0, 0.0))
+        self.assertGreater(a[6], 0.0)              # the stripe's edge is detail
+        self.assertAlmostEqual(a[7], 2.0, places=4)  # (150 - 50) / 50
+        self.assertEqual(b[6], 0.0)                # a flat image has none
+        self.assertEqual(rows["B"][7], "nan")      # no contrast to measure
+        outside = list(map(float, rows["C outside the sources by"]))
+        self.assertAlmostEqual(outside[0], 20 / 255, places=4)
+        self.assertEqual(outside[1:6], [0.0] * 5)
+
+    def test_unknown_holdout_is_refused(self):
+        r = run_py(os.path.join(EXAMPLES, "domain_stats.py"), self.dir, "--holdout", "D")
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("--holdout D", r.stderr)
 
 
 class SegmenterOnPulledSamplesTest(unittest.TestCase):
