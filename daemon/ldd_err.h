@@ -1,9 +1,9 @@
 /* ldd_err: adding context to the calling thread's error detail.
  *
- * ld_seterr(rc, "model %s: %s", path, ld_errdetail()) would format the
- * detail into itself (the same thread-local buffer is source and
- * destination, which vsnprintf does not allow); ldd_err_wrap copies the
- * old detail first. */
+ * ldd_err_wrap(rc, "model %s", path) is the short form of
+ * ld_seterr(rc, "model %s: %s", path, ld_errdetail()), which ld_error.h
+ * allows (ld_seterr formats through a local buffer); the daemon uses the
+ * wrapper so that every context reads "<what>: <why>" the same way. */
 #ifndef LDD_ERR_H
 #define LDD_ERR_H
 
