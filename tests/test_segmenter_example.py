@@ -1,7 +1,9 @@
-"""The study tools in examples/: langdaug_chains.py and domain_stats.py on
-hand-made data whose answers are known, and train_segmenter.py trained on samples that a real
-sampler on 127.0.0.1 wrote through `langdaug pull`, including the errors it
-must give for samples of the held-out domain, wrong sizes and missing files."""
+"""The study tools in examples/: langdaug_chains.py, domain_stats.py and
+results_table.py on hand-made data whose answers are known, and
+train_segmenter.py trained on samples that a real sampler on 127.0.0.1 wrote
+through `langdaug pull`, including the errors it must give for samples of the
+held-out domain, wrong sizes and missing files, and its --jobs workers dying
+with a killed trainer."""
 import csv
 import os
 import re
@@ -196,6 +198,52 @@ class DomainStatsTest(unittest.TestCase):
         r = run_py(os.path.join(EXAMPLES, "domain_stats.py"), self.dir, "--holdout", "D")
         self.assertEqual(r.returncode, 2)
         self.assertIn("--holdout D", r.stderr)
+
+
+class ResultsTableTest(unittest.TestCase):
+    """examples/results_table.py over two hand-written results.csv files."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="langdaug-results-test-")
+
+    def tearDown(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def write(self, holdout, rows):
+        folder = os.path.join(self.dir, holdout)
+        os.makedirs(folder)
+        with open(os.path.join(folder, "results.csv"), "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["holdout", "variant", "seed", "dice", "iou", "seconds"])
+            for variant, seed, dice in rows:
+                w.writerow([holdout, variant, seed, dice, dice / 2, 1.0])
+        return folder
+
+    def test_per_domain_rows_and_the_mean_over_domains_per_seed(self):
+        a = self.write("A", [("none", 0, 0.5), ("none", 1, 0.7), ("langdaug", 0, 0.6), ("langdaug", 1, 0.6)])
+        b = self.write("B", [("none", 0, 0.3), ("none", 1, 0.5), ("none", 2, 0.9), ("langdaug", 0, 0.8)])
+        out = os.path.join(self.dir, "all.md")
+        r = run_py(os.path.join(EXAMPLES, "results_table.py"), a, b, "--out", out)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(out) as f:
+            self.assertEqual(f.read(), r.stdout)
+        rows = {(m[1], m[2]): (int(m[3]), float(m[4]), float(m[5]))
+                for m in re.finditer(r"^\| (.+?) \| (\S+) \| (\d+) \| ([\d.]+) ± ([\d.]+) \|", r.stdout, re.M)}
+        self.assertEqual(rows[("A", "none")], (2, 0.6, 0.1))
+        self.assertEqual(rows[("B", "none")][:2], (3, round(1.7 / 3, 4)))
+        # seeds present for both: none 0 -> (0.5+0.3)/2, 1 -> (0.7+0.5)/2; langdaug only seed 0 -> 0.7
+        self.assertEqual(rows[("mean of 2", "none")], (2, 0.5, 0.1))
+        self.assertEqual(rows[("mean of 2", "langdaug")], (1, 0.7, 0.0))
+        self.assertLess(r.stdout.index("| none |"), r.stdout.index("| langdaug |"))
+
+    def test_not_a_results_file_is_an_error_naming_it(self):
+        folder = os.path.join(self.dir, "x")
+        os.makedirs(folder)
+        with open(os.path.join(folder, "results.csv"), "w") as f:
+            f.write("a,b\n1,2\n")
+        r = run_py(os.path.join(EXAMPLES, "results_table.py"), folder)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn(os.path.join(folder, "results.csv"), r.stderr)
 
 
 class SegmenterOnPulledSamplesTest(unittest.TestCase):
