@@ -20,6 +20,9 @@ and prints, per snapshot step (and with --per-pair, per source>target pair):
                crop, on the luminance), relative to the same chain at step 0: 1 =
                the structures the mask labels are as visible as in the source
                crop, near 0 = washed out, and the mask no longer fits the image.
+    detail     mean |Laplacian| of the luminance (fine texture: sharpness and
+               noise), relative to the same chain at step 0: above 1 = the chain
+               added texture no real domain may have.
     energy     mean energy the sampler reported
 
 Chains are told apart by (seed, chain_id); a snapshot whose chain has no step-0
@@ -73,6 +76,11 @@ def contrast(img, fg):
     return abs(y[fg].mean() - y[~fg].mean()) / spread if spread > 1e-6 else 0.0
 
 
+def detail(img):
+    y = img @ LUMA[:img.shape[2]] / LUMA[:img.shape[2]].sum()
+    return np.abs(4 * y[1:-1, 1:-1] - y[:-2, 1:-1] - y[2:, 1:-1] - y[1:-1, :-2] - y[1:-1, 2:]).mean()
+
+
 def measure(chains):
     """Per (source, target, step): lists of change, progress, contrast ratio and energy."""
     starts = {}
@@ -86,10 +94,11 @@ def measure(chains):
             continue
         x0 = snaps[0]
         c0 = contrast(x0["img"], x0["fg"])
+        d0 = detail(x0["img"])
         for step, s in snaps.items():
             if step == 0:
                 continue
-            m = out.setdefault((s["source"], s["target"], step), dict(change=[], progress=[], contrast=[], energy=[]))
+            m = out.setdefault((s["source"], s["target"], step), dict(change=[], progress=[], contrast=[], detail=[], energy=[]))
             m["change"].append(np.abs(s["img"] - x0["img"]).mean())
             m["energy"].append(s["energy"])
             if s["target"] in centroid and s["source"] in centroid:
@@ -99,24 +108,25 @@ def measure(chains):
             c = contrast(s["img"], s["fg"])
             if c0 and c is not None:
                 m["contrast"].append(c / c0)
+            if d0 > 1e-9:
+                m["detail"].append(detail(s["img"]) / d0)
     return out
 
 
 def table(out, key_of):
     groups = {}
     for (src, tgt, step), m in out.items():
-        g = groups.setdefault(key_of(src, tgt, step), dict(change=[], progress=[], contrast=[], energy=[]))
+        g = groups.setdefault(key_of(src, tgt, step), dict(change=[], progress=[], contrast=[], detail=[], energy=[]))
         for k in g:
             g[k] += m[k]
 
     def fmt(v):
         return "%.3f" % np.mean(v) if v else "-"
 
-    lines = ["| pair | step | chains | change | progress | contrast | energy |", "|---|---|---|---|---|---|---|"]
+    cols = ("change", "progress", "contrast", "detail", "energy")
+    lines = ["| pair | step | chains | " + " | ".join(cols) + " |", "|---" * (len(cols) + 3) + "|"]
     for (pair, step), g in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1])):
-        lines.append("| %s | %d | %d | %s | %s | %s | %s |" % (pair, step, len(g["change"]), fmt(g["change"]),
-                                                             fmt(g["progress"]), fmt(g["contrast"]),
-                                                             fmt(g["energy"])))
+        lines.append("| %s | %d | %d | %s |" % (pair, step, len(g["change"]), " | ".join(fmt(g[c]) for c in cols)))
     return "\n".join(lines)
 
 

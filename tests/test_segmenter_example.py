@@ -93,9 +93,10 @@ def wait_for(probe, seconds):
 
 
 def table_rows(text):
-    """{(pair, step): (chains, change, progress, contrast, energy)} from langdaug_chains.py's table."""
+    """{(pair, step): (chains, change, progress, contrast, detail, energy)} from langdaug_chains.py's table."""
     out = {}
-    for m in re.finditer(r"^\| (\S+) \| (\d+) \| (\d+) \| (\S+) \| (\S+) \| (\S+) \| (\S+) \|$", text, re.M):
+    for m in re.finditer(r"^\| (\S+) \| (\d+) \| (\d+) \| (\S+) \| (\S+) \| (\S+) \| (\S+) \| (\S+) \|$", text,
+                         re.M):
         out[(m[1], int(m[2]))] = (int(m[3]), *(float(v) if v != "-" else None for v in m.groups()[3:]))
     return out
 
@@ -128,15 +129,17 @@ class ChainsReportTest(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         rows = table_rows(r.stdout)
         self.assertEqual(set(rows), {("A>B", 5), ("A>B", 10), ("B>A", 10)}, r.stdout)
-        chains, change, progress, contrast, energy = rows[("A>B", 5)]
-        self.assertEqual((chains, change, progress, contrast, energy), (1, 0.0, 0.0, 1.0, -5.0))
-        _, change, progress, contrast, _ = rows[("A>B", 10)]
+        chains, change, progress, contrast, detail, energy = rows[("A>B", 5)]
+        self.assertEqual((chains, change, progress, contrast, detail, energy), (1, 0.0, 0.0, 1.0, 1.0, -5.0))
+        _, change, progress, contrast, detail, _ = rows[("A>B", 10)]
         self.assertAlmostEqual(change, 100 / 255, places=3)
         self.assertAlmostEqual(progress, 1.0, places=3)
         self.assertAlmostEqual(contrast, 1.0, places=3)
-        _, change, progress, contrast, _ = rows[("B>A", 10)]
+        self.assertAlmostEqual(detail, 1.0, places=3)   # the same stripe edge, brighter
+        _, change, progress, contrast, detail, _ = rows[("B>A", 10)]
         # the stripe lost its 60 levels: mean moved 80 of B->A's 100, and the spread went to 0
         self.assertAlmostEqual(contrast, 0.0, places=3)
+        self.assertAlmostEqual(detail, 0.0, places=3)
         self.assertAlmostEqual(progress, 0.8, places=3)
 
     def test_without_step_zero_is_an_error(self):
