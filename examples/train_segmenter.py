@@ -38,12 +38,13 @@ import sys
 import time
 
 import numpy as np
+import results_table
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from PIL import Image, ImageDraw
+from PIL import Image
 
-VARIANTS = ("none", "classic", "langdaug", "langdaug+classic")
+VARIANTS = results_table.VARIANTS
 
 
 # ----------------------------------------------------------------------------- data
@@ -397,13 +398,6 @@ def run_parallel(args, runs, context, record):
             record(f.result())
 
 
-def summarize(rows):
-    out = {}
-    for r in rows:
-        out.setdefault((r["holdout"], r["variant"]), []).append(r)
-    return out
-
-
 def write_results(rows, outdir):
     os.makedirs(outdir, exist_ok=True)
     keys = ["holdout", "variant", "seed", "dice", "iou", "seconds"]
@@ -415,53 +409,11 @@ def write_results(rows, outdir):
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, os.path.join(outdir, "results.csv"))
-    lines = ["| held-out | variant | seeds | Dice (mean ± sd) | IoU (mean ± sd) |", "|---|---|---|---|---|"]
-    groups = summarize(rows)
-    for (hold, var), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], VARIANTS.index(kv[0][1]))):
-        d, j = np.array([r["dice"] for r in rs]), np.array([r["iou"] for r in rs])
-        lines.append("| %s | %s | %d | %.4f ± %.4f | %.4f ± %.4f |" % (hold, var, len(rs), d.mean(), d.std(),
-                                                                     j.mean(), j.std()))
-    tmp = os.path.join(outdir, ".results.md.tmp")
-    with open(tmp, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(tmp, os.path.join(outdir, "results.md"))
-    plot(groups, os.path.join(outdir, "results.png"))
-    return "\n".join(lines)
-
-
-def plot(groups, path):
-    """A bar plot of mean Dice (with ±sd whiskers) per held-out domain and variant."""
-    holds = sorted({h for h, _ in groups})
-    colours = {"none": (120, 120, 120), "classic": (70, 130, 180), "langdaug": (220, 120, 40),
-               "langdaug+classic": (60, 160, 80)}
-    bw, gap, h, top = 28, 30, 300, 30
-    width = max(60 + len(holds) * (len(VARIANTS) * bw + gap), 60 + 140 * len(VARIANTS))
-    img = Image.new("RGB", (width, h + 90), "white")
-    d = ImageDraw.Draw(img)
-    for t in range(0, 11, 2):
-        y = top + h - t * h // 10
-        d.line([(50, y), (width - 5, y)], fill=(225, 225, 225))
-        d.text((10, y - 6), "%.1f" % (t / 10), fill="black")
-    for gi, hold in enumerate(holds):
-        x0 = 60 + gi * (len(VARIANTS) * bw + gap)
-        for vi, var in enumerate(VARIANTS):
-            rs = groups.get((hold, var))
-            if not rs:
-                continue
-            dice = np.array([r["dice"] for r in rs])
-            x = x0 + vi * bw
-            y = top + h - int(dice.mean() * h)
-            d.rectangle([x, y, x + bw - 4, top + h], fill=colours[var])
-            sd = int(dice.std() * h)
-            d.line([(x + bw // 2 - 2, y - sd), (x + bw // 2 - 2, y + sd)], fill="black")
-        d.text((x0, top + h + 5), hold, fill="black")
-    for vi, var in enumerate(VARIANTS):
-        d.rectangle([60 + vi * 140, h + 60, 72 + vi * 140, h + 72], fill=colours[var])
-        d.text((76 + vi * 140, h + 60), var, fill="black")
-    d.text((60, 8), "Dice on the held-out domain", fill="black")
-    tmp = path + ".tmp.png"
-    img.save(tmp)
-    os.replace(tmp, path)
+    groups = results_table.entries(rows)
+    text = results_table.markdown(groups)
+    results_table.write_text(os.path.join(outdir, "results.md"), text)
+    results_table.plot(groups, os.path.join(outdir, "results.png"))
+    return text.rstrip("\n")
 
 
 def main(argv=None):

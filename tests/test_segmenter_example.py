@@ -225,11 +225,13 @@ class ResultsTableTest(unittest.TestCase):
     def test_per_domain_rows_and_the_mean_over_domains_per_seed(self):
         a = self.write("A", [("none", 0, 0.5), ("none", 1, 0.7), ("langdaug", 0, 0.6), ("langdaug", 1, 0.6)])
         b = self.write("B", [("none", 0, 0.3), ("none", 1, 0.5), ("none", 2, 0.9), ("langdaug", 0, 0.8)])
-        out = os.path.join(self.dir, "all.md")
-        r = run_py(os.path.join(EXAMPLES, "results_table.py"), a, b, "--out", out)
+        out, png = os.path.join(self.dir, "all.md"), os.path.join(self.dir, "all.png")
+        r = run_py(os.path.join(EXAMPLES, "results_table.py"), a, b, "--out", out, "--plot", png)
         self.assertEqual(r.returncode, 0, r.stderr)
         with open(out) as f:
             self.assertEqual(f.read(), r.stdout)
+        with Image.open(png) as im:
+            self.assertEqual(im.format, "PNG")
         rows = {(m[1], m[2]): (int(m[3]), float(m[4]), float(m[5]))
                 for m in re.finditer(r"^\| (.+?) \| (\S+) \| (\d+) \| ([\d.]+) ± ([\d.]+) \|", r.stdout, re.M)}
         self.assertEqual(rows[("A", "none")], (2, 0.6, 0.1))
