@@ -278,12 +278,10 @@ class CurveTest(CurveTestCase):
 class KeygenTest(unittest.TestCase):
     def setUp(self):
         self.tmp = tempfile.mkdtemp(prefix="keygen-")
+        self.addCleanup(shutil.rmtree, self.tmp, ignore_errors=True)  # also when setUp skips
         probe = subprocess.run([CLI, "keygen", "--help"], capture_output=True, text=True, timeout=td.WAIT)
         if "unknown command" in probe.stderr:
             self.skipTest("`langdaug keygen` is not in the command table yet")
-
-    def tearDown(self):
-        shutil.rmtree(self.tmp, ignore_errors=True)
 
     def keygen(self, *args):
         return subprocess.run([CLI, "keygen", *args], capture_output=True, text=True, timeout=td.WAIT)
