@@ -50,8 +50,8 @@ typedef struct {
     double min, max, fallback;
 } langevin_opt_t;
 
-static const langevin_opt_t step_opt = { "--step-size", "step-size", 1e-12, 1e6, 1.0 };
-static const langevin_opt_t noise_opt = { "--noise", "noise", 0, 1e3, 0.01 };
+static const langevin_opt_t step_opt = { "--step-size", "step-size", 1e-12, 1e6, LD_LANGEVIN_FALLBACK_STEP_SIZE };
+static const langevin_opt_t noise_opt = { "--noise", "noise", 0, 1e3, LD_LANGEVIN_FALLBACK_NOISE };
 
 static const char usage[] =
     "Usage: langdaug sample --model M --data ROOT --source A --target B --out DIR [options]\n"
@@ -75,8 +75,8 @@ static const char usage[] =
     "  --steps K           Langevin steps (default 40)\n"
     "  --snapshots LIST    steps to save, ascending, 0 = start (default: K)\n"
     "  --step-size ETA     eta in x - (eta/2) dE/dx + sqrt(eta) sigma noise (default:\n"
-    "                      the model's train.step-size, as trained; else 1)\n"
-    "  --noise SIGMA       sigma (default: the model's train.noise; else 0.01)\n"
+    "                      the model's train.step-size, as trained; else " LD_LANGEVIN_STR(LD_LANGEVIN_FALLBACK_STEP_SIZE) ")\n"
+    "  --noise SIGMA       sigma (default: the model's train.noise; else " LD_LANGEVIN_STR(LD_LANGEVIN_FALLBACK_NOISE) ")\n"
     "  --seed S            noise and crop seed (default 1)\n"
     "  --threads T         worker threads (default 1)\n"
     "Output:\n"

@@ -12,6 +12,15 @@
 
 #define LD_LANGEVIN_MAX_SNAPSHOTS 64
 
+/* The step size and noise a sampler uses for a model that does not say what
+ * it was trained with (no train.step-size / train.noise metadata): the noise
+ * is `langdaug train`'s default. Plain literals, so that help texts can quote
+ * them (LD_LANGEVIN_STR). */
+#define LD_LANGEVIN_FALLBACK_STEP_SIZE 1
+#define LD_LANGEVIN_FALLBACK_NOISE 0.005
+#define LD_LANGEVIN_STR(x) LD_LANGEVIN_STR_(x)
+#define LD_LANGEVIN_STR_(x) #x
+
 typedef struct {
     float step_size;      /* eta > 0 */
     float noise;          /* sigma >= 0 */

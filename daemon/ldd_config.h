@@ -24,17 +24,17 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "ld_langevin.h"
+
 #define LDD_MAX_MODELS 16
 #define LDD_DEFAULT_CONFIG "/etc/langdaug/langdaugd.conf"
 #define LDD_VERSION "0.1.0"
 
 /* What step_size / noise = auto become when no model file says what it was
- * trained with: the fixed defaults from before `auto` existed. Plain
- * literals, because the config help text quotes them (LDD_STR). */
-#define LDD_FALLBACK_STEP_SIZE 1
-#define LDD_FALLBACK_NOISE 0.005
-#define LDD_STR(x) LDD_STR_(x)
-#define LDD_STR_(x) #x
+ * trained with: the same fallback as `langdaug sample` (ld_langevin.h). */
+#define LDD_FALLBACK_STEP_SIZE LD_LANGEVIN_FALLBACK_STEP_SIZE
+#define LDD_FALLBACK_NOISE LD_LANGEVIN_FALLBACK_NOISE
+#define LDD_STR(x) LD_LANGEVIN_STR(x)
 
 typedef struct {
     char *models[LDD_MAX_MODELS];

@@ -300,9 +300,9 @@ START_TEST(sample_langevin_defaults_to_the_trained_settings)
     ck_assert_int_ne(ld_test_system("cmp -s '%s/samples.csv' '%s/samples.csv'", f.out, out2), 0);
     /* a model without the keys: the fixed defaults */
     ck_assert_msg(run_chains_to(&f, f.model, f.out, "") == 0, "%s", log_text);
-    ck_assert_msg(strstr(log_text, "step size 1 (default: not in the model), noise 0.01 (default: not in the model)"),
+    ck_assert_msg(strstr(log_text, "step size 1 (default: not in the model), noise 0.005 (default: not in the model)"),
                   "%s", log_text);
-    ck_assert_msg(run_chains_to(&f, f.model, out2, "--step-size 1 --noise 0.01") == 0, "%s", log_text);
+    ck_assert_msg(run_chains_to(&f, f.model, out2, "--step-size 1 --noise 0.005") == 0, "%s", log_text);
     compare_outputs(f.out, out2);
     free(out2);
     free(trained);
