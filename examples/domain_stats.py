@@ -26,15 +26,9 @@ import sys
 import numpy as np
 from PIL import Image
 
+from study_util import abs_laplacian, find_pair
+
 NAMES = ("mean R", "mean G", "mean B", "sd R", "sd G", "sd B", "detail", "vessel")
-
-
-def find_pair(folder, stem):
-    for ext in (".png", ".PNG", ".tif", ".gif", ".jpg"):
-        p = os.path.join(folder, stem + ext)
-        if os.path.exists(p):
-            return p
-    return None
 
 
 def load_grey(path, size):
@@ -44,7 +38,7 @@ def load_grey(path, size):
 def image_stats(img, fov, fg):
     """The statistics of one image: img HxWx3 in 0..1, fov and fg HxW bool."""
     g = img[..., 1]
-    lap = np.abs(4 * g[1:-1, 1:-1] - g[:-2, 1:-1] - g[2:, 1:-1] - g[1:-1, :-2] - g[1:-1, 2:])
+    lap = abs_laplacian(g)
     inner = fov[1:-1, 1:-1]
     spread = g[fov].std()
     bg, fgv = fov & ~fg, fov & fg

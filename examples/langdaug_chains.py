@@ -30,28 +30,21 @@ snapshot in the folder is ignored.
 """
 
 import argparse
-import csv
 import os
 import sys
 
 import numpy as np
 from PIL import Image
 
-LUMA = np.array([0.299, 0.587, 0.114])
+from study_util import PULL_HINT, abs_laplacian, luminance, read_csv
 
 
 def load(folder):
     path = os.path.join(folder, "samples.csv")
-    try:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-    except OSError as e:
-        raise SystemExit("%s: %s (write it with `langdaug pull --format png`)" % (path, e.strerror))
-    need = {"image", "mask", "step", "source_domain", "target_domain", "energy", "chain_id", "seed"}
+    rows = read_csv(path, ("image", "mask", "step", "source_domain", "target_domain", "energy", "chain_id", "seed"),
+                    PULL_HINT)
     if not rows:
         raise SystemExit("%s: no samples" % path)
-    if not need <= set(rows[0]):
-        raise SystemExit("%s: missing column(s) %s" % (path, ", ".join(sorted(need - set(rows[0])))))
     chains = {}
     for r in rows:
         img = np.asarray(Image.open(os.path.join(folder, r["image"])), dtype=np.float64) / 255.0
@@ -71,22 +64,26 @@ def contrast(img, fg):
     """|mean(fg) - mean(bg)| / spread of the luminance, or None when one side has under 4 pixels."""
     if fg.sum() < 4 or (~fg).sum() < 4:
         return None
-    y = img @ LUMA[:img.shape[2]] / LUMA[:img.shape[2]].sum()
+    y = luminance(img)
     spread = y.std()
     return abs(y[fg].mean() - y[~fg].mean()) / spread if spread > 1e-6 else 0.0
 
 
 def detail(img):
-    y = img @ LUMA[:img.shape[2]] / LUMA[:img.shape[2]].sum()
-    return np.abs(4 * y[1:-1, 1:-1] - y[:-2, 1:-1] - y[2:, 1:-1] - y[1:-1, :-2] - y[1:-1, 2:]).mean()
+    return abs_laplacian(luminance(img)).mean()
+
+
+COLUMNS = ("change", "progress", "contrast", "detail", "energy")
 
 
 def measure(chains):
-    """Per (source, target, step): lists of change, progress, contrast ratio and energy."""
+    """Per (source, target, step): the lists of each column's per-chain values."""
     starts = {}
     for snaps in chains.values():
         if 0 in snaps:
-            starts.setdefault(snaps[0]["source"], []).append(colour_stats(snaps[0]["img"]))
+            x0 = snaps[0]
+            x0["stats"] = colour_stats(x0["img"])
+            starts.setdefault(x0["source"], []).append(x0["stats"])
     centroid = {d: np.mean(v, 0) for d, v in starts.items()}
     out = {}
     for snaps in chains.values():
@@ -98,13 +95,13 @@ def measure(chains):
         for step, s in snaps.items():
             if step == 0:
                 continue
-            m = out.setdefault((s["source"], s["target"], step), dict(change=[], progress=[], contrast=[], detail=[], energy=[]))
+            m = out.setdefault((s["source"], s["target"], step), {c: [] for c in COLUMNS})
             m["change"].append(np.abs(s["img"] - x0["img"]).mean())
             m["energy"].append(s["energy"])
             if s["target"] in centroid and s["source"] in centroid:
                 axis = centroid[s["target"]] - centroid[s["source"]]
                 if axis @ axis > 1e-12:
-                    m["progress"].append((colour_stats(s["img"]) - colour_stats(x0["img"])) @ axis / (axis @ axis))
+                    m["progress"].append((colour_stats(s["img"]) - x0["stats"]) @ axis / (axis @ axis))
             c = contrast(s["img"], s["fg"])
             if c0 and c is not None:
                 m["contrast"].append(c / c0)
@@ -116,17 +113,16 @@ def measure(chains):
 def table(out, key_of):
     groups = {}
     for (src, tgt, step), m in out.items():
-        g = groups.setdefault(key_of(src, tgt, step), dict(change=[], progress=[], contrast=[], detail=[], energy=[]))
+        g = groups.setdefault(key_of(src, tgt, step), {c: [] for c in COLUMNS})
         for k in g:
             g[k] += m[k]
 
     def fmt(v):
         return "%.3f" % np.mean(v) if v else "-"
 
-    cols = ("change", "progress", "contrast", "detail", "energy")
-    lines = ["| pair | step | chains | " + " | ".join(cols) + " |", "|---" * (len(cols) + 3) + "|"]
+    lines = ["| pair | step | chains | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 3) + "|"]
     for (pair, step), g in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1])):
-        lines.append("| %s | %d | %d | %s |" % (pair, step, len(g["change"]), " | ".join(fmt(g[c]) for c in cols)))
+        lines.append("| %s | %d | %d | %s |" % (pair, step, len(g["change"]), " | ".join(fmt(g[c]) for c in COLUMNS)))
     return "\n".join(lines)
 
 

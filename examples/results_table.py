@@ -12,26 +12,21 @@ train_segmenter.py writes its own results.md and results.png through this module
 """
 
 import argparse
-import csv
 import os
 import sys
 
 import numpy as np
+
+from study_util import read_csv
 
 VARIANTS = ("none", "classic", "langdaug", "langdaug+classic")
 
 
 def read_rows(folder):
     path = os.path.join(folder, "results.csv")
-    try:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-    except OSError as e:
-        raise SystemExit("%s: %s" % (path, e.strerror))
-    need = {"holdout", "variant", "seed", "dice", "iou"}
-    if not rows or not need <= set(rows[0]):
-        raise SystemExit("%s: not a train_segmenter.py results file (needs columns %s)" % (
-            path, ", ".join(sorted(need))))
+    rows = read_csv(path, ("holdout", "variant", "seed", "dice", "iou"))
+    if not rows:
+        raise SystemExit("%s: no results" % path)
     return rows
 
 

@@ -32,7 +32,6 @@ Example:
 
 import argparse
 import csv
-import math
 import os
 import sys
 import time
@@ -43,6 +42,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
+
+from study_util import PULL_HINT, find_pair, read_csv
 
 VARIANTS = results_table.VARIANTS
 
@@ -76,14 +77,6 @@ class Domain:
         self.name, self.images, self.masks, self.fovs, self.files = name, [], [], [], []
 
 
-def _find_pair(folder, stem):
-    for ext in (".png", ".PNG", ".tif", ".gif", ".jpg"):
-        p = os.path.join(folder, stem + ext)
-        if os.path.exists(p):
-            return p
-    return None
-
-
 def load_domain(root, name, subdir, scale, lut, channels):
     base = os.path.join(root, name, subdir or "")
     imdir = os.path.join(base, "image")
@@ -92,7 +85,7 @@ def load_domain(root, name, subdir, scale, lut, channels):
     dom = Domain(name)
     for fname in sorted(os.listdir(imdir)):
         stem = os.path.splitext(fname)[0]
-        mpath = _find_pair(os.path.join(base, "mask"), stem)
+        mpath = find_pair(os.path.join(base, "mask"), stem)
         if mpath is None:
             print("warning: %s/%s has no mask, skipped" % (name, fname), file=sys.stderr)
             continue
@@ -101,7 +94,7 @@ def load_domain(root, name, subdir, scale, lut, channels):
         mask = np.asarray(mask)[..., 0] if np.asarray(mask).ndim == 3 else np.asarray(mask)
         if mask.dtype != np.uint8:
             mask = (mask >> 8).astype(np.uint8)
-        fpath = _find_pair(os.path.join(base, "fov"), stem)
+        fpath = find_pair(os.path.join(base, "fov"), stem)
         w, h = img.size
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
         img = img.resize(size, Image.BOX if scale < 0.5 else Image.BILINEAR)
@@ -238,7 +231,21 @@ def evaluate(model, dom, classes):
 
 # ----------------------------------------------------------------------------- LangDAug pool
 
-class LangDAugPool:
+class SamplePool:
+    """LangDAug samples to draw training samples from: images [N,C,S,S], masks [N,S,S], n valid."""
+
+    images = masks = None
+    n = received = 0
+
+    def fill(self, wait_for=0):
+        """Takes in what has arrived (a pool that streams); blocks until at least wait_for samples exist."""
+
+    def draw(self, n, gen):
+        idx = torch.randint(self.n, (n,), generator=gen)
+        return self.images[idx], self.masks[idx]
+
+
+class LangDAugPool(SamplePool):
     """LangDAug samples received so far (a ring of at most `capacity`), filled without blocking."""
 
     def __init__(self, client, capacity, channels, size):
@@ -265,22 +272,20 @@ class LangDAugPool:
                 if self.n >= wait_for:
                     return
 
-    def draw(self, n, gen):
-        idx = torch.randint(self.n, (n,), generator=gen)
-        return self.images[idx], self.masks[idx]
 
-
-class PulledPool:
+class PulledPool(SamplePool):
     """LangDAug samples written earlier by `langdaug pull --format png` (DIR/samples.csv
     naming DIR/<source>2<target>/{image,mask}/<k>.png), optionally only those at the
-    given Langevin steps. The same interface as LangDAugPool; everything is in memory,
+    given Langevin steps. Everything is in memory,
     so every variant and seed draws from the same sample set."""
 
     def __init__(self, dirs, steps, channels, size, classes):
         imgs, msks = [], []
         self.counts = {}
         for d in dirs:
-            for row in self._rows(d):
+            rows = read_csv(os.path.join(d, "samples.csv"), ("image", "mask", "step", "source_domain",
+                                                             "target_domain"), PULL_HINT)
+            for row in rows:
                 step = int(row["step"])
                 if steps and step not in steps:
                     continue
@@ -296,20 +301,6 @@ class PulledPool:
         self.n = self.received = len(imgs)
 
     @staticmethod
-    def _rows(d):
-        path = os.path.join(d, "samples.csv")
-        try:
-            with open(path, newline="") as f:
-                rows = list(csv.DictReader(f))
-        except OSError as e:
-            raise SystemExit("--langdaug-dir: %s: %s (write it with `langdaug pull --format png`)" % (
-                path, e.strerror))
-        need = {"image", "mask", "step", "source_domain", "target_domain"}
-        if rows and not need <= set(rows[0]):
-            raise SystemExit("%s: missing column(s) %s" % (path, ", ".join(sorted(need - set(rows[0])))))
-        return rows
-
-    @staticmethod
     def _load_pair(d, row, channels, size, classes):
         ipath, mpath = os.path.join(d, row["image"]), os.path.join(d, row["mask"])
         try:
@@ -323,13 +314,6 @@ class PulledPool:
             raise SystemExit("%s: class %d, but the mask map has %d classes (pull without --mask-values)" % (
                 mpath, mask.max(), classes))
         return to_tensor(img.reshape(size, size, channels)), torch.from_numpy(mask.astype(np.int64))
-
-    def fill(self, wait_for=0):
-        pass
-
-    def draw(self, n, gen):
-        idx = torch.randint(self.n, (n,), generator=gen)
-        return self.images[idx], self.masks[idx]
 
 
 # ----------------------------------------------------------------------------- experiment
