@@ -4,7 +4,10 @@
 Rows: every (held-out domain, variant) with the mean and spread of Dice and IoU over
 seeds, then one "mean" row per variant: for each seed, the average over the held-out
 domains, then the mean and spread of those averages over seeds (only seeds present for
-every held-out domain count), the figure leave-one-domain-out papers report.
+every held-out domain count), the figure leave-one-domain-out papers report; then the
+paired differences between variants (COMPARISONS: the same seed gives both variants the
+same real batches and initial weights), per held-out domain and over the per-seed mean of
+the domains, with 95% t intervals: a difference whose interval holds 0 is no difference.
 train_segmenter.py writes its own results.md and results.png through this module.
 
     /usr/bin/python3 examples/results_table.py retina-experiment/*/segmenter \\
@@ -19,7 +22,14 @@ import numpy as np
 
 from study_util import read_csv
 
-VARIANTS = ("none", "classic", "langdaug", "langdaug+classic")
+VARIANTS = ("none", "classic", "bridge", "langdaug", "langdaug+classic")
+# The paired differences the study reports: (variant, minus variant).
+COMPARISONS = (("langdaug", "none"), ("langdaug", "classic"), ("langdaug", "bridge"),
+               ("langdaug+classic", "classic"), ("classic", "none"), ("bridge", "none"))
+# Student's t, 0.975 quantile, for 1..30 degrees of freedom (beyond: the normal 1.96 is within 2%).
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+        2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+        2.045, 2.042)
 
 
 def read_rows(folder):
@@ -54,6 +64,88 @@ def entries(rows):
     return out
 
 
+def paired_interval(diffs):
+    """(mean, half-width of the 95% t interval) of paired differences; half-width NaN for one pair."""
+    d = np.asarray(diffs, float)
+    if len(d) < 2:
+        return float(d.mean()), float("nan")
+    t = T975[len(d) - 2] if len(d) - 1 <= len(T975) else 1.96
+    return float(d.mean()), float(t * d.std(ddof=1) / np.sqrt(len(d)))
+
+
+def paired(rows, comparisons=COMPARISONS):
+    """[(held-out name, "A - B", n pairs, (Dice mean, half-width), (IoU mean, half-width))] per held-out domain
+    and, with several, over the per-seed mean of the domains (seeds present for both variants everywhere)."""
+    by = {}
+    for r in rows:
+        by.setdefault((r["holdout"], r["variant"]), {})[str(r["seed"])] = (float(r["dice"]), float(r["iou"]))
+    holdouts = sorted({h for h, _ in by})
+    out = []
+    for a, b in comparisons:
+        have = [h for h in holdouts if (h, a) in by and (h, b) in by]
+        seeds_of = {h: sorted(set(by[(h, a)]) & set(by[(h, b)])) for h in have}
+        for h in have:
+            if seeds_of[h]:
+                out.append((h, "%s - %s" % (a, b), len(seeds_of[h]), *(paired_interval(
+                    [by[(h, a)][s][k] - by[(h, b)][s][k] for s in seeds_of[h]]) for k in (0, 1))))
+        if len(holdouts) > 1 and len(have) == len(holdouts):
+            common = sorted(set.intersection(*(set(seeds_of[h]) for h in have)))
+            if common:
+                out.append(("mean of %d" % len(have), "%s - %s" % (a, b), len(common), *(paired_interval(
+                    [np.mean([by[(h, a)][s][k] - by[(h, b)][s][k] for h in have]) for s in common])
+                    for k in (0, 1))))
+    return out
+
+
+def paired_markdown(rows):
+    """The paired differences as a table, in points (x100), with their 95% intervals."""
+    lines = ["Paired differences (same seed = same real batches and initial weights), in points, "
+             "mean [95% interval]:", "",
+             "| held-out | difference | pairs | Dice | IoU |", "|---|---|---|---|---|"]
+
+    def fmt(m, hw):
+        return "%+.2f" % (100 * m) if hw != hw else "%+.2f [%+.2f, %+.2f]" % (100 * m, 100 * (m - hw),
+                                                                            100 * (m + hw))
+    entries_ = paired(rows)
+    entries_.sort(key=lambda e: (e[0].startswith("mean"), e[0]))
+    for h, name, n, dice, iou in entries_:
+        lines.append("| %s | %s | %d | %s | %s |" % (h, name, n, fmt(*dice), fmt(*iou)))
+    return "\n".join(lines) + "\n" if entries_ else ""
+
+
+PLATEAU_TOLERANCE = 0.005
+
+
+def plateaus(curve):
+    """{variant: (first iteration whose mean source-validation Dice over the curve's rows is within
+    PLATEAU_TOLERANCE of the best mean, that best mean)}; curve rows: variant, iteration, val_dice
+    (several seeds, or several runs of different lengths, may share an iteration: they are averaged)."""
+    by = {}
+    for c in curve:
+        by.setdefault((c["variant"], int(c["iteration"])), []).append(float(c["val_dice"]))
+    out = {}
+    for v in sorted({v for v, _ in by}):
+        means = {it: float(np.mean(ds)) for (w, it), ds in by.items() if w == v}
+        best = max(means.values())
+        out[v] = (min(it for it, m in means.items() if m >= best - PLATEAU_TOLERANCE), best)
+    return out
+
+
+def curve_markdown(curve):
+    """Source-validation Dice per variant and iteration (mean ± sd over the rows), and the plateaus."""
+    by = {}
+    for c in curve:
+        by.setdefault((c["variant"], int(c["iteration"])), []).append(float(c["val_dice"]))
+    lines = ["| variant | iteration | runs | source-validation Dice |", "|---|---|---|---|"]
+    for (v, it), ds in sorted(by.items(), key=lambda e: (order(e[0][0]), e[0])):
+        lines.append("| %s | %d | %d | %.4f ± %.4f |" % (v, it, len(ds), np.mean(ds), np.std(ds)))
+    lines.append("")
+    for v, (it, best) in plateaus(curve).items():
+        lines.append("plateau (%s): iteration %d, the first within %.3f of the best mean (%.4f)" % (
+            v, it, PLATEAU_TOLERANCE, best))
+    return "\n".join(lines) + "\n"
+
+
 def markdown(groups):
     lines = ["| held-out | variant | seeds | Dice (mean ± sd) | IoU (mean ± sd) |", "|---|---|---|---|---|"]
     for name, variant, values in groups:
@@ -63,7 +155,7 @@ def markdown(groups):
     return "\n".join(lines) + "\n"
 
 
-COLOURS = {"none": (120, 120, 120), "classic": (70, 130, 180), "langdaug": (220, 120, 40),
+COLOURS = {"none": (120, 120, 120), "classic": (70, 130, 180), "bridge": (150, 100, 160), "langdaug": (220, 120, 40),
            "langdaug+classic": (60, 160, 80)}
 
 
@@ -111,11 +203,30 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("folders", nargs="+", help="train_segmenter.py --out folders (each with results.csv)")
+    ap.add_argument("--curves", action="store_true",
+                    help="read the folders' curve.csv instead: one learning-curve table and its plateau")
+    ap.add_argument("--plateau", metavar="VARIANT",
+                    help="with --curves: print only the plateau iteration of VARIANT (for scripts)")
     ap.add_argument("--out", help="write the table here (atomically) as well as to stdout")
     ap.add_argument("--plot", help="write a bar plot of Dice here (PNG)")
     args = ap.parse_args(argv)
-    groups = entries([r for f in args.folders for r in read_rows(f)])
-    text = markdown(groups)
+    if args.curves:
+        curve = [r for f in args.folders for r in read_csv(os.path.join(f, "curve.csv"), (
+            "variant", "seed", "iteration", "val_dice"))]
+        if args.plateau:
+            found = plateaus(curve).get(args.plateau)
+            if found is None:
+                raise SystemExit("no learning curve of %s in %s" % (args.plateau, ", ".join(args.folders)))
+            print(found[0])
+            return 0
+        text = curve_markdown(curve)
+        if args.out:
+            write_text(args.out, text)
+        sys.stdout.write(text)
+        return 0
+    rows = [r for f in args.folders for r in read_rows(f)]
+    groups = entries(rows)
+    text = markdown(groups) + "\n" + paired_markdown(rows)
     if args.out:
         write_text(args.out, text)
     if args.plot:

@@ -3,7 +3,7 @@
 # loopback that is always stopped, and the EBM training, pull and U-Net steps.
 # Environment: LD_BUILD, LD_PY, RETINA (data folder), OUT (default retina-experiment),
 # SEEDS (0,1,2), SEG_ITERS (500), JOBS (2), EBM_ITERS (1500).
-cd "$(dirname "$0")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
 B=${LD_BUILD:-build}
 PY=${LD_PY:-/usr/bin/python3}
 RETINA=${RETINA:-../shared/data/retina}

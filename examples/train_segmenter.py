@@ -2,36 +2,50 @@
 """Leave-one-domain-out segmentation training with and without LangDAug.
 
 A compact PyTorch U-Net is trained on the real images of the source domains and
-evaluated on a held-out domain it never saw, for the variants the paper compares:
+evaluated on a held-out domain it never saw. The protocol (a fair test of the claim):
 
-    none              real source crops only
-    classic           + intensity/colour randomization (brightness, contrast, gamma,
-                        colour cast, blur, noise) on every training crop
-    langdaug          + LangDAug intermediate-domain samples pulled from langdaugd
-    langdaug+classic  both
+  * every training step sees a full batch of real source crops (--batch), with the
+    same base augmentation for every variant (--base: flips, 90-degree rotations,
+    scale-crop); a seed fixes the real batches and the U-Net's initial weights, so
+    the same seed gives every variant the same real data and the differences
+    between variants are paired;
+  * the variants differ only in what they ADD to that batch, each add-on
+    round(--ratio x batch) images per step:
+        none              nothing
+        classic           copies of the real crops with intensity/colour randomization
+                            (gamma, colour cast, contrast and brightness, blur, noise)
+        bridge            copies of the real crops whose colour statistics (per-channel
+                            mean and sd in CIE LAB) move a random fraction of the way to
+                            those of a random other source domain: a control that learns
+                            nothing (if LangDAug cannot beat it, the EBM adds nothing)
+        langdaug          LangDAug intermediate-domain samples (flipped and rotated
+                            like the real crops)
+        langdaug+classic  both the classic copies and the LangDAug samples
+  * the same iteration count for every variant, chosen from a learning curve of
+    "none" on source-domain validation images (--val-fraction, --val-every), never
+    on the held-out domain.
 
-LangDAug samples arrive from one or more samplers (--sampler) into a pool; every
-training batch mixes real crops with samples drawn from the pool (--langdaug-ratio),
-so a slow sampler never stalls training: the pool keeps growing while the trainer
-runs, and early iterations reuse what has arrived. The EBM behind the samplers must
-have been trained on the source domains only, or the held-out result is not honest.
-
-Offline, --langdaug-dir reads samples written before by `langdaug pull --format png`
-(--steps then keeps only those snapshot steps): every variant and seed draws from the
-same sample set, no sampler competes with the trainer for the CPU, and one pull at
-many steps serves a study of how far along the chains to sample. With samples from a
-folder (or no LangDAug variant), --jobs N trains N runs at once in separate processes.
+LangDAug samples arrive from one or more samplers (--sampler) into a pool that keeps
+growing while the trainer runs, or offline from --langdaug-dir (folders written by
+`langdaug pull --format png`; --steps keeps only those snapshot steps), so every
+variant and seed draws from the same sample set and --jobs N trains N runs at once.
+The EBM behind the samples must have been trained without the held-out domain;
+samples from or toward it are refused, or dropped with --drop-holdout-samples (for
+leave-one-SOURCE-out validation, where the "held-out" domain is a source of the EBM).
 
 Results: DIR/results.csv and DIR/results.md (Dice and IoU on the held-out domain,
-mean and spread over seeds), DIR/results.png (a bar plot).
+mean and spread over seeds, and paired 95% intervals of the differences between
+variants), DIR/results.png (a bar plot); with --val-every, DIR/curve.csv and
+DIR/curve.md (source-validation Dice along training).
 
 Example:
-    /usr/bin/python3 examples/train_segmenter.py --data demo/data --holdout cam3 \
+    /usr/bin/python3 examples/train_segmenter.py --data demo/data --holdout cam3 \\
         --variants none,langdaug --seeds 0 --iters 300 --sampler tcp://127.0.0.1:5555 --out demo/seg
 """
 
 import argparse
 import csv
+import math
 import os
 import sys
 import time
@@ -46,6 +60,11 @@ from PIL import Image
 from study_util import PULL_HINT, find_pair, read_csv
 
 VARIANTS = results_table.VARIANTS
+# What each variant adds to the real batch, in this order.
+ADDONS = {"none": (), "classic": ("classic",), "bridge": ("bridge",), "langdaug": ("langdaug",),
+          "langdaug+classic": ("classic", "langdaug")}
+BASE_OPS = ("flip", "rot90", "scale")
+SCALE_RANGE = (0.75, 1.0 / 0.75)  # scale-crop: a crop of side size * s, s log-uniform in this range, resized
 
 
 # ----------------------------------------------------------------------------- data
@@ -75,6 +94,16 @@ class Domain:
 
     def __init__(self, name):
         self.name, self.images, self.masks, self.fovs, self.files = name, [], [], [], []
+
+    def split(self, fraction):
+        """(training part, validation part): every round(1/fraction)-th image (from the second) validates."""
+        every = max(2, round(1 / fraction))
+        parts = (Domain(self.name), Domain(self.name))
+        for i in range(len(self.images)):
+            part = parts[1] if i % every == 1 % every else parts[0]
+            for k in ("images", "masks", "fovs", "files"):
+                getattr(part, k).append(getattr(self, k)[i])
+        return parts
 
 
 def load_domain(root, name, subdir, scale, lut, channels):
@@ -119,23 +148,47 @@ def to_tensor(img):
     return torch.from_numpy(img.transpose(2, 0, 1).astype(np.float32) / 127.5 - 1.0)
 
 
-def random_crops(domains, n, size, rng):
-    xs, ms = [], []
+def cut(img, mask, y, x, side):
+    """The side x side window at (y, x), zero-padded where it leaves the image."""
+    h, w = mask.shape
+    ci = np.zeros((side, side, img.shape[2]), np.uint8)
+    cm = np.zeros((side, side), np.uint8)
+    ch, cw = min(side, h - y), min(side, w - x)
+    ci[:ch, :cw] = img[y:y + ch, x:x + cw]
+    cm[:ch, :cw] = mask[y:y + ch, x:x + cw]
+    return to_tensor(ci), torch.from_numpy(cm.astype(np.int64))
+
+
+def dihedral(x, m, k, flip):
+    """Rotates image [..., C, S, S] and mask [..., S, S] by k quarter turns, then mirrors them if flip."""
+    x, m = torch.rot90(x, k, (-2, -1)), torch.rot90(m, k, (-2, -1))
+    return (x.flip(-1), m.flip(-1)) if flip else (x, m)
+
+
+def random_crops(domains, n, size, rng, ops=BASE_OPS):
+    """n random training crops with the base augmentation in ops, every random choice from rng (so a seed
+    fixes them whatever else the run draws). Returns images [n,C,S,S], masks [n,S,S], domain indices [n]."""
+    xs, ms, ds = [], [], []
     for _ in range(n):
-        dom = domains[rng.integers(len(domains))]
+        d = int(rng.integers(len(domains)))
+        dom = domains[d]
         i = rng.integers(len(dom.images))
         img, mask = dom.images[i], dom.masks[i]
+        s = math.exp(rng.uniform(*np.log(SCALE_RANGE))) if "scale" in ops else 1.0
+        side = max(2, round(size * s))
         h, w = mask.shape
-        y = rng.integers(max(h - size, 0) + 1)
-        x = rng.integers(max(w - size, 0) + 1)
-        ci = np.full((size, size, img.shape[2]), 0, np.uint8)
-        cm = np.zeros((size, size), np.uint8)
-        ch, cw = min(size, h), min(size, w)
-        ci[:ch, :cw] = img[y:y + ch, x:x + cw]
-        cm[:ch, :cw] = mask[y:y + ch, x:x + cw]
-        xs.append(to_tensor(ci))
-        ms.append(torch.from_numpy(cm.astype(np.int64)))
-    return torch.stack(xs), torch.stack(ms)
+        y, x = rng.integers(max(h - side, 0) + 1), rng.integers(max(w - side, 0) + 1)
+        ci, cm = cut(img, mask, y, x, side)
+        if side != size:
+            ci = F.interpolate(ci[None], size=(size, size), mode="bilinear", align_corners=False)[0]
+            cm = F.interpolate(cm[None, None].float(), size=(size, size), mode="nearest")[0, 0].long()
+        k = int(rng.integers(4)) if "rot90" in ops else 0
+        flip = bool(rng.integers(2)) if "flip" in ops else False
+        ci, cm = dihedral(ci, cm, k, flip)
+        xs.append(ci)
+        ms.append(cm)
+        ds.append(d)
+    return torch.stack(xs), torch.stack(ms), torch.tensor(ds)
 
 
 CLASSIC_OPS = ("gamma", "cast", "contrast", "blur", "noise")
@@ -166,6 +219,82 @@ def classic_randomize(x, gen, ops=CLASSIC_OPS):
     if "noise" in ops:
         v = v + torch.randn(v.shape, generator=gen) * u(0, 0.04, 1, 1, 1)
     return (v.clamp(0, 1) * 2 - 1)
+
+
+# ----------------------------------------------------------------------------- the bridge control
+
+_XYZ_FROM_RGB = torch.tensor([[0.4124564, 0.3575761, 0.1804375],
+                              [0.2126729, 0.7151522, 0.0721750],
+                              [0.0193339, 0.1191920, 0.9503041]], dtype=torch.float64)
+_WHITE_D65 = torch.tensor([0.95047, 1.0, 1.08883], dtype=torch.float64)
+
+
+def rgb_to_lab(x):
+    """sRGB [N,3,H,W] in [-1,1] -> CIE LAB (D65; L in 0..100), float64."""
+    v = ((x.double() + 1) / 2).clamp(0, 1)
+    lin = torch.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4)
+    xyz = torch.einsum("ij,njhw->nihw", _XYZ_FROM_RGB, lin) / _WHITE_D65[:, None, None]
+    d = 6 / 29
+    f = torch.where(xyz > d ** 3, xyz.clamp(min=0) ** (1 / 3), xyz / (3 * d * d) + 4 / 29)
+    return torch.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])], 1)
+
+
+def lab_to_rgb(lab):
+    """The inverse of rgb_to_lab, clamped to [-1, 1], float32."""
+    fy = (lab[:, 0] + 16) / 116
+    f = torch.stack([fy + lab[:, 1] / 500, fy, fy - lab[:, 2] / 200], 1)
+    d = 6 / 29
+    xyz = torch.where(f > d, f ** 3, 3 * d * d * (f - 4 / 29)) * _WHITE_D65[:, None, None]
+    lin = torch.einsum("ij,njhw->nihw", torch.linalg.inv(_XYZ_FROM_RGB), xyz).clamp(0, 1)
+    v = torch.where(lin <= 0.0031308, lin * 12.92, 1.055 * lin ** (1 / 2.4) - 0.055)
+    return (v * 2 - 1).clamp(-1, 1).float()
+
+
+def colour_space(x):
+    """The space the bridge moves statistics in: LAB for colour images, the grey value for one channel."""
+    return rgb_to_lab(x) if x.shape[1] == 3 else x.double()
+
+
+def from_colour_space(v, channels):
+    return lab_to_rgb(v) if channels == 3 else v.clamp(-1, 1).float()
+
+
+def channel_stats(v):
+    """Per-image, per-channel mean and sd: [N,C] each."""
+    return v.mean((2, 3)), v.std((2, 3), unbiased=False)
+
+
+class Bridge:
+    """The control that learns nothing: a crop's per-channel mean and sd (in LAB) move a random fraction
+    t ~ U(0,1) of the way toward a random other source domain's (that domain's average crop statistics,
+    from `probe` random crops drawn with a fixed seed)."""
+
+    def __init__(self, domains, size, probe=256):
+        if len(domains) < 2:
+            raise SystemExit("the bridge variant needs at least two source domains")
+        rng = np.random.default_rng(12345)
+        self.means, self.sds = [], []
+        for dom in domains:
+            x, _, _ = random_crops([dom], probe, size, rng, ())
+            m, s = channel_stats(colour_space(x))
+            self.means.append(m.mean(0))
+            self.sds.append(s.mean(0))
+        self.means, self.sds = torch.stack(self.means), torch.stack(self.sds)
+
+    def move(self, x, target, t):
+        """x [N,C,S,S] -> its statistics moved the fraction t [N] of the way toward domain `target` [N]'s."""
+        v = colour_space(x)
+        m, s = channel_stats(v)
+        t = t.double()[:, None]
+        m2 = m + t * (self.means[target] - m)
+        s2 = s + t * (self.sds[target] - s)
+        v = (v - m[..., None, None]) / s.clamp(min=1e-6)[..., None, None] * s2[..., None, None] + m2[..., None, None]
+        return from_colour_space(v, x.shape[1])
+
+    def __call__(self, x, domain, gen):
+        n, k = len(x), len(self.means)
+        shift = torch.randint(1, k, (n,), generator=gen)  # a random OTHER domain
+        return self.move(x, (domain + shift) % k, torch.rand(n, generator=gen))
 
 
 # ----------------------------------------------------------------------------- model
@@ -276,18 +405,21 @@ class LangDAugPool(SamplePool):
 class PulledPool(SamplePool):
     """LangDAug samples written earlier by `langdaug pull --format png` (DIR/samples.csv
     naming DIR/<source>2<target>/{image,mask}/<k>.png), optionally only those at the
-    given Langevin steps. Everything is in memory,
+    given Langevin steps and without those from or toward a domain in drop. Everything is in memory,
     so every variant and seed draws from the same sample set."""
 
-    def __init__(self, dirs, steps, channels, size, classes):
+    def __init__(self, dirs, steps, channels, size, classes, drop=()):
         imgs, msks = [], []
-        self.counts = {}
+        self.counts, self.dropped = {}, 0
         for d in dirs:
             rows = read_csv(os.path.join(d, "samples.csv"), ("image", "mask", "step", "source_domain",
                                                              "target_domain"), PULL_HINT)
             for row in rows:
                 step = int(row["step"])
                 if steps and step not in steps:
+                    continue
+                if row["source_domain"] in drop or row["target_domain"] in drop:
+                    self.dropped += 1
                     continue
                 img, mask = self._load_pair(d, row, channels, size, classes)
                 imgs.append(img)
@@ -318,36 +450,75 @@ class PulledPool(SamplePool):
 
 # ----------------------------------------------------------------------------- experiment
 
-def train_one(args, sources, holdout, variant, seed, pool, classes, channels):
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    gen = torch.Generator().manual_seed(seed)
+class Run:
+    """The randomness of one training run. `real` (numpy) draws only the real batches and their base
+    augmentation, and torch's global seed sets the initial weights: both depend on the seed alone, so every
+    variant of a seed trains on the same real crops from the same start. `extra` (torch) draws everything a
+    variant adds (classic parameters, bridge targets, LangDAug samples and their flips)."""
+
+    def __init__(self, seed):
+        torch.manual_seed(seed)
+        self.real = np.random.default_rng(seed)
+        self.extra = torch.Generator().manual_seed(seed + 7919)
+
+
+def make_batch(args, variant, sources, run, pool, bridge):
+    """One training batch: the real crops, then each add-on of the variant (ADDONS), round(ratio x batch)
+    images each. Returns images, masks and [(part, count)] in batch order."""
+    x, y, dom = random_crops(sources, args.batch, args.size, run.real, args.base_ops)
+    xs, ys, parts = [x], [y], [("real", len(x))]
+    n_extra = round(args.ratio * args.batch)
+    copies = torch.arange(n_extra) % args.batch  # the real crops an add-on of copies starts from
+    for addon in ADDONS[variant]:
+        if addon == "classic":
+            xa, ya = classic_randomize(x[copies], run.extra, args.classic_ops), y[copies]
+        elif addon == "bridge":
+            xa, ya = bridge(x[copies], dom[copies], run.extra), y[copies]
+        else:
+            pool.fill(wait_for=n_extra)
+            xa, ya = pool.draw(n_extra, run.extra)
+            k = torch.randint(4 if "rot90" in args.base_ops else 1, (n_extra,), generator=run.extra)
+            flip = torch.randint(2 if "flip" in args.base_ops else 1, (n_extra,), generator=run.extra)
+            pairs = [dihedral(xa[i], ya[i], int(k[i]), bool(flip[i])) for i in range(n_extra)]
+            xa, ya = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+        xs.append(xa)
+        ys.append(ya)
+        parts.append((addon, n_extra))
+    return torch.cat(xs), torch.cat(ys), parts
+
+
+def evaluate_domains(model, domains, classes):
+    """Mean over domains of evaluate()'s per-domain Dice and IoU (each domain counts once)."""
+    scores = np.array([evaluate(model, d, classes) for d in domains])
+    return float(scores[:, 0].mean()), float(scores[:, 1].mean())
+
+
+def train_one(args, sources, holdout, variant, seed, pool, classes, channels, bridge=None, val=None):
+    run = Run(seed)
     model = UNet(channels, classes, base=args.base)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.iters)
-    n_aug = round(args.batch * args.langdaug_ratio) if "langdaug" in variant else 0
+    curve = []
     start, last = time.time(), time.time()
     for it in range(args.iters):
-        x, y = random_crops(sources, args.batch - n_aug, args.size, rng)
-        if n_aug:
-            pool.fill(wait_for=n_aug)
-            xa, ya = pool.draw(n_aug, gen)
-            x, y = torch.cat([x, xa]), torch.cat([y, ya])
-        if "classic" in variant:
-            x = classic_randomize(x, gen, args.classic_ops)
+        x, y, parts = make_batch(args, variant, sources, run, pool, bridge)
         loss = seg_loss(model(x), y, classes)
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
+        if val and ((it + 1) % args.val_every == 0 or it + 1 == args.iters):
+            d, j = evaluate_domains(model, val, classes)
+            curve.append(dict(variant=variant, seed=seed, iteration=it + 1, val_dice=d, val_iou=j))
         if time.time() - last > 10 or it + 1 == args.iters:
             last = time.time()
-            print("  [%s seed %d] iter %d/%d loss %.3f (%.1f it/s)%s" % (
+            print("  [%s seed %d] iter %d/%d loss %.3f (%.1f it/s)%s%s" % (
                 variant, seed, it + 1, args.iters, loss.item(), (it + 1) / (last - start),
-                "  pool %d" % pool.n if n_aug else ""), flush=True)
+                "  pool %d" % pool.n if "langdaug" in variant else "",
+                "  val Dice %.4f" % curve[-1]["val_dice"] if curve else ""), flush=True)
     dice, iou = evaluate(model, holdout, classes)
     return dict(holdout=holdout.name, variant=variant, seed=seed, dice=dice, iou=iou,
-                seconds=round(time.time() - start, 1))
+                seconds=round(time.time() - start, 1)), curve
 
 
 _worker_context = None
@@ -366,8 +537,8 @@ def _init_worker(context, trainer_pid):
 
 
 def _run_in_worker(run):
-    args, sources, holdout, pool, classes, channels = _worker_context
-    return train_one(args, sources, holdout, run[0], run[1], pool, classes, channels)
+    args, sources, holdout, pool, classes, channels, bridge, val = _worker_context
+    return train_one(args, sources, holdout, run[0], run[1], pool, classes, channels, bridge, val)
 
 
 def run_parallel(args, runs, context, record):
@@ -379,41 +550,67 @@ def run_parallel(args, runs, context, record):
                                                 initializer=_init_worker, initargs=(context, os.getpid())) as ex:
         futures = [ex.submit(_run_in_worker, run) for run in runs]
         for f in concurrent.futures.as_completed(futures):
-            record(f.result())
+            record(*f.result())
 
 
-def write_results(rows, outdir):
-    os.makedirs(outdir, exist_ok=True)
-    keys = ["holdout", "variant", "seed", "dice", "iou", "seconds"]
-    tmp = os.path.join(outdir, ".results.csv.tmp")
+def write_csv(path, rows, keys):
+    tmp = path + ".tmp"
     with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows(rows)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, os.path.join(outdir, "results.csv"))
+    os.replace(tmp, path)
+
+
+def write_results(rows, outdir):
+    os.makedirs(outdir, exist_ok=True)
+    write_csv(os.path.join(outdir, "results.csv"), rows, ["holdout", "variant", "seed", "dice", "iou", "seconds"])
     groups = results_table.entries(rows)
-    text = results_table.markdown(groups)
+    text = results_table.markdown(groups) + "\n" + results_table.paired_markdown(rows)
     results_table.write_text(os.path.join(outdir, "results.md"), text)
     results_table.plot(groups, os.path.join(outdir, "results.png"))
     return text.rstrip("\n")
 
 
-def main(argv=None):
+def previous_results(outdir, holdout):
+    """The rows of OUT/results.csv and OUT/curve.csv of an earlier run on the same held-out domain."""
+    path = os.path.join(outdir, "results.csv")
+    if not os.path.exists(path):
+        return [], []
+    rows = read_csv(path, ("holdout", "variant", "seed", "dice", "iou", "seconds"))
+    if any(r["holdout"] != holdout for r in rows):
+        raise SystemExit("%s: results for another held-out domain; --resume needs the same --holdout" % path)
+    for r in rows:
+        r["seed"], r["dice"], r["iou"], r["seconds"] = int(r["seed"]), float(r["dice"]), float(r["iou"]), \
+            float(r["seconds"])
+    cpath = os.path.join(outdir, "curve.csv")
+    curve = read_csv(cpath, ("variant", "seed", "iteration", "val_dice", "val_iou")) if os.path.exists(cpath) else []
+    for c in curve:
+        c["seed"], c["iteration"], c["val_dice"], c["val_iou"] = int(c["seed"]), int(c["iteration"]), \
+            float(c["val_dice"]), float(c["val_iou"])
+    return rows, curve
+
+
+def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="dataset root: one folder per domain with image/, mask/[, fov/]")
     ap.add_argument("--subdir", default="", help="inside each domain folder, e.g. train/ROIs")
     ap.add_argument("--domains", help="comma-separated domains (default: every folder)")
     ap.add_argument("--holdout", required=True, help="the unseen domain to evaluate on")
-    ap.add_argument("--variants", default="none,classic,langdaug,langdaug+classic")
-    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--variants", default="none,classic,bridge,langdaug,langdaug+classic")
+    ap.add_argument("--seeds", default="0,1,2,3,4")
     ap.add_argument("--maskmap", default="0:0,*:1")
     ap.add_argument("--channels", type=int, default=3, choices=(1, 3))
     ap.add_argument("--scale", type=float, default=1.0, help="working scale of the images")
     ap.add_argument("--size", type=int, default=64, help="training crop side (must equal the sampler's)")
-    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=16, help="real crops per step (every variant)")
+    ap.add_argument("--ratio", type=float, default=1.0,
+                    help="images each add-on (classic, bridge, langdaug) adds per real crop")
+    ap.add_argument("--base-aug", default=",".join(BASE_OPS),
+                    help="base augmentation of every variant, a subset of %(default)s, or 'none'")
     ap.add_argument("--iters", type=int, default=500)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--base", type=int, default=16, help="U-Net base width")
@@ -423,19 +620,32 @@ def main(argv=None):
     ap.add_argument("--langdaug-dir", help="instead of --sampler: folders written by `langdaug pull --format png`")
     ap.add_argument("--steps", default="", help="Langevin snapshot steps to ask for (default: the daemon's), "
                     "or to keep from --langdaug-dir (default: all)")
-    ap.add_argument("--langdaug-ratio", type=float, default=0.5, help="share of each batch from LangDAug")
-    ap.add_argument("--pool", type=int, default=4096, help="LangDAug samples kept for reuse")
+    ap.add_argument("--drop-holdout-samples", action="store_true",
+                    help="drop samples from or toward the held-out domain instead of refusing them "
+                    "(leave-one-source-out validation)")
+    ap.add_argument("--pool", type=int, default=4096, help="LangDAug samples kept for reuse (live samplers)")
+    ap.add_argument("--val-fraction", type=float, default=0.0,
+                    help="keep this fraction of each source domain's images out of training, for --val-every")
+    ap.add_argument("--val-every", type=int, default=0,
+                    help="evaluate on the source-validation images every N iterations (learning curve)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default; 1 with --jobs)")
     ap.add_argument("--jobs", type=int, default=1, help="training runs at once, in separate processes "
                     "(needs --langdaug-dir for the LangDAug variants)")
     ap.add_argument("--out", required=True, help="results folder")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the runs already in OUT/results.csv (and curve.csv) and train only the others")
     args = ap.parse_args(argv)
+    check_args(ap, args)
+    return args
 
-    variants = [v for v in args.variants.split(",") if v]
-    for v in variants:
+
+def check_args(ap, args):
+    args.variant_list = [v for v in args.variants.split(",") if v]
+    for v in args.variant_list:
         if v not in VARIANTS:
             ap.error("unknown variant %r (choose from %s)" % (v, ", ".join(VARIANTS)))
-    if any("langdaug" in v for v in variants) and not (args.sampler or args.langdaug_dir):
+    uses_pool = any("langdaug" in v for v in args.variant_list)
+    if uses_pool and not (args.sampler or args.langdaug_dir):
         ap.error("the LangDAug variants need --sampler ENDPOINTS or --langdaug-dir DIR")
     if args.sampler and args.langdaug_dir:
         ap.error("give --sampler or --langdaug-dir, not both")
@@ -444,17 +654,57 @@ def main(argv=None):
     if unknown or not args.classic_ops:
         ap.error("--classic: %s; choose from %s" % ("%r is unknown" % unknown[0] if unknown else "empty",
                                                      ",".join(CLASSIC_OPS)))
+    args.base_ops = () if args.base_aug == "none" else tuple(o for o in args.base_aug.split(",") if o)
+    if not set(args.base_ops) <= set(BASE_OPS):
+        ap.error("--base-aug: %r is unknown; choose from %s, or none" % (
+            sorted(set(args.base_ops) - set(BASE_OPS))[0], ",".join(BASE_OPS)))
     if args.jobs < 1:
         ap.error("--jobs must be at least 1")
     if args.jobs > 1 and args.sampler:
         ap.error("--jobs > 1 works with --langdaug-dir, not with a live --sampler (one stream, one trainer)")
     try:
-        steps = sorted({int(s) for s in args.steps.split(",") if s})
+        args.step_list = sorted({int(s) for s in args.steps.split(",") if s})
     except ValueError:
         ap.error("--steps: %r is not a comma-separated list of step counts" % args.steps)
-    if not 0 < args.langdaug_ratio < 1:
-        ap.error("--langdaug-ratio must be in (0, 1)")
-    seeds = [int(s) for s in args.seeds.split(",") if s]
+    if not args.ratio > 0 or round(args.ratio * args.batch) < 1:
+        ap.error("--ratio must be > 0 and add at least one image per step (ratio x batch >= 0.5)")
+    if not 0 <= args.val_fraction < 1:
+        ap.error("--val-fraction must be in [0, 1)")
+    if (args.val_every > 0) != (args.val_fraction > 0):
+        ap.error("--val-every and --val-fraction go together (a learning curve on source-validation images)")
+    try:
+        args.seed_list = [int(s) for s in args.seeds.split(",") if s]
+    except ValueError:
+        ap.error("--seeds: %r is not a comma-separated list of integers" % args.seeds)
+    if args.iters < 1 or args.batch < 1:
+        ap.error("--iters and --batch must be at least 1")
+
+
+def load_pool(args, sources, holdout, classes):
+    """The LangDAug sample pool of the run (None without a LangDAug variant) and the client to close."""
+    if not any("langdaug" in v for v in args.variant_list):
+        return None, None
+    if args.langdaug_dir:
+        drop = {holdout.name} if args.drop_holdout_samples else set()
+        pool = PulledPool(args.langdaug_dir.split(","), set(args.step_list), args.channels, args.size, classes, drop)
+        if any(holdout.name in (a, b) for (a, b, _) in pool.counts):
+            raise SystemExit("--langdaug-dir: samples from or toward %s, the held-out domain: pull them from a "
+                             "sampler whose EBM and dataset leave it out (or, for leave-one-source-out "
+                             "validation, give --drop-holdout-samples)" % holdout.name)
+        print("LangDAug samples loaded: %d (%s)%s" % (pool.n, ", ".join(
+            "%s>%s@%d: %d" % (a, b, st, c) for (a, b, st), c in sorted(pool.counts.items())),
+            "; %d touching %s dropped" % (pool.dropped, holdout.name) if drop else ""), flush=True)
+        return pool, None
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "client", "python"))
+    import langdaug
+    names = [d.name for d in sources]
+    client = langdaug.Client(args.sampler, batch_size=8, pairs=[(a, b) for a in names for b in names if a != b],
+                             steps=args.step_list or None, credits=8, timeout=120)
+    return LangDAugPool(client, args.pool, args.channels, args.size), client
+
+
+def main(argv=None):
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     lut = parse_maskmap(args.maskmap)
@@ -462,49 +712,51 @@ def main(argv=None):
     names = args.domains.split(",") if args.domains else sorted(
         d for d in os.listdir(args.data) if os.path.isdir(os.path.join(args.data, d)))
     if args.holdout not in names:
-        ap.error("held-out domain %r is not among %s" % (args.holdout, ", ".join(names)))
+        raise SystemExit("held-out domain %r is not among %s" % (args.holdout, ", ".join(names)))
     doms = {n: load_domain(args.data, n, args.subdir, args.scale, lut, args.channels) for n in names}
     sources = [doms[n] for n in names if n != args.holdout]
     holdout = doms[args.holdout]
-    print("sources: %s; held out: %s (%d images); classes %d" % (
+    val = None
+    if args.val_fraction:
+        sources, val = zip(*(d.split(args.val_fraction) for d in sources))
+        sources, val = list(sources), list(val)
+    print("sources: %s; held out: %s (%d images); classes %d%s" % (
         ", ".join("%s (%d)" % (d.name, len(d.images)) for d in sources), holdout.name, len(holdout.images),
-        classes), flush=True)
+        classes, "; source validation: %d images" % sum(len(d.images) for d in val) if val else ""), flush=True)
+    bridge = Bridge(sources, args.size) if "bridge" in args.variant_list else None
+    pool, client = load_pool(args, sources, holdout, classes)
 
-    pool = client = None
-    if any("langdaug" in v for v in variants) and args.langdaug_dir:
-        pool = PulledPool(args.langdaug_dir.split(","), set(steps), args.channels, args.size, classes)
-        if any(args.holdout in (a, b) for (a, b, _) in pool.counts):
-            raise SystemExit("--langdaug-dir: samples from or toward %s, the held-out domain: pull them from a "
-                             "sampler whose EBM and dataset leave it out" % args.holdout)
-        print("LangDAug samples loaded: %d (%s)" % (pool.n, ", ".join(
-            "%s>%s@%d: %d" % (a, b, st, c) for (a, b, st), c in sorted(pool.counts.items()))), flush=True)
-    elif any("langdaug" in v for v in variants):
-        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "client", "python"))
-        import langdaug
-        client = langdaug.Client(args.sampler, batch_size=8, targets=[d.name for d in sources], steps=steps or None,
-                                 credits=8, timeout=120)
-        pool = LangDAugPool(client, args.pool, args.channels, args.size)
+    rows, curve = previous_results(args.out, holdout.name) if args.resume else ([], [])
 
-    rows = []
-    runs = [(v, s) for v in variants for s in seeds]
-
-    def record(r):
+    def record(r, c):
         rows.append(r)
         rows.sort(key=lambda x: (VARIANTS.index(x["variant"]), x["seed"]))
+        curve.extend(c)
         print("%s seed %d: Dice %.4f IoU %.4f on %s (%.0f s)" % (
             r["variant"], r["seed"], r["dice"], r["iou"], holdout.name, r["seconds"]), flush=True)
         write_results(rows, args.out)
+        if curve:
+            curve.sort(key=lambda x: (VARIANTS.index(x["variant"]), x["seed"], x["iteration"]))
+            write_csv(os.path.join(args.out, "curve.csv"), curve,
+                      ["variant", "seed", "iteration", "val_dice", "val_iou"])
+            results_table.write_text(os.path.join(args.out, "curve.md"), results_table.curve_markdown(curve))
 
+    done = {(r["variant"], int(r["seed"])) for r in rows}
+    runs = [(v, s) for v in args.variant_list for s in args.seed_list if (v, s) not in done]
+    if done:
+        print("resuming: %d runs done, %d to go" % (len(done), len(runs)), flush=True)
     try:
         if args.jobs > 1:
-            run_parallel(args, runs, (args, sources, holdout, pool, classes, args.channels), record)
+            run_parallel(args, runs, (args, sources, holdout, pool, classes, args.channels, bridge, val), record)
         else:
             for variant, seed in runs:
-                record(train_one(args, sources, holdout, variant, seed, pool, classes, args.channels))
+                record(*train_one(args, sources, holdout, variant, seed, pool, classes, args.channels, bridge, val))
     finally:
         if client is not None:
             client.close()
     print(write_results(rows, args.out))
+    if curve:
+        print(results_table.curve_markdown(curve))
     if pool is not None:
         print("LangDAug samples received: %d" % pool.received)
     return 0
