@@ -45,16 +45,18 @@ train_ebm() {
 }
 
 # pull_samples MODEL SOURCES FOLDER N STEPS STEP_SIZE NOISE [langdaug pull options]:
-# serves MODEL on loopback with 2 workers, pulls N samples into FOLDER, stops it.
+# serves MODEL on loopback with 2 workers, pulls N samples into FOLDER (toward every source,
+# or only the pairs in PULL_PAIRS, e.g. A:B,B:A), stops it.
 pull_samples() {
-    local model=$1 sources=$2 folder=$3 n=$4 steps=$5 eta=$6 noise=$7 port
+    local model=$1 sources=$2 folder=$3 n=$4 steps=$5 eta=$6 noise=$7 port request=(--targets "$2")
+    [ -z "${PULL_PAIRS:-}" ] || request=(--pairs "$PULL_PAIRS")
     shift 7
     port=$(free_port)
     "$B/langdaugd" --model "$model" --data "$RETINA" --domains "$sources" --scale $SCALE \
         --bind "tcp://127.0.0.1:$port" --status "tcp://127.0.0.1:$(free_port)" --workers 2 --steps "$steps" \
         --step-size "$eta" --noise "$noise" --log-level warning &
     daemon_pid=$!
-    "$B/langdaug" pull --from "tcp://127.0.0.1:$port" -n "$n" --targets "$sources" --steps "$steps" \
+    "$B/langdaug" pull --from "tcp://127.0.0.1:$port" -n "$n" "${request[@]}" --steps "$steps" \
         --out "$folder" "$@"
     stop_daemon
 }
