@@ -7,6 +7,7 @@
  * writes the same bytes. */
 #include "ldc.h"
 #include "ld_cli.h"
+#include "ld_colour.h"
 #include "ld_ebm.h"
 #include "ld_error.h"
 #include "ld_model.h"
@@ -34,10 +35,13 @@ static const char usage_text[] =
     "      --widths W0,W1,..       channel widths; blocks = count - 1\n"
     "                              (default 32,64,128,128,256)\n"
     "      --domains A,B,..        domain names, in target-index order (default A,B,C)\n"
+    "      --colour-space rgb|lab  the image input: sRGB, or scaled CIE LAB (3 channels)\n"
+    "                              (default rgb)\n"
     "      --seed N                initialisation seed (default 0)\n"
     "  -c, --config FILE           key = value file with the keys above\n"
     "                              (image-channels, mask-classes, size, widths,\n"
-    "                              domains, seed); the command line wins\n"
+    "                              domains, colour-space, seed); the command\n"
+    "                              line wins\n"
     "  -h, --help                  this help\n"
     "\n"
     "Prints \"<sha256>  <file>\" on success.\n";
@@ -48,7 +52,8 @@ typedef struct {
 } init_settings_t;
 
 /* The settings keys; an option's index here is its getopt value - KEY_BASE. */
-static const char *const keys[] = {"image-channels", "mask-classes", "size", "widths", "domains", "seed"};
+static const char *const keys[] = {"image-channels", "mask-classes", "size", "widths", "domains", "colour-space",
+                                   "seed"};
 #define N_KEYS (int)(sizeof keys / sizeof *keys)
 #define KEY_BASE 256
 
@@ -78,6 +83,7 @@ static int apply(init_settings_t *s, int key, const char *value, const char *wha
     case 2: return ld_cli_parse_int(what, value, 1, LD_EBM_MAX_SIZE, &a->size);
     case 3: rc = ld_ebm_arch_set_widths(a, value); break;
     case 4: rc = ld_ebm_arch_set_domains(a, value); break;
+    case 5: return ld_colour_space_parse(what, value, &a->colour_space);
     default: return ld_cli_parse_u64(what, value, &s->seed);
     }
     if (rc) {
@@ -124,7 +130,7 @@ static int config_handler(void *user, const char *section, const char *name, con
         ld_seterr(LD_EINVAL, "%s:%d: sections are not used here ([%s])", c->path, c->line, section);
     else if (k < 0)
         ld_seterr(LD_EINVAL, "%s:%d: unknown key '%s' (known: image-channels, mask-classes, size, widths, "
-                  "domains, seed)", c->path, c->line, name);
+                  "domains, colour-space, seed)", c->path, c->line, name);
     else if (c->seen & (1u << k))
         ld_seterr(LD_EINVAL, "%s:%d: '%s' is set twice", c->path, c->line, name);
     else if (apply(c->s, k, value, what) == LD_OK) {
@@ -180,7 +186,8 @@ static int parse_options(int argc, char **argv, init_settings_t *s, const char *
         {"size", required_argument, NULL, KEY_BASE + 2},
         {"widths", required_argument, NULL, KEY_BASE + 3},
         {"domains", required_argument, NULL, KEY_BASE + 4},
-        {"seed", required_argument, NULL, KEY_BASE + 5},
+        {"colour-space", required_argument, NULL, KEY_BASE + 5},
+        {"seed", required_argument, NULL, KEY_BASE + 6},
         {NULL, 0, NULL, 0},
     };
     const char *config = NULL, *given[N_KEYS] = {NULL};

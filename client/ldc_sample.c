@@ -19,7 +19,12 @@
  * --step-size and --noise, when not given, are what the model was trained
  * with (its train.step-size / train.noise metadata), as in the daemon's
  * `auto`: chains with other dynamics than training's drift elsewhere. A
- * model without them (init-model, PyTorch export) gets the fixed defaults. */
+ * model without them (init-model, PyTorch export) gets the fixed defaults.
+ *
+ * The chains run in the model's colour space and every output is RGB
+ * (ld_langevin_sample): the start crop, the PNGs and the grid; energies
+ * are those of the chain states. --keep luminance gives each snapshot but
+ * step 0 the start crop's L* (ld_colour.h). */
 #include "ldc.h"
 
 #include <stdio.h>
@@ -29,6 +34,7 @@
 
 #include "ld_afile.h"
 #include "ld_cli.h"
+#include "ld_colour.h"
 #include "ld_dataset.h"
 #include "ld_ebm.h"
 #include "ld_error.h"
@@ -78,6 +84,8 @@ static const char usage[] =
     "                      the model's train.step-size, as trained; else " LD_LANGEVIN_STR(LD_LANGEVIN_FALLBACK_STEP_SIZE) ")\n"
     "  --noise SIGMA       sigma (default: the model's train.noise; else " LD_LANGEVIN_STR(LD_LANGEVIN_FALLBACK_NOISE) ")\n"
     "  --seed S            noise and crop seed (default 1)\n"
+    "  --keep WHAT         none (default), or luminance: every snapshot gets the start\n"
+    "                      crop's CIE L*, only its colour (a*, b*) changes (RGB images)\n"
     "  --threads T         worker threads (default 1)\n"
     "Output:\n"
     "  --out DIR           output folder (created if needed; its parent must exist)\n"
@@ -89,6 +97,7 @@ typedef struct {
     int resize, batch, threads, center;
     const char *snapshots;
     ld_langevin_params_t lp;
+    ld_keep_t keep;
     int step_given, noise_given;
     const char *step_from, *noise_from; /* where lp's step size and noise came from */
 } sample_opts_t;
@@ -158,7 +167,7 @@ static int parse_opts(int argc, char **argv, sample_opts_t *o)
 {
     static const char cmd[] = "sample";
     enum { O_MODEL = 256, O_DATA, O_MANIFEST, O_SUBDIR, O_MASKMAP, O_SCALE, O_RESIZE, O_SOURCE, O_TARGET,
-           O_CROP, O_BATCH, O_STEPS, O_SNAPS, O_ETA, O_NOISE, O_SEED, O_THREADS, O_OUT };
+           O_CROP, O_BATCH, O_STEPS, O_SNAPS, O_ETA, O_NOISE, O_SEED, O_THREADS, O_OUT, O_KEEP };
     static const struct option longopts[] = {
         { "model", required_argument, NULL, O_MODEL },       { "data", required_argument, NULL, O_DATA },
         { "manifest", required_argument, NULL, O_MANIFEST }, { "subdir", required_argument, NULL, O_SUBDIR },
@@ -169,6 +178,7 @@ static int parse_opts(int argc, char **argv, sample_opts_t *o)
         { "snapshots", required_argument, NULL, O_SNAPS },   { "step-size", required_argument, NULL, O_ETA },
         { "noise", required_argument, NULL, O_NOISE },       { "seed", required_argument, NULL, O_SEED },
         { "threads", required_argument, NULL, O_THREADS },   { "out", required_argument, NULL, O_OUT },
+        { "keep", required_argument, NULL, O_KEEP },
         { "help", no_argument, NULL, 'h' },                  { NULL, 0, NULL, 0 },
     };
     *o = (sample_opts_t){ .batch = 8, .threads = 1, .scale = 0 };
@@ -199,6 +209,7 @@ static int parse_opts(int argc, char **argv, sample_opts_t *o)
         case O_SEED: rc = ld_cli_parse_u64("--seed", optarg, &o->lp.seed); break;
         case O_THREADS: rc = ld_cli_parse_int("--threads", optarg, 1, MAX_THREADS, &o->threads); break;
         case O_OUT: o->out = optarg; break;
+        case O_KEEP: rc = ld_keep_parse("--keep", optarg, &o->keep); break;
         case 'h': fputs(usage, stdout); return -1;
         default: return 2;
         }
@@ -314,19 +325,10 @@ static double now_s(void)
 
 static int run_chains(const sample_opts_t *o, sample_run_t *r)
 {
-    size_t bytes = sizeof(float) * (size_t)r->n * (size_t)r->c * (size_t)r->s * (size_t)r->s;
-    int rc = ld_ebm_energy(r->ebm, r->ws, r->n, r->start, r->masks, r->targets, r->start_energy, NULL);
-    if (rc)
-        return rc;
-    float *x = malloc(bytes);
-    if (!x)
-        return ld_seterr(LD_ENOMEM, "out of memory for the chains");
-    memcpy(x, r->start, bytes);
     double t0 = now_s();
-    rc = ld_langevin_run(r->ebm, r->ws, &o->lp, r->n, x, r->masks, r->targets, r->chain_ids, r->snaps,
-                         r->snap_energy, NULL);
+    int rc = ld_langevin_sample(r->ebm, r->ws, &o->lp, o->keep, r->n, r->start, r->masks, r->targets, r->chain_ids,
+                                r->snaps, r->snap_energy, r->start_energy, NULL);
     r->seconds = now_s() - t0;
-    free(x);
     return rc;
 }
 
@@ -502,12 +504,13 @@ int ldc_sample_main(int argc, char **argv)
             e1 += r.snap_energy[(size_t)(o.lp.n_snapshots - 1) * (size_t)r.n + (size_t)j] / r.n;
         }
         printf("sample: %d chains %s -> %s, %d steps in %.3f s: %.1f image-steps/s with %d thread(s)\n"
-               "sample: step size %g (%s), noise %g (%s)\n"
+               "sample: step size %g (%s), noise %g (%s); chains in %s, keep %s\n"
                "sample: mean energy %.6g at the start, %.6g at step %d; model %.12s\n"
                "sample: wrote %d snapshots, samples.csv and grid.png to %s\n",
                r.n, o.source, o.target, o.lp.steps, r.seconds, isps, o.threads, (double)o.lp.step_size, o.step_from,
-               (double)o.lp.noise, o.noise_from, e0, e1, o.lp.snapshots[o.lp.n_snapshots - 1], r.hash,
-               r.n * o.lp.n_snapshots, o.out);
+               (double)o.lp.noise, o.noise_from, ld_colour_space_name(ld_ebm_arch(r.ebm)->colour_space),
+               ld_keep_name(o.keep), e0, e1, o.lp.snapshots[o.lp.n_snapshots - 1], r.hash, r.n * o.lp.n_snapshots,
+               o.out);
     }
     run_free(&r);
     return rc ? ldc_fail("sample", rc) : 0;

@@ -115,6 +115,11 @@ int ld_ebm_arch_validate(const ld_ebm_arch_t *a)
             if (strcmp(a->domains[d], a->domains[e]) == 0)
                 return ld_seterr(LD_EINVAL, "architecture: domain '%s' appears twice", a->domains[d]);
     }
+    if (!ld_colour_space_name(a->colour_space))
+        return ld_seterr(LD_EINVAL, "architecture: colour space %d is not rgb (0) or lab (1)", (int)a->colour_space);
+    if (a->colour_space == LD_COLOUR_LAB && a->image_channels != 3)
+        return ld_seterr(LD_EINVAL, "architecture: colour space lab needs 3 image channels, not %d",
+                         a->image_channels);
     return 0;
 }
 

@@ -30,6 +30,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ld_colour.h"
+
 #define LD_EBM_MAX_BLOCKS 8
 #define LD_EBM_MAX_DOMAINS 32
 #define LD_EBM_MAX_CLASSES 16
@@ -46,6 +48,10 @@ typedef struct {
     int widths[LD_EBM_MAX_BLOCKS + 1];  /* w0..wL: 1..LD_EBM_MAX_WIDTH */
     int n_domains;                      /* D: 1..LD_EBM_MAX_DOMAINS */
     char domains[LD_EBM_MAX_DOMAINS][LD_NAME_MAX]; /* distinct, [A-Za-z0-9_.-]+ */
+    /* The colour space of the image input (0 = RGB, the zero-initialised
+     * default): the network computes the same either way; whoever feeds it
+     * converts (ld_langevin_sample, ld_train). LAB needs C = 3. */
+    ld_colour_space_t colour_space;
 } ld_ebm_arch_t;
 
 /* Checks every field; LD_ERANGE/LD_EINVAL with a detail naming the field. */
@@ -57,7 +63,8 @@ int ld_ebm_arch_set_domains(ld_ebm_arch_t *arch, const char *csv);
 /* Index of a domain name, or -1. */
 int ld_ebm_arch_domain(const ld_ebm_arch_t *arch, const char *name);
 /* 1 when a and b have the same tensor shapes (C, K, S, widths, D): a
- * workspace made for one serves the other. Domain names do not matter. */
+ * workspace made for one serves the other. Domain names and colour spaces
+ * do not matter. */
 int ld_ebm_arch_same_shape(const ld_ebm_arch_t *a, const ld_ebm_arch_t *b);
 /* FLOPs (2 per multiply-add) of one forward + backward-to-input image-step. */
 double ld_ebm_arch_flops(const ld_ebm_arch_t *arch);

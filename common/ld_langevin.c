@@ -15,7 +15,12 @@
  * The update runs one chain per piece on the workspace's threads. The
  * gradient lives in ld_ebm_ws_scratch(ws); the only allocation of a run is
  * its energy and noise buffers, made once at the start. On an error the
- * image holds the chains' state at the failing step. */
+ * image holds the chains' state at the failing step.
+ *
+ * ld_langevin_sample wraps a run for the samplers: start crops converted
+ * into the model's colour space, then every snapshot back to RGB with the
+ * keep setting applied, in one place for `langdaug sample`, the daemon's
+ * workers and the training previews. */
 #include "ld_langevin.h"
 
 #include <math.h>
@@ -23,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ld_colour.h"
 #include "ld_error.h"
 #include "ld_rng.h"
 
@@ -220,5 +226,68 @@ int ld_langevin_run(const ld_ebm_t *m, ld_ebm_ws_t *ws, const ld_langevin_params
 done:
     free(energy);
     free(u.noise);
+    return rc;
+}
+
+/* Snapshot j of step `step`, in the model's colour space, becomes the RGB
+ * sample (see ld_langevin.h); start_model is the chain's converted start
+ * (only read with keep on a LAB model). */
+static void snapshot_to_rgb(const ld_ebm_arch_t *a, ld_keep_t keep, int step, const float *start,
+                            const float *start_model, float *snap)
+{
+    size_t hw = (size_t)a->size * (size_t)a->size, per = (size_t)a->image_channels * hw;
+    if (step == 0) {
+        memcpy(snap, start, per * sizeof *snap);
+    } else if (a->colour_space == LD_COLOUR_LAB) {
+        if (keep == LD_KEEP_LUMINANCE)
+            ld_colour_keep_luminance_lab(start_model, snap, hw);
+        ld_colour_lab_to_rgb(snap, snap, hw);
+    } else if (keep == LD_KEEP_LUMINANCE) {
+        ld_colour_keep_luminance(start, snap, hw);
+    }
+}
+
+int ld_langevin_sample(const ld_ebm_t *m, ld_ebm_ws_t *ws, const ld_langevin_params_t *p, ld_keep_t keep, int n,
+                       const float *start, const uint8_t *mask, const int32_t *target, const uint64_t *chain_id,
+                       float *snap_images, float *snap_energy, float *start_energy, const volatile int *cancel)
+{
+    int rc = ld_langevin_validate(p);
+    if (rc)
+        return rc;
+    if (!m || !start || !snap_images)
+        return ld_seterr(LD_EINVAL, "langevin: NULL model, start images or snapshot images");
+    const ld_ebm_arch_t *a = ld_ebm_arch(m);
+    if (!ld_keep_name(keep))
+        return ld_seterr(LD_EINVAL, "langevin: keep %d is not none (0) or luminance (1)", (int)keep);
+    if (keep == LD_KEEP_LUMINANCE && a->image_channels != 3)
+        return ld_seterr(LD_EINVAL, "keep = luminance needs 3-channel images; the model has %d channel(s)",
+                         a->image_channels);
+    if (n < 0)
+        return ld_seterr(LD_EINVAL, "langevin: %d chains", n);
+    const int lab = a->colour_space == LD_COLOUR_LAB;
+    const size_t hw = (size_t)a->size * (size_t)a->size, per = (size_t)a->image_channels * hw;
+    const size_t bytes = (size_t)n * per * sizeof(float);
+    float *x = malloc(bytes ? bytes : 1), *x0 = NULL;
+    if (x && lab && keep == LD_KEEP_LUMINANCE && !(x0 = malloc(bytes ? bytes : 1))) {
+        free(x);
+        x = NULL;
+    }
+    if (!x)
+        return ld_seterr(LD_ENOMEM, "langevin: out of memory for %d chains", n);
+    memcpy(x, start, bytes);
+    for (int j = 0; j < n && lab; j++)
+        ld_colour_rgb_to_lab(x + (size_t)j * per, x + (size_t)j * per, hw);
+    if (x0)
+        memcpy(x0, x, bytes);
+    if (start_energy && n > 0)
+        rc = ld_ebm_energy(m, ws, n, x, mask, target, start_energy, NULL);
+    if (!rc)
+        rc = ld_langevin_run(m, ws, p, n, x, mask, target, chain_id, snap_images, snap_energy, cancel);
+    for (int s = 0; s < p->n_snapshots && !rc; s++)
+        for (int j = 0; j < n; j++)
+            snapshot_to_rgb(a, keep, p->snapshots[s], start + (size_t)j * per, x0 ? x0 + (size_t)j * per : NULL,
+                            snap_images + ((size_t)s * (size_t)n + (size_t)j) * per);
+    free(x);
+    free(x0);
     return rc;
 }

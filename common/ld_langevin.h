@@ -47,4 +47,27 @@ int ld_langevin_run(const ld_ebm_t *m, ld_ebm_ws_t *ws, const ld_langevin_params
                     const uint64_t *chain_id, float *snap_images, float *snap_energy,
                     const volatile int *cancel);
 
+/* The samplers' chains (langdaug sample, langdaugd, training previews):
+ * ld_langevin_run in the model's colour space (ld_ebm_arch(m)->colour_space)
+ * from RGB crops, with RGB snapshots, and what the samples keep of their
+ * source:
+ *   start [n,C,S,S]: RGB start crops in [-1,1] as the dataset gives them
+ *     (not modified); converted to the model's colour space for the chains;
+ *   snap_images [n_snapshots,n,C,S,S] (required): every snapshot converted
+ *     back to RGB (ld_colour_lab_to_rgb for LAB models); a step-0 snapshot
+ *     is the start crop itself, bit for bit;
+ *   keep = LD_KEEP_LUMINANCE (3-channel models only, else LD_EINVAL): every
+ *     other snapshot gets the start's L* (ld_colour.h): for a LAB model its
+ *     L' plane is copied from the converted start before going back to RGB,
+ *     for an RGB model ld_colour_keep_luminance is applied in RGB;
+ *   snap_energy (may be NULL): the energies of the chain states, as
+ *     ld_langevin_run gives them (before keep);
+ *   start_energy [n] (may be NULL): energies of the converted starts (one
+ *     extra forward pass).
+ * Allocates the chains' state (n*C*S*S floats, twice with keep on a LAB
+ * model). Errors as ld_langevin_run. */
+int ld_langevin_sample(const ld_ebm_t *m, ld_ebm_ws_t *ws, const ld_langevin_params_t *p, ld_keep_t keep, int n,
+                       const float *start, const uint8_t *mask, const int32_t *target, const uint64_t *chain_id,
+                       float *snap_images, float *snap_energy, float *start_energy, const volatile int *cancel);
+
 #endif

@@ -2,7 +2,9 @@
  *
  * Load order (each step fails with LD_EFORMAT and a detail naming the file and
  * the key or tensor): safetensors validation (ld_safetensors) -> metadata
- * keys present and well-formed -> architecture valid (ld_ebm_arch_validate)
+ * keys present and well-formed (colour_space may be absent: files written
+ * before it existed are RGB; present, it must be exactly rgb or lab)
+ * -> architecture valid (ld_ebm_arch_validate)
  * -> every parameter tensor present, F32, exact shape, finite -> no tensor
  * the architecture does not have. Extra tensors are rejected rather than
  * ignored: they mean the file was written for another architecture or
@@ -28,7 +30,7 @@
 
 /* Keys ld_model_save generates; `extra` may not override them. */
 static const char *const generated_keys[] = {
-    "format", "version", "arch", "image_channels", "mask_classes", "size", "widths", "domains",
+    "format", "version", "arch", "image_channels", "mask_classes", "size", "widths", "domains", "colour_space",
 };
 
 static int is_generated_key(const char *key)
@@ -90,6 +92,9 @@ static int arch_from_meta(const char *path, const ld_meta_t *m, ld_ebm_arch_t *a
         return model_bad_detail(path, "metadata 'widths'");
     if (ld_ebm_arch_set_domains(arch, domains) != LD_OK)
         return model_bad_detail(path, "metadata 'domains'");
+    const char *space = ld_meta_get(m, "colour_space"); /* absent in files older than the key: RGB */
+    if (space && ld_colour_space_parse("metadata 'colour_space'", space, &arch->colour_space) != LD_OK)
+        return ld_seterr(LD_EFORMAT, "%s: %s", path, ld_errdetail());
     if (ld_ebm_arch_validate(arch) != LD_OK)
         return model_bad_detail(path, "metadata describes an invalid architecture");
     return LD_OK;
@@ -249,7 +254,8 @@ static int set_generated_meta(ld_st_writer_t *w, const ld_ebm_arch_t *a)
         (rc = ld_st_writer_set_meta(w, "arch", MODEL_ARCH)) ||
         (rc = set_int(w, "image_channels", a->image_channels)) ||
         (rc = set_int(w, "mask_classes", a->mask_classes)) || (rc = set_int(w, "size", a->size)) ||
-        (rc = ld_st_writer_set_meta(w, "widths", widths)) || (rc = ld_st_writer_set_meta(w, "domains", domains)))
+        (rc = ld_st_writer_set_meta(w, "widths", widths)) || (rc = ld_st_writer_set_meta(w, "domains", domains)) ||
+        (rc = ld_st_writer_set_meta(w, "colour_space", ld_colour_space_name(a->colour_space))))
         return rc;
     return LD_OK;
 }

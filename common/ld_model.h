@@ -3,7 +3,9 @@
  * A model file is a safetensors file whose __metadata__ holds at least
  *   format=langdaug-ebm, version=1, arch=resdown, image_channels, mask_classes,
  *   size, widths (comma-separated w0..wL), domains (comma-separated, index
- *   order = target index)
+ *   order = target index), colour_space (rgb or lab: the space of the
+ *   image input, see ld_colour.h; always written, absent = rgb for files
+ *   written before the key existed, any other value is refused)
  * and optional keys (maskmap, normalization, provenance: created, command,
  * iterations, ...) that are kept and handed back. Tensors are float32 with
  * the names and shapes of ld_ebm.h. The loader validates everything and

@@ -11,6 +11,7 @@
 #include "ld_train.h"
 #include "ld_adam.h"
 #include "ld_cli.h"
+#include "ld_colour.h"
 #include "ld_dataset.h"
 #include "ld_error.h"
 #include "ld_image.h"
@@ -36,7 +37,7 @@
 
 /* ---- configuration table ------------------------------------------------- */
 
-enum { KEY_STR, KEY_INT, KEY_U64, KEY_DBL, KEY_PAIR };
+enum { KEY_STR, KEY_INT, KEY_U64, KEY_DBL, KEY_PAIR, KEY_COLOUR };
 
 typedef struct {
     const char *key;
@@ -56,6 +57,8 @@ static const config_key_t config_keys[] = {
     { "maskmap", KEY_STR, FIELD(maskmap), 0, 0, 1, "mask value -> class rules, e.g. 0:0,*:1" },
     { "channels", KEY_INT, FIELD(channels), 0, LD_EBM_MAX_CHANNELS, 1, "image channels 1 or 3 (0: from the data)" },
     { "scale", KEY_DBL, FIELD(scale), 1e-6, 16, 1, "working scale applied to every image" },
+    { "colour-space", KEY_COLOUR, FIELD(colour_space), 0, 0, 1,
+      "rgb, or lab: the model works in scaled CIE LAB (3-channel data)" },
     { "size", KEY_INT, FIELD(size), 1, LD_EBM_MAX_SIZE, 1, "crop side in working pixels" },
     { "widths", KEY_STR, FIELD(widths), 0, 0, 1, "network widths w0,...,wL (L blocks)" },
     { "batch", KEY_INT, FIELD(batch), 1, 4096, 1, "positives (and negatives) per iteration" },
@@ -72,6 +75,14 @@ static const config_key_t config_keys[] = {
     { "threads", KEY_INT, FIELD(threads), 1, 256, -1, "threads for every evaluation" },
 };
 #define N_CONFIG_KEYS (sizeof config_keys / sizeof config_keys[0])
+
+/* Keys added after checkpoints were first written, with the value a
+ * checkpoint without them was trained with. */
+static const struct {
+    const char *key, *value;
+} keys_added[] = {
+    { "colour-space", "rgb" },
+};
 
 void ld_train_config_defaults(ld_train_config_t *cfg)
 {
@@ -146,6 +157,8 @@ int ld_train_config_set(ld_train_config_t *cfg, const char *key, const char *val
         return ld_cli_parse_u64(what, value, field);
     case KEY_DBL:
         return ld_cli_parse_double(what, value, k->min, k->max, field);
+    case KEY_COLOUR:
+        return ld_colour_space_parse(what, value, field);
     default:
         return set_pair(what, value, k->min, k->max, field);
     }
@@ -180,6 +193,9 @@ int ld_train_config_get(const ld_train_config_t *cfg, const char *key, char *buf
         break;
     case KEY_DBL:
         format_double(*(const double *)field, buf, len);
+        break;
+    case KEY_COLOUR:
+        snprintf(buf, len, "%s", ld_colour_space_name(*(const ld_colour_space_t *)field));
         break;
     default:
         format_double(((const double *)field)[0], a, sizeof a);
@@ -345,6 +361,9 @@ static int open_data(ld_train_t *self)
         used += (size_t)n;
     }
     cfg->channels = ld_dataset_channels(self->ds);
+    if (cfg->colour_space == LD_COLOUR_LAB && cfg->channels != 3)
+        return ld_seterr(LD_EINVAL, "--colour-space lab needs 3-channel (RGB) images; the data has %d channel(s)",
+                         cfg->channels);
     for (int d = 0; d < d_count; d++) {
         int min_side = INT32_MAX;
         for (int i = 0; i < ld_dataset_n_items(self->ds, d); i++) {
@@ -367,6 +386,7 @@ static int build_arch(ld_train_t *self)
     a->image_channels = self->cfg.channels;
     a->mask_classes = ld_dataset_n_classes(self->ds);
     a->size = self->cfg.size;
+    a->colour_space = self->cfg.colour_space;
     int rc = ld_ebm_arch_set_widths(a, self->cfg.widths);
     if (!rc)
         rc = ld_ebm_arch_set_domains(a, self->cfg.domains);
@@ -475,17 +495,20 @@ static int diverged(int64_t iteration, const char *what)
                      iteration, what);
 }
 
-/* n random crops of domain d into samples [first, first+n). */
+/* n random crops of domain d into samples [first, first+n), in the model's
+ * colour space. */
 static int draw_crops(ld_train_t *self, int domain, int first, int n)
 {
     for (int i = first; i < first + n; i++) {
         ld_crop_t crop;
+        float *img = self->img + (size_t)i * self->img_len;
         int rc = ld_dataset_random_crop(self->ds, domain, -1, self->cfg.size, &self->rng, &crop);
         if (!rc)
-            rc = ld_dataset_extract(self->ds, &crop, self->img + (size_t)i * self->img_len,
-                                    self->mask + (size_t)i * self->mask_len);
+            rc = ld_dataset_extract(self->ds, &crop, img, self->mask + (size_t)i * self->mask_len);
         if (rc)
             return rc;
+        if (self->cfg.colour_space == LD_COLOUR_LAB)
+            ld_colour_rgb_to_lab(img, img, self->mask_len);
     }
     return LD_OK;
 }
@@ -825,6 +848,9 @@ static int resume_config(const ld_st_t *st, const ld_meta_t *overrides, ld_train
             continue;
         snprintf(key, sizeof key, "train.%s", config_keys[i].key);
         const char *v = ld_meta_get(meta, key);
+        for (size_t a = 0; !v && a < sizeof keys_added / sizeof keys_added[0]; a++)
+            if (strcmp(keys_added[a].key, config_keys[i].key) == 0)
+                v = keys_added[a].value;
         if (!v)
             return ld_seterr(LD_EFORMAT, "%s: checkpoint metadata lacks '%s'", ld_st_path(st), key);
         if (ld_train_config_set(cfg, config_keys[i].key, v))
@@ -1038,9 +1064,9 @@ static int preview_target(preview_t *pv, int t, const ld_langevin_params_t *lp)
     const int max_batch = ld_ebm_ws_max_batch(self->ws);
     for (int first = 0; first < n; first += max_batch) {
         int m = n - first < max_batch ? n - first : max_batch;
-        int rc = ld_langevin_run(self->ema, self->ws, lp, m, pv->chain_img + first * il,
-                                 pv->chain_mask + first * ml, pv->chain_target + first, pv->chain_id + first,
-                                 pv->snaps, NULL, NULL);
+        int rc = ld_langevin_sample(self->ema, self->ws, lp, LD_KEEP_NONE, m, pv->chain_img + first * il,
+                                    pv->chain_mask + first * ml, pv->chain_target + first, pv->chain_id + first,
+                                    pv->snaps, NULL, NULL, NULL);
         if (rc)
             return rc;
         for (int j = 0; j < m; j++) {

@@ -4,7 +4,9 @@
  *   pick a source domain s and a target t != s;
  *   x+ = n random crops of domain t (with masks), x- starts as n random crops
  *   of domain s and runs K Langevin steps toward t under the current weights
- *   (no gradient through the chain);
+ *   (no gradient through the chain); with colour-space lab every crop is
+ *   converted to scaled LAB (ld_colour.h) as it is drawn, so the model, the
+ *   chains and the loss only ever see LAB;
  *   loss = mean E(x+,t) - mean E(x-,t) + alpha (mean E+^2 + mean E-^2),
  *   i.e. per-sample coefficients 1/n + 2 alpha E+/n and -1/n + 2 alpha E-/n
  *   for ld_ebm_backward_params (low energy = looks like domain t);
@@ -50,6 +52,7 @@ typedef struct {
     char maskmap[256];
     int channels;                       /* 0 = from the data; resolved by ld_train_new */
     double scale;                       /* working scale (0 < scale <= 16) */
+    ld_colour_space_t colour_space;     /* what the model sees: RGB, or scaled LAB (3 channels) */
     /* model */
     int size;                           /* crop side S */
     char widths[256];                   /* "w0,...,wL" */
@@ -126,7 +129,8 @@ int ld_train_save_model(ld_train_t *self, const char *path, const ld_meta_t *pro
  * crops, fixed noise), a row with the crop, then for each other domain t
  * the EMA model's Langevin snapshots toward t (K/4, K/2, 3K/4, K) next to a
  * real crop of t; masks outlined on the source and real crops (the
- * snapshots share the source's mask and stay clean to show the vessels). */
+ * snapshots share the source's mask and stay clean to show the vessels).
+ * Chains run in the model's colour space and are shown in RGB. */
 int ld_train_preview(ld_train_t *self, const char *path);
 
 /* The training curve: one row per completed iteration, columns

@@ -193,6 +193,8 @@ START_TEST(usage_errors_exit_2)
         {"init-model --out OUT --image-channels 5", "--image-channels: 5 is out of range [1, 4]"},
         {"init-model --out OUT --mask-classes x", "--mask-classes: 'x' is not an integer"},
         {"init-model --out OUT --config", "option '--config' needs a value"},
+        {"init-model --out OUT --colour-space Lab", "--colour-space: 'Lab' is not rgb or lab"},
+        {"init-model --out OUT --colour-space lab --image-channels 1", "colour space lab needs 3 image channels"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         char args[512];
@@ -296,6 +298,19 @@ START_TEST(init_model_deterministic)
     ck_assert_int_eq(ld_ebm_arch(m)->size, 64);
     ck_assert_int_eq(ld_ebm_arch(m)->n_blocks, 4);
     ck_assert_int_eq(ld_ebm_arch(m)->n_domains, 3);
+    ck_assert_int_eq(ld_ebm_arch(m)->colour_space, LD_COLOUR_RGB);
+    ld_ebm_destroy(&m);
+
+    /* a LAB model: the only difference from the RGB one is the metadata */
+    ck_assert_int_eq(run("init-model --out %s " SMALL_MODEL " --seed 5 --colour-space lab", at("lab.safetensors")), 0);
+    ck_assert_int_eq(ld_model_load(at("lab.safetensors"), &m, &meta, NULL), 0);
+    ck_assert_int_eq(ld_ebm_arch(m)->colour_space, LD_COLOUR_LAB);
+    ck_assert_str_eq(ld_meta_get(meta, "colour_space"), "lab");
+    ld_ebm_t *rgb;
+    ck_assert_int_eq(ld_model_load(at("a.safetensors"), &rgb, NULL, NULL), 0);
+    ck_assert_int_eq(memcmp(ld_ebm_params(m), ld_ebm_params(rgb), ld_ebm_numel(m) * sizeof(float)), 0);
+    ld_ebm_destroy(&rgb);
+    ld_meta_destroy(&meta);
     ld_ebm_destroy(&m);
 }
 END_TEST

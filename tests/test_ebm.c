@@ -260,6 +260,17 @@ START_TEST(arch_parsing_and_validation)
     b = a;
     strcpy(b.domains[1], "bad/name");
     ck_assert_int_eq(ld_ebm_arch_validate(&b), LD_EINVAL);
+    b = a;
+    b.colour_space = LD_COLOUR_LAB;
+    ck_assert_int_eq(ld_ebm_arch_validate(&b), 0);
+    ck_assert(ld_ebm_arch_same_shape(&a, &b)); /* one workspace serves both */
+    b.image_channels = 1;
+    ck_assert_int_eq(ld_ebm_arch_validate(&b), LD_EINVAL);
+    ck_assert_str_eq(ld_errdetail(), "architecture: colour space lab needs 3 image channels, not 1");
+    b = a;
+    b.colour_space = (ld_colour_space_t)2;
+    ck_assert_int_eq(ld_ebm_arch_validate(&b), LD_EINVAL);
+    ck_assert_ptr_nonnull(strstr(ld_errdetail(), "colour space 2"));
 }
 END_TEST
 

@@ -254,6 +254,8 @@ START_TEST(load_rejects_defects)
          .meta_value = "1"},
         {.needle = "tensor 'domain_embed.weight' has shape [2,8], expected [3,8]", .meta_key = "domains",
          .meta_value = "DRIVE,STARE,HRF"},
+        {.needle = "metadata 'colour_space': 'LAB' is not rgb or lab", .meta_key = "colour_space", .meta_value = "LAB"},
+        {.needle = "metadata 'colour_space': '' is not rgb or lab", .meta_key = "colour_space", .meta_value = ""},
     };
     char *good = ld_test_path(dir, "good.safetensors"), *bad = ld_test_path(dir, "bad.safetensors");
     ld_ebm_t *m = small_model(3);
@@ -279,6 +281,59 @@ START_TEST(load_rejects_defects)
     ld_ebm_destroy(&back);
     ld_ebm_destroy(&m);
     free(good);
+    free(bad);
+}
+END_TEST
+
+/* colour_space: written for every model, read back; a file without it (from
+ * before the key) is RGB; LAB with other than 3 channels is refused. */
+START_TEST(colour_space_metadata)
+{
+    char *rgb = ld_test_path(dir, "rgb.safetensors"), *lab = ld_test_path(dir, "lab.safetensors"),
+         *bad = ld_test_path(dir, "bad.safetensors");
+    ld_ebm_t *m = small_model(5), *back;
+    ld_meta_t *meta;
+    ck_assert_int_eq(ld_model_save(rgb, m, NULL, NULL), 0);
+    ld_ebm_arch_t a = *ld_ebm_arch(m);
+    a.colour_space = LD_COLOUR_LAB;
+    ld_ebm_t *ml;
+    ck_assert_int_eq(ld_ebm_new(&a, &ml), 0);
+    memcpy(ld_ebm_params(ml), ld_ebm_params_const(m), ld_ebm_numel(m) * sizeof(float));
+    ck_assert_int_eq(ld_model_save(lab, ml, NULL, NULL), 0);
+
+    ck_assert_int_eq(ld_model_load(rgb, &back, &meta, NULL), 0);
+    ck_assert_str_eq(ld_meta_get(meta, "colour_space"), "rgb");
+    ck_assert_int_eq(ld_ebm_arch(back)->colour_space, LD_COLOUR_RGB);
+    ld_ebm_destroy(&back);
+    ld_meta_destroy(&meta);
+    ck_assert_int_eq(ld_model_load(lab, &back, &meta, NULL), 0);
+    ck_assert_str_eq(ld_meta_get(meta, "colour_space"), "lab");
+    ck_assert_int_eq(ld_ebm_arch(back)->colour_space, LD_COLOUR_LAB);
+    ld_ebm_destroy(&back);
+    ld_meta_destroy(&meta);
+
+    defect_t old_file = {.meta_key = "colour_space"};
+    write_defective(lab, bad, &old_file);
+    ck_assert_int_eq(ld_model_load(bad, &back, &meta, NULL), 0);
+    ck_assert_ptr_null(ld_meta_get(meta, "colour_space"));
+    ck_assert_int_eq(ld_ebm_arch(back)->colour_space, LD_COLOUR_RGB);
+    ld_ebm_destroy(&back);
+    ld_meta_destroy(&meta);
+
+    defect_t grey = {.meta_key = "image_channels", .meta_value = "1"};
+    write_defective(lab, bad, &grey);
+    ck_assert_int_eq(ld_model_load(bad, &back, NULL, NULL), LD_EFORMAT);
+    ck_assert_msg(strstr(ld_errdetail(), "colour space lab needs 3 image channels, not 1"), "%s", ld_errdetail());
+
+    /* the key is generated: an extra key of that name is refused */
+    ck_assert_int_eq(ld_meta_new(&meta), 0);
+    ck_assert_int_eq(ld_meta_set(meta, "colour_space", "lab"), 0);
+    ck_assert_int_eq(ld_model_save(bad, m, meta, NULL), LD_EINVAL);
+    ld_meta_destroy(&meta);
+    ld_ebm_destroy(&m);
+    ld_ebm_destroy(&ml);
+    free(rgb);
+    free(lab);
     free(bad);
 }
 END_TEST
@@ -354,6 +409,7 @@ int main(void)
     tcase_add_test(tc, hash_stable_and_follows_weights);
     tcase_add_test(tc, save_refuses_bad_input);
     tcase_add_test(tc, load_rejects_defects);
+    tcase_add_test(tc, colour_space_metadata);
     tcase_add_test(tc, load_rejects_non_model_files);
     tcase_add_test(tc, failed_save_keeps_old_file);
     suite_add_tcase(s, tc);

@@ -2,7 +2,8 @@
  * random model written by the test, the snapshots, masks, CSV and grid are
  * checked against the library (dataset crops, energies), runs are
  * reproducible and independent of the thread count, step size and noise
- * default to the model's training settings, and bad input fails with clear
+ * default to the model's training settings, LAB models' chains run in LAB
+ * with RGB outputs, --keep luminance, and bad input fails with clear
  * messages and the documented exit codes. */
 #include "testutil.h"
 
@@ -10,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ld_colour.h"
 #include "ld_dataset.h"
 #include "ld_ebm.h"
 #include "ld_error.h"
@@ -21,7 +23,7 @@
 #define S 32
 
 typedef struct {
-    char *dir, *data, *model, *grey_model, *out;
+    char *dir, *data, *model, *lab_model, *grey_model, *out;
 } fixture_t;
 
 static ld_synth_opts_t synth_opts(void)
@@ -35,11 +37,11 @@ static ld_synth_opts_t synth_opts(void)
     return o;
 }
 
-/* A random model (the same weights for the same channels); extra (may be
- * NULL) adds metadata keys. */
-static void save_model(const char *path, int channels, const ld_meta_t *extra)
+/* A random model (the same weights for the same channels) taking images in
+ * colour space cs; extra (may be NULL) adds metadata keys. */
+static void save_model(const char *path, int channels, ld_colour_space_t cs, const ld_meta_t *extra)
 {
-    ld_ebm_arch_t a = { .image_channels = channels, .mask_classes = 2, .size = S };
+    ld_ebm_arch_t a = { .image_channels = channels, .mask_classes = 2, .size = S, .colour_space = cs };
     ck_assert_int_eq(ld_ebm_arch_set_widths(&a, "8,12"), 0);
     ck_assert_int_eq(ld_ebm_arch_set_domains(&a, "cam0,cam1,cam2,cam3"), 0);
     ld_ebm_t *m = NULL;
@@ -55,12 +57,14 @@ static fixture_t setup(void)
     f.dir = ld_test_tmpdir();
     f.data = ld_test_path(f.dir, "data");
     f.model = ld_test_path(f.dir, "rgb.safetensors");
+    f.lab_model = ld_test_path(f.dir, "lab.safetensors");
     f.grey_model = ld_test_path(f.dir, "grey.safetensors");
     f.out = ld_test_path(f.dir, "out");
     ld_synth_opts_t so = synth_opts();
     ck_assert_int_eq(ld_synth_write(f.data, &so), 0);
-    save_model(f.model, 3, NULL);
-    save_model(f.grey_model, 1, NULL);
+    save_model(f.model, 3, LD_COLOUR_RGB, NULL);
+    save_model(f.lab_model, 3, LD_COLOUR_LAB, NULL);
+    save_model(f.grey_model, 1, LD_COLOUR_RGB, NULL);
     return f;
 }
 
@@ -70,6 +74,7 @@ static void teardown(fixture_t *f)
     free(f->dir);
     free(f->data);
     free(f->model);
+    free(f->lab_model);
     free(f->grey_model);
     free(f->out);
 }
@@ -131,25 +136,58 @@ static int to_u8(float v)
     return (int)lrintf(q < 0 ? 0 : q > 255 ? 255 : q);
 }
 
-START_TEST(sample_writes_consistent_outputs)
+/* The snapshot of `step` of the chain from `crop` as the library's
+ * primitives make it: the crop converted to the model's colour space, the
+ * chain run there, back to RGB, the keep setting applied. */
+static void library_snapshot(const ld_ebm_t *m, ld_ebm_ws_t *ws, ld_keep_t keep, const float *crop,
+                             const uint8_t *cls, uint64_t chain, int step, float *snap, float *energy)
 {
-    fixture_t f = setup();
+    const int lab = ld_ebm_arch(m)->colour_space == LD_COLOUR_LAB;
+    float x[3 * S * S], x0[3 * S * S];
+    memcpy(x, crop, sizeof x);
+    if (lab)
+        ld_colour_rgb_to_lab(x, x, S * S);
+    memcpy(x0, x, sizeof x);
+    ld_langevin_params_t lp = { .step_size = 0.5f, .noise = 0.01f, .steps = step ? step : 1, .seed = 5 };
+    lp.n_snapshots = 1;
+    lp.snapshots[0] = step;
+    int32_t t = 2;
+    ck_assert_int_eq(ld_langevin_run(m, ws, &lp, 1, x, cls, &t, &chain, snap, energy, NULL), 0);
+    if (step == 0)
+        memcpy(snap, crop, sizeof x);
+    else if (lab && keep == LD_KEEP_LUMINANCE)
+        ld_colour_keep_luminance_lab(x0, snap, S * S);
+    if (step > 0 && lab)
+        ld_colour_lab_to_rgb(snap, snap, S * S);
+    else if (step > 0 && keep == LD_KEEP_LUMINANCE)
+        ld_colour_keep_luminance(crop, snap, S * S);
+}
+
+/* 3 chains cam0 -> cam2 with snapshots 0,2,4 of `model` (extra options
+ * `keep_opt`): every PNG, mask and CSV energy is what the library gives
+ * for the crop the CSV row names. */
+static void check_sample_output(const fixture_t *f, const char *model, ld_keep_t keep)
+{
     char args[4096];
     snprintf(args, sizeof args,
              "sample --model '%s' --data '%s' --source cam0 --target cam2 --batch 3 --steps 4 "
-             "--snapshots 0,2,4 --step-size 0.5 --noise 0.01 --seed 5 --out '%s'",
-             f.model, f.data, f.out);
-    ck_assert_msg(run_cli(f.dir, args) == 0, "%s", log_text);
+             "--snapshots 0,2,4 --step-size 0.5 --noise 0.01 --seed 5 --keep %s --out '%s'",
+             model, f->data, ld_keep_name(keep), f->out);
+    ck_assert_msg(run_cli(f->dir, args) == 0, "%s", log_text);
     ck_assert_msg(strstr(log_text, "image-steps/s") != NULL, "%s", log_text);
 
     row_t rows[16];
-    ck_assert_int_eq(read_rows(f.out, rows, 16), 9);
+    ck_assert_int_eq(read_rows(f->out, rows, 16), 9);
     ld_synth_opts_t so = synth_opts();
-    ld_dataset_opts_t dopts = { .root = f.data, .domains = "cam0", .maskmap = ld_synth_maskmap(&so) };
+    ld_dataset_opts_t dopts = { .root = f->data, .domains = "cam0", .maskmap = ld_synth_maskmap(&so) };
     ld_dataset_t *ds = NULL;
     ck_assert_int_eq(ld_dataset_open(&dopts, &ds), 0);
     ld_ebm_t *m = NULL;
-    ck_assert_int_eq(ld_model_load(f.model, &m, NULL, NULL), 0);
+    ck_assert_int_eq(ld_model_load(model, &m, NULL, NULL), 0);
+    char summary[128];
+    snprintf(summary, sizeof summary, "chains in %s, keep %s", ld_colour_space_name(ld_ebm_arch(m)->colour_space),
+             ld_keep_name(keep));
+    ck_assert_msg(strstr(log_text, summary) != NULL, "%s", log_text);
     ld_ebm_ws_t *ws = NULL;
     ck_assert_int_eq(ld_ebm_ws_new(ld_ebm_arch(m), 1, 1, &ws), 0);
     int seen[3][3] = { { 0 } };
@@ -160,10 +198,10 @@ START_TEST(sample_writes_consistent_outputs)
         ck_assert(isfinite(r->energy));
         seen[r->chain][r->step / 2]++;
         ld_image_t img, mask;
-        read_png(f.out, r->file, &img);
+        read_png(f->out, r->file, &img);
         char mask_rel[80];
         snprintf(mask_rel, sizeof mask_rel, "mask/%s", r->file + strlen("image/"));
-        read_png(f.out, mask_rel, &mask);
+        read_png(f->out, mask_rel, &mask);
         ck_assert(img.width == S && img.height == S && img.channels == 3 && mask.channels == 1);
 
         /* The crop named by the row, cut by the library. */
@@ -178,27 +216,15 @@ START_TEST(sample_writes_consistent_outputs)
         ck_assert_int_eq(ld_dataset_extract(ds, &cr, crop, cls), 0);
         for (int p = 0; p < S * S; p++)
             ck_assert_uint_eq(mask.data[p], cls[p] ? 255 : 0); /* written through the mask map */
-        if (r->step == 0) {
-            for (int c = 0; c < 3; c++)
-                for (int p = 0; p < S * S; p++)
-                    ck_assert_int_eq(img.data[3 * p + c], to_u8(crop[c * S * S + p]));
-            float e;
-            int32_t t = 2;
-            ck_assert_int_eq(ld_ebm_energy(m, ws, 1, crop, cls, &t, &e, NULL), 0);
-            ck_assert_msg(fabs(e - r->energy) <= 1e-4 * fmax(1, fabs(e)), "energy %g vs csv %g", e, r->energy);
-        } else {
-            /* The same chain run by the library: same pixels and energy. */
-            ld_langevin_params_t lp = { .step_size = 0.5f, .noise = 0.01f, .steps = r->step, .seed = 5 };
-            ck_assert_int_eq(ld_langevin_set_snapshots(&lp, r->step == 2 ? "2" : "4"), 0);
-            float snap[3 * S * S], e;
-            int32_t t = 2;
-            uint64_t chain = (uint64_t)r->chain;
-            ck_assert_int_eq(ld_langevin_run(m, ws, &lp, 1, crop, cls, &t, &chain, snap, &e, NULL), 0);
-            for (int c = 0; c < 3; c++)
-                for (int p = 0; p < S * S; p++)
-                    ck_assert_int_eq(img.data[3 * p + c], to_u8(snap[c * S * S + p]));
-            ck_assert_msg(fabs(e - r->energy) <= 1e-4 * fmax(1, fabs(e)), "energy %g vs csv %g", e, r->energy);
-        }
+        /* The same chain from the library's pieces: same pixels and energy
+         * (step 0: the crop itself, and its energy) */
+        float snap[3 * S * S], e;
+        library_snapshot(m, ws, keep, crop, cls, (uint64_t)r->chain, r->step, snap, &e);
+        for (int c = 0; c < 3; c++)
+            for (int p = 0; p < S * S; p++)
+                ck_assert_msg(img.data[3 * p + c] == to_u8(snap[c * S * S + p]), "%s: value %d, library %d",
+                              r->file, img.data[3 * p + c], to_u8(snap[c * S * S + p]));
+        ck_assert_msg(fabs(e - r->energy) <= 1e-4 * fmax(1, fabs(e)), "energy %g vs csv %g", e, r->energy);
         ld_image_free(&img);
         ld_image_free(&mask);
     }
@@ -206,13 +232,31 @@ START_TEST(sample_writes_consistent_outputs)
         for (int k = 0; k < 3; k++)
             ck_assert_int_eq(seen[j][k], 1);
     ld_image_t grid;
-    read_png(f.out, "grid.png", &grid);
+    read_png(f->out, "grid.png", &grid);
     ck_assert_int_eq(grid.width, 5 * (S + 2) + 2); /* mask, start, 3 snapshots */
     ck_assert_int_eq(grid.height, 3 * (S + 2) + 2);
     ld_image_free(&grid);
     ld_ebm_ws_destroy(&ws);
     ld_ebm_destroy(&m);
     ld_dataset_destroy(&ds);
+}
+
+START_TEST(sample_writes_consistent_outputs)
+{
+    fixture_t f = setup();
+    check_sample_output(&f, f.model, LD_KEEP_NONE);
+    teardown(&f);
+}
+END_TEST
+
+/* A LAB model's chains run in LAB and come out in RGB; keep luminance on
+ * LAB and RGB models. */
+START_TEST(sample_lab_model_and_keep_luminance)
+{
+    fixture_t f = setup();
+    check_sample_output(&f, f.lab_model, LD_KEEP_NONE);
+    check_sample_output(&f, f.lab_model, LD_KEEP_LUMINANCE);
+    check_sample_output(&f, f.model, LD_KEEP_LUMINANCE);
     teardown(&f);
 }
 END_TEST
@@ -266,7 +310,7 @@ static char *save_trained_model(const char *dir, const char *name, const char *s
     ck_assert_int_eq(ld_meta_new(&meta), 0);
     ck_assert_int_eq(ld_meta_set(meta, "train.step-size", step_size), 0);
     ck_assert_int_eq(ld_meta_set(meta, "train.noise", noise), 0);
-    save_model(path, 3, meta);
+    save_model(path, 3, LD_COLOUR_RGB, meta);
     ld_meta_destroy(&meta);
     return path;
 }
@@ -384,6 +428,12 @@ START_TEST(sample_center_crops_and_grey_data)
              grey, f.out);
     ck_assert_int_eq(run_cli(f.dir, args), 1);
     ck_assert_msg(strstr(log_text, "1-channel") != NULL, "%s", log_text);
+    /* Grey images have no colour to change. */
+    snprintf(args, sizeof args, "sample --model '%s' --data '%s' --source cam1 --target cam0 --keep luminance "
+             "--out '%s'", f.grey_model, grey, f.out);
+    ck_assert_int_eq(run_cli(f.dir, args), 1);
+    ck_assert_msg(strstr(log_text, "keep = luminance needs 3-channel images; the model has 1 channel(s)"), "%s",
+                  log_text);
     free(grey);
     teardown(&f);
 }
@@ -406,6 +456,7 @@ START_TEST(sample_rejects_bad_input)
         { "rgb", "--source cam0 --target cam1 --batch abc", 2, "--batch" },
         { "rgb", "--source cam0 --target cam1 --batch 0", 2, "--batch" },
         { "rgb", "--source cam0 --target cam1 --crop diagonal", 2, "diagonal" },
+        { "rgb", "--source cam0 --target cam1 --keep colour", 2, "--keep: 'colour' is not none or luminance" },
         { "rgb", "--source cam0 --target cam1 --snapshots 4,2", 2, "snapshots" },
         { "rgb", "--source cam0 --target cam1 --steps 4 --snapshots 8", 2, "snapshot" },
         { "rgb", "--source cam0 --target cam1 --scale 0.5 --resize 40", 2, "--resize" },
@@ -474,6 +525,7 @@ int main(void)
     Suite *s = suite_create("sample_cli");
     TCase *tc = ld_tcase("sample_cli", 120);
     tcase_add_test(tc, sample_writes_consistent_outputs);
+    tcase_add_test(tc, sample_lab_model_and_keep_luminance);
     tcase_add_test(tc, sample_reproducible_across_threads);
     tcase_add_test(tc, sample_langevin_defaults_to_the_trained_settings);
     tcase_add_test(tc, sample_rejects_unreadable_trained_settings);

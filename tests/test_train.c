@@ -20,12 +20,15 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "ld_colour.h"
 #include "ld_dataset.h"
 #include "ld_ebm.h"
 #include "ld_error.h"
 #include "ld_langevin.h"
 #include "ld_model.h"
+#include "ld_image.h"
 #include "ld_png.h"
+#include "ld_safetensors.h"
 #include "ld_synth.h"
 #include "ld_train.h"
 
@@ -371,6 +374,20 @@ START_TEST(resume_is_bit_exact)
 }
 END_TEST
 
+/* Resuming checkpoint ck with key=value on the command line fails with
+ * LD_EINVAL and a detail containing needle. */
+static void expect_resume_refused(const char *ck, const char *key, const char *value, const char *needle)
+{
+    ld_meta_t *o;
+    ld_train_t *tr = NULL;
+    ck_assert_int_eq(ld_meta_new(&o), 0);
+    ck_assert_int_eq(ld_meta_set(o, key, value), 0);
+    ck_assert_int_eq(ld_train_resume(ck, o, &tr), LD_EINVAL);
+    ck_assert_ptr_null(tr);
+    ck_assert_msg(strstr(ld_errdetail(), needle), "%s", ld_errdetail());
+    ld_meta_destroy(&o);
+}
+
 START_TEST(resume_rejects_changed_settings)
 {
     char *root = synth_root("train", 1, 8), *dir = ld_test_tmpdir(), *ck = ld_test_path(dir, "c.ckpt");
@@ -380,18 +397,8 @@ START_TEST(resume_rejects_changed_settings)
     ld_train_t *tr = new_run(&cfg);
     run_to(tr, 1, ck, 0);
     ld_train_destroy(&tr);
-    ld_meta_t *o;
-    ck_assert_int_eq(ld_meta_new(&o), 0);
-    ck_assert_int_eq(ld_meta_set(o, "lr", "0.002"), 0);
-    ck_assert_int_eq(ld_train_resume(ck, o, &tr), LD_EINVAL);
-    ck_assert_ptr_null(tr);
-    ck_assert_msg(strstr(ld_errdetail(), "--lr 0.002 differs from the checkpoint's 0.001"), "%s", ld_errdetail());
-    ld_meta_destroy(&o);
-    ck_assert_int_eq(ld_meta_new(&o), 0);
-    ck_assert_int_eq(ld_meta_set(o, "batch", "x"), 0);
-    ck_assert_int_eq(ld_train_resume(ck, o, &tr), LD_EINVAL);
-    ck_assert_msg(strstr(ld_errdetail(), "--batch"), "%s", ld_errdetail());
-    ld_meta_destroy(&o);
+    expect_resume_refused(ck, "lr", "0.002", "--lr 0.002 differs from the checkpoint's 0.001");
+    expect_resume_refused(ck, "batch", "x", "--batch");
     /* a model file is not a checkpoint */
     char *model = ld_test_path(dir, "m.safetensors");
     ck_assert_int_eq(ld_train_resume(ck, NULL, &tr), 0);
@@ -550,6 +557,7 @@ START_TEST(settings_round_trip_and_errors)
     ck_assert_int_eq(ld_train_config_set(&a, "lr", "3e-4"), 0);
     ck_assert_int_eq(ld_train_config_set(&a, "seed", "18446744073709551615"), 0);
     ck_assert_int_eq(ld_train_config_set(&a, "data", "/x"), 0);
+    ck_assert_int_eq(ld_train_config_set(&a, "colour-space", "lab"), 0);
     char buf[LD_TRAIN_PATH_MAX];
     for (size_t i = 0; i < ld_train_config_n_keys(); i++) {
         const char *key = ld_train_config_key(i, NULL, NULL);
@@ -566,6 +574,7 @@ START_TEST(settings_round_trip_and_errors)
         { "betas", "0.5", "--betas", LD_EINVAL }, { "betas", "0.5,0.9,0.9", "--betas", LD_EINVAL },
         { "batch", "0", "--batch", LD_ERANGE }, { "nonsense", "1", "nonsense", LD_ENOENT },
         { "threads", "1.5", "--threads", LD_EINVAL },
+        { "colour-space", "LAB", "--colour-space: 'LAB' is not rgb or lab", LD_EINVAL },
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         ck_assert_int_eq(ld_train_config_set(&b, bad[i].key, bad[i].value), bad[i].rc);
@@ -585,6 +594,148 @@ START_TEST(settings_round_trip_and_errors)
     b.data[0] = '\0';
     ck_assert_int_ne(ld_train_config_validate(&b), 0);
     ck_assert_ptr_nonnull(strstr(ld_errdetail(), "--data"));
+}
+END_TEST
+
+/* Two domains of one flat-coloured 24x24 image each (mask all background):
+ * every 16x16 crop of domain d is exactly colour rgb[d]. */
+static char *flat_root(const char *name, const uint8_t rgb[2][3])
+{
+    char *root = ld_test_path(g_dir, name);
+    for (int d = 0; d < 2; d++) {
+        ck_assert_int_eq(ld_test_system("mkdir -p '%s/%c/image' '%s/%c/mask'", root, 'A' + d, root, 'A' + d), 0);
+        ld_image_t img, mask;
+        ck_assert_int_eq(ld_image_alloc(&img, 24, 24, 3), 0);
+        ck_assert_int_eq(ld_image_alloc(&mask, 24, 24, 1), 0);
+        for (int p = 0; p < 24 * 24; p++)
+            memcpy(img.data + 3 * p, rgb[d], 3);
+        char path[4200];
+        snprintf(path, sizeof path, "%s/%c/image/x.png", root, 'A' + d);
+        ck_assert_int_eq(ld_png_write(path, &img), 0);
+        snprintf(path, sizeof path, "%s/%c/mask/x.png", root, 'A' + d);
+        ck_assert_int_eq(ld_png_write(path, &mask), 0);
+        ld_image_free(&img);
+        ld_image_free(&mask);
+    }
+    return root;
+}
+
+/* Energy under m of a flat 16x16 crop of colour rgb (mask 0) toward target t,
+ * the crop converted to LAB first when lab is set. */
+static double flat_energy(const ld_ebm_t *m, const uint8_t rgb[3], int t, int lab)
+{
+    enum { S = 16 };
+    static float img[3 * S * S];
+    static uint8_t mask[S * S];
+    for (int c = 0; c < 3; c++)
+        for (int p = 0; p < S * S; p++)
+            img[c * S * S + p] = (float)(rgb[c] * (2.0 / 255.0) - 1.0);
+    if (lab)
+        ld_colour_rgb_to_lab(img, img, S * S);
+    ld_ebm_ws_t *ws;
+    ck_assert_int_eq(ld_ebm_ws_new(ld_ebm_arch(m), 1, 1, &ws), 0);
+    int32_t target = t;
+    float e;
+    ck_assert_int_eq(ld_ebm_energy(m, ws, 1, img, mask, &target, &e, NULL), 0);
+    ld_ebm_ws_destroy(&ws);
+    return e;
+}
+
+/* Rewrites a checkpoint without one metadata key (a file from before it). */
+static void drop_meta_key(const char *src, const char *dst, const char *key)
+{
+    ld_st_t *st;
+    ld_st_writer_t *w;
+    ck_assert_int_eq(ld_st_open(src, &st), 0);
+    ck_assert_int_eq(ld_st_writer_new(&w), 0);
+    const ld_meta_t *m = ld_st_meta(st);
+    for (size_t i = 0; i < ld_meta_count(m); i++)
+        if (strcmp(ld_meta_key(m, i), key) != 0)
+            ck_assert_int_eq(ld_st_writer_set_meta(w, ld_meta_key(m, i), ld_meta_value(m, i)), 0);
+    for (size_t i = 0; i < ld_st_n_tensors(st); i++) {
+        const ld_st_tensor_t *t = ld_st_tensor(st, i);
+        ck_assert_int_eq(ld_st_writer_add(w, t->name, t->dtype, t->ndim, t->shape, t->data), 0);
+    }
+    ck_assert_int_eq(ld_st_writer_write(w, dst, NULL), 0);
+    ld_st_writer_destroy(&w);
+    ld_st_close(&st);
+}
+
+/* colour-space lab: positives and the negatives' starts reach the model as
+ * LAB (the step's energies are those of the LAB crops, not of the RGB ones),
+ * the model file says lab, previews show the chains back in RGB, grey data
+ * is refused, and a checkpoint from before the key resumes as rgb. */
+START_TEST(lab_training_sees_lab)
+{
+    static const uint8_t rgb[2][3] = { { 200, 60, 40 }, { 40, 80, 190 } };
+    char *root = flat_root("flat", rgb), *dir = ld_test_tmpdir(), *ck = ld_test_path(dir, "l.ckpt");
+    ld_train_config_t cfg;
+    small_config(&cfg, root);
+    /* the negatives cannot move: a step of 1e-12 without noise */
+    ck_assert_int_eq(ld_train_config_set(&cfg, "batch", "2"), 0);
+    ck_assert_int_eq(ld_train_config_set(&cfg, "langevin-steps", "1"), 0);
+    ck_assert_int_eq(ld_train_config_set(&cfg, "step-size", "1e-12"), 0);
+    ck_assert_int_eq(ld_train_config_set(&cfg, "noise", "0"), 0);
+    ck_assert_int_eq(ld_train_config_set(&cfg, "colour-space", "lab"), 0);
+    ld_train_t *tr = new_run(&cfg);
+    ck_assert_int_eq(ld_ebm_arch(ld_train_model(tr))->colour_space, LD_COLOUR_LAB);
+    ld_ebm_t *before;
+    ck_assert_int_eq(ld_ebm_clone(ld_train_model(tr), &before), 0);
+    ld_train_stats_t st;
+    ck_assert_int_eq(ld_train_step(tr, &st, NULL), 0);
+    double pos = flat_energy(before, rgb[st.target], st.target, 1), neg = flat_energy(before, rgb[st.source], st.target, 1);
+    ck_assert_msg(fabs(st.e_pos - pos) < 1e-4 * (1 + fabs(pos)), "E+ %.6f, of the LAB crop %.6f", st.e_pos, pos);
+    ck_assert_msg(fabs(st.e_neg - neg) < 1e-4 * (1 + fabs(neg)), "E- %.6f, of the LAB crop %.6f", st.e_neg, neg);
+    double pos_rgb = flat_energy(before, rgb[st.target], st.target, 0);
+    ck_assert_msg(fabs(pos_rgb - pos) > 1e-2 * (1 + fabs(pos)), "RGB and LAB crops have the same energy %.6f", pos);
+
+    char *model = ld_test_path(dir, "lab.safetensors"), *prev = ld_test_path(dir, "prev.png");
+    ck_assert_int_eq(ld_train_save_model(tr, model, NULL, NULL), 0);
+    ld_ebm_t *back;
+    ld_meta_t *meta;
+    ck_assert_int_eq(ld_model_load(model, &back, &meta, NULL), 0);
+    ck_assert_str_eq(ld_meta_get(meta, "colour_space"), "lab");
+    ck_assert_str_eq(ld_meta_get(meta, "train.colour-space"), "lab");
+    ck_assert_int_eq(ld_ebm_arch(back)->colour_space, LD_COLOUR_LAB);
+    ld_meta_destroy(&meta);
+    ld_ebm_destroy(&back);
+
+    /* preview: row A = source crop, then snapshots toward B at steps 0 and 1;
+     * the chain did not move, so step 1 shown in RGB is A's colour again */
+    ck_assert_int_eq(ld_train_preview(tr, prev), 0);
+    ld_image_t grid;
+    ck_assert_int_eq(ld_png_read(prev, &grid), 0);
+    const int tile = 16 + 2;
+    for (int col = 0; col < 3; col++) {
+        const uint8_t *px = ld_image_at(&grid, col * tile + 8, 8);
+        for (int c = 0; c < 3; c++)
+            ck_assert_msg(abs(px[c] - rgb[0][c]) <= 1, "preview column %d channel %d: %d, source %d", col, c, px[c],
+                          rgb[0][c]);
+    }
+    ld_image_free(&grid);
+
+    /* resuming keeps the colour space; a checkpoint without the key is rgb */
+    run_to(tr, 2, ck, 0);
+    ld_train_destroy(&tr);
+    expect_resume_refused(ck, "colour-space", "rgb", "--colour-space rgb differs from the checkpoint's lab");
+    char *old = ld_test_path(dir, "old.ckpt");
+    drop_meta_key(ck, old, "train.colour-space");
+    ck_assert_int_eq(ld_train_resume(ck, NULL, &tr), 0);
+    ck_assert_int_eq(ld_train_config(tr)->colour_space, LD_COLOUR_LAB);
+    ld_train_destroy(&tr);
+    ck_assert_msg(ld_train_resume(old, NULL, &tr) == 0, "%s", ld_errdetail());
+    ck_assert_int_eq(ld_train_config(tr)->colour_space, LD_COLOUR_RGB);
+    ld_train_destroy(&tr);
+
+    /* LAB needs colour images */
+    ck_assert_int_eq(ld_train_config_set(&cfg, "channels", "1"), 0);
+    ck_assert_int_eq(ld_train_new(&cfg, &tr), LD_EINVAL);
+    ck_assert_ptr_null(tr);
+    ck_assert_str_eq(ld_errdetail(), "--colour-space lab needs 3-channel (RGB) images; the data has 1 channel(s)");
+
+    ld_ebm_destroy(&before);
+    ld_test_rmtree(dir);
+    free(root), free(dir), free(ck), free(model), free(prev), free(old);
 }
 END_TEST
 
@@ -633,6 +784,7 @@ int main(void)
     tcase_add_test(quick, killed_checkpoint_write_keeps_previous);
     tcase_add_test(quick, divergence_stops_and_keeps_checkpoint);
     tcase_add_test(quick, preview_grid);
+    tcase_add_test(quick, lab_training_sees_lab);
     suite_add_tcase(s, quick);
     TCase *learn = ld_tcase("learning", 900);
     tcase_add_test(learn, learns_to_rank_target_domain_lowest);
