@@ -257,6 +257,8 @@ static int check_opts(const ld_client_opts_t *o)
                              o->steps[i - 1]);
     if (!ld_encoding_size(o->encoding))
         return ld_seterr(LD_EINVAL, "encoding %d is unknown", (int)o->encoding);
+    if (o->has_keep && !ld_keep_name(o->keep))
+        return ld_seterr(LD_EINVAL, "keep %d is not LD_KEEP_NONE or LD_KEEP_LUMINANCE", (int)o->keep);
     if (o->credits < 1 || o->credits > MAX_CREDITS)
         return ld_seterr(LD_ERANGE, "credits %u outside 1..%d", o->credits, MAX_CREDITS);
     if (o->timeout_ms < 0 || o->heartbeat_ms < 1 || o->dead_ms < 1)
@@ -277,6 +279,8 @@ static int build_template(ld_client_t *c, const ld_client_opts_t *o)
     c->pull.has_epoch = 1;
     c->pull.epoch = o->epoch != 0;
     c->pull.has_seed = o->has_seed;
+    c->pull.has_keep = o->has_keep != 0;
+    c->pull.keep = (Langdaug__V1__Keep)o->keep;
     c->pull.targets = calloc((size_t)o->n_targets + 1, sizeof(char *));
     c->pull.pairs = calloc((size_t)o->n_pairs + 1, sizeof *c->pull.pairs);
     c->pair_store = calloc((size_t)o->n_pairs + 1, sizeof *c->pair_store);

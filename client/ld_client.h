@@ -65,6 +65,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ld_colour.h"
+
 #define LD_CLIENT_PROTOCOL_VERSION 1
 
 typedef enum {
@@ -98,6 +100,8 @@ typedef struct {
     int has_seed;                 /* 0 = each session gets a random daemon seed */
     uint64_t seed;
     int epoch;                    /* each source crop once per epoch */
+    int has_keep;                 /* 0 = the daemon's keep setting */
+    ld_keep_t keep;               /* with has_keep: LD_KEEP_NONE or LD_KEEP_LUMINANCE (ld_colour.h) */
     uint32_t credits;             /* window per endpoint; default 4 */
     int timeout_ms;               /* ld_client_next() waits at most this; default 30000 */
     int heartbeat_ms;             /* client heartbeats while waiting; default 1000 */

@@ -136,6 +136,11 @@ int ldc_request_option(ldc_request_t *req, const char *cmd, int opt, const char 
     case LDC_OPT_EPOCH:
         req->opts.epoch = 1;
         return 0;
+    case LDC_OPT_KEEP:
+        if (ld_keep_parse("--keep", arg, &req->opts.keep))
+            return ldc_usage_error(cmd, "%s", ld_errdetail());
+        req->opts.has_keep = 1;
+        return 0;
     case LDC_OPT_TIMEOUT:
         if (ld_cli_parse_double("--timeout", arg, 0.001, 86400, &d))
             return ldc_usage_error(cmd, "%s", ld_errdetail());

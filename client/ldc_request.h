@@ -1,6 +1,6 @@
 /* ldc_request: the sampler-request options shared by `langdaug pull` and
  * `langdaug bench` (--from, --batch, --targets, --pairs, --steps, --encoding,
- * --seed, --epoch, --credits, --timeout, CURVE keys), parsed into
+ * --seed, --epoch, --keep, --credits, --timeout, CURVE keys), parsed into
  * ld_client_opts_t.
  *
  * Ownership: an ldc_request_t owns the copies of the option texts that its
@@ -16,7 +16,7 @@
 
 enum {
     LDC_OPT_FROM = 0x200, LDC_OPT_BATCH, LDC_OPT_TARGETS, LDC_OPT_PAIRS, LDC_OPT_STEPS, LDC_OPT_ENCODING,
-    LDC_OPT_SEED, LDC_OPT_EPOCH, LDC_OPT_CREDITS, LDC_OPT_TIMEOUT, LDC_OPT_CURVE_SERVER_KEY,
+    LDC_OPT_SEED, LDC_OPT_EPOCH, LDC_OPT_KEEP, LDC_OPT_CREDITS, LDC_OPT_TIMEOUT, LDC_OPT_CURVE_SERVER_KEY,
     LDC_OPT_CURVE_SECRET_KEY
 };
 
@@ -52,6 +52,7 @@ int ldc_curve_finish(const ldc_curve_t *keys, const char *cmd);
     { "encoding", required_argument, 0, LDC_OPT_ENCODING },                               \
     { "seed", required_argument, 0, LDC_OPT_SEED },                                       \
     { "epoch", no_argument, 0, LDC_OPT_EPOCH },                                           \
+    { "keep", required_argument, 0, LDC_OPT_KEEP },                                       \
     { "credits", required_argument, 0, LDC_OPT_CREDITS },                                 \
     { "timeout", required_argument, 0, LDC_OPT_TIMEOUT },                                 \
     LDC_CURVE_LONGOPTS
@@ -66,6 +67,8 @@ int ldc_curve_finish(const ldc_curve_t *keys, const char *cmd);
     "  --encoding E          float32, float16 or uint8 on the wire\n"                            \
     "  --seed N              reproducible streams (default: random)\n"                           \
     "  --epoch               each source crop once per epoch before repeats\n"                   \
+    "  --keep WHAT           none, or luminance: the source crop's L*, only colour changes\n"    \
+    "                        (default: the daemon's keep setting)\n"                             \
     "  --credits C           batches kept requested from each sampler (default 4)\n"             \
     "  --timeout SECONDS     give up when no batch comes for this long (default 60)\n"     \
     LDC_CURVE_HELP

@@ -20,6 +20,7 @@
 #include "langdaug.pb-c.h"
 #include "ld_cli.h"
 #include "ld_client.h"
+#include "ld_colour.h"
 #include "ld_curve.h"
 #include "ld_error.h"
 #include "ldc.h"
@@ -255,17 +256,31 @@ static void print_pairs(Langdaug__V1__Pair *const *pairs, size_t n)
         putchar('-');
 }
 
+/* The name of a Keep / ColourSpace value ("" when not sent, the number
+ * when this client does not know it). */
+static const char *enum_name(int has, int value, const char *(*name)(int), char buf[16])
+{
+    if (!has)
+        return "";
+    if (name(value))
+        return name(value);
+    snprintf(buf, 16, "%d", value);
+    return buf;
+}
+
 static void print_clients(const Langdaug__V1__StatusReply *r)
 {
     printf("clients (%zu):\n", r->n_clients);
     if (!r->n_clients)
         return;
-    printf("  %-12s %-16s %7s %6s %10s %12s %8s %6s  %s\n", "ID", "NAME", "CREDITS", "BATCH", "BATCHES", "SAMPLES",
-           "IDLE", "ERRORS", "PAIRS");
+    printf("  %-12s %-16s %7s %6s %10s %12s %8s %6s %-9s  %s\n", "ID", "NAME", "CREDITS", "BATCH", "BATCHES",
+           "SAMPLES", "IDLE", "ERRORS", "KEEP", "PAIRS");
     for (size_t i = 0; i < r->n_clients; i++) {
         const Langdaug__V1__ClientStatus *c = r->clients[i];
-        printf("  %-12.12s %-16.16s %7u %6u %10" PRIu64 " %12" PRIu64 " %7.1fs %6" PRIu64 "  ", str(c->id),
-               str(c->name), c->credits, c->batch_size, c->batches_sent, c->samples_sent, c->idle_s, c->errors);
+        char buf[16];
+        printf("  %-12.12s %-16.16s %7u %6u %10" PRIu64 " %12" PRIu64 " %7.1fs %6" PRIu64 " %-9s  ", str(c->id),
+               str(c->name), c->credits, c->batch_size, c->batches_sent, c->samples_sent, c->idle_s, c->errors,
+               enum_name(c->has_keep, c->keep, ld_keep_name, buf));
         print_pairs(c->pairs, c->n_pairs);
         putchar('\n');
     }
@@ -276,8 +291,10 @@ static void print_models(const Langdaug__V1__StatusReply *r)
     printf("models (%zu):\n", r->n_models);
     for (size_t i = 0; i < r->n_models; i++) {
         const Langdaug__V1__ModelInfo *m = r->models[i];
-        printf("  %.12s  size %u, %u channels, %u mask classes, domains ", str(m->hash), m->size, m->image_channels,
-               m->mask_classes);
+        char buf[16];
+        printf("  %.12s  size %u, %u channels, %u mask classes, colour space %s, domains ", str(m->hash), m->size,
+               m->image_channels, m->mask_classes,
+               m->has_colour_space ? enum_name(1, m->colour_space, ld_colour_space_name, buf) : "rgb");
         for (size_t k = 0; k < m->n_domains; k++)
             printf("%s%s", k ? "," : "", m->domains[k]);
         printf("  %s\n", str(m->path));

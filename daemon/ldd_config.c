@@ -20,13 +20,14 @@
 #include <string.h>
 
 #include "ld_cli.h"
+#include "ld_colour.h"
 #include "ld_error.h"
 #include "ld_langevin.h"
 #include "ld_log.h"
 #include "ldd_err.h"
 #include "ldd_mem.h"
 
-typedef enum { T_INT, T_DOUBLE, T_DOUBLE_AUTO, T_STRING, T_LIST, T_U64, T_LEVEL, T_STEPS } key_type_t;
+typedef enum { T_INT, T_DOUBLE, T_DOUBLE_AUTO, T_STRING, T_LIST, T_U64, T_LEVEL, T_STEPS, T_KEEP } key_type_t;
 
 enum { F_RESTART = 1 };
 
@@ -88,6 +89,11 @@ static const key_row_t keys[] = {
     { "steps", T_STEPS, "10,20,40", 0, 0, OFF(steps), 0,
       "Default snapshot steps (ascending, 0 = the source crop itself) for requests that name none; "
       "a chain runs to the last one." },
+    { "keep", T_KEEP, "none", 0, 0, OFF(keep), 0,
+      "What a sample keeps of its source crop: none, or luminance: every snapshot but step 0 gets the "
+      "source crop's CIE L* and only its colour (a*, b*) comes from the chain, so a sample differs from "
+      "its source in colour alone (3-channel images; for a LAB model the L channel is put back before "
+      "the conversion to RGB, for an RGB model in a LAB round trip). A request's keep field wins." },
     { "max_steps", T_INT, "1000", 1, 1000000, OFF(max_steps), 0,
       "Largest snapshot step a client may request." },
     { "max_clients", T_INT, "64", 1, 4096, OFF(max_clients), 0,
@@ -260,6 +266,9 @@ int ldd_config_set(ldd_config_t *cfg, const char *name, const char *value, const
         rc = check_steps(value, what);
         if (rc == 0)
             set_string(slot, value);
+        break;
+    case T_KEEP:
+        rc = ld_keep_parse(what, value, slot);
         break;
     }
     return rc;
@@ -560,6 +569,7 @@ static void format_value(const ldd_config_t *cfg, const key_row_t *k, char *out,
         break;
     case T_U64: snprintf(out, cap, "%llu", (unsigned long long)*(const uint64_t *)slot); break;
     case T_LIST: out[0] = '\0'; break;
+    case T_KEEP: snprintf(out, cap, "%s", ld_keep_name(*(const ld_keep_t *)slot)); break;
     default: snprintf(out, cap, "%s", *(char *const *)slot ? *(char *const *)slot : ""); break;
     }
 }

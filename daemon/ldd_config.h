@@ -24,6 +24,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "ld_colour.h"
 #include "ld_langevin.h"
 
 #define LDD_MAX_MODELS 16
@@ -46,6 +47,7 @@ typedef struct {
     int workers, chain_batch;
     double step_size, noise;       /* NAN = auto */
     char *steps;
+    ld_keep_t keep;                /* default of requests that do not say */
     int max_steps;
     int max_clients, max_credits, max_batch, max_message_size, queue_capacity, max_queue_memory;
     double idle_timeout, heartbeat_interval, drain_timeout;

@@ -124,7 +124,8 @@ static int load_models(const ldd_config_t *cfg, ldd_engine_t *e, trained_t train
                              "model %s: size %d and %d channels differ from model %s (size %d, %d channels)",
                              m->path, a->size, a->image_channels, e->models[0].path, a0->size,
                              a0->image_channels);
-        ld_info("model %s: sha256 %.16s..., %d domains, size %d", m->path, m->hash, a->n_domains, a->size);
+        ld_info("model %s: sha256 %.16s..., %d domains, size %d, colour space %s", m->path, m->hash, a->n_domains,
+                a->size, ld_colour_space_name(a->colour_space));
     }
     e->size = ld_ebm_arch(e->models[0].ebm)->size;
     if (cfg->size && cfg->size != e->size)
@@ -215,6 +216,10 @@ static int set_langevin(const ldd_config_t *cfg, const trained_t trained[N_TRAIN
         return ldd_err_wrap(rc, "steps");
     p->steps = p->snapshots[p->n_snapshots - 1] > 0 ? p->snapshots[p->n_snapshots - 1] : 1;
     e->max_steps = cfg->max_steps;
+    e->keep = cfg->keep;
+    if (e->keep == LD_KEEP_LUMINANCE && e->channels != 3)
+        return ld_seterr(LD_EINVAL, "keep = luminance needs 3-channel images; the models have %d channel(s)",
+                         e->channels);
     return ld_langevin_validate(p);
 }
 
@@ -234,6 +239,7 @@ int ldd_engine_load(const ldd_config_t *cfg, ldd_engine_t **out)
         goto fail;
     for (int k = 0; k < N_TRAINED; k++)
         log_trained(&trained[k], e);
+    ld_info("keep = %s for requests that do not say", ld_keep_name(e->keep));
     build_tiles(e);
     *out = e;
     return 0;

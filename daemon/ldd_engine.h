@@ -13,6 +13,11 @@
  * build; models that disagree fail the build, models without the key get
  * LDD_FALLBACK_*. The build logs the values in force and their source.
  *
+ * Colour: each model's chains run in its colour space (LAB models from
+ * crops converted to LAB); samples are RGB either way (ld_langevin_sample).
+ * keep = luminance needs 3-channel models: a build with grey models and that
+ * setting fails.
+ *
  * Domains: a target domain is served by the first model that declares it;
  * a source domain is a dataset domain. */
 #ifndef LDD_ENGINE_H
@@ -44,6 +49,7 @@ typedef struct ldd_engine_s {
     ld_dataset_t *dataset;
     int channels, classes, size;  /* C, K of the dataset, S of the crops */
     ld_langevin_params_t defaults; /* step size, noise, default snapshots (steps = last) */
+    ld_keep_t keep;                /* the config's keep: what requests without one get */
     int max_steps;
     ldd_tile_t *tiles[LD_EBM_MAX_DOMAINS];  /* per dataset domain */
     int n_tiles[LD_EBM_MAX_DOMAINS];

@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "ld_colour.h"
+
 int64_t ldd_sample_bytes(const ldd_engine_t *e)
 {
     int64_t ss = (int64_t)e->size * e->size;
@@ -129,11 +131,17 @@ int ldd_request_parse(const ldd_config_t *cfg, const ldd_engine_t *e, const Lang
     req->has_seed = p->has_seed;
     req->seed = p->seed;
     req->epoch = p->has_epoch && p->epoch;
+    req->keep = p->has_keep ? (int)p->keep : -1;
+    if (p->has_keep && !ld_keep_name(req->keep))
+        return snprintf(text, cap, "keep: unknown value %d (KEEP_NONE = 0, KEEP_LUMINANCE = 1)", req->keep), -1;
+    if (req->keep == LD_KEEP_LUMINANCE && e->channels != 3)
+        return snprintf(text, cap, "keep: luminance needs 3-channel images; the models have %d channel(s)",
+                        e->channels), -1;
     return 0;
 }
 
 int ldd_request_only_credits(const Langdaug__V1__PullRequest *p)
 {
     return !p->has_batch_size && !p->n_targets && !p->n_pairs && !p->n_steps && !p->has_encoding && !p->has_seed &&
-           !p->has_epoch;
+           !p->has_epoch && !p->has_keep;
 }

@@ -75,6 +75,7 @@ static ldd_job_t *build_job(ldd_session_t *s, ldd_engine_t *e, int n)
     int model = s->req.pairs[first].model;
     ldd_job_t *job = ldd_job_new(e, model, n);
     job->params = s->params;
+    job->keep = s->req.keep >= 0 ? (ld_keep_t)s->req.keep : e->keep;
     job->session = s->key;
     job->generation = s->generation;
     int made = 0;

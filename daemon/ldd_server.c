@@ -309,6 +309,8 @@ static void on_hello(ldd_server_t *self, const uint8_t *id, size_t id_len, ldd_s
     r.max_credits = (uint32_t)self->cfg.max_credits;
     r.idle_timeout_s = (uint32_t)ceil(self->cfg.idle_timeout); /* rounded up: never 0 for older clients */
     r.idle_timeout = self->cfg.idle_timeout;
+    r.has_keep = 1;
+    r.keep = (Langdaug__V1__Keep)e->keep;
     Langdaug__V1__ServerMessage m = LANGDAUG__V1__SERVER_MESSAGE__INIT;
     m.body_case = LANGDAUG__V1__SERVER_MESSAGE__BODY_HELLO;
     m.hello = &r;

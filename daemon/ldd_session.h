@@ -52,6 +52,7 @@ typedef struct {
     int has_seed;
     uint64_t seed;
     int epoch;
+    int keep;                   /* ld_keep_t, or -1: the engine's (the config's keep) */
 } ldd_request_t;
 
 typedef struct ldd_session_s {

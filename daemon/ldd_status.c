@@ -123,6 +123,15 @@ uint64_t ldd_resident_bytes(void)
     return ok ? resident * (uint64_t)sysconf(_SC_PAGESIZE) : 0;
 }
 
+/* The wire enums Keep and ColourSpace carry ld_colour's values as they are
+ * (here, in HelloReply and in PullRequest). */
+_Static_assert((int)LANGDAUG__V1__KEEP__KEEP_NONE == LD_KEEP_NONE &&
+                   (int)LANGDAUG__V1__KEEP__KEEP_LUMINANCE == LD_KEEP_LUMINANCE,
+               "wire Keep = ld_keep_t");
+_Static_assert((int)LANGDAUG__V1__COLOUR_SPACE__COLOUR_SPACE_RGB == LD_COLOUR_RGB &&
+                   (int)LANGDAUG__V1__COLOUR_SPACE__COLOUR_SPACE_LAB == LD_COLOUR_LAB,
+               "wire ColourSpace = ld_colour_space_t");
+
 void ldd_model_info(const ldd_engine_t *e, int i, Langdaug__V1__ModelInfo *info, char **domains,
                     uint32_t *widths)
 {
@@ -142,6 +151,8 @@ void ldd_model_info(const ldd_engine_t *e, int i, Langdaug__V1__ModelInfo *info,
         widths[w] = (uint32_t)a->widths[w];
     info->n_widths = (size_t)a->n_blocks + 1;
     info->widths = widths;
+    info->has_colour_space = 1;
+    info->colour_space = (Langdaug__V1__ColourSpace)a->colour_space;
 }
 
 static Langdaug__V1__Rates rates_of(const rate_t *r)
@@ -212,10 +223,11 @@ static void fill_clients(reply_mem_t *m, const ldd_status_view_t *v, Langdaug__V
         c->idle_s = v->now - s->last_seen;
         c->errors = s->errors;
         if (s->has_request) {
-            c->has_batch_size = c->has_encoding = c->has_epoch = 1;
+            c->has_batch_size = c->has_encoding = c->has_epoch = c->has_keep = 1;
             c->batch_size = s->req.batch_size;
             c->encoding = s->req.encoding;
             c->epoch = s->req.epoch;
+            c->keep = (Langdaug__V1__Keep)(s->req.keep >= 0 ? s->req.keep : (int)v->engine->keep);
             for (int p = 0; p < s->req.n_pairs; p++) {
                 Langdaug__V1__Pair *pp = &m->pairs[i * LDD_MAX_PAIRS + p];
                 langdaug__v1__pair__init(pp);

@@ -120,8 +120,8 @@ static int run_job(worker_t *w, ldd_job_t *job)
         ids[i] = job->chains[i].chain_id;
     }
     if (rc == 0)
-        rc = ld_langevin_run(m, workspace_for(w, arch, n), &job->params, n, start, job->masks, target, ids,
-                             job->images, job->energy, &w->pool->cancel);
+        rc = ld_langevin_sample(m, workspace_for(w, arch, n), &job->params, job->keep, n, start, job->masks, target,
+                                ids, job->images, job->energy, NULL, &w->pool->cancel);
     if (rc < 0)
         snprintf(job->error, sizeof job->error, "%s: %s", ld_strerror(rc), ld_errdetail());
     free(start);

@@ -1,9 +1,10 @@
 /* ldd_workers: sampler threads that run chain jobs.
  *
- * A job is up to chain_batch Langevin chains that share a model and
- * Langevin parameters (snapshot steps, seed); each chain has its own source
- * crop, target and chain id. The loop thread fills in the inputs and
+ * A job is up to chain_batch Langevin chains that share a model, Langevin
+ * parameters (snapshot steps, seed) and keep setting; each chain has its own
+ * source crop, target and chain id. The loop thread fills in the inputs and
  * submits; a worker extracts the crops from the dataset, runs the chains
+ * (ld_langevin_sample: in the model's colour space, snapshots back in RGB)
  * and records every snapshot and its energy, then puts the job on the done
  * list and wakes the loop through a uv_async_t. The loop collects done jobs
  * with ldd_workers_take_done() and owns them again from then on.
@@ -39,14 +40,15 @@ typedef struct ldd_job_s {
     ldd_engine_t *engine;     /* a reference, dropped by ldd_job_free */
     int model;
     ld_langevin_params_t params;
+    ld_keep_t keep;           /* what the samples keep of their source */
     int n;                    /* chains */
     ldd_chain_t *chains;      /* [n] */
     uint64_t session;         /* key of the session that asked (may have vanished since) */
     uint32_t generation;      /* the session's request generation at scheduling */
     uint64_t seq;             /* per-session job number, for in-order assembly */
     /* outputs (set by the worker) */
-    float *images;            /* [n_snapshots][n][C*S*S] */
-    float *energy;            /* [n_snapshots][n] */
+    float *images;            /* [n_snapshots][n][C*S*S], RGB whatever the model's colour space */
+    float *energy;            /* [n_snapshots][n] of the chain states */
     uint8_t *masks;           /* [n][S*S] */
     int status;               /* 0 or negative LD_E* */
     char error[256];

@@ -55,7 +55,7 @@ START_TEST(options_are_checked)
         { "targets[0]", LD_EINVAL }, { "ascending", LD_EINVAL }, { "weight", LD_ERANGE },
         { "credits", LD_ERANGE }, { "encoding", LD_EINVAL }, { "secret key", LD_EINVAL },
         { "nonsense", LD_EINVAL }, { "curve_server_key: not a 40-character", LD_EINVAL },
-        { "curve_secret_key: not a 40-character", LD_EINVAL },
+        { "curve_secret_key: not a 40-character", LD_EINVAL }, { "keep 2 is not", LD_EINVAL },
     };
     for (size_t i = 0; i < sizeof expect / sizeof expect[0]; i++) {
         base_opts(&o, ep, 1, tg);
@@ -75,6 +75,7 @@ START_TEST(options_are_checked)
             o.curve_server_key = "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7";
             o.curve_secret_key = "\"q:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7";
             break;
+        case 12: o.has_keep = 1; o.keep = (ld_keep_t)2; break;
         }
         ck_assert_int_eq(ld_client_new(&o, &c), expect[i].rc);
         ck_assert_ptr_null(c);
@@ -256,6 +257,8 @@ START_TEST(malformed_messages_are_errors)
     o.batch_size = 2;
     o.credits = 8;
     o.timeout_ms = 200;
+    o.has_keep = 1;
+    o.keep = LD_KEEP_LUMINANCE;
     ld_client_t *c;
     ck_assert_int_eq(ld_client_new(&o, &c), 0);
     ld_batch_t *b;
@@ -281,6 +284,7 @@ START_TEST(malformed_messages_are_errors)
     ck_assert_uint_eq(cm->pull->credits, 3); /* the window, lowered to the sampler's maximum */
     ck_assert_uint_eq(cm->pull->batch_size, 2);
     ck_assert_str_eq(cm->pull->targets[0], "cam1");
+    ck_assert(cm->pull->has_keep && cm->pull->keep == LANGDAUG__V1__KEEP__KEEP_LUMINANCE);
     langdaug__v1__client_message__free_unpacked(cm, NULL);
 
     static float img[2 * 3 * S * S];
@@ -339,7 +343,7 @@ START_TEST(malformed_messages_are_errors)
     for (int k = 0; k < 20 && credits < 7; k++) {
         cm = fake_receive(&f);
         ck_assert_int_eq(cm->body_case, LANGDAUG__V1__CLIENT_MESSAGE__BODY_PULL);
-        ck_assert(!cm->pull->has_batch_size && cm->pull->n_targets == 0);
+        ck_assert(!cm->pull->has_batch_size && cm->pull->n_targets == 0 && !cm->pull->has_keep);
         credits += cm->pull->credits;
         langdaug__v1__client_message__free_unpacked(cm, NULL);
         if (credits < 7)

@@ -22,6 +22,7 @@ import numpy as np
 from langdaug.client import (Client, LangDAugError, ProtocolError, RequestRejected, parse_pairs, read_key_file,
                              session_seed, status)
 from ldtest import CLI, DAEMON, HERE, Hog, free_port, run_cli
+from test_daemon_trained import luminance_change
 
 WAIT = 20.0   # seconds any single expected event may take
 C, K, S = 3, 2, 16
@@ -134,7 +135,8 @@ class OfflineTest(unittest.TestCase):
         for kwargs, word in [(dict(endpoints=[]), "endpoints"), (dict(batch_size=0), "batch_size"),
                              (dict(targets=[]), "target"), (dict(steps=[4, 2]), "ascending"),
                              (dict(credits=0), "credits"), (dict(dtype="int8"), "dtype"),
-                             (dict(endpoints=["nonsense"]), "nonsense"), (dict(pairs=["A"]), "SOURCE:TARGET")]:
+                             (dict(endpoints=["nonsense"]), "nonsense"), (dict(pairs=["A"]), "SOURCE:TARGET"),
+                             (dict(keep="luma"), "keep")]:
             args = dict(endpoints=["tcp://127.0.0.1:1"], batch_size=4, targets=[TARGET])
             args.update(kwargs)
             with self.assertRaises(ValueError) as cm:
@@ -359,6 +361,53 @@ class ClientTest(SamplerTestCase):
             with self.assertRaises(RequestRejected):  # every sampler refused: at once
                 c.next()
             self.assertLess(time.monotonic() - t0, WAIT / 2)
+
+
+class KeepTest(unittest.TestCase):
+    """keep= of Client and LangDAugDataset against a daemon whose keep setting is luminance:
+    None asks for the daemon's, "none" and "luminance" override it."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.fx = Fixture()
+        if cls.fx.missing:
+            raise unittest.SkipTest(cls.fx.missing)
+        cls.sampler = cls.fx.sampler(extra=["--keep", "luminance"])
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.sampler.stop()
+        cls.fx.close()
+
+    def luminance_moved(self, images):
+        """Largest L* change of the step-4 samples from their step-0 crops (chains come as pairs)."""
+        moved = [luminance_change(images[i], images[i + 1]) for i in range(0, len(images), 2)]
+        self.assertGreater(sum(n for _, n, _ in moved), len(moved) * S * S // 2, "too few pixels inside the gamut")
+        self.assertGreater(max(dab for _, _, dab in moved), 1e-3, "the chains did not change the colour")
+        return max(dl for dl, _, _ in moved)
+
+    def client_images(self, keep):
+        with Client(self.sampler.endpoint, 4, targets=[TARGET], steps=[0, 4], seed=3, keep=keep, timeout=WAIT) as c:
+            return np.array(c.next().images)
+
+    def test_client(self):
+        default, none, luminance = self.client_images(None), self.client_images("none"), self.client_images("luminance")
+        self.assertLess(self.luminance_moved(default), 1e-3)
+        np.testing.assert_array_equal(default, luminance)
+        self.assertGreater(self.luminance_moved(none), 0.01)
+
+    @unittest.skipIf(torch is None, "python3-torch is not installed")
+    def test_dataset(self):
+        for keep, kept in ((None, True), ("none", False)):
+            ds = LangDAugDataset(self.sampler.endpoint, targets=[TARGET], steps=[0, 4], request_batch=4,
+                                 num_samples=4, timeout=WAIT, seed=1, keep=keep)
+            items = list(ds)
+            self.assertEqual([m["step"] for _, _, m in items], [0, 4, 0, 4])
+            moved = self.luminance_moved(np.stack([x.numpy() for x, _, _ in items]))
+            if kept:
+                self.assertLess(moved, 1e-3)
+            else:
+                self.assertGreater(moved, 0.01)
 
 
 class MultiSamplerTest(unittest.TestCase):

@@ -53,10 +53,11 @@ class PullCliTest(test_client_py.SamplerTestCase):
         self.out = tempfile.mkdtemp(prefix="langdaug-pull-")
         self.addCleanup(shutil.rmtree, self.out, True)
 
-    def reference(self, n, batch, dtype):
+    def reference(self, n, batch, dtype, keep=None):
         """The first n samples of the seeded stream, as the Python client gets them."""
         images, masks, meta = [], [], []
-        with Client(self.sampler.endpoint, batch, targets=[TARGET], dtype=dtype, seed=SEED, timeout=WAIT) as c:
+        with Client(self.sampler.endpoint, batch, targets=[TARGET], dtype=dtype, seed=SEED, timeout=WAIT,
+                    keep=keep) as c:
             while len(meta) < n:
                 b = c.next()
                 images.append(np.array(b.images))
@@ -175,6 +176,15 @@ class PullCliTest(test_client_py.SamplerTestCase):
         self.assertEqual(step.tolist(), [m["step"] for m in meta])
         self.assertEqual([int(r["row"]) for r in rows], [0, 1, 2, 3, 0, 1])
 
+    def test_keep(self):
+        self.pull("-n", 4, "--batch", 4, "--format", "npz", "--keep", "luminance")
+        got = np.load(os.path.join(self.out, "batch_000000.npz"))["images"]
+        kept, _, meta = self.reference(4, 4, "float32", keep="luminance")
+        free, _, _ = self.reference(4, 4, "float32", keep="none")
+        np.testing.assert_array_equal(got, kept)
+        later = [k for k, m in enumerate(meta) if m["step"] > 0]
+        self.assertTrue(later and not np.array_equal(kept[later], free[later]), "--keep changed nothing")
+
     def test_usage_errors(self):
         ep = self.sampler.endpoint
         for args, word in [(["-n", 1, "--targets", TARGET, "--from", ep], "--out"),
@@ -187,6 +197,8 @@ class PullCliTest(test_client_py.SamplerTestCase):
                            (["-n", 1, "--out", self.out, "--targets", TARGET, "--from", ep, "--format", "jpg"], "--format"),
                            (["-n", 1, "--out", self.out, "--targets", TARGET, "--from", ep, "--steps", "4,2"], "--steps"),
                            (["-n", 1, "--out", self.out, "--targets", TARGET, "--from", ep, "--encoding", "f8"], "--encoding"),
+                           (["-n", 1, "--out", self.out, "--targets", TARGET, "--from", ep, "--keep", "L"],
+                            "--keep: 'L' is not none or luminance"),
                            (["-n", 1, "--out", self.out, "--targets", TARGET, "--from", ep, "--bogus"], "--bogus"),
                            (["-n", 1, "--out", self.out, "--targets", TARGET, "--from", ep, "extra"], "extra")]:
             r = cli("pull", *args)

@@ -50,6 +50,7 @@ PROTOCOL_VERSION = 1
 _log = logging.getLogger("langdaug")
 _MASK64 = (1 << 64) - 1
 
+KEEPS = {"none": pb.KEEP_NONE, "luminance": pb.KEEP_LUMINANCE}
 ENCODINGS = {
     "float32": (pb.ENCODING_FLOAT32, np.dtype("<f4")),
     "float16": (pb.ENCODING_FLOAT16, np.dtype("<f2")),
@@ -223,6 +224,8 @@ class Client:
     dtype       wire encoding: "float32", "float16" or "uint8"
     seed        makes each sampler's stream reproducible (None = random daemon seeds)
     epoch       each source crop once per epoch before repeats
+    keep        "none", or "luminance": every snapshot but step 0 keeps the source crop's CIE L* and only
+                its colour (a*, b*) comes from the chain (None = the daemon's `keep` setting)
     credits     batches kept granted on each sampler
     timeout     seconds next() waits before raising TimeoutError (None = forever)
     heartbeat   seconds between client heartbeats while waiting
@@ -236,7 +239,7 @@ class Client:
 
     def __init__(self, endpoints, batch_size, targets=(), pairs=(), steps=None, dtype="float32", seed=None,
                  epoch=False, credits=4, timeout=30.0, heartbeat=1.0, dead=3.0, name="langdaug-python",
-                 context=None, curve_server_key=None, curve_secret_key=None, curve_public_key=None):
+                 context=None, curve_server_key=None, curve_secret_key=None, curve_public_key=None, keep=None):
         if isinstance(endpoints, str):
             endpoints = [e for e in endpoints.split(",") if e]
         endpoints = list(endpoints)
@@ -263,8 +266,12 @@ class Client:
             raise ValueError("steps must be non-negative and strictly ascending: %r" % (steps,))
         self.batch_size, self.seed, self.credits = int(batch_size), seed, int(credits)
         self.timeout, self.heartbeat = timeout, float(heartbeat)
+        if keep is not None and keep not in KEEPS:
+            raise ValueError("keep %r is not None, 'none' or 'luminance'" % (keep,))
         self._request = pb.PullRequest(batch_size=self.batch_size, targets=targets, steps=steps,
                                        encoding=self._encoding, epoch=bool(epoch))
+        if keep is not None:
+            self._request.keep = KEEPS[keep]
         for source, target, weight in pairs:
             self._request.pairs.add(source=source, target=target, weight=weight)
         self._curve = _curve_keys(curve_server_key, curve_secret_key, curve_public_key)

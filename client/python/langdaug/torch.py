@@ -24,6 +24,7 @@ import torch.nn.functional as F
 FORMAT = "langdaug-ebm"
 VERSION = "1"
 ARCH = "resdown"
+COLOUR_SPACES = ("rgb", "lab")
 
 _DTYPES = {
     "F64": np.dtype("<f8"),
@@ -149,10 +150,15 @@ class EBM(nn.Module):
 
     image [N,C,S,S] in [-1,1], mask [N,S,S] integer class ids < K, target [N]
     domain indices < D. domains: list of names (or a count: d0, d1, ...).
+    colour_space: "rgb", or "lab" (3 channels): the images the model is
+    trained on are scaled CIE LAB (L*/50 - 1, a*/128, b*/128 of sRGB D65, as
+    common/ld_colour.h; converting is the trainer's job), and the daemon and
+    `langdaug sample` run its chains in LAB from RGB crops and return RGB.
+    Saved as the metadata key colour_space.
     Initialisation: PyTorch defaults, domain_embed N(0, 0.1^2) (as the C
     engine's ld_ebm_init_random, which draws different numbers)."""
 
-    def __init__(self, image_channels, mask_classes, size, widths, domains):
+    def __init__(self, image_channels, mask_classes, size, widths, domains, colour_space="rgb"):
         super().__init__()
         widths = [int(w) for w in widths]
         if isinstance(domains, int):
@@ -164,6 +170,11 @@ class EBM(nn.Module):
             raise ValueError("size %d is not a multiple of 2^%d" % (size, len(widths) - 1))
         if not domains or len(set(domains)) != len(domains) or any(not re.fullmatch(r"[A-Za-z0-9_.-]+", d) for d in domains):
             raise ValueError("domains must be distinct names of [A-Za-z0-9_.-]+: %r" % (domains,))
+        if colour_space not in COLOUR_SPACES:
+            raise ValueError("colour_space %r is not rgb or lab" % (colour_space,))
+        if colour_space == "lab" and int(image_channels) != 3:
+            raise ValueError("colour_space lab needs 3 image channels, not %d" % int(image_channels))
+        self.colour_space = colour_space
         self.image_channels = int(image_channels)
         self.mask_classes = int(mask_classes)
         self.size = int(size)
@@ -194,6 +205,7 @@ class EBM(nn.Module):
             "size": str(self.size),
             "widths": ",".join(str(w) for w in self.widths),
             "domains": ",".join(self.domains),
+            "colour_space": self.colour_space,
         }
 
     def save_safetensors(self, path, extra_metadata=None):
@@ -213,7 +225,8 @@ class EBM(nn.Module):
                 raise ValueError("%s: metadata %s=%r, expected %r" % (path, key, meta.get(key), want))
         try:
             model = cls(int(meta["image_channels"]), int(meta["mask_classes"]), int(meta["size"]),
-                        [int(w) for w in meta["widths"].split(",")], meta["domains"].split(","))
+                        [int(w) for w in meta["widths"].split(",")], meta["domains"].split(","),
+                        meta.get("colour_space", "rgb"))  # absent in files from before the key
         except (KeyError, ValueError) as e:
             raise ValueError("%s: bad architecture metadata: %s" % (path, e))
         state = model.state_dict()
