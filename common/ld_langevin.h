@@ -8,6 +8,7 @@
 #ifndef LD_LANGEVIN_H
 #define LD_LANGEVIN_H
 
+#include "ld_colour.h"
 #include "ld_ebm.h"
 
 #define LD_LANGEVIN_MAX_SNAPSHOTS 64

@@ -16,6 +16,7 @@
  * compile time. */
 #include "ld_model.h"
 #include "ld_cli.h"
+#include "ld_colour.h"
 #include "ld_error.h"
 
 #include <limits.h>
