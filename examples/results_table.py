@@ -141,8 +141,9 @@ def curve_markdown(curve):
         lines.append("| %s | %d | %d | %.4f ± %.4f |" % (v, it, len(ds), np.mean(ds), np.std(ds)))
     lines.append("")
     for v, (it, best) in plateaus(curve).items():
-        lines.append("plateau (%s): iteration %d, the first within %.3f of the best mean (%.4f)" % (
-            v, it, PLATEAU_TOLERANCE, best))
+        lines.append("plateau (%s): iteration %d, the first within %.3f of the best mean (%.4f)%s" % (
+            v, it, PLATEAU_TOLERANCE, best, "" if it < max(i for w, i in by if w == v) else
+            "; it is the longest run: the curve may still be rising, try longer runs"))
     return "\n".join(lines) + "\n"
 
 
