@@ -1,5 +1,6 @@
 /* ld_langevin: parameter checks; the update rule against a hand computation
- * (zero model: pure noise, clamped); energy descent without noise;
+ * (zero model: pure noise, clamped) and one noise-free step against
+ * x - (eta/2) dE/dx from the engine's gradient; energy descent without noise;
  * snapshots and their energies; bit-identical chains across threads and
  * batch compositions; numeric failures, cancellation. */
 #include "testutil.h"
@@ -195,6 +196,41 @@ START_TEST(noiseless_small_steps_descend)
 }
 END_TEST
 
+/* One noise-free step is exactly clamp(x - (eta/2) dE/dx, -1, 1) with the
+ * gradient ld_ebm_energy gives: pins the update's coefficient and sign. The
+ * step is large enough that some pixels hit the clamp and most do not. */
+START_TEST(one_noiseless_step_is_half_eta_gradient_descent)
+{
+    fixture_t f = make_fixture(16, "8,16,16", 4, 5);
+    ld_ebm_ws_t *ws = make_ws(&f, 4, 1);
+    size_t total = 4 * f.per;
+    float *grad = malloc(total * sizeof(float)), *want = malloc(total * sizeof(float)), e[4];
+    ck_assert_int_eq(ld_ebm_energy(f.m, ws, 4, f.image, f.mask, f.target, e, grad), 0);
+    double gmax = 0;
+    for (size_t i = 0; i < total; i++)
+        gmax = fmax(gmax, fabs(grad[i]));
+    ck_assert(gmax > 0);
+    const float eta = (float)(0.5 / gmax); /* the largest move is 0.25: some pixels near +-0.8 clamp */
+    int clamped = 0, moved = 0;
+    for (size_t i = 0; i < total; i++) {
+        float v = f.image[i] - 0.5f * eta * grad[i];
+        clamped += v > 1.0f || v < -1.0f;
+        want[i] = v > 1.0f ? 1.0f : v < -1.0f ? -1.0f : v;
+        moved += want[i] != f.image[i];
+    }
+    ck_assert_msg(moved > (int)(total / 2), "only %d of %zu pixels move", moved, total);
+    ck_assert_msg(clamped > 0, "no pixel reaches the clamp: the test does not cover it");
+    ld_langevin_params_t p = params(eta, 0.0f, 1, "1");
+    ck_assert_int_eq(ld_langevin_run(f.m, ws, &p, 4, f.image, f.mask, f.target, f.chain, NULL, NULL, NULL), 0);
+    for (size_t i = 0; i < total; i++)
+        ck_assert_msg(fabsf(f.image[i] - want[i]) <= 1e-6f, "pixel %zu: %.9g, want %.9g", i, f.image[i], want[i]);
+    free(grad);
+    free(want);
+    ld_ebm_ws_destroy(&ws);
+    free_fixture(&f);
+}
+END_TEST
+
 START_TEST(large_steps_stay_in_range)
 {
     fixture_t f = make_fixture(16, "4,6,8", 3, 3);
@@ -351,6 +387,7 @@ int main(void)
     tcase_add_test(tc, params_validated);
     tcase_add_test(tc, zero_model_steps_are_clamped_noise);
     tcase_add_test(tc, noiseless_small_steps_descend);
+    tcase_add_test(tc, one_noiseless_step_is_half_eta_gradient_descent);
     tcase_add_test(tc, large_steps_stay_in_range);
     tcase_add_test(tc, chains_bit_identical_across_batches_and_threads);
     tcase_add_test(tc, non_finite_energy_stops_run);
