@@ -46,6 +46,7 @@
 #define MAX_BATCH 4096
 #define MAX_THREADS 256
 #define GRID_GAP 2
+#define GRID_MIN_TILE 128 /* tiles are enlarged (nearest neighbour, whole factors) to at least this side */
 #define CROP_STREAM 0x63726f70u /* "crop": the RNG stream that picks crops */
 
 /* --step-size / --noise: range, the training setting (metadata
@@ -399,12 +400,27 @@ static int write_csv(const sample_opts_t *o, const sample_run_t *r)
     return ld_afile_commit(&af);
 }
 
+/* Pastes src at (x0, y0) of grid enlarged to side x side (nearest neighbour). */
+static int paste_scaled(ld_image_t *grid, int x0, int y0, const ld_image_t *src, int side)
+{
+    ld_image_t big;
+    int rc = ld_image_resize(src, side, side, LD_RESIZE_NEAREST, &big);
+    if (rc)
+        return rc;
+    ld_image_paste(grid, x0, y0, &big);
+    ld_image_free(&big);
+    return 0;
+}
+
 /* The grid: one row per chain; columns = the mask (class ids as grey
- * levels), the start crop, then each snapshot. */
+ * levels), the start crop, then each snapshot; tiles of side S enlarged by
+ * the smallest whole factor that makes them GRID_MIN_TILE px or more, so a
+ * grid of small crops can be looked at. */
 static int write_grid(const sample_opts_t *o, const sample_run_t *r)
 {
     static const uint8_t background[3] = { 32, 32, 32 };
-    int cols = 2 + o->lp.n_snapshots, step = r->s + GRID_GAP, k_max = ld_dataset_n_classes(r->ds) - 1;
+    int side = r->s * ((GRID_MIN_TILE + r->s - 1) / r->s);
+    int cols = 2 + o->lp.n_snapshots, step = side + GRID_GAP, k_max = ld_dataset_n_classes(r->ds) - 1;
     size_t px = (size_t)r->c * (size_t)r->s * (size_t)r->s, ms = (size_t)r->s * (size_t)r->s;
     ld_image_t grid, tile, mask;
     int rc = ld_image_alloc(&grid, cols * step + GRID_GAP, r->n * step + GRID_GAP, 3);
@@ -418,12 +434,12 @@ static int write_grid(const sample_opts_t *o, const sample_run_t *r)
         int y0 = GRID_GAP + j * step;
         for (size_t p = 0; p < ms; p++)
             mask.data[p] = (uint8_t)(r->masks[(size_t)j * ms + p] * 255 / (k_max > 0 ? k_max : 1));
-        ld_image_paste(&grid, GRID_GAP, y0, &mask);
-        for (int k = 1; k < cols; k++) {
+        rc = paste_scaled(&grid, GRID_GAP, y0, &mask, side);
+        for (int k = 1; k < cols && !rc; k++) {
             const float *img = k == 1 ? r->start + (size_t)j * px
                                       : r->snaps + ((size_t)(k - 2) * (size_t)r->n + (size_t)j) * px;
             ld_image_put_float(&tile, 0, 0, img, r->c, r->s);
-            ld_image_paste(&grid, GRID_GAP + k * step, y0, &tile);
+            rc = paste_scaled(&grid, GRID_GAP + k * step, y0, &tile, side);
         }
     }
     char *path = NULL;

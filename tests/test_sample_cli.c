@@ -233,8 +233,19 @@ static void check_sample_output(const fixture_t *f, const char *model, ld_keep_t
             ck_assert_int_eq(seen[j][k], 1);
     ld_image_t grid;
     read_png(f->out, "grid.png", &grid);
-    ck_assert_int_eq(grid.width, 5 * (S + 2) + 2); /* mask, start, 3 snapshots */
-    ck_assert_int_eq(grid.height, 3 * (S + 2) + 2);
+    /* mask, start, 3 snapshots; 32 px tiles enlarged 4x to 128 px, nearest neighbour */
+    const int side = 4 * S;
+    ck_assert_int_eq(grid.width, 5 * (side + 2) + 2);
+    ck_assert_int_eq(grid.height, 3 * (side + 2) + 2);
+    int varies = 0;
+    for (int y = 0; y < S; y++)
+        for (int x = 0; x < S; x++) {
+            const uint8_t *a = ld_image_at(&grid, 2 + (side + 2) + 4 * x, 2 + 4 * y);
+            for (int d = 1; d < 16; d++)
+                ck_assert_int_eq(memcmp(a, ld_image_at(&grid, 2 + (side + 2) + 4 * x + d % 4, 2 + 4 * y + d / 4), 3), 0);
+            varies += memcmp(a, ld_image_at(&grid, 2 + (side + 2), 2), 3) != 0;
+        }
+    ck_assert_int_gt(varies, 0); /* the start crop is there, not a flat fill */
     ld_image_free(&grid);
     ld_ebm_ws_destroy(&ws);
     ld_ebm_destroy(&m);
