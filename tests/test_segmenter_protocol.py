@@ -203,5 +203,22 @@ class PairedIntervalTest(unittest.TestCase):
         self.assertIn("| A | langdaug - none | 3 | +2.00 [", text)
 
 
+class PlateauTest(unittest.TestCase):
+    def curve(self, points):
+        return [dict(variant="none", seed=s, iteration=it, val_dice=d) for it, ds in points for s, d in enumerate(ds)]
+
+    def test_the_first_length_within_the_tolerance_of_the_best_mean(self):
+        tol = results_table.PLATEAU_TOLERANCE
+        # means 0.60, 0.70, 0.70 + tol/2, 0.70 + tol/4: 1000 is within tol of the best (2000)
+        got = results_table.plateaus(self.curve([(500, (0.59, 0.61)), (1000, (0.70,)),
+                                                 (2000, (0.70 + tol / 2,)), (4000, (0.70 + tol / 4,))]))
+        self.assertEqual(got["none"][0], 1000)
+        self.assertAlmostEqual(got["none"][1], 0.70 + tol / 2)
+        # still rising by more than the tolerance: the longest run, and the table says so
+        rising = self.curve([(500, (0.6,)), (1000, (0.6 + 2 * tol,))])
+        self.assertEqual(results_table.plateaus(rising)["none"][0], 1000)
+        self.assertIn("may still be rising", results_table.curve_markdown(rising))
+
+
 if __name__ == "__main__":
     unittest.main()
