@@ -31,6 +31,7 @@
 #include <stdint.h>
 
 #include "ld_colour.h"
+#include "ld_convnet.h"
 
 #define LD_EBM_MAX_BLOCKS 8
 #define LD_EBM_MAX_DOMAINS 32
@@ -71,13 +72,9 @@ double ld_ebm_arch_flops(const ld_ebm_arch_t *arch);
 
 typedef struct ld_ebm_s ld_ebm_t;
 
-typedef struct {
-    const char *name;   /* "blocks.0.conv1.weight" (owned by the model) */
-    int ndim;
-    int64_t shape[4];
-    size_t offset;      /* in floats, into ld_ebm_params() */
-    size_t numel;
-} ld_ebm_tensor_t;
+/* name, ndim, shape, offset (in floats, into ld_ebm_params()) and numel of
+ * a parameter tensor (see ld_convnet.h). */
+typedef ld_cn_tensor_t ld_ebm_tensor_t;
 
 /* New model with all parameters zero. Caller owns *out. */
 int ld_ebm_new(const ld_ebm_arch_t *arch, ld_ebm_t **out);
