@@ -175,6 +175,56 @@ int ld_ebm_arch_domain(const ld_ebm_arch_t *arch, const char *name)
     return -1;
 }
 
+/* Index of the domain named by the len characters at name, or -1. */
+static int domain_n(const ld_ebm_arch_t *arch, const char *name, size_t len)
+{
+    for (int d = 0; d < arch->n_domains && d < LD_EBM_MAX_DOMAINS; d++)
+        if (len < LD_NAME_MAX && strncmp(arch->domains[d], name, len) == 0 && arch->domains[d][len] == '\0')
+            return d;
+    return -1;
+}
+
+/* Names in the details are cut at PAIR_SHOWN characters: the text may come
+ * from a hostile file. */
+#define PAIR_SHOWN 130
+
+int ld_ebm_arch_parse_pairs(const ld_ebm_arch_t *arch, const char *text, ld_ebm_pair_t *pairs, int *n_out)
+{
+    if (!arch || !text || !pairs || !n_out)
+        return ld_seterr(LD_EINVAL, "pairs: NULL argument");
+    *n_out = 0;
+    if (!*text)
+        return 0;
+    char names[LD_EBM_MAX_DOMAINS * LD_NAME_MAX] = "";
+    for (int d = 0, used = 0; d < arch->n_domains && d < LD_EBM_MAX_DOMAINS; d++)
+        used += snprintf(names + used, sizeof names - (size_t)used, "%s%s", d ? "," : "", arch->domains[d]);
+    int n = 0;
+    for (const char *p = text;; p++) {
+        size_t len = strcspn(p, ","), colon = strcspn(p, ":,");
+        int shown = len < PAIR_SHOWN ? (int)len : PAIR_SHOWN;
+        if (colon >= len || memchr(p + colon + 1, ':', len - colon - 1))
+            return ld_seterr(LD_EINVAL, "pair '%.*s' is not source:target (pairs are A:B,C:D)", shown, p);
+        int s = domain_n(arch, p, colon), t = domain_n(arch, p + colon + 1, len - colon - 1);
+        if (s < 0 || t < 0) {
+            const char *bad = s < 0 ? p : p + colon + 1;
+            int bad_len = (int)(s < 0 ? colon : len - colon - 1);
+            return ld_seterr(LD_EINVAL, "pair '%.*s': '%.*s' is not one of the domains %s", shown, p,
+                             bad_len < PAIR_SHOWN ? bad_len : PAIR_SHOWN, bad, names);
+        }
+        if (s == t)
+            return ld_seterr(LD_EINVAL, "pair '%.*s': source and target are the same domain", shown, p);
+        for (int k = 0; k < n; k++)
+            if (pairs[k].source == s && pairs[k].target == t)
+                return ld_seterr(LD_EINVAL, "pair '%.*s' is listed twice", shown, p);
+        pairs[n++] = (ld_ebm_pair_t){ s, t };
+        p += len;
+        if (!*p)
+            break;
+    }
+    *n_out = n;
+    return 0;
+}
+
 /* Nominal FLOPs: twice the forward convolutions as PyTorch computes them
  * (direct convolution, the skip 1x1 at full resolution), i.e. forward plus a
  * backward to the input of the same cost. Elementwise work is not counted;

@@ -63,6 +63,18 @@ int ld_ebm_arch_set_widths(ld_ebm_arch_t *arch, const char *csv);
 int ld_ebm_arch_set_domains(ld_ebm_arch_t *arch, const char *csv);
 /* Index of a domain name, or -1. */
 int ld_ebm_arch_domain(const ld_ebm_arch_t *arch, const char *name);
+/* An ordered domain pair (source -> target) as indices of an architecture's
+ * domains: what a model trained for chosen pairs was trained for. */
+typedef struct {
+    int source, target;
+} ld_ebm_pair_t;
+#define LD_EBM_MAX_PAIRS (LD_EBM_MAX_DOMAINS * (LD_EBM_MAX_DOMAINS - 1))
+/* "A:B,C:D" (ordered source:target, names of arch's domains) -> pairs in
+ * the order given and *n; "" -> *n = 0 (which callers read as every ordered
+ * pair). pairs holds LD_EBM_MAX_PAIRS. LD_EINVAL with a detail naming the
+ * pair when one is not source:target, names a domain arch does not have,
+ * has source == target, or repeats an earlier one. */
+int ld_ebm_arch_parse_pairs(const ld_ebm_arch_t *arch, const char *text, ld_ebm_pair_t *pairs, int *n);
 /* 1 when a and b have the same tensor shapes (C, K, S, widths, D): a
  * workspace made for one serves the other. Domain names and colour spaces
  * do not matter. */

@@ -115,6 +115,18 @@ int ld_model_train_number(const char *path, const ld_meta_t *meta, const char *n
     return LD_OK;
 }
 
+int ld_model_train_pairs(const char *path, const ld_meta_t *meta, const ld_ebm_arch_t *arch, ld_ebm_pair_t *pairs,
+                         int *n)
+{
+    *n = 0;
+    const char *v = ld_meta_get(meta, "train.pairs");
+    if (!v)
+        return ld_seterr(LD_ENOENT, "%s: no metadata 'train.pairs'", path);
+    if (ld_ebm_arch_parse_pairs(arch, v, pairs, n) != LD_OK)
+        return ld_seterr(LD_EFORMAT, "%s: metadata 'train.pairs': %s", path, ld_errdetail());
+    return LD_OK;
+}
+
 static void format_shape(char *buf, size_t cap, int ndim, const int64_t *shape)
 {
     size_t n = (size_t)snprintf(buf, cap, "[");

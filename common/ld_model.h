@@ -7,7 +7,10 @@
  *   image input, see ld_colour.h; always written, absent = rgb for files
  *   written before the key existed, any other value is refused)
  * and optional keys (maskmap, normalization, provenance: created, command,
- * iterations, ...) that are kept and handed back. Tensors are float32 with
+ * iterations, the train.* settings, ...) that are kept and handed back; of
+ * these, train.step-size, train.noise and train.pairs (the domain pairs the
+ * model was trained for) mean something to the sampler, which reads them
+ * with ld_model_train_number / ld_model_train_pairs. Tensors are float32 with
  * the names and shapes of ld_ebm.h. The loader validates everything and
  * rejects a bad file with LD_EFORMAT and a detail naming the problem; it
  * never reads outside the file. Saving is atomic (ld_afile). */
@@ -29,6 +32,16 @@ int ld_model_load(const char *path, ld_ebm_t **ebm_out, ld_meta_t **meta_out, ch
  * the value is not a number in [min, max]. path is only for the detail. */
 int ld_model_train_number(const char *path, const ld_meta_t *meta, const char *name, double min, double max,
                           double *out);
+
+/* The ordered domain pairs the model was trained for: metadata
+ * "train.pairs" ("A:B,C:D" over the model's domains, as `langdaug train
+ * --pairs` writes it) parsed into pairs (LD_EBM_MAX_PAIRS) and *n; an empty
+ * value gives *n = 0, i.e. every ordered pair of its domains. LD_ENOENT
+ * when the key is absent (models from before it, init-model, PyTorch: also
+ * every pair); LD_EFORMAT naming path, key and pair when a pair is
+ * malformed, names an unknown domain, has source == target or repeats. */
+int ld_model_train_pairs(const char *path, const ld_meta_t *meta, const ld_ebm_arch_t *arch, ld_ebm_pair_t *pairs,
+                         int *n);
 
 /* Writes the model atomically; the architecture keys are generated, and the
  * keys of `extra` (may be NULL) are added (an extra key that collides with a

@@ -54,6 +54,8 @@ static const config_key_t config_keys[] = {
     { "manifest", KEY_STR, FIELD(manifest), 0, 0, 0, "CSV manifest (domain,image,mask[,fov]) instead of --data" },
     { "subdir", KEY_STR, FIELD(subdir), 0, 0, 1, "folder inside each domain, e.g. train/ROIs" },
     { "domains", KEY_STR, FIELD(domains), 0, 0, 1, "domains to train on, comma-separated (default: all)" },
+    { "pairs", KEY_STR, FIELD(pairs), 0, 0, 1,
+      "ordered source:target pairs to train for, e.g. A:B,B:A (default: every ordered pair)" },
     { "maskmap", KEY_STR, FIELD(maskmap), 0, 0, 1, "mask value -> class rules, e.g. 0:0,*:1" },
     { "channels", KEY_INT, FIELD(channels), 0, LD_EBM_MAX_CHANNELS, 1, "image channels 1 or 3 (0: from the data)" },
     { "scale", KEY_DBL, FIELD(scale), 1e-6, 16, 1, "working scale applied to every image" },
@@ -82,6 +84,7 @@ static const struct {
     const char *key, *value;
 } keys_added[] = {
     { "colour-space", "rgb" },
+    { "pairs", "" },
 };
 
 void ld_train_config_defaults(ld_train_config_t *cfg)
@@ -289,6 +292,8 @@ struct ld_train_s {
     ld_train_config_t cfg;
     ld_dataset_t *ds;
     ld_ebm_arch_t arch;
+    ld_ebm_pair_t pairs[LD_EBM_MAX_PAIRS]; /* cfg.pairs resolved; n_pairs = 0: every ordered pair */
+    int n_pairs;
     ld_ebm_t *model, *ema;
     ld_adam_t *adam;
     ld_ebm_ws_t *ws;
@@ -395,6 +400,24 @@ static int build_arch(ld_train_t *self)
     return rc;
 }
 
+static int resolve_pairs(ld_train_t *self)
+{
+    if (ld_ebm_arch_parse_pairs(&self->arch, self->cfg.pairs, self->pairs, &self->n_pairs) != LD_OK)
+        return ld_seterr(LD_EINVAL, "--pairs: %s", ld_errdetail());
+    return LD_OK;
+}
+
+/* Whether iterations draw (s, t): a listed pair, or any s != t. */
+static int trained_pair(const ld_train_t *self, int s, int t)
+{
+    if (!self->n_pairs)
+        return s != t;
+    for (int k = 0; k < self->n_pairs; k++)
+        if (self->pairs[k].source == s && self->pairs[k].target == t)
+            return 1;
+    return 0;
+}
+
 static int alloc_buffers(ld_train_t *self)
 {
     size_t n = (size_t)self->cfg.batch, s = (size_t)self->cfg.size;
@@ -427,8 +450,8 @@ static int train_setup(const ld_train_config_t *cfg, ld_train_t **out)
     self->cfg = *cfg;
     ld_adam_params_t ap;
     adam_params(cfg, &ap);
-    if ((rc = open_data(self)) || (rc = build_arch(self)) || (rc = ld_ebm_new(&self->arch, &self->model)) ||
-        (rc = ld_ebm_new(&self->arch, &self->ema)))
+    if ((rc = open_data(self)) || (rc = build_arch(self)) || (rc = resolve_pairs(self)) ||
+        (rc = ld_ebm_new(&self->arch, &self->model)) || (rc = ld_ebm_new(&self->arch, &self->ema)))
         goto fail;
     self->numel = ld_ebm_numel(self->model);
     if ((rc = ld_adam_new(self->numel, &ap, &self->adam)) ||
@@ -616,9 +639,15 @@ int ld_train_step(ld_train_t *self, ld_train_stats_t *stats, const volatile int 
     ld_train_stats_t st;
     memset(&st, 0, sizeof st);
     st.iteration = it;
-    st.source = (int)ld_rng_below(&self->rng, (uint32_t)d_count);
-    st.target = (int)ld_rng_below(&self->rng, (uint32_t)d_count - 1);
-    st.target += st.target >= st.source;
+    if (self->n_pairs) {
+        const ld_ebm_pair_t *p = &self->pairs[ld_rng_below(&self->rng, (uint32_t)self->n_pairs)];
+        st.source = p->source;
+        st.target = p->target;
+    } else {
+        st.source = (int)ld_rng_below(&self->rng, (uint32_t)d_count);
+        st.target = (int)ld_rng_below(&self->rng, (uint32_t)d_count - 1);
+        st.target += st.target >= st.source;
+    }
     int rc = grow_history(self, it);
     if (!rc)
         rc = draw_crops(self, st.target, 0, n);
@@ -945,6 +974,8 @@ typedef struct {
     ld_image_t grid;
     int tile;                 /* S + gap */
     int d_count;
+    int row[LD_EBM_MAX_DOMAINS]; /* grid row of each source domain, -1 = not a source of a trained pair */
+    int n_rows, max_blocks;   /* rows; most trained targets of one source */
     float *src_img;           /* [D, C,S,S]: one source crop per domain */
     uint8_t *src_mask;        /* [D, S,S] */
     float *real_img;          /* [D, C,S,S]: one real crop per domain */
@@ -975,11 +1006,12 @@ static void draw_outline(ld_image_t *grid, int x0, int y0, const uint8_t *mask, 
     }
 }
 
-/* One crop into the grid; mask (may be NULL) outlined over it. */
-static void put_tile(preview_t *pv, int col, int row, const float *chw, const uint8_t *mask)
+/* One crop into the grid, in column col of source domain d's row; mask
+ * (may be NULL) outlined over it. */
+static void put_tile(preview_t *pv, int col, int d, const float *chw, const uint8_t *mask)
 {
     const int s = pv->self->cfg.size, c = pv->self->cfg.channels;
-    const int x = col * pv->tile, y = row * pv->tile;
+    const int x = col * pv->tile, y = pv->row[d] * pv->tile;
     ld_image_t tile = { 0 };
     if (ld_image_alloc(&tile, s, s, c) != LD_OK)
         return;
@@ -1004,12 +1036,32 @@ static void preview_free(preview_t *pv)
     free(pv->snaps);
 }
 
+/* Column block of target t in source s's row: the trained targets of s in
+ * domain order. */
+static int preview_block(const preview_t *pv, int s, int t)
+{
+    int b = 0;
+    for (int u = 0; u < t; u++)
+        b += trained_pair(pv->self, s, u);
+    return b;
+}
+
+/* Rows and columns: one row per source of a trained pair. */
+static void preview_layout(preview_t *pv)
+{
+    for (int s = 0; s < pv->d_count; s++) {
+        int blocks = preview_block(pv, s, pv->d_count);
+        pv->row[s] = blocks ? pv->n_rows++ : -1;
+        pv->max_blocks = blocks > pv->max_blocks ? blocks : pv->max_blocks;
+    }
+}
+
 static int preview_alloc(preview_t *pv)
 {
     ld_train_t *self = pv->self;
     size_t d = (size_t)pv->d_count, il = self->img_len, ml = self->mask_len;
     pv->tile = self->cfg.size + TILE_GAP;
-    int cols = 1 + (pv->d_count - 1) * (PREVIEW_SNAPSHOTS + 1);
+    int cols = 1 + pv->max_blocks * (PREVIEW_SNAPSHOTS + 1);
     pv->src_img = malloc(d * il * sizeof(float));
     pv->real_img = malloc(d * il * sizeof(float));
     pv->chain_img = malloc(d * il * sizeof(float));
@@ -1022,7 +1074,7 @@ static int preview_alloc(preview_t *pv)
     if (!pv->src_img || !pv->real_img || !pv->chain_img || !pv->snaps || !pv->src_mask || !pv->real_mask ||
         !pv->chain_mask || !pv->chain_target || !pv->chain_id)
         return LD_ENOMEM;
-    return ld_image_alloc(&pv->grid, cols * pv->tile, pv->d_count * pv->tile, 3);
+    return ld_image_alloc(&pv->grid, cols * pv->tile, pv->n_rows * pv->tile, 3);
 }
 
 static int preview_crops(preview_t *pv, ld_rng_t *rng)
@@ -1044,15 +1096,16 @@ static int preview_crops(preview_t *pv, ld_rng_t *rng)
     return LD_OK;
 }
 
-/* Chains from every other domain's source crop toward target t, in chunks
- * of the workspace's batch; snapshots drawn into column block of t. */
+/* Chains toward target t from the source crop of every domain trained
+ * toward t, in chunks of the workspace's batch; snapshots drawn into the
+ * column block of t. */
 static int preview_target(preview_t *pv, int t, const ld_langevin_params_t *lp)
 {
     ld_train_t *self = pv->self;
     const size_t il = self->img_len, ml = self->mask_len;
     int rows[LD_EBM_MAX_DOMAINS], n = 0;
     for (int s = 0; s < pv->d_count; s++) {
-        if (s == t)
+        if (!trained_pair(self, s, t))
             continue;
         rows[n] = s;
         memcpy(pv->chain_img + n * il, pv->src_img + s * il, il * sizeof(float));
@@ -1071,7 +1124,7 @@ static int preview_target(preview_t *pv, int t, const ld_langevin_params_t *lp)
             return rc;
         for (int j = 0; j < m; j++) {
             int s = rows[first + j];
-            int col0 = 1 + (t < s ? t : t - 1) * (PREVIEW_SNAPSHOTS + 1);
+            int col0 = 1 + preview_block(pv, s, t) * (PREVIEW_SNAPSHOTS + 1);
             for (int k = 0; k < lp->n_snapshots; k++)
                 put_tile(pv, col0 + k, s, pv->snaps + ((size_t)k * m + j) * il, NULL);
             put_tile(pv, col0 + PREVIEW_SNAPSHOTS, s, pv->real_img + t * il, pv->real_mask + t * ml);
@@ -1098,11 +1151,13 @@ int ld_train_preview(ld_train_t *self, const char *path)
         /* short chains repeat a step: keep the list strictly ascending */
         lp.n_snapshots += lp.n_snapshots == 0 || step > lp.snapshots[lp.n_snapshots - 1];
     }
+    preview_layout(&pv);
     int rc = preview_alloc(&pv);
     if (!rc)
         rc = preview_crops(&pv, &rng);
     for (int d = 0; d < pv.d_count && !rc; d++)
-        put_tile(&pv, 0, d, pv.src_img + d * self->img_len, pv.src_mask + d * self->mask_len);
+        if (pv.row[d] >= 0)
+            put_tile(&pv, 0, d, pv.src_img + d * self->img_len, pv.src_mask + d * self->mask_len);
     for (int t = 0; t < pv.d_count && !rc; t++)
         rc = preview_target(&pv, t, &lp);
     if (!rc)

@@ -1,7 +1,9 @@
 /* ld_train: contrastive-divergence training of the conditional energy model.
  *
  * One iteration (ld_train_step), all randomness from the run's ld_rng_t:
- *   pick a source domain s and a target t != s;
+ *   pick a source domain s and a target t != s (uniformly among the
+ *   configured pairs when `pairs` lists some, else s uniform and t uniform
+ *   among the others);
  *   x+ = n random crops of domain t (with masks), x- starts as n random crops
  *   of domain s and runs K Langevin steps toward t under the current weights
  *   (no gradient through the chain); with colour-space lab every crop is
@@ -49,6 +51,7 @@ typedef struct {
     char manifest[LD_TRAIN_PATH_MAX];   /* CSV manifest, or "" */
     char subdir[256];                   /* "" = none */
     char domains[LD_TRAIN_LIST_MAX];    /* "" = every domain, sorted; resolved by ld_train_new */
+    char pairs[LD_TRAIN_PATH_MAX];      /* "A:B,C:D" ordered source:target; "" = every ordered pair */
     char maskmap[256];
     int channels;                       /* 0 = from the data; resolved by ld_train_new */
     double scale;                       /* working scale (0 < scale <= 16) */
@@ -125,11 +128,13 @@ int ld_train_save_checkpoint(ld_train_t *self, const char *path);
 int ld_train_save_model(ld_train_t *self, const char *path, const ld_meta_t *provenance,
                         char hash_out[65]);
 
-/* Writes a preview grid PNG: for one source crop of every domain (fixed
- * crops, fixed noise), a row with the crop, then for each other domain t
+/* Writes a preview grid PNG: for one source crop of every domain s that is
+ * the source of a trained pair (fixed crops, fixed noise), a row with the
+ * crop, then for each target t of a trained pair (s, t), in domain order,
  * the EMA model's Langevin snapshots toward t (K/4, K/2, 3K/4, K) next to a
- * real crop of t; masks outlined on the source and real crops (the
- * snapshots share the source's mask and stay clean to show the vessels).
+ * real crop of t (rows with fewer such targets end early); masks outlined
+ * on the source and real crops (the snapshots share the source's mask and
+ * stay clean to show the vessels).
  * Chains run in the model's colour space and are shown in RGB. */
 int ld_train_preview(ld_train_t *self, const char *path);
 

@@ -4,7 +4,8 @@
  * the model files' metadata, because only a load sees the files: each load
  * (start, SIGHUP) resolves them afresh, and a load that cannot (models that
  * disagree, an unreadable value) fails like any bad file, so a reload keeps
- * the running engine. */
+ * the running engine. The same goes for train.pairs, which decides the
+ * routes: they are built from the files at every load. */
 #include "ldd_engine.h"
 
 #include <math.h>
@@ -20,8 +21,10 @@
 
 static void free_engine(ldd_engine_t *e)
 {
-    for (int i = 0; i < e->n_models; i++)
+    for (int i = 0; i < e->n_models; i++) {
         ld_ebm_destroy(&e->models[i].ebm);
+        free(e->models[i].served);
+    }
     for (int d = 0; d < LD_EBM_MAX_DOMAINS; d++)
         free(e->tiles[d]);
     ld_dataset_destroy(&e->dataset);
@@ -104,6 +107,9 @@ static int load_model(ldd_engine_t *e, int i, const char *path, trained_t traine
     if (rc < 0)
         return ldd_err_wrap(rc, "model %s", m->path);
     e->n_models++;
+    rc = ld_model_train_pairs(m->path, meta, ld_ebm_arch(m->ebm), m->pairs, &m->n_pairs);
+    if (rc == LD_ENOENT)
+        rc = 0;
     for (int k = 0; k < N_TRAINED && rc == 0; k++)
         rc = take_trained(&trained[k], e, i, meta);
     ld_meta_destroy(&meta);
@@ -206,6 +212,83 @@ static void build_tiles(ldd_engine_t *e)
     }
 }
 
+/* Whether model i serves (dataset domain s, its domain t), other models
+ * aside. */
+static int model_serves(const ldd_engine_t *e, int i, int s, int t)
+{
+    const ldd_model_t *m = &e->models[i];
+    const ld_ebm_arch_t *a = ld_ebm_arch(m->ebm);
+    const char *source = ld_dataset_domain(e->dataset, s);
+    if (!m->n_pairs)
+        return strcmp(source, a->domains[t]) != 0;
+    int ms = ld_ebm_arch_domain(a, source);
+    for (int k = 0; k < m->n_pairs; k++)
+        if (m->pairs[k].source == ms && m->pairs[k].target == t)
+            return 1;
+    return 0;
+}
+
+static ldd_target_t *target_of(ldd_engine_t *e, const char *name)
+{
+    int t = ldd_engine_find_target(e, name);
+    if (t >= 0)
+        return &e->targets[t];
+    ldd_target_t *tr = &e->targets[e->n_targets++];
+    snprintf(tr->name, sizeof tr->name, "%s", name);
+    for (int s = 0; s < LD_EBM_MAX_DOMAINS; s++)
+        tr->from[s].model = -1;
+    return tr;
+}
+
+/* Model i's served pairs, source-major, logged ("A:B,A:C,..."). */
+static void list_served(ldd_engine_t *e, int i)
+{
+    ldd_model_t *m = &e->models[i];
+    const ld_ebm_arch_t *a = ld_ebm_arch(m->ebm);
+    int nd = ld_dataset_n_domains(e->dataset);
+    m->served = ldd_xcalloc((size_t)nd * (size_t)a->n_domains, sizeof *m->served);
+    char text[1024] = "";
+    size_t used = 0;
+    for (int s = 0; s < nd; s++) {
+        for (int t = 0; t < a->n_domains; t++) {
+            const ldd_route_t *r = &e->targets[ldd_engine_find_target(e, a->domains[t])].from[s];
+            if (r->model != i)
+                continue;
+            m->served[m->n_served++] = (ldd_served_t){ (int16_t)s, (int16_t)t };
+            if (used < sizeof text)
+                used += (size_t)snprintf(text + used, sizeof text - used, "%s%s:%s", m->n_served > 1 ? "," : "",
+                                         ld_dataset_domain(e->dataset, s), a->domains[t]);
+        }
+    }
+    const char *trained = m->n_pairs ? "the pairs of its train.pairs" : "every ordered pair of its domains";
+    if (m->n_served)
+        ld_info("model %s (trained for %s) serves %d pair(s): %s%s", m->path, trained, m->n_served, text,
+                used >= sizeof text ? "..." : "");
+    else
+        ld_warn("model %s serves no pair: of %s, none has its source in the dataset without an earlier model "
+                "serving it", m->path, trained);
+}
+
+/* Every pair goes to the first model that serves it (see ldd_engine.h). */
+static void build_routes(ldd_engine_t *e)
+{
+    int nd = ld_dataset_n_domains(e->dataset);
+    for (int i = 0; i < e->n_models; i++) {
+        const ld_ebm_arch_t *a = ld_ebm_arch(e->models[i].ebm);
+        for (int t = 0; t < a->n_domains; t++) {
+            ldd_target_t *tr = target_of(e, a->domains[t]);
+            for (int s = 0; s < nd; s++) {
+                if (tr->from[s].model >= 0 || !model_serves(e, i, s, t))
+                    continue;
+                tr->from[s] = (ldd_route_t){ (int16_t)i, (int16_t)t };
+                tr->n_sources++;
+            }
+        }
+    }
+    for (int i = 0; i < e->n_models; i++)
+        list_served(e, i);
+}
+
 static int set_langevin(const ldd_config_t *cfg, const trained_t trained[N_TRAINED], ldd_engine_t *e)
 {
     ld_langevin_params_t *p = &e->defaults;
@@ -240,6 +323,7 @@ int ldd_engine_load(const ldd_config_t *cfg, ldd_engine_t **out)
     for (int k = 0; k < N_TRAINED; k++)
         log_trained(&trained[k], e);
     ld_info("keep = %s for requests that do not say", ld_keep_name(e->keep));
+    build_routes(e);
     build_tiles(e);
     *out = e;
     return 0;
@@ -262,17 +346,12 @@ void ldd_engine_unref(ldd_engine_t **e_p)
         free_engine(e);
 }
 
-int ldd_engine_find_target(const ldd_engine_t *e, const char *target, int *model, int *index)
+int ldd_engine_find_target(const ldd_engine_t *e, const char *target)
 {
-    for (int i = 0; i < e->n_models; i++) {
-        int t = ld_ebm_arch_domain(ld_ebm_arch(e->models[i].ebm), target);
-        if (t >= 0) {
-            *model = i;
-            *index = t;
-            return 0;
-        }
-    }
-    return LD_ENOENT;
+    for (int t = 0; t < e->n_targets; t++)
+        if (strcmp(e->targets[t].name, target) == 0)
+            return t;
+    return -1;
 }
 
 int ldd_engine_find_source(const ldd_engine_t *e, const char *source)

@@ -18,8 +18,13 @@
  * keep = luminance needs 3-channel models: a build with grey models and that
  * setting fails.
  *
- * Domains: a target domain is served by the first model that declares it;
- * a source domain is a dataset domain. */
+ * Routing: chains are asked for by (source, target) pair; a source is a
+ * dataset domain, a target a domain some model declares. A model serves
+ * (s, t) when t is one of its domains and either it has no train.pairs
+ * metadata (or an empty one) and s != t, or (s, t) is one of its
+ * train.pairs (ld_model_train_pairs; a malformed value fails the build).
+ * The pair goes to the first model, in config order, that serves it. The
+ * routes are built with the engine, so a reload swaps them with it. */
 #ifndef LDD_ENGINE_H
 #define LDD_ENGINE_H
 
@@ -30,11 +35,35 @@
 #include "ld_langevin.h"
 #include "ldd_config.h"
 
+/* A (source, target) pair routed to a model: dataset domain index, index
+ * in the model's domains. */
+typedef struct {
+    int16_t source, target;
+} ldd_served_t;
+
 typedef struct {
     char path[4096];
     char hash[65];
     ld_ebm_t *ebm;
+    ld_ebm_pair_t pairs[LD_EBM_MAX_PAIRS]; /* its train.pairs; n_pairs = 0: every ordered pair */
+    int n_pairs;
+    ldd_served_t *served;                  /* the pairs routed to it, source-major */
+    int n_served;
 } ldd_model_t;
+
+/* Where the chains of a pair run: model and target index in it (model -1:
+ * no model serves the pair). */
+typedef struct {
+    int16_t model, index;
+} ldd_route_t;
+
+/* A target domain some model declares, with its route from every dataset
+ * domain. */
+typedef struct {
+    char name[LD_NAME_MAX];
+    ldd_route_t from[LD_EBM_MAX_DOMAINS];
+    int n_sources;                         /* dataset domains it is served from */
+} ldd_target_t;
 
 /* One S x S tile of a dataset image: the set of tiles of a domain is what
  * epoch mode goes through once per epoch. */
@@ -46,6 +75,8 @@ typedef struct ldd_engine_s {
     _Atomic int refs;
     ldd_model_t models[LDD_MAX_MODELS];
     int n_models;
+    ldd_target_t targets[LDD_MAX_MODELS * LD_EBM_MAX_DOMAINS]; /* in the order the models declare them */
+    int n_targets;
     ld_dataset_t *dataset;
     int channels, classes, size;  /* C, K of the dataset, S of the crops */
     ld_langevin_params_t defaults; /* step size, noise, default snapshots (steps = last) */
@@ -62,9 +93,8 @@ ldd_engine_t *ldd_engine_ref(ldd_engine_t *e);
 /* Drops a reference and NULLs the pointer; frees on the last one. */
 void ldd_engine_unref(ldd_engine_t **e_p);
 
-/* The model serving a target domain and the target's index in it. Returns 0
- * or LD_ENOENT. */
-int ldd_engine_find_target(const ldd_engine_t *e, const char *target, int *model, int *index);
+/* Index in e->targets of a target domain, or -1 when no model declares it. */
+int ldd_engine_find_target(const ldd_engine_t *e, const char *target);
 /* Dataset domain index of a source domain, or -1. */
 int ldd_engine_find_source(const ldd_engine_t *e, const char *source);
 

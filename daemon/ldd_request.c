@@ -103,17 +103,9 @@ int ldd_request_parse(const ldd_config_t *cfg, const ldd_engine_t *e, const Lang
         snprintf(pair->target, sizeof pair->target, "%s", tgt);
         pair->weight = w;
         req->total_weight += w;
-        *code = LANGDAUG__V1__ERROR_CODE__ERROR_UNKNOWN_DOMAIN;
-        if (ldd_engine_find_target(e, tgt, &pair->model, &pair->target_index) < 0)
-            return snprintf(text, cap, "target domain '%s' is served by no loaded model", tgt), -1;
-        pair->source_domain = -1;
-        if (*src && (pair->source_domain = ldd_engine_find_source(e, src)) < 0)
-            return snprintf(text, cap, "source domain '%s' is not in the dataset", src), -1;
-        int nd = ld_dataset_n_domains(e->dataset);
-        if (!*src && (nd == 0 || (nd == 1 && ldd_engine_find_source(e, tgt) == 0)))
-            return snprintf(text, cap, "target '%s': the dataset has no other domain to start from", tgt), -1;
-        *code = LANGDAUG__V1__ERROR_CODE__ERROR_INVALID_REQUEST;
     }
+    if (ldd_request_resolve(e, req, code, text, cap) < 0)
+        return -1;
     if (p->n_steps > LD_LANGEVIN_MAX_SNAPSHOTS)
         return snprintf(text, cap, "steps: %zu snapshots, more than %d", p->n_steps, LD_LANGEVIN_MAX_SNAPSHOTS), -1;
     for (size_t i = 0; i < p->n_steps; i++) {
@@ -137,6 +129,43 @@ int ldd_request_parse(const ldd_config_t *cfg, const ldd_engine_t *e, const Lang
     if (req->keep == LD_KEEP_LUMINANCE && e->channels != 3)
         return snprintf(text, cap, "keep: luminance needs 3-channel images; the models have %d channel(s)",
                         e->channels), -1;
+    return 0;
+}
+
+/* The dataset domains target t is served from, "A, B" (or "none"). */
+static void served_from(const ldd_engine_t *e, const ldd_target_t *t, char *buf, size_t cap)
+{
+    size_t used = 0;
+    snprintf(buf, cap, "none");
+    for (int s = 0; s < ld_dataset_n_domains(e->dataset) && used < cap; s++)
+        if (t->from[s].model >= 0)
+            used += (size_t)snprintf(buf + used, cap - used, "%s%s", used ? ", " : "",
+                                     ld_dataset_domain(e->dataset, s));
+}
+
+int ldd_request_resolve(const ldd_engine_t *e, ldd_request_t *req, int *code, char *text, size_t cap)
+{
+    for (int i = 0; i < req->n_pairs; i++) {
+        ldd_pair_t *p = &req->pairs[i];
+        const char *src = *p->source ? p->source : "*";
+        p->source_domain = -1;
+        if (*p->source && (p->source_domain = ldd_engine_find_source(e, p->source)) < 0) {
+            snprintf(text, cap, "pair '%s:%s': source domain '%s' is not in the dataset", src, p->target, p->source);
+        } else if ((p->route = ldd_engine_find_target(e, p->target)) < 0) {
+            snprintf(text, cap, "pair '%s:%s': no loaded model has the target domain '%s'", src, p->target,
+                     p->target);
+        } else {
+            const ldd_target_t *t = &e->targets[p->route];
+            if (p->source_domain >= 0 ? t->from[p->source_domain].model >= 0 : t->n_sources > 0)
+                continue;
+            char from[LD_EBM_MAX_DOMAINS * (LD_NAME_MAX + 2)];
+            served_from(e, t, from, sizeof from);
+            snprintf(text, cap, "pair '%s:%s' is served by no loaded model (%s is served from: %s)", src, p->target,
+                     p->target, from);
+        }
+        *code = LANGDAUG__V1__ERROR_CODE__ERROR_UNKNOWN_DOMAIN;
+        return -1;
+    }
     return 0;
 }
 

@@ -35,6 +35,13 @@ Langdaug__V1__ClientMessage *ldd_request_decode(const uint8_t *data, size_t len,
 int ldd_request_parse(const ldd_config_t *cfg, const ldd_engine_t *e, const Langdaug__V1__PullRequest *p,
                       ldd_request_t *req, int *code, char *text, size_t cap);
 
+/* Resolves req's pairs against e: source domain index and route; a pair
+ * with an empty source needs some dataset domain its target is served from,
+ * one with a source a model that serves exactly it. Returns 0, or -1 with
+ * *code = UNKNOWN_DOMAIN and a text naming the pair ("A:B", "*:B" for any
+ * source). Used for new requests and again after a reload. */
+int ldd_request_resolve(const ldd_engine_t *e, ldd_request_t *req, int *code, char *text, size_t cap);
+
 /* Whether a PullRequest only grants credits (keeps the current request). */
 int ldd_request_only_credits(const Langdaug__V1__PullRequest *p);
 

@@ -10,11 +10,6 @@
 
 static int draw_pair(ldd_session_t *s)
 {
-    if (s->pending_pair >= 0) {
-        int p = s->pending_pair;
-        s->pending_pair = -1;
-        return p;
-    }
     double u = ld_rng_uniform(&s->rng) * s->req.total_weight;
     for (int i = 0; i < s->req.n_pairs; i++) {
         u -= s->req.pairs[i].weight;
@@ -24,16 +19,31 @@ static int draw_pair(ldd_session_t *s)
     return s->req.n_pairs - 1;
 }
 
-/* A dataset domain other than the target (any domain if the target is the
- * only one, which validation has already ruled out for "any"). */
+/* The pair's source, or for "any" one of the dataset domains its target is
+ * served from (request validation made sure there is one), uniformly. */
 static int draw_source(ldd_session_t *s, const ldd_engine_t *e, const ldd_pair_t *pair)
 {
     if (pair->source_domain >= 0)
         return pair->source_domain;
-    int n = ld_dataset_n_domains(e->dataset);
-    int skip = ld_dataset_domain_index(e->dataset, pair->target);
-    int k = (int)ld_rng_below(&s->rng, (uint32_t)(skip >= 0 ? n - 1 : n));
-    return skip >= 0 && k >= skip ? k + 1 : k;
+    const ldd_target_t *t = &e->targets[pair->route];
+    int k = (int)ld_rng_below(&s->rng, (uint32_t)t->n_sources), d = 0;
+    for (;; d++)
+        if (t->from[d].model >= 0 && k-- == 0)
+            return d;
+}
+
+/* The next chain's pair and source: the one a previous job put aside, or
+ * a fresh draw. */
+static void draw_chain(ldd_session_t *s, const ldd_engine_t *e, int *pair, int *source)
+{
+    if (s->pending_pair >= 0) {
+        *pair = s->pending_pair;
+        *source = s->pending_source;
+        s->pending_pair = -1;
+        return;
+    }
+    *pair = draw_pair(s);
+    *source = draw_source(s, e, &s->req.pairs[*pair]);
 }
 
 static void shuffle_epoch(ldd_session_t *s, const ldd_engine_t *e, int d)
@@ -68,35 +78,36 @@ static int draw_crop(ldd_session_t *s, const ldd_engine_t *e, int d, ldd_chain_t
 }
 
 /* Builds one job of up to n chains for s; chains of one job share a model,
- * so a pair of another model is kept for the next job. */
+ * so a chain whose pair and source route to another model is kept for the
+ * next job. */
 static ldd_job_t *build_job(ldd_session_t *s, ldd_engine_t *e, int n)
 {
-    int first = draw_pair(s);
-    int model = s->req.pairs[first].model;
+    int p, d;
+    draw_chain(s, e, &p, &d);
+    const int model = e->targets[s->req.pairs[p].route].from[d].model;
     ldd_job_t *job = ldd_job_new(e, model, n);
     job->params = s->params;
     job->keep = s->req.keep >= 0 ? (ld_keep_t)s->req.keep : e->keep;
     job->session = s->key;
     job->generation = s->generation;
     int made = 0;
-    for (int p = first; made < n;) {
+    while (made < n) {
         ldd_chain_t *c = &job->chains[made];
-        const ldd_pair_t *pair = &s->req.pairs[p];
-        int d = draw_source(s, e, pair);
         if (draw_crop(s, e, d, c) < 0) {
             ld_warn("session %llu: no crop of domain %s: %s", (unsigned long long)s->key,
                     ld_dataset_domain(e->dataset, d), ld_errdetail());
             break;
         }
-        c->target = pair->target_index;
+        c->target = e->targets[s->req.pairs[p].route].from[d].index;
         c->target_name = (int16_t)p;
         c->chain_id = s->next_chain++;
         made++;
         if (made == n)
             break;
-        p = draw_pair(s);
-        if (s->req.pairs[p].model != model) {
+        draw_chain(s, e, &p, &d);
+        if (e->targets[s->req.pairs[p].route].from[d].model != model) {
             s->pending_pair = p;
+            s->pending_source = d;
             break;
         }
     }

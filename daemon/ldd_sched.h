@@ -14,11 +14,15 @@
  * plus, per session, one chain's snapshots beyond its reserved batches.
  *
  * Inside a session, choices are drawn from the session's own random stream
- * in scheduling order: pair by weight, source domain (uniform over the other
- * dataset domains when the pair names none), crop (uniform random, or in
- * epoch mode the next tile of a per-epoch shuffle of all tiles of the
- * domain). With a client seed the stream of batches is therefore
- * reproducible whatever the worker count or the other clients. */
+ * in scheduling order: pair by weight, source domain (when the pair names
+ * none, uniform over the dataset domains some model serves its target from:
+ * with models trained for every pair, the other dataset domains), crop
+ * (uniform random, or in epoch mode the next tile of a per-epoch shuffle of
+ * all tiles of the domain). The (source, target) drawn decides the model
+ * (the engine's routes); a job's chains share one model, so a chain drawn
+ * for another model waits, with its draws, for the session's next job. With
+ * a client seed the stream of batches is therefore reproducible whatever
+ * the worker count or the other clients. */
 #ifndef LDD_SCHED_H
 #define LDD_SCHED_H
 

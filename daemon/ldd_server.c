@@ -280,16 +280,13 @@ static void on_hello(ldd_server_t *self, const uint8_t *id, size_t id_len, ldd_s
     if (h->client_name)
         snprintf(s->name, sizeof s->name, "%s", h->client_name);
     const ldd_engine_t *e = self->engine;
-    Langdaug__V1__ModelInfo infos[LDD_MAX_MODELS], *iptr[LDD_MAX_MODELS];
-    char *domains[LDD_MAX_MODELS][LD_EBM_MAX_DOMAINS], *sources[LD_EBM_MAX_DOMAINS];
-    uint32_t widths[LDD_MAX_MODELS][LD_EBM_MAX_BLOCKS + 1], steps[LD_LANGEVIN_MAX_SNAPSHOTS];
+    ldd_model_infos_t *mi = ldd_xcalloc(1, sizeof *mi);
+    char *sources[LD_EBM_MAX_DOMAINS];
+    uint32_t steps[LD_LANGEVIN_MAX_SNAPSHOTS];
     Langdaug__V1__HelloReply r = LANGDAUG__V1__HELLO_REPLY__INIT;
-    for (int i = 0; i < e->n_models; i++) {
-        ldd_model_info(e, i, &infos[i], domains[i], widths[i]);
-        iptr[i] = &infos[i];
-    }
+    ldd_model_infos_fill(mi, e);
     r.n_models = (size_t)e->n_models;
-    r.models = iptr;
+    r.models = mi->ptr;
     for (int d = 0; d < ld_dataset_n_domains(e->dataset); d++)
         sources[d] = (char *)ld_dataset_domain(e->dataset, d);
     r.n_source_domains = (size_t)ld_dataset_n_domains(e->dataset);
@@ -315,6 +312,8 @@ static void on_hello(ldd_server_t *self, const uint8_t *id, size_t id_len, ldd_s
     m.body_case = LANGDAUG__V1__SERVER_MESSAGE__BODY_HELLO;
     m.hello = &r;
     send_server_message(self, id, id_len, &m);
+    ldd_model_infos_free(mi);
+    free(mi);
 }
 
 static void send_heartbeat(ldd_server_t *self, const uint8_t *id, size_t id_len, uint64_t time_ms)
@@ -712,12 +711,9 @@ static void rebind_sessions(ldd_server_t *self)
         if (!s->has_request)
             continue;
         ldd_request_t req = s->req;
-        int ok = 1;
-        for (int p = 0; p < req.n_pairs && ok; p++) {
-            ldd_pair_t *pair = &req.pairs[p];
-            ok = ldd_engine_find_target(self->engine, pair->target, &pair->model, &pair->target_index) == 0 &&
-                 (!*pair->source || (pair->source_domain = ldd_engine_find_source(self->engine, pair->source)) >= 0);
-        }
+        int code;
+        char text[400];
+        int ok = ldd_request_resolve(self->engine, &req, &code, text, sizeof text) == 0;
         install_request(self, s, &req);
         if (ok && s->batch_bytes > self->sched.budget) {
             send_error(self, s->id, s->id_len, s, LANGDAUG__V1__ERROR_CODE__ERROR_LIMIT,
@@ -725,8 +721,7 @@ static void rebind_sessions(ldd_server_t *self)
             s->has_request = 0;
             s->credits = 0;
         } else if (!ok) {
-            send_error(self, s->id, s->id_len, s, LANGDAUG__V1__ERROR_CODE__ERROR_UNKNOWN_DOMAIN,
-                       "after a reload, a domain of the request is no longer served; credits dropped");
+            send_error(self, s->id, s->id_len, s, code, "after a reload, %s; credits dropped", text);
             s->has_request = 0;
             s->credits = 0;
         }

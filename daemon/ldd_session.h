@@ -34,11 +34,11 @@
 #define LDD_MAX_ID 256
 
 typedef struct {
-    char source[LD_NAME_MAX];   /* "" = any dataset domain but the target */
+    char source[LD_NAME_MAX];   /* "" = any dataset domain the target is served from */
     char target[LD_NAME_MAX];
     double weight;
-    int source_domain;          /* dataset index, -1 = any */
-    int model, target_index;    /* resolved against the engine */
+    int source_domain;          /* dataset index, -1 = any; resolved against the engine */
+    int route;                  /* index in the engine's targets; resolved against the engine */
 } ldd_pair_t;
 
 typedef struct {
@@ -72,6 +72,7 @@ typedef struct ldd_session_s {
     ld_rng_t rng;               /* crop and pair choices of this request */
     uint64_t next_chain;
     int pending_pair;           /* pair drawn but not yet used (-1 = none) */
+    int pending_source;         /* and its source domain */
     uint32_t *perm[LD_EBM_MAX_DOMAINS];  /* epoch mode: tile order per source domain */
     int perm_pos[LD_EBM_MAX_DOMAINS];
     uint64_t epoch[LD_EBM_MAX_DOMAINS];

@@ -132,10 +132,14 @@ _Static_assert((int)LANGDAUG__V1__COLOUR_SPACE__COLOUR_SPACE_RGB == LD_COLOUR_RG
                    (int)LANGDAUG__V1__COLOUR_SPACE__COLOUR_SPACE_LAB == LD_COLOUR_LAB,
                "wire ColourSpace = ld_colour_space_t");
 
-void ldd_model_info(const ldd_engine_t *e, int i, Langdaug__V1__ModelInfo *info, char **domains,
-                    uint32_t *widths)
+static void model_info(ldd_model_infos_t *mi, const ldd_engine_t *e, int i, Langdaug__V1__Pair *pairs,
+                       Langdaug__V1__Pair **pair_ptr)
 {
-    const ld_ebm_arch_t *a = ld_ebm_arch(e->models[i].ebm);
+    const ldd_model_t *m = &e->models[i];
+    const ld_ebm_arch_t *a = ld_ebm_arch(m->ebm);
+    Langdaug__V1__ModelInfo *info = &mi->models[i];
+    char **domains = mi->domains[i];
+    uint32_t *widths = mi->widths[i];
     langdaug__v1__model_info__init(info);
     info->hash = (char *)e->models[i].hash;
     info->path = (char *)e->models[i].path;
@@ -153,6 +157,37 @@ void ldd_model_info(const ldd_engine_t *e, int i, Langdaug__V1__ModelInfo *info,
     info->widths = widths;
     info->has_colour_space = 1;
     info->colour_space = (Langdaug__V1__ColourSpace)a->colour_space;
+    for (int k = 0; k < m->n_served; k++) {
+        langdaug__v1__pair__init(&pairs[k]);
+        pairs[k].source = (char *)ld_dataset_domain(e->dataset, m->served[k].source);
+        pairs[k].target = (char *)a->domains[m->served[k].target];
+        pair_ptr[k] = &pairs[k];
+    }
+    info->n_pairs = (size_t)m->n_served;
+    info->pairs = pair_ptr;
+    mi->ptr[i] = info;
+}
+
+void ldd_model_infos_fill(ldd_model_infos_t *mi, const ldd_engine_t *e)
+{
+    size_t n = 0;
+    for (int i = 0; i < e->n_models; i++)
+        n += (size_t)e->models[i].n_served;
+    mi->pairs = ldd_xcalloc(n ? n : 1, sizeof *mi->pairs);
+    mi->pair_ptr = ldd_xcalloc(n ? n : 1, sizeof *mi->pair_ptr);
+    n = 0;
+    for (int i = 0; i < e->n_models; i++) {
+        model_info(mi, e, i, mi->pairs + n, mi->pair_ptr + n);
+        n += (size_t)e->models[i].n_served;
+    }
+}
+
+void ldd_model_infos_free(ldd_model_infos_t *mi)
+{
+    free(mi->pairs);
+    free(mi->pair_ptr);
+    mi->pairs = NULL;
+    mi->pair_ptr = NULL;
 }
 
 static Langdaug__V1__Rates rates_of(const rate_t *r)
@@ -167,9 +202,7 @@ static Langdaug__V1__Rates rates_of(const rate_t *r)
 
 /* Everything the packed reply points to, freed after packing. */
 typedef struct {
-    Langdaug__V1__ModelInfo models[LDD_MAX_MODELS], *model_ptr[LDD_MAX_MODELS];
-    char *domains[LDD_MAX_MODELS][LD_EBM_MAX_DOMAINS];
-    uint32_t widths[LDD_MAX_MODELS][LD_EBM_MAX_BLOCKS + 1];
+    ldd_model_infos_t models;
     Langdaug__V1__ConfigEntry *config;
     Langdaug__V1__ConfigEntry **config_ptr;
     char **config_text;
@@ -275,12 +308,9 @@ static void fill_energies(reply_mem_t *m, const ldd_status_t *self, Langdaug__V1
 
 static void fill_engine(reply_mem_t *m, const ldd_engine_t *e, Langdaug__V1__StatusReply *r)
 {
-    for (int i = 0; i < e->n_models; i++) {
-        ldd_model_info(e, i, &m->models[i], m->domains[i], m->widths[i]);
-        m->model_ptr[i] = &m->models[i];
-    }
+    ldd_model_infos_fill(&m->models, e);
     r->n_models = (size_t)e->n_models;
-    r->models = m->model_ptr;
+    r->models = m->models.ptr;
     int nd = ld_dataset_n_domains(e->dataset);
     m->domains_count = ldd_xcalloc((size_t)nd, sizeof *m->domains_count);
     m->domain_ptr = ldd_xcalloc((size_t)nd, sizeof *m->domain_ptr);
@@ -335,6 +365,7 @@ static void free_mem(reply_mem_t *m)
     free(m->energy_ptr);
     free(m->domains_count);
     free(m->domain_ptr);
+    ldd_model_infos_free(&m->models);
     free(m);
 }
 

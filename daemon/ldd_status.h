@@ -52,10 +52,17 @@ typedef struct {
 void *ldd_status_reply(const ldd_status_t *self, const ldd_status_view_t *view, size_t *len);
 /* Packs a StatusReply carrying only an error. */
 void *ldd_status_error_reply(int code, const char *text, size_t *len);
-/* Fills a ModelInfo for model i of e; its arrays point into the scratch
- * arrays given (LD_EBM_MAX_DOMAINS names, LD_EBM_MAX_BLOCKS + 1 widths). */
-void ldd_model_info(const ldd_engine_t *e, int i, Langdaug__V1__ModelInfo *info, char **domains,
-                    uint32_t *widths);
+/* A ModelInfo for every model of an engine (HelloReply, StatusReply) and
+ * the memory it points to; strings point into the engine. */
+typedef struct {
+    Langdaug__V1__ModelInfo models[LDD_MAX_MODELS], *ptr[LDD_MAX_MODELS];
+    char *domains[LDD_MAX_MODELS][LD_EBM_MAX_DOMAINS];
+    uint32_t widths[LDD_MAX_MODELS][LD_EBM_MAX_BLOCKS + 1];
+    Langdaug__V1__Pair *pairs, **pair_ptr;   /* every model's served pairs, model after model */
+} ldd_model_infos_t;
+/* Fills mi (caller's memory; free with ldd_model_infos_free) from e. */
+void ldd_model_infos_fill(ldd_model_infos_t *mi, const ldd_engine_t *e);
+void ldd_model_infos_free(ldd_model_infos_t *mi);
 /* Resident set size of this process in bytes (0 if unknown). */
 uint64_t ldd_resident_bytes(void);
 

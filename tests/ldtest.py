@@ -1,11 +1,14 @@
 """Helpers shared by the Python test suites (tests/run runs them with cwd
 tests/, so `import ldtest` works): where the built programs are, running the
 CLI with a bounded wait, a free 127.0.0.1 port, interrupting a command once
-it has got going, and a client that fills a daemon's queue memory.
+it has got going, reading and rewriting a model file's metadata, and a
+client that fills a daemon's queue memory.
 """
+import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -20,6 +23,39 @@ def run_cli(*args, timeout):
     """Runs `langdaug ARGS` (each argument str()'ed) and returns the
     CompletedProcess with text stdout and stderr."""
     return subprocess.run([CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+def run_cli_ok(*args, timeout=120):
+    """run_cli that raises AssertionError with the command's stderr unless it exits 0."""
+    r = run_cli(*args, timeout=timeout)
+    if r.returncode != 0:
+        raise AssertionError("langdaug %s failed: %s" % (" ".join(map(str, args)), r.stderr))
+    return r
+
+
+def safetensors_meta(path):
+    """The __metadata__ of a safetensors file (model or checkpoint)."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        return json.loads(f.read(n))["__metadata__"]
+
+
+def write_with_meta(src, dst, **changes):
+    """A copy of model file src with metadata keys changed (None = removed);
+    keys with dots or dashes go through a dict: **{"train.pairs": "A:B"}."""
+    with open(src, "rb") as f:
+        data = f.read()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    for k, v in changes.items():
+        if v is None:
+            header["__metadata__"].pop(k, None)
+        else:
+            header["__metadata__"][k] = v
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    with open(dst, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + data[8 + n:])
 
 
 def free_port():

@@ -10,6 +10,7 @@ import importlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -185,6 +186,34 @@ class Daemon:
         d.setsockopt(zmq.LINGER, 0)
         d.connect(self.bind)
         return d
+
+    def reload(self, expect):
+        """Sends SIGHUP, waits (bounded) for the reload to end, i.e. for its "reload ok|failed" log
+        line, and returns the status then; AssertionError unless its last_reload starts with
+        expect ("ok" or "failed")."""
+        def reloads():
+            return len(re.findall(r"\breload (?:ok|failed)\b", self.log_text()))
+        before = reloads()
+        self.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + WAIT
+        while reloads() == before:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise AssertionError("the reload did not end; log:\n" + self.log_text())
+            time.sleep(0.05)
+        st = self.status()
+        if not st.last_reload.startswith(expect):
+            raise AssertionError("reload '%s', expected %s; log:\n%s" % (st.last_reload, expect, self.log_text()))
+        return st
+
+    def hello(self):
+        """The HelloReply to a Hello from a fresh client."""
+        c = self.client()
+        c.send(cmsg(hello=pb.Hello(min_version=1, max_version=1, client_name="test-hello")))
+        m, _ = recv_msg(c)
+        c.close()
+        if m.WhichOneof("body") != "hello":
+            raise AssertionError("expected a HelloReply, got %s" % m)
+        return m.hello
 
     def stop(self, sig=signal.SIGTERM, timeout=WAIT):
         """Signals the daemon and returns its exit status (killed if hung)."""
@@ -656,16 +685,14 @@ class OperationsTest(DaemonTestCase):
         self.assertEqual(b.samples[0].model_hash, self.model_hash)
         new_hash = write_model(model + ".tmp", seed=99)
         os.replace(model + ".tmp", model)
-        d.proc.send_signal(signal.SIGHUP)
-        st = self.wait_reload(d, "ok")
+        st = d.reload("ok")
         self.assertEqual([m.hash for m in st.models], [new_hash])
         pull(c, credits=1)  # the session and its request survive the reload
         b, _, _ = recv_batch(c)
         self.assertEqual([s.model_hash for s in b.samples], [new_hash] * 2)
         with open(model, "r+b") as f:  # corrupt: header length beyond the file
             f.write(struct.pack("<Q", 1 << 40))
-        d.proc.send_signal(signal.SIGHUP)
-        st = self.wait_reload(d, "failed")
+        st = d.reload("failed")
         self.assertIn(model, st.last_reload)
         self.assertEqual([m.hash for m in st.models], [new_hash], "the running model stays")
         self.assertIn("reload failed", d.log_text())
@@ -673,16 +700,6 @@ class OperationsTest(DaemonTestCase):
         b, _, _ = recv_batch(c)
         self.assertEqual([s.model_hash for s in b.samples], [new_hash] * 2)
         self.assertEqual(d.stop(), 0)
-
-    def wait_reload(self, d, prefix):
-        before = time.monotonic()
-        while time.monotonic() - before < WAIT:
-            st = d.status()
-            if st.last_reload and st.last_reload_age_s < time.monotonic() - before + 1:
-                if st.last_reload.startswith(prefix):
-                    return st
-            time.sleep(0.05)
-        self.fail("no reload '%s' in status; log:\n%s" % (prefix, d.log_text()))
 
     def test_notify_protocol(self):
         path = os.path.join(self.tmp, "notify.sock")

@@ -10,9 +10,7 @@ ports, fixtures and helpers of test_daemon.py; every wait is bounded and
 every daemon started here is stopped here.
 """
 import os
-import signal
 import subprocess
-import time
 import unittest
 
 import numpy as np
@@ -85,14 +83,6 @@ class TrainedLangevinTest(td.DaemonTestCase):
             self.fail("the daemon started; log:\n" + d.log_text())
         self.assertEqual(d.proc.returncode, 1, d.log_text())
         return d.log_text()
-
-    def wait_reload(self, d, prefix, since):
-        while time.monotonic() - since < td.WAIT:
-            st = d.status()
-            if st.last_reload.startswith(prefix) and st.last_reload_age_s < time.monotonic() - since + 0.5:
-                return st
-            time.sleep(0.05)
-        self.fail("no reload '%s'; log:\n%s" % (prefix, d.log_text()))
 
     def assert_same(self, a, b):
         np.testing.assert_array_equal(a, b)
@@ -175,9 +165,7 @@ class TrainedLangevinTest(td.DaemonTestCase):
         before = self.samples(d)
         with open(conf, "w") as f:
             f.write("model = %s\nmodel = %s\n" % (model, other))
-        since = time.monotonic()
-        d.proc.send_signal(signal.SIGHUP)
-        st = self.wait_reload(d, "failed", since)
+        st = d.reload("failed")
         for word in (model, other, "0.02", "0.03", "set step_size"):
             self.assertIn(word, st.last_reload)
         self.assert_same(self.samples(d), before)
@@ -185,9 +173,7 @@ class TrainedLangevinTest(td.DaemonTestCase):
             f.write("model = %s\n" % model)
         td.write_model(model + ".tmp", seed=2, meta={**TRAINED, "train.step-size": "0.03"})
         os.replace(model + ".tmp", model)
-        since = time.monotonic()
-        d.proc.send_signal(signal.SIGHUP)
-        self.wait_reload(d, "ok", since)
+        d.reload("ok")
         self.assertIn("step_size = 0.03 (auto): train.step-size of model " + model, d.log_text())
         after = self.samples(d)
         self.assert_differ(after, before)

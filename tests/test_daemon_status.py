@@ -17,7 +17,6 @@ import zmq
 import test_daemon as td
 import test_daemon_curve as tc
 from ldtest import CLI, Hog, run_cli
-from test_daemon import pb
 
 MIB = 1 << 20
 BATCH = 32  # samples per batch of the queue tests: ~100 KiB, a tenth of a 1 MiB max_queue_memory
@@ -147,18 +146,10 @@ class QueueMemoryTest(td.DaemonTestCase):
 
 
 class HelloIdleTimeoutTest(td.DaemonTestCase):
-    def hello(self, d):
-        c = d.client()
-        c.send(td.cmsg(hello=pb.Hello(min_version=1, max_version=1, client_name="idle-probe")))
-        m, _ = td.recv_msg(c)
-        c.close()
-        self.assertEqual(m.WhichOneof("body"), "hello")
-        return m.hello
-
     def test_hello_reply_has_the_precise_idle_timeout(self):
         for seconds, whole in (("0.3", 1), ("2.5", 3), ("60", 60)):
             d = self.start(extra=["--idle-timeout", seconds])
-            h = self.hello(d)
+            h = d.hello()
             self.assertTrue(h.HasField("idle_timeout"))
             self.assertEqual(h.idle_timeout, float(seconds))
             self.assertEqual(h.idle_timeout_s, whole, "the whole seconds are rounded up, never 0")

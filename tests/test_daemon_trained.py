@@ -10,9 +10,7 @@ crops). Luminance is checked with this file's own numpy sRGB -> CIE LAB
 test_daemon.py; every wait is bounded and every daemon started here is
 stopped here.
 """
-import json
 import os
-import struct
 import subprocess
 import time
 import unittest
@@ -20,7 +18,7 @@ import unittest
 import numpy as np
 
 import test_daemon as td
-from ldtest import CLI, run_cli
+from ldtest import CLI, run_cli_ok, safetensors_meta, write_with_meta
 from test_daemon import pb
 
 TRAIN = ["--size", "32", "--widths", "8,16", "--batch", "4", "--langevin-steps", "3", "--threads", "1", "--iters", "3",
@@ -86,54 +84,25 @@ def pull_batch(d, seed, steps, n_chains=4, **kw):
     return b, images.copy(), masks.copy()
 
 
-def write_with_meta(src, dst, **changes):
-    """A copy of model file src with metadata keys changed (None = removed)."""
-    with open(src, "rb") as f:
-        data = f.read()
-    (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + n])
-    for k, v in changes.items():
-        if v is None:
-            header["__metadata__"].pop(k, None)
-        else:
-            header["__metadata__"][k] = v
-    h = json.dumps(header).encode()
-    h += b" " * (-len(h) % 8)
-    with open(dst, "wb") as f:
-        f.write(struct.pack("<Q", len(h)) + h + data[8 + n:])
-
-
-def safetensors_meta(path):
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        return json.loads(f.read(n))["__metadata__"]
-
-
 @unittest.skipUnless(os.access(CLI, os.X_OK) and os.access(td.DAEMON, os.X_OK), "langdaug / langdaugd not built")
-class TrainedModels(td.DaemonTestCase):
+class SynthData(td.DaemonTestCase):
+    """Daemon tests on a `langdaug synth` set (cls.data) of DOMAINS, two 32x32 images each."""
+
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
         cls.data = os.path.join(cls.tmp, "synth")
-        cls.run_ok("synth", "--out", cls.data, "--domains", "3", "--per-domain", "2", "--size", "32")
-        cls.lab_model = os.path.join(cls.tmp, "lab.safetensors")
-        cls.run_ok("train", "--data", cls.data, "--colour-space", "lab", *TRAIN, "--out", cls.lab_model)
-        cls.quiet_model = os.path.join(cls.tmp, "noise0.safetensors")
-        cls.run_ok("train", "--data", cls.data, "--noise", "0", *TRAIN, "--out", cls.quiet_model)
+        run_cli_ok("synth", "--out", cls.data, "--domains", len(DOMAINS), "--per-domain", "2", "--size", "32")
 
+
+class TrainedModels(SynthData):
     @classmethod
-    def run_ok(cls, *args):
-        r = run_cli(*args, timeout=120)
-        if r.returncode != 0:
-            raise AssertionError("langdaug %s failed: %s" % (" ".join(args), r.stderr))
-        return r
-
-    def hello(self, d):
-        c = d.client()
-        c.send(td.cmsg(hello=pb.Hello(min_version=1, max_version=1)))
-        m, _ = td.recv_msg(c)
-        c.close()
-        return m.hello
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.lab_model = os.path.join(cls.tmp, "lab.safetensors")
+        run_cli_ok("train", "--data", cls.data, "--colour-space", "lab", *TRAIN, "--out", cls.lab_model)
+        cls.quiet_model = os.path.join(cls.tmp, "noise0.safetensors")
+        run_cli_ok("train", "--data", cls.data, "--noise", "0", *TRAIN, "--out", cls.quiet_model)
 
     # ------------------------------------------------------------ luminance
 
@@ -158,7 +127,7 @@ class TrainedModels(td.DaemonTestCase):
         meta = safetensors_meta(self.lab_model)
         self.assertEqual((meta["colour_space"], meta["train.colour-space"]), ("lab", "lab"))
         d = self.start(model=self.lab_model, langevin=())
-        h = self.hello(d)
+        h = d.hello()
         self.assertEqual(h.models[0].colour_space, pb.COLOUR_SPACE_LAB)
         self.assertEqual(h.keep, pb.KEEP_NONE)
         st = d.status()
@@ -190,14 +159,14 @@ class TrainedModels(td.DaemonTestCase):
 
     def test_keep_from_the_config_and_a_request_that_overrides_it(self):
         d = self.start(model=self.lab_model, langevin=(), extra=["--keep", "luminance"])
-        self.assertEqual(self.hello(d).keep, pb.KEEP_LUMINANCE)
+        self.assertEqual(d.hello().keep, pb.KEEP_LUMINANCE)
         targets = ["cam2"]
         self.assert_keeps_luminance(*pull_batch(d, 5, [0, 3], targets=targets), kept=True)
         self.assert_keeps_luminance(*pull_batch(d, 5, [0, 3], targets=targets, keep=pb.KEEP_NONE), kept=False)
         # an RGB model keeps luminance too (through a LAB round trip)
         rgb = self.start(model=self.quiet_model, langevin=("--step-size", "5", "--noise", "0.005"),
                          extra=["--keep", "luminance"])
-        self.assertEqual(self.hello(rgb).models[0].colour_space, pb.COLOUR_SPACE_RGB)
+        self.assertEqual(rgb.hello().models[0].colour_space, pb.COLOUR_SPACE_RGB)
         self.assert_keeps_luminance(*pull_batch(rgb, 5, [0, 3], targets=targets), kept=True)
         r = subprocess.run([td.DAEMON, "--model", "/m", "--data", "/d", "--keep", "luminance", "--print-config"],
                            capture_output=True, text=True, timeout=td.WAIT)
@@ -259,7 +228,7 @@ class TrainedModels(td.DaemonTestCase):
         # a file without the key (written before it existed) is an RGB model
         old = os.path.join(self.tmp, "old.safetensors")
         write_with_meta(self.lab_model, old, colour_space=None)
-        self.assertEqual(self.hello(self.start(model=old, langevin=())).models[0].colour_space, pb.COLOUR_SPACE_RGB)
+        self.assertEqual(self.start(model=old, langevin=()).hello().models[0].colour_space, pb.COLOUR_SPACE_RGB)
 
         d = self.start(model=self.lab_model, langevin=())
         c = d.client()
@@ -272,7 +241,7 @@ class TrainedModels(td.DaemonTestCase):
 
     def test_grey_models_cannot_keep_luminance(self):
         grey = os.path.join(self.tmp, "grey.safetensors")
-        self.run_ok("init-model", "--out", grey, "--image-channels", "1", "--size", "32", "--widths", "4,8",
+        run_cli_ok("init-model", "--out", grey, "--image-channels", "1", "--size", "32", "--widths", "4,8",
                     "--domains", ",".join(DOMAINS))
         d = td.Daemon(self.tmp, model=grey, data=self.data, extra=["--keep", "luminance"])
         self.daemons.append(d)
@@ -295,7 +264,7 @@ class TrainedModels(td.DaemonTestCase):
         self.assertEqual(safetensors_meta(path)["colour_space"], "lab")
         self.assertEqual(EBM.load_safetensors(path).colour_space, "lab")
         d = self.start(model=path, langevin=())
-        self.assertEqual(self.hello(d).models[0].colour_space, pb.COLOUR_SPACE_LAB)
+        self.assertEqual(d.hello().models[0].colour_space, pb.COLOUR_SPACE_LAB)
         for bad, word in (({"colour_space": "xyz"}, "not rgb or lab"), ({"colour_space": "lab", "image_channels": 1},
                                                                          "needs 3 image channels")):
             args = {"image_channels": 3, **bad}

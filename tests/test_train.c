@@ -92,22 +92,6 @@ static void small_config(ld_train_config_t *cfg, const char *root)
     apply_env_settings(cfg);
 }
 
-static ld_train_t *new_run(const ld_train_config_t *cfg)
-{
-    ld_train_t *tr = NULL;
-    int rc = ld_train_new(cfg, &tr);
-    ck_assert_msg(rc == 0, "ld_train_new: %s: %s", ld_strerror(rc), ld_errdetail());
-    return tr;
-}
-
-static void run_to(ld_train_t *tr, int64_t iters, const char *checkpoint, int64_t every)
-{
-    ld_train_run_opts_t ro = { .iters = iters, .checkpoint = checkpoint, .checkpoint_every = every };
-    int rc = ld_train_run(tr, &ro);
-    ck_assert_msg(rc == 0, "ld_train_run: %s: %s", ld_strerror(rc), ld_errdetail());
-    ck_assert_int_eq(ld_train_iteration(tr), iters);
-}
-
 static int64_t env_int(const char *name, int64_t def)
 {
     const char *v = getenv(name);
@@ -125,8 +109,8 @@ static ld_ebm_t *learned_model(void)
         char seed[32];
         snprintf(seed, sizeof seed, "%lld", (long long)env_int("LD_TEST_TRAIN_SEED", 7));
         ck_assert_int_eq(ld_train_config_set(&cfg, "seed", seed), 0);
-        ld_train_t *tr = new_run(&cfg);
-        run_to(tr, env_int("LD_TEST_TRAIN_ITERS", 600), NULL, 0);
+        ld_train_t *tr = ld_test_train_new(&cfg);
+        ld_test_train_run_to(tr, env_int("LD_TEST_TRAIN_ITERS", 600), NULL, 0);
         ck_assert_int_eq(ld_train_save_model(tr, path, NULL, NULL), 0);
         ld_train_destroy(&tr);
         free(root);
@@ -322,44 +306,22 @@ START_TEST(langevin_moves_colour_toward_target_and_keeps_mask)
 }
 END_TEST
 
-static int files_equal(const char *a, const char *b)
-{
-    return ld_test_system("cmp -s '%s' '%s'", a, b) == 0;
-}
-
 START_TEST(resume_is_bit_exact)
 {
     char *root = synth_root("train", 1, 8), *dir = ld_test_tmpdir();
-    char *ck_a = ld_test_path(dir, "a.ckpt"), *ck_b = ld_test_path(dir, "b.ckpt");
-    char *mod_a = ld_test_path(dir, "a.safetensors"), *mod_b = ld_test_path(dir, "b.safetensors");
-    ld_train_config_t cfg;
+    char *ck_b = ld_test_path(dir, "b.ckpt");
+    ld_train_config_t cfg, one_thread;
     small_config(&cfg, root);
     ck_assert_int_eq(ld_train_config_set(&cfg, "langevin-steps", "4"), 0);
-    ld_meta_t *prov;
-    ck_assert_int_eq(ld_meta_new(&prov), 0);
-    ck_assert_int_eq(ld_meta_set(prov, "command", "test"), 0);
-
-    ld_train_t *tr = new_run(&cfg);
-    run_to(tr, 12, ck_a, 5);
-    ck_assert_int_eq(ld_train_save_model(tr, mod_a, prov, NULL), 0);
-    ld_train_destroy(&tr);
-
-    ck_assert_int_eq(ld_train_config_set(&cfg, "threads", "1"), 0); /* threads do not change results */
-    tr = new_run(&cfg);
-    run_to(tr, 7, ck_b, 0);
-    ld_train_destroy(&tr);
+    one_thread = cfg;
+    ck_assert_int_eq(ld_train_config_set(&one_thread, "threads", "1"), 0); /* threads do not change results */
     ld_meta_t *overrides;
     ck_assert_int_eq(ld_meta_new(&overrides), 0);
     ck_assert_int_eq(ld_meta_set(overrides, "threads", "2"), 0);
     ck_assert_int_eq(ld_meta_set(overrides, "lr", "0.001"), 0); /* same value, other spelling */
-    ck_assert_msg(ld_train_resume(ck_b, overrides, &tr) == 0, "%s", ld_errdetail());
-    ck_assert_int_eq(ld_train_iteration(tr), 7);
-    run_to(tr, 12, ck_b, 5);
-    ck_assert_int_eq(ld_train_save_model(tr, mod_b, prov, NULL), 0);
-    ld_train_destroy(&tr);
+    ld_test_train_resume_bit_exact(&cfg, &one_thread, overrides, 7, 12, 5, dir);
 
-    ck_assert_msg(files_equal(mod_a, mod_b), "model files differ");
-    ck_assert_msg(files_equal(ck_a, ck_b), "final checkpoints differ");
+    ld_train_t *tr;
     int64_t rows;
     ck_assert_int_eq(ld_train_resume(ck_b, NULL, &tr), 0);
     const float *hist = ld_train_history(tr, &rows);
@@ -368,9 +330,8 @@ START_TEST(resume_is_bit_exact)
     ld_train_destroy(&tr);
 
     ld_meta_destroy(&overrides);
-    ld_meta_destroy(&prov);
     ld_test_rmtree(dir);
-    free(root), free(dir), free(ck_a), free(ck_b), free(mod_a), free(mod_b);
+    free(root), free(dir), free(ck_b);
 }
 END_TEST
 
@@ -394,8 +355,8 @@ START_TEST(resume_rejects_changed_settings)
     ld_train_config_t cfg;
     small_config(&cfg, root);
     ck_assert_int_eq(ld_train_config_set(&cfg, "langevin-steps", "2"), 0);
-    ld_train_t *tr = new_run(&cfg);
-    run_to(tr, 1, ck, 0);
+    ld_train_t *tr = ld_test_train_new(&cfg);
+    ld_test_train_run_to(tr, 1, ck, 0);
     ld_train_destroy(&tr);
     expect_resume_refused(ck, "lr", "0.002", "--lr 0.002 differs from the checkpoint's 0.001");
     expect_resume_refused(ck, "batch", "x", "--batch");
@@ -430,8 +391,8 @@ START_TEST(killed_checkpoint_write_keeps_previous)
     ck_assert_int_eq(ld_train_config_set(&cfg, "widths", "64,256"), 0);
     ck_assert_int_eq(ld_train_config_set(&cfg, "langevin-steps", "1"), 0);
     ck_assert_int_eq(ld_train_config_set(&cfg, "batch", "2"), 0);
-    ld_train_t *tr = new_run(&cfg);
-    run_to(tr, 1, ck, 0);
+    ld_train_t *tr = ld_test_train_new(&cfg);
+    ld_test_train_run_to(tr, 1, ck, 0);
     size_t len0;
     char *before = ld_test_read_file(ck, &len0);
     ld_train_stats_t st;
@@ -489,7 +450,7 @@ START_TEST(divergence_stops_and_keeps_checkpoint)
     small_config(&cfg, root);
     ck_assert_int_eq(ld_train_config_set(&cfg, "lr", "1000"), 0);
     ck_assert_int_eq(ld_train_config_set(&cfg, "langevin-steps", "3"), 0);
-    ld_train_t *tr = new_run(&cfg);
+    ld_train_t *tr = ld_test_train_new(&cfg);
     ld_train_run_opts_t ro = { .iters = 50, .checkpoint = ck, .checkpoint_every = 1 };
     int rc = ld_train_run(tr, &ro);
     ck_assert_int_eq(rc, LD_ENUMERIC);
@@ -514,7 +475,7 @@ START_TEST(preview_grid)
     ld_train_config_t cfg;
     small_config(&cfg, root);
     ck_assert_int_eq(ld_train_config_set(&cfg, "langevin-steps", "4"), 0);
-    ld_train_t *tr = new_run(&cfg);
+    ld_train_t *tr = ld_test_train_new(&cfg);
     ld_train_run_opts_t ro = { .iters = 4, .preview_dir = dir, .preview_every = 2 };
     ck_assert_int_eq(ld_train_run(tr, &ro), 0);
     char *p2 = ld_test_path(dir, "preview_00000002.png"), *p4 = ld_test_path(dir, "preview_00000004.png");
@@ -641,26 +602,6 @@ static double flat_energy(const ld_ebm_t *m, const uint8_t rgb[3], int t, int la
     return e;
 }
 
-/* Rewrites a checkpoint without one metadata key (a file from before it). */
-static void drop_meta_key(const char *src, const char *dst, const char *key)
-{
-    ld_st_t *st;
-    ld_st_writer_t *w;
-    ck_assert_int_eq(ld_st_open(src, &st), 0);
-    ck_assert_int_eq(ld_st_writer_new(&w), 0);
-    const ld_meta_t *m = ld_st_meta(st);
-    for (size_t i = 0; i < ld_meta_count(m); i++)
-        if (strcmp(ld_meta_key(m, i), key) != 0)
-            ck_assert_int_eq(ld_st_writer_set_meta(w, ld_meta_key(m, i), ld_meta_value(m, i)), 0);
-    for (size_t i = 0; i < ld_st_n_tensors(st); i++) {
-        const ld_st_tensor_t *t = ld_st_tensor(st, i);
-        ck_assert_int_eq(ld_st_writer_add(w, t->name, t->dtype, t->ndim, t->shape, t->data), 0);
-    }
-    ck_assert_int_eq(ld_st_writer_write(w, dst, NULL), 0);
-    ld_st_writer_destroy(&w);
-    ld_st_close(&st);
-}
-
 /* colour-space lab: positives and the negatives' starts reach the model as
  * LAB (the step's energies are those of the LAB crops, not of the RGB ones),
  * the model file says lab, previews show the chains back in RGB, grey data
@@ -677,7 +618,7 @@ START_TEST(lab_training_sees_lab)
     ck_assert_int_eq(ld_train_config_set(&cfg, "step-size", "1e-12"), 0);
     ck_assert_int_eq(ld_train_config_set(&cfg, "noise", "0"), 0);
     ck_assert_int_eq(ld_train_config_set(&cfg, "colour-space", "lab"), 0);
-    ld_train_t *tr = new_run(&cfg);
+    ld_train_t *tr = ld_test_train_new(&cfg);
     ck_assert_int_eq(ld_ebm_arch(ld_train_model(tr))->colour_space, LD_COLOUR_LAB);
     ld_ebm_t *before;
     ck_assert_int_eq(ld_ebm_clone(ld_train_model(tr), &before), 0);
@@ -715,11 +656,11 @@ START_TEST(lab_training_sees_lab)
     ld_image_free(&grid);
 
     /* resuming keeps the colour space; a checkpoint without the key is rgb */
-    run_to(tr, 2, ck, 0);
+    ld_test_train_run_to(tr, 2, ck, 0);
     ld_train_destroy(&tr);
     expect_resume_refused(ck, "colour-space", "rgb", "--colour-space rgb differs from the checkpoint's lab");
     char *old = ld_test_path(dir, "old.ckpt");
-    drop_meta_key(ck, old, "train.colour-space");
+    ld_test_drop_meta_key(ck, old, "train.colour-space");
     ck_assert_int_eq(ld_train_resume(ck, NULL, &tr), 0);
     ck_assert_int_eq(ld_train_config(tr)->colour_space, LD_COLOUR_LAB);
     ld_train_destroy(&tr);
@@ -757,7 +698,7 @@ START_TEST(bad_data_fails_before_training)
     ck_assert_msg(strstr(ld_errdetail(), "nosuch"), "%s", ld_errdetail());
     /* an explicit subset resolves to that order */
     ck_assert_int_eq(ld_train_config_set(&cfg, "domains", "cam2,cam0"), 0);
-    tr = new_run(&cfg);
+    tr = ld_test_train_new(&cfg);
     ck_assert_str_eq(ld_ebm_arch(ld_train_model(tr))->domains[0], "cam2");
     ck_assert_int_eq(ld_ebm_arch(ld_train_model(tr))->n_domains, 2);
     ld_train_destroy(&tr);

@@ -5,16 +5,14 @@ SIGINT -> checkpoint -> --resume giving the same state as a straight run.
 Skips when the CLI has no `train` command registered. Every subprocess wait
 is bounded in time; the data is a tiny `langdaug synth` set.
 """
-import json
 import os
 import shutil
-import struct
 import subprocess
 import tempfile
 import time
 import unittest
 
-from ldtest import CLI, interrupt_when, run_cli
+from ldtest import CLI, interrupt_when, run_cli, safetensors_meta
 
 WAIT = 120.0  # seconds any single command may take (sanitizer builds are slow)
 SMALL = ["--size", "16", "--widths", "8,16", "--batch", "4", "--langevin-steps", "3", "--threads", "1"]
@@ -22,12 +20,6 @@ SMALL = ["--size", "16", "--widths", "8,16", "--batch", "4", "--langevin-steps",
 
 def run(*args, timeout=WAIT):
     return run_cli(*args, timeout=timeout)
-
-
-def safetensors_meta(path):
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        return json.loads(f.read(n))["__metadata__"]
 
 
 class TrainCli(unittest.TestCase):

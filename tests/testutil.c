@@ -14,6 +14,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "ld_error.h"
+#include "ld_safetensors.h"
+
 TCase *ld_tcase(const char *name, double timeout_s)
 {
     TCase *tc = tcase_create(name);
@@ -153,4 +156,73 @@ double ld_test_max_rel_err(const float *a, const float *b, size_t n, double floo
             worst = isnan(r) ? INFINITY : r;
     }
     return worst;
+}
+
+void ld_test_drop_meta_key(const char *src, const char *dst, const char *key)
+{
+    ld_st_t *st;
+    ld_st_writer_t *w;
+    ck_assert_int_eq(ld_st_open(src, &st), 0);
+    ck_assert_int_eq(ld_st_writer_new(&w), 0);
+    const ld_meta_t *m = ld_st_meta(st);
+    for (size_t i = 0; i < ld_meta_count(m); i++)
+        if (strcmp(ld_meta_key(m, i), key) != 0)
+            ck_assert_int_eq(ld_st_writer_set_meta(w, ld_meta_key(m, i), ld_meta_value(m, i)), 0);
+    for (size_t i = 0; i < ld_st_n_tensors(st); i++) {
+        const ld_st_tensor_t *t = ld_st_tensor(st, i);
+        ck_assert_int_eq(ld_st_writer_add(w, t->name, t->dtype, t->ndim, t->shape, t->data), 0);
+    }
+    ck_assert_int_eq(ld_st_writer_write(w, dst, NULL), 0);
+    ld_st_writer_destroy(&w);
+    ld_st_close(&st);
+}
+
+int ld_test_files_equal(const char *a, const char *b)
+{
+    return ld_test_system("cmp -s '%s' '%s'", a, b) == 0;
+}
+
+ld_train_t *ld_test_train_new(const ld_train_config_t *cfg)
+{
+    ld_train_t *tr = NULL;
+    int rc = ld_train_new(cfg, &tr);
+    ck_assert_msg(rc == 0, "ld_train_new: %s: %s", ld_strerror(rc), ld_errdetail());
+    return tr;
+}
+
+void ld_test_train_run_to(ld_train_t *tr, int64_t iters, const char *checkpoint, int64_t every)
+{
+    ld_train_run_opts_t ro = { .iters = iters, .checkpoint = checkpoint, .checkpoint_every = every };
+    int rc = ld_train_run(tr, &ro);
+    ck_assert_msg(rc == 0, "ld_train_run: %s: %s", ld_strerror(rc), ld_errdetail());
+    ck_assert_int_eq(ld_train_iteration(tr), iters);
+}
+
+void ld_test_train_resume_bit_exact(const ld_train_config_t *cfg, const ld_train_config_t *split_cfg,
+                                    const ld_meta_t *overrides, int64_t split, int64_t iters, int64_t every,
+                                    const char *dir)
+{
+    char *ck_a = ld_test_path(dir, "a.ckpt"), *ck_b = ld_test_path(dir, "b.ckpt");
+    char *mod_a = ld_test_path(dir, "a.safetensors"), *mod_b = ld_test_path(dir, "b.safetensors");
+    ld_meta_t *prov;
+    ck_assert_int_eq(ld_meta_new(&prov), 0);
+    ck_assert_int_eq(ld_meta_set(prov, "command", "test"), 0);
+    ld_train_t *tr = ld_test_train_new(cfg);
+    ld_test_train_run_to(tr, iters, ck_a, every);
+    ck_assert_int_eq(ld_train_save_model(tr, mod_a, prov, NULL), 0);
+    ld_train_destroy(&tr);
+
+    tr = ld_test_train_new(split_cfg ? split_cfg : cfg);
+    ld_test_train_run_to(tr, split, ck_b, 0);
+    ld_train_destroy(&tr);
+    ck_assert_msg(ld_train_resume(ck_b, overrides, &tr) == 0, "%s", ld_errdetail());
+    ck_assert_int_eq(ld_train_iteration(tr), split);
+    ld_test_train_run_to(tr, iters, ck_b, every);
+    ck_assert_int_eq(ld_train_save_model(tr, mod_b, prov, NULL), 0);
+    ld_train_destroy(&tr);
+
+    ck_assert_msg(ld_test_files_equal(mod_a, mod_b), "model files differ");
+    ck_assert_msg(ld_test_files_equal(ck_a, ck_b), "final checkpoints differ");
+    ld_meta_destroy(&prov);
+    free(ck_a), free(ck_b), free(mod_a), free(mod_b);
 }

@@ -11,6 +11,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "ld_train.h"
+
 #define LD_SKIP(...)                                   \
     do {                                               \
         printf("SKIP: %s: ", __func__);                \
@@ -58,6 +60,28 @@ int ld_test_system(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* A TCP port on 127.0.0.1 that was free a moment ago (the kernel picks it
  * for a socket that is then closed). Aborts the test if it cannot. */
 int ld_test_free_port(void);
+
+/* Rewrites safetensors file src as dst without metadata key (a file written
+ * before the key existed); aborts the test on failure. */
+void ld_test_drop_meta_key(const char *src, const char *dst, const char *key);
+
+/* Whether two files have the same bytes. */
+int ld_test_files_equal(const char *a, const char *b);
+
+/* ld_train_new, failing the test with the detail unless it succeeds. */
+ld_train_t *ld_test_train_new(const ld_train_config_t *cfg);
+/* Trains to iteration iters (checkpoint and every as ld_train_run_opts_t;
+ * checkpoint may be NULL), failing the test unless it gets there. */
+void ld_test_train_run_to(ld_train_t *tr, int64_t iters, const char *checkpoint, int64_t every);
+
+/* Resume bit-exactness: trains cfg straight to iters (checkpoint every
+ * `every` to dir/a.ckpt, model dir/a.safetensors), then split_cfg (NULL:
+ * cfg) to split (dir/b.ckpt) and resumes that checkpoint with overrides
+ * (may be NULL) to iters (dir/b.ckpt, dir/b.safetensors); fails the test
+ * unless the two model files and the two final checkpoints are identical. */
+void ld_test_train_resume_bit_exact(const ld_train_config_t *cfg, const ld_train_config_t *split_cfg,
+                                    const ld_meta_t *overrides, int64_t split, int64_t iters, int64_t every,
+                                    const char *dir);
 
 /* Max |a-b| / max(|b|, floor) over n values. */
 double ld_test_max_rel_err(const float *a, const float *b, size_t n, double floor);

@@ -82,8 +82,10 @@ static void check_accepted(const ldd_request_t *req)
         abort();
     for (int i = 0; i < req->n_pairs; i++) {
         const ldd_pair_t *p = &req->pairs[i];
-        if (p->model < 0 || p->model >= engine->n_models || strcmp(ld_ebm_arch(engine->models[p->model].ebm)
-                                                                       ->domains[p->target_index], p->target) != 0)
+        if (p->route < 0 || p->route >= engine->n_targets || strcmp(engine->targets[p->route].name, p->target) != 0)
+            abort();
+        const ldd_target_t *t = &engine->targets[p->route];
+        if (p->source_domain >= 0 ? t->from[p->source_domain].model < 0 : t->n_sources < 1)
             abort();
     }
     for (int i = 0; i < req->n_steps; i++)
