@@ -11,9 +11,11 @@
 #include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "ld_error.h"
 #include "ld_rng.h"
 
 #define INV_SQRT2 0.70710678118654752440f
@@ -27,13 +29,12 @@
 /* Parameter tables                                                    */
 /* ------------------------------------------------------------------ */
 
-void ld_cn_tensor_add(ld_cn_tensor_t *t, char (*names)[LD_CN_NAME_MAX], size_t *n, size_t *numel,
-                      const char *name, int ndim, int64_t d0, int64_t d1, int64_t d2, int64_t d3)
+void ld_cn_params_add(ld_cn_params_t *ps, const char *name, int ndim, int64_t d0, int64_t d1, int64_t d2, int64_t d3)
 {
-    size_t i = (*n)++;
-    ld_cn_tensor_t *ti = &t[i];
-    snprintf(names[i], LD_CN_NAME_MAX, "%s", name);
-    ti->name = names[i];
+    size_t i = ps->n++;
+    ld_cn_tensor_t *ti = &ps->t[i];
+    snprintf(ps->names[i], LD_CN_NAME_MAX, "%s", name);
+    ti->name = ps->names[i];
     ti->ndim = ndim;
     int64_t dims[4] = { d0, d1, d2, d3 };
     ti->numel = 1;
@@ -42,22 +43,50 @@ void ld_cn_tensor_add(ld_cn_tensor_t *t, char (*names)[LD_CN_NAME_MAX], size_t *
         if (k < ndim)
             ti->numel *= (size_t)dims[k];
     }
-    ti->offset = *numel;
-    *numel += ti->numel;
+    ti->offset = ps->numel;
+    ps->numel += ti->numel;
 }
 
-int ld_cn_tensor_find(const ld_cn_tensor_t *t, size_t n, const char *name)
+void ld_cn_params_add_conv(ld_cn_params_t *ps, const char *prefix, int cout, int cin, int k)
 {
-    for (size_t i = 0; i < n; i++)
-        if (strcmp(t[i].name, name) == 0)
+    char name[LD_CN_NAME_MAX];
+    snprintf(name, sizeof name, "%s.weight", prefix);
+    ld_cn_params_add(ps, name, 4, cout, cin, k, k);
+    snprintf(name, sizeof name, "%s.bias", prefix);
+    ld_cn_params_add(ps, name, 1, cout, 0, 0, 0);
+}
+
+int ld_cn_params_alloc(ld_cn_params_t *ps, const char *what)
+{
+    ps->params = calloc(ps->numel, sizeof(float));
+    if (!ps->params)
+        return ld_seterr(LD_ENOMEM, "%s: out of memory for %zu parameters", what, ps->numel);
+    return 0;
+}
+
+void ld_cn_params_free(ld_cn_params_t *ps)
+{
+    free(ps->params);
+    ps->params = NULL;
+}
+
+const ld_cn_tensor_t *ld_cn_params_tensor(const ld_cn_params_t *ps, size_t i)
+{
+    return i < ps->n ? &ps->t[i] : NULL;
+}
+
+int ld_cn_params_find(const ld_cn_params_t *ps, const char *name)
+{
+    for (size_t i = 0; i < ps->n; i++)
+        if (strcmp(ps->t[i].name, name) == 0)
             return (int)i;
     return -1;
 }
 
-void ld_cn_tensor_init(const ld_cn_tensor_t *t, size_t i, float *params, uint64_t seed, double *bound)
+void ld_cn_params_init(ld_cn_params_t *ps, size_t i, uint64_t seed, double *bound)
 {
-    const ld_cn_tensor_t *ti = &t[i];
-    float *p = params + ti->offset;
+    const ld_cn_tensor_t *ti = &ps->t[i];
+    float *p = ps->params + ti->offset;
     ld_rng_t rng;
     ld_rng_init(&rng, seed, i);
     if (ti->ndim > 1) /* a weight: fan_in = numel / out_features; its bias follows */
@@ -402,6 +431,16 @@ const char *ld_cn_down_prof_name(int k)
                                              "conv2.bwd.in", "conv2.bwd.gemm", "conv2.bwd.out", "conv1.bwd.in",
                                              "conv1.bwd.gemm", "conv1.bwd.out" };
     return k >= 0 && k < LD_CN_PB_N ? names[k] : "?";
+}
+
+void ld_cn_down_add_tensors(ld_cn_params_t *ps, const char *prefix, int cin, int cout)
+{
+    static const char *convs[3] = { "conv1", "conv2", "skip" };
+    char name[LD_CN_NAME_MAX];
+    for (int k = 0; k < 3; k++) {
+        snprintf(name, sizeof name, "%s.%s", prefix, convs[k]);
+        ld_cn_params_add_conv(ps, name, cout, k == 1 ? cout : cin, k == 2 ? 1 : 3);
+    }
 }
 
 void ld_cn_down_plan(ld_cn_down_t *bp, int cin, int cout, int size, const ld_cn_tensor_t *t, size_t *u_off)

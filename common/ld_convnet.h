@@ -6,8 +6,9 @@
  * GEMMs are OpenBLAS's, single-threaded (the networks own the cores).
  *
  * Parameters: a network's parameters are one flat float array, tensor after
- * tensor in PyTorch state_dict order; ld_cn_tensor_t says where each tensor
- * lives. Initialisation follows PyTorch's defaults, deterministically.
+ * tensor in PyTorch state_dict order, with a table (ld_cn_params_t) saying
+ * where each tensor lives; model files (ld_model) read and write any such
+ * table. Initialisation follows PyTorch's defaults, deterministically.
  *
  * Work: a network evaluates a batch sample by sample. A sample's work is a
  * fixed sequence of phases, each cut into pieces whose shapes depend only
@@ -65,17 +66,34 @@ typedef struct {
     size_t numel;
 } ld_cn_tensor_t;
 
-/* Appends tensor *n of table t (its name copied into names[*n]) at offset
- * *numel; bumps *n and *numel. Unused trailing dims of shape are ignored. */
-void ld_cn_tensor_add(ld_cn_tensor_t *t, char (*names)[LD_CN_NAME_MAX], size_t *n, size_t *numel,
-                      const char *name, int ndim, int64_t d0, int64_t d1, int64_t d2, int64_t d3);
-/* Index of the tensor called name in t[0..n), or -1. */
-int ld_cn_tensor_find(const ld_cn_tensor_t *t, size_t n, const char *name);
+#define LD_CN_MAX_TENSORS 64
+
+/* A network's parameters: the tensor table t[0..n) and the flat array of
+ * numel floats it describes. */
+typedef struct {
+    size_t n, numel;
+    float *params;
+    ld_cn_tensor_t t[LD_CN_MAX_TENSORS];
+    char names[LD_CN_MAX_TENSORS][LD_CN_NAME_MAX];
+} ld_cn_params_t;
+
+/* Appends a tensor to the table (its name copied) at offset numel; unused
+ * trailing dims are ignored. Before ld_cn_params_alloc. */
+void ld_cn_params_add(ld_cn_params_t *ps, const char *name, int ndim, int64_t d0, int64_t d1, int64_t d2, int64_t d3);
+/* Allocates the zeroed parameter array; LD_ENOMEM with a detail naming `what`. */
+int ld_cn_params_alloc(ld_cn_params_t *ps, const char *what);
+void ld_cn_params_free(ld_cn_params_t *ps);
+/* Tensor i, or NULL past the end. */
+const ld_cn_tensor_t *ld_cn_params_tensor(const ld_cn_params_t *ps, size_t i);
+/* Index of the tensor called name, or -1. */
+int ld_cn_params_find(const ld_cn_params_t *ps, const char *name);
+/* Appends <prefix>.weight [cout, cin, k, k] and <prefix>.bias [cout]. */
+void ld_cn_params_add_conv(ld_cn_params_t *ps, const char *prefix, int cout, int cin, int k);
 /* PyTorch's default initialisation of tensor i (Conv2d/Linear weights
  * kaiming_uniform(a=sqrt(5)) and biases both U(-1/sqrt(fan_in),
  * 1/sqrt(fan_in))), drawn from stream i of seed. A weight (ndim > 1) sets
  * *bound from its fan_in; a bias uses the *bound of the weight before it. */
-void ld_cn_tensor_init(const ld_cn_tensor_t *t, size_t i, float *params, uint64_t seed, double *bound);
+void ld_cn_params_init(ld_cn_params_t *ps, size_t i, uint64_t seed, double *bound);
 
 /* ---- arenas ---- */
 
@@ -237,6 +255,8 @@ typedef struct {
     float *h1, *d1, *d2, *px, *out, *dout, *g, *da2, *da1, *dpx;
 } ld_cn_down_buf_t;
 
+/* Appends the block's six tensors, named <prefix>.conv1.weight etc. */
+void ld_cn_down_add_tensors(ld_cn_params_t *ps, const char *prefix, int cin, int cout);
 /* t: the block's six tensors (above). */
 void ld_cn_down_plan(ld_cn_down_t *bp, int cin, int cout, int size, const ld_cn_tensor_t *t, size_t *u_off);
 void ld_cn_down_carve(ld_cn_carver_t *c, const ld_cn_down_t *bp, ld_cn_down_buf_t *s);

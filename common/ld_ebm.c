@@ -37,7 +37,6 @@
 #include "ld_error.h"
 #include "ld_rng.h"
 
-#define N_TENSORS_MAX (5 + 6 * LD_EBM_MAX_BLOCKS)
 #define MAX_THREADS 256
 
 /* ------------------------------------------------------------------ */
@@ -266,11 +265,7 @@ static void arch_describe(const ld_ebm_arch_t *a, char *buf, size_t cap)
 
 struct ld_ebm_s {
     ld_ebm_arch_t arch;
-    size_t numel;
-    float *params;
-    size_t n_tensors;
-    ld_ebm_tensor_t tensors[N_TENSORS_MAX];
-    char names[N_TENSORS_MAX][LD_CN_NAME_MAX];
+    ld_cn_params_t ps;
 };
 
 /* Tensor indices in state_dict order. */
@@ -281,36 +276,19 @@ static int t_head_w(int L) { return T_BLOCK0 + B_TENSORS * L; }
 static int t_head_b(int L) { return t_head_w(L) + 1; }
 static int t_embed(int L) { return t_head_w(L) + 2; }
 
-static void add_tensor(ld_ebm_t *m, const char *name, int ndim, int64_t d0, int64_t d1, int64_t d2, int64_t d3)
-{
-    ld_cn_tensor_add(m->tensors, m->names, &m->n_tensors, &m->numel, name, ndim, d0, d1, d2, d3);
-}
-
 static void build_tensors(ld_ebm_t *m)
 {
     const ld_ebm_arch_t *a = &m->arch;
-    int L = a->n_blocks, in = a->image_channels + a->mask_classes;
+    int L = a->n_blocks;
     char name[32];
-    add_tensor(m, "stem.weight", 4, a->widths[0], in, 1, 1);
-    add_tensor(m, "stem.bias", 1, a->widths[0], 0, 0, 0);
+    ld_cn_params_add_conv(&m->ps, "stem", a->widths[0], a->image_channels + a->mask_classes, 1);
     for (int b = 0; b < L; b++) {
-        int ci = a->widths[b], co = a->widths[b + 1];
-        snprintf(name, sizeof name, "blocks.%d.conv1.weight", b);
-        add_tensor(m, name, 4, co, ci, 3, 3);
-        snprintf(name, sizeof name, "blocks.%d.conv1.bias", b);
-        add_tensor(m, name, 1, co, 0, 0, 0);
-        snprintf(name, sizeof name, "blocks.%d.conv2.weight", b);
-        add_tensor(m, name, 4, co, co, 3, 3);
-        snprintf(name, sizeof name, "blocks.%d.conv2.bias", b);
-        add_tensor(m, name, 1, co, 0, 0, 0);
-        snprintf(name, sizeof name, "blocks.%d.skip.weight", b);
-        add_tensor(m, name, 4, co, ci, 1, 1);
-        snprintf(name, sizeof name, "blocks.%d.skip.bias", b);
-        add_tensor(m, name, 1, co, 0, 0, 0);
+        snprintf(name, sizeof name, "blocks.%d", b);
+        ld_cn_down_add_tensors(&m->ps, name, a->widths[b], a->widths[b + 1]);
     }
-    add_tensor(m, "head.weight", 2, 1, a->widths[L], 0, 0);
-    add_tensor(m, "head.bias", 1, 1, 0, 0, 0);
-    add_tensor(m, "domain_embed.weight", 2, a->n_domains, a->widths[L], 0, 0);
+    ld_cn_params_add(&m->ps, "head.weight", 2, 1, a->widths[L], 0, 0);
+    ld_cn_params_add(&m->ps, "head.bias", 1, 1, 0, 0, 0);
+    ld_cn_params_add(&m->ps, "domain_embed.weight", 2, a->n_domains, a->widths[L], 0, 0);
 }
 
 int ld_ebm_new(const ld_ebm_arch_t *arch, ld_ebm_t **out)
@@ -324,11 +302,9 @@ int ld_ebm_new(const ld_ebm_arch_t *arch, ld_ebm_t **out)
         return ld_seterr(LD_ENOMEM, "model: out of memory");
     m->arch = *arch;
     build_tensors(m);
-    m->params = calloc(m->numel, sizeof(float));
-    if (!m->params) {
-        size_t numel = m->numel;
+    if ((rc = ld_cn_params_alloc(&m->ps, "model"))) {
         free(m);
-        return ld_seterr(LD_ENOMEM, "model: out of memory for %zu parameters", numel);
+        return rc;
     }
     *out = m;
     return 0;
@@ -338,7 +314,7 @@ void ld_ebm_destroy(ld_ebm_t **self_p)
 {
     if (!self_p || !*self_p)
         return;
-    free((*self_p)->params);
+    ld_cn_params_free(&(*self_p)->ps);
     free(*self_p);
     *self_p = NULL;
 }
@@ -348,40 +324,34 @@ int ld_ebm_clone(const ld_ebm_t *self, ld_ebm_t **out)
     int rc = ld_ebm_new(&self->arch, out);
     if (rc)
         return rc;
-    memcpy((*out)->params, self->params, self->numel * sizeof(float));
+    memcpy((*out)->ps.params, self->ps.params, self->ps.numel * sizeof(float));
     return 0;
 }
 
 const ld_ebm_arch_t *ld_ebm_arch(const ld_ebm_t *self) { return &self->arch; }
-size_t ld_ebm_n_tensors(const ld_ebm_t *self) { return self->n_tensors; }
-float *ld_ebm_params(ld_ebm_t *self) { return self->params; }
-const float *ld_ebm_params_const(const ld_ebm_t *self) { return self->params; }
-size_t ld_ebm_numel(const ld_ebm_t *self) { return self->numel; }
+size_t ld_ebm_n_tensors(const ld_ebm_t *self) { return self->ps.n; }
+float *ld_ebm_params(ld_ebm_t *self) { return self->ps.params; }
+const float *ld_ebm_params_const(const ld_ebm_t *self) { return self->ps.params; }
+size_t ld_ebm_numel(const ld_ebm_t *self) { return self->ps.numel; }
+const ld_ebm_tensor_t *ld_ebm_tensor(const ld_ebm_t *self, size_t i) { return ld_cn_params_tensor(&self->ps, i); }
+int ld_ebm_find_tensor(const ld_ebm_t *self, const char *name) { return ld_cn_params_find(&self->ps, name); }
+ld_cn_params_t *ld_ebm_parameters(ld_ebm_t *self) { return &self->ps; }
+const ld_cn_params_t *ld_ebm_parameters_const(const ld_ebm_t *self) { return &self->ps; }
 
-const ld_ebm_tensor_t *ld_ebm_tensor(const ld_ebm_t *self, size_t i)
-{
-    return i < self->n_tensors ? &self->tensors[i] : NULL;
-}
-
-int ld_ebm_find_tensor(const ld_ebm_t *self, const char *name)
-{
-    return ld_cn_tensor_find(self->tensors, self->n_tensors, name);
-}
-
-/* PyTorch defaults (ld_cn_tensor_init); the domain embedding is N(0, 1)
+/* PyTorch defaults (ld_cn_params_init); the domain embedding is N(0, 1)
  * scaled by 0.1 so that at initialisation the domain term is small next to
  * the head. Tensor i draws from stream i of the seed. */
 void ld_ebm_init_random(ld_ebm_t *self, uint64_t seed)
 {
     int embed = t_embed(self->arch.n_blocks);
     double bound = 1.0;
-    for (size_t i = 0; i < self->n_tensors; i++) {
+    for (size_t i = 0; i < self->ps.n; i++) {
         if ((int)i != embed) {
-            ld_cn_tensor_init(self->tensors, i, self->params, seed, &bound);
+            ld_cn_params_init(&self->ps, i, seed, &bound);
             continue;
         }
-        const ld_ebm_tensor_t *t = &self->tensors[i];
-        float *p = self->params + t->offset;
+        const ld_ebm_tensor_t *t = &self->ps.t[i];
+        float *p = self->ps.params + t->offset;
         ld_rng_t rng;
         ld_rng_init(&rng, seed, i);
         for (size_t k = 0; k < t->numel; k++)
@@ -441,7 +411,7 @@ static void plan(ld_ebm_ws_t *ws, const ld_ebm_t *m)
     ws->stem_chunks = (S + ws->stem_rows - 1) / ws->stem_rows;
     size_t u_off = 0;
     for (int b = 0; b < a->n_blocks; b++) {
-        ld_cn_down_plan(&ws->blk[b], a->widths[b], a->widths[b + 1], S >> b, &m->tensors[t_block(b)], &u_off);
+        ld_cn_down_plan(&ws->blk[b], a->widths[b], a->widths[b + 1], S >> b, &m->ps.t[t_block(b)], &u_off);
         ws->convs[2 * b] = &ws->blk[b].conv1;
         ws->convs[2 * b + 1] = &ws->blk[b].conv2;
     }
@@ -626,7 +596,7 @@ typedef struct {
 static exec_t make_exec(job_t *job, const ld_cn_exec_t *cn, int slot)
 {
     ld_ebm_ws_t *ws = job->ws;
-    return (exec_t){ *cn, job, ws, job->m->params, &ws->scr[cn->tid], &ws->slots[slot] };
+    return (exec_t){ *cn, job, ws, job->m->ps.params, &ws->scr[cn->tid], &ws->slots[slot] };
 }
 
 #define FOR_PIECES(ex, count, j) LD_CN_FOR_PIECES(&(ex)->cn, count, j)
@@ -658,9 +628,9 @@ static void prep(void *ctx, const ld_cn_exec_t *all)
     double t0 = ld_cn_prof_begin(all);
     LD_CN_FOR_PIECES(all, 1 + ld_cn_prep_pieces(ws->convs, n_convs, 1), j) {
         if (j == 0)
-            prep_stem(ws, job->m->params);
+            prep_stem(ws, job->m->ps.params);
         else
-            ld_cn_prep_piece(ws->convs, n_convs, 1, job->m->params, ws->u, j - 1);
+            ld_cn_prep_piece(ws->convs, n_convs, 1, job->m->ps.params, ws->u, j - 1);
     }
     ld_cn_prof_end(all, PR_PREP, t0);
     ld_cn_phase_end(all);
@@ -712,9 +682,9 @@ static void head_piece(const exec_t *ex, int sample)
     const ld_ebm_t *m = ex->job->m;
     int L = a->n_blocks, wL = a->widths[L];
     size_t qL = (size_t)(a->size >> L) * (size_t)(a->size >> L);
-    const float *hw = ex->p + m->tensors[t_head_w(L)].offset;
-    float hb = ex->p[m->tensors[t_head_b(L)].offset];
-    const float *emb = ex->p + m->tensors[t_embed(L)].offset + (size_t)ex->job->target[sample] * (size_t)wL;
+    const float *hw = ex->p + m->ps.t[t_head_w(L)].offset;
+    float hb = ex->p[m->ps.t[t_head_b(L)].offset];
+    const float *emb = ex->p + m->ps.t[t_embed(L)].offset + (size_t)ex->job->target[sample] * (size_t)wL;
     const float *out = ex->slot->b[L - 1].out;
     float *tmp = ex->own->tmp;
     ld_silu(out, tmp, NULL, (size_t)wL * qL);
@@ -883,13 +853,13 @@ static void head_wgrad(const exec_t *ex, const slot_t *s, int sample, float coef
     const ld_ebm_t *m = ex->job->m;
     int L = m->arch.n_blocks, wL = m->arch.widths[L];
     float *gp = ex->job->gparams;
-    float *gh = gp + m->tensors[t_head_w(L)].offset;
-    float *ge = gp + m->tensors[t_embed(L)].offset + (size_t)ex->job->target[sample] * (size_t)wL;
+    float *gh = gp + m->ps.t[t_head_w(L)].offset;
+    float *ge = gp + m->ps.t[t_embed(L)].offset + (size_t)ex->job->target[sample] * (size_t)wL;
     for (int c = 0; c < wL; c++) {
         gh[c] += coef * s->v[c];
         ge[c] += coef * s->v[c];
     }
-    gp[m->tensors[t_head_b(L)].offset] += coef;
+    gp[m->ps.t[t_head_b(L)].offset] += coef;
 }
 
 static void wpiece_run(void *ctx, const ld_cn_exec_t *cn, const ld_cn_wpiece_t *w, int sample, int slot)

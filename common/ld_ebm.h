@@ -99,6 +99,10 @@ const ld_ebm_arch_t *ld_ebm_arch(const ld_ebm_t *self);
 void ld_ebm_init_random(ld_ebm_t *self, uint64_t seed);
 
 size_t ld_ebm_n_tensors(const ld_ebm_t *self);
+/* The table and the parameters together (ld_convnet.h), for code shared
+ * between networks (model files). */
+ld_cn_params_t *ld_ebm_parameters(ld_ebm_t *self);
+const ld_cn_params_t *ld_ebm_parameters_const(const ld_ebm_t *self);
 const ld_ebm_tensor_t *ld_ebm_tensor(const ld_ebm_t *self, size_t i);
 /* Index of a tensor by name, or -1. */
 int ld_ebm_find_tensor(const ld_ebm_t *self, const char *name);

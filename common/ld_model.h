@@ -48,4 +48,43 @@ int ld_model_train_pairs(const char *path, const ld_meta_t *meta, const ld_ebm_a
  * generated one is an error). hash_out (may be NULL) as for load. */
 int ld_model_save(const char *path, const ld_ebm_t *ebm, const ld_meta_t *extra, char hash_out[65]);
 
+/* ---- Files of any of the engine's networks (ld_model_load/save and ld_ae
+ * are built on these) ---- */
+
+/* Called by ld_model_read once format, version and arch are checked: reads
+ * and validates the network's architecture keys (failing with LD_EFORMAT
+ * naming path and key), makes the network (ctx keeps it) and sets *ps to
+ * its parameters, which the file's tensors then fill. */
+typedef int (*ld_model_make_fn)(void *ctx, const char *path, const ld_meta_t *meta, ld_cn_params_t **ps);
+
+/* Reads a network's file in the load order above: metadata format,
+ * version and arch must equal the given values; then make(); then every
+ * tensor of the table (F32, exact shape, finite) and no other. meta_out and
+ * hash_out (may be NULL) as for ld_model_load. On a failure after make(),
+ * unmake(ctx) destroys what it made. */
+int ld_model_read(const char *path, const char *format, const char *version, const char *arch, ld_model_make_fn make,
+                  void (*unmake)(void *ctx), void *ctx, ld_meta_t **meta_out, char hash_out[65]);
+
+/* Sets the keys a network's file generates from its architecture (format,
+ * version and arch first). */
+typedef int (*ld_model_meta_fn)(ld_meta_t *meta, const void *arch);
+
+/* Writes a network's file atomically: the keys generate() sets (in their
+ * order), then the keys of extra (may be NULL; a key generate() sets:
+ * LD_EINVAL), then the tensors of ps (a non-finite value: LD_ENUMERIC naming
+ * tensor and element, nothing written). hash_out as for ld_model_save. */
+int ld_model_write(const char *path, ld_model_meta_fn generate, const void *arch, const ld_meta_t *extra,
+                   const ld_cn_params_t *ps, char hash_out[65]);
+
+/* For make(): metadata key as a string / as an integer; LD_EFORMAT naming
+ * path and key when it is missing or not an integer. */
+int ld_model_meta_string(const char *path, const ld_meta_t *m, const char *key, const char **out);
+int ld_model_meta_int(const char *path, const ld_meta_t *m, const char *key, int *out);
+/* Returns LD_EFORMAT with the detail "<path>: <what>: <the current detail>". */
+int ld_model_bad(const char *path, const char *what);
+/* For generated keys: key = the decimal v; "32,64,128" from v[0..n) into buf
+ * (LD_ERANGE when it does not fit in cap). */
+int ld_model_set_int(ld_meta_t *m, const char *key, int v);
+int ld_model_join_ints(char *buf, size_t cap, const int *v, int n);
+
 #endif

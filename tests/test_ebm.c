@@ -102,43 +102,10 @@ static double frand(ld_rng_t *r) { return 2.0 * ld_rng_uniform(r) - 1.0; }
 
 /* ---------------- naive double-precision reference ---------------- */
 
-static double silu_d(double x) { return x / (1.0 + exp(-x)); }
-
 static double dsilu_d(double x)
 {
     double s = 1.0 / (1.0 + exp(-x));
     return s * (1.0 + x * (1.0 - s));
-}
-
-/* y[co][y][x] = b[co] + sum w[co][ci][ky][kx] x[ci][y+ky-1][x+kx-1], k = 1 or 3 */
-static void ref_conv(const double *x, int cin, int h, int w, const float *wt, const float *bias, int cout, int k,
-                     double *y)
-{
-    int pad = k / 2;
-    for (int co = 0; co < cout; co++)
-        for (int yy = 0; yy < h; yy++)
-            for (int xx = 0; xx < w; xx++) {
-                double acc = bias ? bias[co] : 0.0;
-                for (int ci = 0; ci < cin; ci++)
-                    for (int ky = 0; ky < k; ky++)
-                        for (int kx = 0; kx < k; kx++) {
-                            int sy = yy + ky - pad, sx = xx + kx - pad;
-                            if (sy < 0 || sy >= h || sx < 0 || sx >= w)
-                                continue;
-                            acc += (double)wt[((co * cin + ci) * k + ky) * k + kx] * x[(ci * h + sy) * w + sx];
-                        }
-                y[(co * h + yy) * w + xx] = acc;
-            }
-}
-
-static void ref_pool(const double *x, int c, int h, int w, double *y)
-{
-    for (int ch = 0; ch < c; ch++)
-        for (int r = 0; r < h / 2; r++)
-            for (int q = 0; q < w / 2; q++) {
-                const double *p = x + (ch * h + 2 * r) * w + 2 * q;
-                y[(ch * (h / 2) + r) * (w / 2) + q] = 0.25 * (p[0] + p[1] + p[w] + p[w + 1]);
-            }
 }
 
 static const float *tensor(const ld_ebm_t *m, const char *name)
@@ -162,42 +129,21 @@ static double ref_energy(const ld_ebm_t *m, const float *image, const uint8_t *m
         for (int i = 0; i < q; i++)
             x[(C + k) * q + i] = mask[i] == k ? 1.0 : -1.0;
     double *h = malloc(sizeof(double) * (size_t)a->widths[0] * (size_t)q);
-    ref_conv(x, C + K, S, S, tensor(m, "stem.weight"), tensor(m, "stem.bias"), a->widths[0], 1, h);
+    ld_test_ref_conv(x, C + K, S, S, tensor(m, "stem.weight"), tensor(m, "stem.bias"), a->widths[0], 1, h);
     free(x);
     int hw = S;
     char name[64];
+    static const char *parts[6] = { "conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "skip.weight",
+                                     "skip.bias" };
     for (int b = 0; b < L; b++) {
-        int ci = a->widths[b], co = a->widths[b + 1], n = hw * hw;
-        double *t1 = malloc(sizeof(double) * (size_t)co * (size_t)n);
-        double *t2 = malloc(sizeof(double) * (size_t)co * (size_t)n);
-        double *s = malloc(sizeof(double) * (size_t)co * (size_t)n);
-        double *out = malloc(sizeof(double) * (size_t)co * (size_t)n / 4);
-        double *sp = malloc(sizeof(double) * (size_t)co * (size_t)n / 4);
-        snprintf(name, sizeof name, "blocks.%d.conv1.weight", b);
-        const float *w1 = tensor(m, name);
-        snprintf(name, sizeof name, "blocks.%d.conv1.bias", b);
-        ref_conv(h, ci, hw, hw, w1, tensor(m, name), co, 3, t1);
-        for (int i = 0; i < co * n; i++)
-            t1[i] = silu_d(t1[i]);
-        snprintf(name, sizeof name, "blocks.%d.conv2.weight", b);
-        const float *w2 = tensor(m, name);
-        snprintf(name, sizeof name, "blocks.%d.conv2.bias", b);
-        ref_conv(t1, co, hw, hw, w2, tensor(m, name), co, 3, t2);
-        for (int i = 0; i < co * n; i++)
-            t2[i] = silu_d(t2[i]);
-        snprintf(name, sizeof name, "blocks.%d.skip.weight", b);
-        const float *ws = tensor(m, name);
-        snprintf(name, sizeof name, "blocks.%d.skip.bias", b);
-        ref_conv(h, ci, hw, hw, ws, tensor(m, name), co, 1, s);
-        ref_pool(t2, co, hw, hw, out);
-        ref_pool(s, co, hw, hw, sp);
-        for (int i = 0; i < co * n / 4; i++)
-            out[i] = (out[i] + sp[i]) / sqrt(2.0);
+        const float *t[6];
+        for (int k = 0; k < 6; k++) {
+            snprintf(name, sizeof name, "blocks.%d.%s", b, parts[k]);
+            t[k] = tensor(m, name);
+        }
+        double *out = malloc(sizeof(double) * (size_t)a->widths[b + 1] * (size_t)(hw / 2) * (size_t)(hw / 2));
+        ld_test_ref_down(h, a->widths[b], a->widths[b + 1], hw, t, out);
         free(h);
-        free(t1);
-        free(t2);
-        free(s);
-        free(sp);
         h = out;
         hw /= 2;
     }
@@ -207,7 +153,7 @@ static double ref_energy(const ld_ebm_t *m, const float *image, const uint8_t *m
     for (int c = 0; c < wl; c++) {
         double v = 0;
         for (int i = 0; i < hw * hw; i++)
-            v += silu_d(h[c * hw * hw + i]);
+            v += ld_test_silu(h[c * hw * hw + i]);
         e += ((double)hwt[c] + (double)emb[c]) * v;
     }
     free(h);
@@ -300,24 +246,15 @@ START_TEST(tensor_table_matches_state_dict)
                                          { 6 },          { 6, 4, 1, 1 }, { 6 },       { 8, 6, 3, 3 }, { 8 },
                                          { 8, 8, 3, 3 }, { 8 },       { 8, 6, 1, 1 }, { 8 }, { 1, 8 },
                                          { 1 },          { 3, 8 } };
+    const ld_cn_params_t *ps = ld_ebm_parameters_const(m);
+    ld_test_tensor_table(ps, names, shapes, 17, "blocks.2.conv1.weight");
     ck_assert_uint_eq(ld_ebm_n_tensors(m), 17);
-    size_t offset = 0;
-    for (size_t i = 0; i < 17; i++) {
-        const ld_ebm_tensor_t *t = ld_ebm_tensor(m, i);
-        ck_assert_str_eq(t->name, names[i]);
-        ck_assert_uint_eq(t->offset, offset);
-        size_t numel = 1;
-        for (int d = 0; d < t->ndim; d++) {
-            ck_assert_int_eq(t->shape[d], shapes[i][d]);
-            numel *= (size_t)t->shape[d];
-        }
-        ck_assert_uint_eq(t->numel, numel);
-        ck_assert_int_eq(ld_ebm_find_tensor(m, names[i]), (int)i);
-        offset += numel;
-    }
+    ck_assert_ptr_eq(ld_ebm_tensor(m, 16), &ps->t[16]);
     ck_assert_ptr_null(ld_ebm_tensor(m, 17));
-    ck_assert_uint_eq(ld_ebm_numel(m), offset);
+    ck_assert_int_eq(ld_ebm_find_tensor(m, "head.bias"), 15);
     ck_assert_int_eq(ld_ebm_find_tensor(m, "blocks.2.conv1.weight"), -1);
+    ck_assert_uint_eq(ld_ebm_numel(m), ps->numel);
+    ck_assert_ptr_eq(ld_ebm_params(m), ps->params);
     ld_ebm_destroy(&m);
     ck_assert_ptr_null(m);
 }
@@ -385,10 +322,11 @@ START_TEST(expf_and_silu_accuracy)
     ld_silu(a, NULL, d2, N);
     for (int i = 0; i < N; i++) {
         double x = a[i];
-        ck_assert_msg(fabs(s[i] - silu_d(x)) <= 1e-6 * fmax(1.0, fabs(silu_d(x))), "silu(%g) = %g", x, s[i]);
+        ck_assert_msg(fabs(s[i] - ld_test_silu(x)) <= 1e-6 * fmax(1.0, fabs(ld_test_silu(x))), "silu(%g) = %g", x,
+                      s[i]);
         ck_assert_msg(fabs(d[i] - dsilu_d(x)) <= 1e-6, "silu'(%g) = %g vs %g", x, d[i], dsilu_d(x));
         /* the derivative is the derivative: central differences of silu in double */
-        double fd = (silu_d(x + 1e-5) - silu_d(x - 1e-5)) / 2e-5;
+        double fd = (ld_test_silu(x + 1e-5) - ld_test_silu(x - 1e-5)) / 2e-5;
         ck_assert_msg(fabs(d[i] - fd) <= 1e-5, "silu'(%g) = %g, finite differences %g", x, d[i], fd);
         ck_assert(s[i] == s2[i] && d[i] == d2[i]);
     }
@@ -406,7 +344,7 @@ START_TEST(avgpool_and_im2col)
         xd[i] = x[i] = (float)frand(&r);
     memset(out, 0, sizeof out);
     ld_avgpool2(x, H, W, 0, C, 0, H / 2, out);
-    ref_pool(xd, C, H, W, ref);
+    ld_test_ref_pool(xd, C, H, W, ref);
     for (int i = 0; i < C * (H / 2) * (W / 2); i++)
         ck_assert_msg(fabs(out[i] - ref[i]) < 1e-6, "pool %d", i);
 
@@ -480,7 +418,7 @@ START_TEST(winograd_conv3x3_matches_direct)
         w[i] = (float)frand(&r);
     for (int i = 0; i < CO * H * W; i++)
         dy[i] = (float)frand(&r);
-    ref_conv(xd, CI, H, W, w, NULL, CO, 3, ref);
+    ld_test_ref_conv(xd, CI, H, W, w, NULL, CO, 3, ref);
     /* the transposed conv is the adjoint of the conv: the direct adjoint */
     for (int ci = 0; ci < CI; ci++)
         for (int yy = 0; yy < H; yy++)
@@ -526,7 +464,8 @@ START_TEST(winograd_output_modes)
         ld_wino_out_t silu = { LD_WINO_OUT_SILU, &bias, out, dout, NULL, NULL };
         ld_wino_output(m, mm, (size_t)P, (size_t)P, H, W, 0, 1, 0, 2, &silu);
         for (int i = 0; i < H * W; i++)
-            ck_assert_msg(fabs(out[i] - silu_d(val[i] + bias)) < 1e-6 && fabs(dout[i] - dsilu_d(val[i] + bias)) < 1e-6,
+            ck_assert_msg(fabs(out[i] - ld_test_silu(val[i] + bias)) < 1e-6 &&
+                              fabs(dout[i] - dsilu_d(val[i] + bias)) < 1e-6,
                           "F(%d) silu at %d", m, i);
         for (int i = 0; i < pw * pw; i++)
             pool[i] = pool0[i] = (float)i;
@@ -536,7 +475,7 @@ START_TEST(winograd_output_modes)
             int y0 = 2 * (q / pw), x0 = 2 * (q % pw);
             double mean = 0;
             for (int k = 0; k < 4; k++)
-                mean += silu_d(val[(y0 + k / 2) * W + x0 + k % 2] + bias) / 4;
+                mean += ld_test_silu(val[(y0 + k / 2) * W + x0 + k % 2] + bias) / 4;
             ck_assert_msg(fabs(pool[q] - (mean + pool0[q]) / sqrt(2.0)) < 1e-6, "F(%d) pool[%d] = %g", m, q, pool[q]);
         }
         ld_wino_out_t add = { LD_WINO_OUT_ADD_UNPOOL, NULL, aux, NULL, pool0, NULL };

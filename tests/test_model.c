@@ -160,75 +160,24 @@ END_TEST
 
 /* ---- hostile model files: a valid file rewritten with one defect ------------ */
 
-typedef struct {
-    const char *needle;        /* expected in the error detail */
-    const char *drop;          /* tensor left out */
-    const char *as_f64;        /* tensor written as F64 */
-    const char *reshape;       /* 1-D tensor of even length written as [2, n/2] */
-    const char *nan_in;        /* tensor whose first element becomes NaN */
-    const char *add;           /* extra tensor added */
-    const char *meta_key;      /* metadata key changed ... */
-    const char *meta_value;    /* ... to this (NULL = removed) */
-} defect_t;
-
-static void write_defective(const char *src, const char *dst, const defect_t *d)
+/* ld_test_load_rejects' loader: a failed load leaves no model and no metadata. */
+static int load_model(const char *path)
 {
-    ld_st_t *st;
-    ck_assert_int_eq(ld_st_open(src, &st), 0);
-    ld_st_writer_t *w;
-    ck_assert_int_eq(ld_st_writer_new(&w), 0);
-    const ld_meta_t *m = ld_st_meta(st);
-    for (size_t i = 0; i < ld_meta_count(m); i++) {
-        const char *k = ld_meta_key(m, i), *v = ld_meta_value(m, i);
-        if (d->meta_key && strcmp(k, d->meta_key) == 0) {
-            if (!d->meta_value)
-                continue;
-            v = d->meta_value;
-        }
-        ck_assert_int_eq(ld_st_writer_set_meta(w, k, v), 0);
+    ld_ebm_t *back = (ld_ebm_t *)1;
+    ld_meta_t *meta = (ld_meta_t *)1;
+    int rc = ld_model_load(path, &back, &meta, NULL);
+    if (rc) {
+        ck_assert_ptr_null(back);
+        ck_assert_ptr_null(meta);
     }
-    void *keep[4] = {NULL};
-    int n_keep = 0;
-    for (size_t i = 0; i < ld_st_n_tensors(st); i++) {
-        const ld_st_tensor_t *t = ld_st_tensor(st, i);
-        if (d->drop && strcmp(t->name, d->drop) == 0)
-            continue;
-        if (d->as_f64 && strcmp(t->name, d->as_f64) == 0) {
-            double *x = malloc(t->numel * sizeof *x + 1);
-            for (size_t j = 0; j < t->numel; j++) {
-                float f;
-                memcpy(&f, (const char *)t->data + 4 * j, 4);
-                x[j] = f;
-            }
-            keep[n_keep++] = x;
-            ck_assert_int_eq(ld_st_writer_add(w, t->name, LD_DT_F64, t->ndim, t->shape, x), 0);
-        } else if (d->reshape && strcmp(t->name, d->reshape) == 0) {
-            int64_t shape[2] = {2, t->shape[0] / 2};
-            ck_assert_int_eq(ld_st_writer_add(w, t->name, LD_DT_F32, 2, shape, t->data), 0);
-        } else if (d->nan_in && strcmp(t->name, d->nan_in) == 0) {
-            float *x = malloc(t->nbytes + 4);
-            memcpy(x, t->data, t->nbytes);
-            x[0] = NAN;
-            keep[n_keep++] = x;
-            ck_assert_int_eq(ld_st_writer_add(w, t->name, LD_DT_F32, t->ndim, t->shape, x), 0);
-        } else {
-            ck_assert_int_eq(ld_st_writer_add(w, t->name, t->dtype, t->ndim, t->shape, t->data), 0);
-        }
-    }
-    float extra = 1;
-    int64_t one = 1;
-    if (d->add)
-        ck_assert_int_eq(ld_st_writer_add(w, d->add, LD_DT_F32, 1, &one, &extra), 0);
-    ck_assert_int_eq(ld_st_writer_write(w, dst, NULL), 0);
-    ld_st_writer_destroy(&w);
-    ld_st_close(&st);
-    for (int i = 0; i < n_keep; i++)
-        free(keep[i]);
+    ld_ebm_destroy(&back);
+    ld_meta_destroy(&meta);
+    return rc;
 }
 
 START_TEST(load_rejects_defects)
 {
-    static const defect_t cases[] = {
+    static const ld_test_defect_t cases[] = {
         {.needle = "tensor 'head.bias' is missing", .drop = "head.bias"},
         {.needle = "tensor 'blocks.1.conv2.weight' is missing", .drop = "blocks.1.conv2.weight"},
         {.needle = "tensor 'stem.bias' has dtype F64, expected F32", .as_f64 = "stem.bias"},
@@ -260,25 +209,7 @@ START_TEST(load_rejects_defects)
     char *good = ld_test_path(dir, "good.safetensors"), *bad = ld_test_path(dir, "bad.safetensors");
     ld_ebm_t *m = small_model(3);
     ck_assert_int_eq(ld_model_save(good, m, NULL, NULL), 0);
-    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
-        write_defective(good, bad, &cases[i]);
-        ld_ebm_t *back = (ld_ebm_t *)1;
-        ld_meta_t *meta = (ld_meta_t *)1;
-        ld_clearerr();
-        int rc = ld_model_load(bad, &back, &meta, NULL);
-        ck_assert_msg(rc == LD_EFORMAT, "case %zu (%s): got %s: %s", i, cases[i].needle, ld_strerror(rc),
-                      ld_errdetail());
-        ck_assert_ptr_null(back);
-        ck_assert_ptr_null(meta);
-        ck_assert_msg(strstr(ld_errdetail(), cases[i].needle) && strstr(ld_errdetail(), bad),
-                      "case %zu: detail '%s' lacks '%s' or the path", i, ld_errdetail(), cases[i].needle);
-    }
-    /* the untouched rewrite loads: the defects above are the only cause */
-    defect_t none = {0};
-    write_defective(good, bad, &none);
-    ld_ebm_t *back;
-    ck_assert_int_eq(ld_model_load(bad, &back, NULL, NULL), 0);
-    ld_ebm_destroy(&back);
+    ld_test_load_rejects(good, bad, cases, sizeof cases / sizeof *cases, load_model);
     ld_ebm_destroy(&m);
     free(good);
     free(bad);
@@ -312,16 +243,16 @@ START_TEST(colour_space_metadata)
     ld_ebm_destroy(&back);
     ld_meta_destroy(&meta);
 
-    defect_t old_file = {.meta_key = "colour_space"};
-    write_defective(lab, bad, &old_file);
+    ld_test_defect_t old_file = {.meta_key = "colour_space"};
+    ld_test_write_defective(lab, bad, &old_file);
     ck_assert_int_eq(ld_model_load(bad, &back, &meta, NULL), 0);
     ck_assert_ptr_null(ld_meta_get(meta, "colour_space"));
     ck_assert_int_eq(ld_ebm_arch(back)->colour_space, LD_COLOUR_RGB);
     ld_ebm_destroy(&back);
     ld_meta_destroy(&meta);
 
-    defect_t grey = {.meta_key = "image_channels", .meta_value = "1"};
-    write_defective(lab, bad, &grey);
+    ld_test_defect_t grey = {.meta_key = "image_channels", .meta_value = "1"};
+    ld_test_write_defective(lab, bad, &grey);
     ck_assert_int_eq(ld_model_load(bad, &back, NULL, NULL), LD_EFORMAT);
     ck_assert_msg(strstr(ld_errdetail(), "colour space lab needs 3 image channels, not 1"), "%s", ld_errdetail());
 

@@ -145,6 +145,160 @@ int ld_test_free_port(void)
     return ntohs(a.sin_port);
 }
 
+double ld_test_silu(double x) { return x / (1.0 + exp(-x)); }
+
+void ld_test_ref_conv(const double *x, int cin, int h, int w, const float *wt, const float *bias, int cout, int k,
+                      double *y)
+{
+    int pad = k / 2;
+    for (int co = 0; co < cout; co++)
+        for (int yy = 0; yy < h; yy++)
+            for (int xx = 0; xx < w; xx++) {
+                double acc = bias ? bias[co] : 0.0;
+                for (int ci = 0; ci < cin; ci++)
+                    for (int ky = 0; ky < k; ky++)
+                        for (int kx = 0; kx < k; kx++) {
+                            int sy = yy + ky - pad, sx = xx + kx - pad;
+                            if (sy < 0 || sy >= h || sx < 0 || sx >= w)
+                                continue;
+                            acc += (double)wt[((co * cin + ci) * k + ky) * k + kx] * x[(ci * h + sy) * w + sx];
+                        }
+                y[(co * h + yy) * w + xx] = acc;
+            }
+}
+
+void ld_test_ref_pool(const double *x, int c, int h, int w, double *y)
+{
+    for (int ch = 0; ch < c; ch++)
+        for (int r = 0; r < h / 2; r++)
+            for (int q = 0; q < w / 2; q++) {
+                const double *p = x + (ch * h + 2 * r) * w + 2 * q;
+                y[(ch * (h / 2) + r) * (w / 2) + q] = 0.25 * (p[0] + p[1] + p[w] + p[w + 1]);
+            }
+}
+
+void ld_test_ref_down(const double *x, int cin, int cout, int h, const float *const t[6], double *out)
+{
+    size_t n = (size_t)h * (size_t)h;
+    double *t1 = malloc(sizeof(double) * (size_t)cout * n), *t2 = malloc(sizeof(double) * (size_t)cout * n);
+    double *s = malloc(sizeof(double) * (size_t)cout * n), *sp = malloc(sizeof(double) * (size_t)cout * n / 4);
+    ld_test_ref_conv(x, cin, h, h, t[0], t[1], cout, 3, t1);
+    for (size_t i = 0; i < (size_t)cout * n; i++)
+        t1[i] = ld_test_silu(t1[i]);
+    ld_test_ref_conv(t1, cout, h, h, t[2], t[3], cout, 3, t2);
+    for (size_t i = 0; i < (size_t)cout * n; i++)
+        t2[i] = ld_test_silu(t2[i]);
+    ld_test_ref_conv(x, cin, h, h, t[4], t[5], cout, 1, s);
+    ld_test_ref_pool(t2, cout, h, h, out);
+    ld_test_ref_pool(s, cout, h, h, sp);
+    for (size_t i = 0; i < (size_t)cout * n / 4; i++)
+        out[i] = (out[i] + sp[i]) / sqrt(2.0);
+    free(t1);
+    free(t2);
+    free(s);
+    free(sp);
+}
+
+void ld_test_write_defective(const char *src, const char *dst, const ld_test_defect_t *d)
+{
+    ld_st_t *st;
+    ck_assert_int_eq(ld_st_open(src, &st), 0);
+    ld_st_writer_t *w;
+    ck_assert_int_eq(ld_st_writer_new(&w), 0);
+    const ld_meta_t *m = ld_st_meta(st);
+    for (size_t i = 0; i < ld_meta_count(m); i++) {
+        const char *k = ld_meta_key(m, i), *v = ld_meta_value(m, i);
+        if (d->meta_key && strcmp(k, d->meta_key) == 0) {
+            if (!d->meta_value)
+                continue;
+            v = d->meta_value;
+        }
+        ck_assert_int_eq(ld_st_writer_set_meta(w, k, v), 0);
+    }
+    void *keep[4] = {NULL};
+    int n_keep = 0;
+    for (size_t i = 0; i < ld_st_n_tensors(st); i++) {
+        const ld_st_tensor_t *t = ld_st_tensor(st, i);
+        if (d->drop && strcmp(t->name, d->drop) == 0)
+            continue;
+        if (d->as_f64 && strcmp(t->name, d->as_f64) == 0) {
+            double *x = malloc(t->numel * sizeof *x + 1);
+            for (size_t j = 0; j < t->numel; j++) {
+                float f;
+                memcpy(&f, (const char *)t->data + 4 * j, 4);
+                x[j] = f;
+            }
+            keep[n_keep++] = x;
+            ck_assert_int_eq(ld_st_writer_add(w, t->name, LD_DT_F64, t->ndim, t->shape, x), 0);
+        } else if (d->reshape && strcmp(t->name, d->reshape) == 0) {
+            int64_t shape[2] = {2, t->shape[0] / 2};
+            ck_assert_int_eq(ld_st_writer_add(w, t->name, LD_DT_F32, 2, shape, t->data), 0);
+        } else if (d->nan_in && strcmp(t->name, d->nan_in) == 0) {
+            float *x = malloc(t->nbytes + 4);
+            memcpy(x, t->data, t->nbytes);
+            x[0] = NAN;
+            keep[n_keep++] = x;
+            ck_assert_int_eq(ld_st_writer_add(w, t->name, LD_DT_F32, t->ndim, t->shape, x), 0);
+        } else {
+            ck_assert_int_eq(ld_st_writer_add(w, t->name, t->dtype, t->ndim, t->shape, t->data), 0);
+        }
+    }
+    float extra = 1;
+    int64_t one = 1;
+    if (d->add)
+        ck_assert_int_eq(ld_st_writer_add(w, d->add, LD_DT_F32, 1, &one, &extra), 0);
+    ck_assert_int_eq(ld_st_writer_write(w, dst, NULL), 0);
+    ld_st_writer_destroy(&w);
+    ld_st_close(&st);
+    for (int i = 0; i < n_keep; i++)
+        free(keep[i]);
+}
+
+void ld_test_load_rejects(const char *good, const char *bad, const ld_test_defect_t *cases, size_t n,
+                          int (*load)(const char *path))
+{
+    for (size_t i = 0; i < n; i++) {
+        ld_test_write_defective(good, bad, &cases[i]);
+        ld_clearerr();
+        int rc = load(bad);
+        ck_assert_msg(rc == LD_EFORMAT, "case %zu (%s): got %s: %s", i, cases[i].needle, ld_strerror(rc),
+                      ld_errdetail());
+        ck_assert_msg(strstr(ld_errdetail(), cases[i].needle) && strstr(ld_errdetail(), bad),
+                      "case %zu: detail '%s' lacks '%s' or the path", i, ld_errdetail(), cases[i].needle);
+    }
+    /* the untouched rewrite loads: the defects above are the only cause */
+    ld_test_defect_t none = { 0 };
+    ld_test_write_defective(good, bad, &none);
+    ck_assert_msg(load(bad) == 0, "%s", ld_errdetail());
+}
+
+void ld_test_tensor_table(const ld_cn_params_t *ps, const char *const *names, const int64_t (*shapes)[4], size_t n,
+                          const char *absent)
+{
+    ck_assert_uint_eq(ps->n, n);
+    size_t offset = 0;
+    for (size_t i = 0; i < n; i++) {
+        const ld_cn_tensor_t *t = ld_cn_params_tensor(ps, i);
+        ck_assert_str_eq(t->name, names[i]);
+        ck_assert_uint_eq(t->offset, offset);
+        size_t numel = 1;
+        int ndim = 0;
+        while (ndim < 4 && shapes[i][ndim])
+            ndim++;
+        ck_assert_int_eq(t->ndim, ndim);
+        for (int d = 0; d < t->ndim; d++) {
+            ck_assert_int_eq(t->shape[d], shapes[i][d]);
+            numel *= (size_t)t->shape[d];
+        }
+        ck_assert_uint_eq(t->numel, numel);
+        ck_assert_int_eq(ld_cn_params_find(ps, names[i]), (int)i);
+        offset += numel;
+    }
+    ck_assert_ptr_null(ld_cn_params_tensor(ps, n));
+    ck_assert_uint_eq(ps->numel, offset);
+    ck_assert_int_eq(ld_cn_params_find(ps, absent), -1);
+}
+
 double ld_test_max_rel_err(const float *a, const float *b, size_t n, double floor)
 {
     double worst = 0;

@@ -11,6 +11,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "ld_convnet.h"
 #include "ld_train.h"
 
 #define LD_SKIP(...)                                   \
@@ -85,5 +86,49 @@ void ld_test_train_resume_bit_exact(const ld_train_config_t *cfg, const ld_train
 
 /* Max |a-b| / max(|b|, floor) over n values. */
 double ld_test_max_rel_err(const float *a, const float *b, size_t n, double floor);
+
+/* ---- naive double-precision references of the engine's layers ---- */
+
+double ld_test_silu(double x);
+/* y[co][y][x] = bias[co] + sum w[co][ci][ky][kx] x[ci][y+ky-k/2][x+kx-k/2]
+ * with zero padding, k = 1 or 3; bias may be NULL. */
+void ld_test_ref_conv(const double *x, int cin, int h, int w, const float *wt, const float *bias, int cout, int k,
+                      double *y);
+/* 2x2 average pooling of c planes of h x w. */
+void ld_test_ref_pool(const double *x, int c, int h, int w, double *y);
+/* The down block of ld_convnet.h on x [cin][h][h] -> out [cout][h/2][h/2];
+ * t: the data of its six tensors (conv1.weight, conv1.bias, conv2.weight,
+ * conv2.bias, skip.weight, skip.bias). */
+void ld_test_ref_down(const double *x, int cin, int cout, int h, const float *const t[6], double *out);
+
+/* ---- hostile model files ---- */
+
+/* One defect written into a copy of a safetensors file. */
+typedef struct {
+    const char *needle;        /* expected in the error detail */
+    const char *drop;          /* tensor left out */
+    const char *as_f64;        /* tensor written as F64 */
+    const char *reshape;       /* 1-D tensor of even length written as [2, n/2] */
+    const char *nan_in;        /* tensor whose first element becomes NaN */
+    const char *add;           /* extra tensor added */
+    const char *meta_key;      /* metadata key changed ... */
+    const char *meta_value;    /* ... to this (NULL = removed) */
+} ld_test_defect_t;
+
+/* Copies the safetensors file src to dst with the defect d (nothing else
+ * changed); aborts the test on failure. */
+void ld_test_write_defective(const char *src, const char *dst, const ld_test_defect_t *d);
+/* For each of cases[0..n): writes good with the defect to bad and expects
+ * load(bad) to return LD_EFORMAT with a detail naming bad and holding the
+ * case's needle; then that the untouched rewrite loads (load returns 0).
+ * load frees what it loaded and checks that a failed load left no output. */
+void ld_test_load_rejects(const char *good, const char *bad, const ld_test_defect_t *cases, size_t n,
+                          int (*load)(const char *path));
+
+/* A network's parameter table is exactly names[0..n) with shapes[0..n)
+ * (unused dims 0), contiguous from offset 0 in that order, found by name;
+ * `absent` is not found. */
+void ld_test_tensor_table(const ld_cn_params_t *ps, const char *const *names, const int64_t (*shapes)[4], size_t n,
+                          const char *absent);
 
 #endif
