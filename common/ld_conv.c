@@ -23,6 +23,7 @@
 #endif
 #define INLINE static inline __attribute__((always_inline))
 
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -73,6 +74,18 @@ INLINE void silu_both(const float *a, float *s, float *d, size_t n)
         float x = a[i], sg = sigmoid(x);
         s[i] = x * sg;
         d[i] = sg * (1.0f + x * (1.0f - sg));
+    }
+}
+
+/* tanh(a) = sign(a) (1 - e) / (1 + e), e = exp(-2|a|) <= 1 (no overflow;
+ * NaN stays NaN), and its derivative 1 - tanh^2. */
+INLINE void tanh_both(const float *a, float *t, float *d, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        float x = a[i], e = expf_inline(-2.0f * fabsf(x)), th = (1.0f - e) / (1.0f + e);
+        th = x < 0.0f ? -th : th;
+        t[i] = th;
+        d[i] = 1.0f - th * th;
     }
 }
 
@@ -294,6 +307,35 @@ INLINE void wino_output_m(int m, const float *mm, size_t e_stride, size_t c_stri
                         out[x] = yr[x] * aux[x];
                     break;
                 }
+                case LD_WINO_OUT_BIAS: {
+                    float *out = o->out + at;
+                    if (o->bias)
+                        add_scalar(yr, o->bias[c], n);
+                    memcpy(out, yr, n * sizeof(float));
+                    break;
+                }
+                case LD_WINO_OUT_TANH:
+                    add_scalar(yr, o->bias[c], n);
+                    tanh_both(yr, o->out + at, o->dout + at, n);
+                    break;
+                case LD_WINO_OUT_SILU_RES: {
+                    const float *aux = o->aux + at;
+                    float *out = o->out + at;
+                    add_scalar(yr, o->bias[c], n);
+                    silu_both(yr, out, o->dout + at, n);
+                    for (size_t x = 0; x < n; x++)
+                        out[x] = (out[x] + aux[x]) * INV_SQRT2;
+                    break;
+                }
+                case LD_WINO_OUT_ADD: {
+                    const float *aux = o->aux + at;
+                    float *out = o->out + at;
+                    for (size_t x = 0; x < n; x++)
+                        out[x] = yr[x] + aux[x];
+                    break;
+                }
+                case LD_WINO_OUT_SUM_POOL: /* pooled from y below */
+                    break;
                 default: /* LD_WINO_OUT_ADD_UNPOOL */
                     for (int k = 0; k < seg; k++) {
                         const float *aux = o->aux + (size_t)c * qplane + (size_t)((yy + k) / 2) * (size_t)pw;
@@ -308,11 +350,17 @@ INLINE void wino_output_m(int m, const float *mm, size_t e_stride, size_t c_stri
                     break;
                 }
             }
-            if (o->mode != LD_WINO_OUT_SILU_POOL_RES)
+            if (o->mode != LD_WINO_OUT_SILU_POOL_RES && o->mode != LD_WINO_OUT_SUM_POOL)
                 continue;
+            const float *src = o->mode == LD_WINO_OUT_SUM_POOL ? y : s;
             for (int r = 1; r < rows; r += 2) { /* rows r-1, r make one pooled row */
                 float *pool = o->pool + (size_t)c * qplane + (size_t)((m * ty + r) / 2) * (size_t)pw;
-                const float *s0 = s + (size_t)(r - 1) * (size_t)ys, *s1 = s + (size_t)r * (size_t)ys;
+                const float *s0 = src + (size_t)(r - 1) * (size_t)ys, *s1 = src + (size_t)r * (size_t)ys;
+                if (o->mode == LD_WINO_OUT_SUM_POOL) {
+                    for (int q = 0; q < pw; q++)
+                        pool[q] = ((s0[2 * q] + s0[2 * q + 1]) + s1[2 * q]) + s1[2 * q + 1];
+                    continue;
+                }
                 for (int q = 0; q < pw; q++) {
                     float mean = (((s0[2 * q] + s0[2 * q + 1]) + s1[2 * q]) + s1[2 * q + 1]) * 0.25f;
                     pool[q] = (mean + pool[q]) * INV_SQRT2;
@@ -369,6 +417,22 @@ HOT void ld_avgpool2(const float *x, int h, int w, int c0, int c1, int r0, int r
             float *o = oc + (size_t)r * (size_t)ow;
             for (int q = 0; q < ow; q++)
                 o[q] = (a[2 * q] + a[2 * q + 1] + b[2 * q] + b[2 * q + 1]) * 0.25f;
+        }
+    }
+}
+
+HOT void ld_upsample2(const float *x, int h, int w, int c0, int c1, float *out)
+{
+    const int ow = 2 * w;
+    for (int c = c0; c < c1; c++) {
+        const float *xc = x + (size_t)c * (size_t)h * (size_t)w;
+        float *oc = out + (size_t)c * (size_t)(2 * h) * (size_t)ow;
+        for (int r = 0; r < h; r++) {
+            const float *src = xc + (size_t)r * (size_t)w;
+            float *o = oc + (size_t)(2 * r) * (size_t)ow;
+            for (int q = 0; q < w; q++)
+                o[2 * q] = o[2 * q + 1] = src[q];
+            memcpy(o + ow, o, (size_t)ow * sizeof(float));
         }
     }
 }

@@ -45,16 +45,21 @@ enum {
     LD_WINO_OUT_SILU_POOL_RES, /* a = y + bias: dout = silu'(a); for each 2x2 cell,
                                   pool[c][y/2][x/2] = (mean of silu(a) over the cell + pool) / sqrt(2) */
     LD_WINO_OUT_MUL,           /* out = y * aux (aux [C][h][w]) */
-    LD_WINO_OUT_ADD_UNPOOL     /* out = y + aux[c][y/2][x/2] / 4 (aux [C][h/2][w/2]) */
+    LD_WINO_OUT_ADD_UNPOOL,    /* out = y + aux[c][y/2][x/2] / 4 (aux [C][h/2][w/2]) */
+    LD_WINO_OUT_BIAS,          /* out = y + bias (bias NULL: out = y) */
+    LD_WINO_OUT_TANH,          /* a = y + bias: out = tanh(a), dout = 1 - tanh(a)^2 */
+    LD_WINO_OUT_SILU_RES,      /* a = y + bias: dout = silu'(a), out = (silu(a) + aux) / sqrt(2) (aux [C][h][w]) */
+    LD_WINO_OUT_ADD,           /* out = y + aux (aux [C][h][w]) */
+    LD_WINO_OUT_SUM_POOL       /* pool[c][y/2][x/2] = sum of y over the 2x2 cell (written, not added) */
 };
 
 typedef struct {
     int mode;
-    const float *bias;  /* [C]: SILU, SILU_POOL_RES */
-    float *out;         /* [C][h][w]: SILU, MUL, ADD_UNPOOL */
-    float *dout;        /* [C][h][w]: SILU, SILU_POOL_RES */
-    const float *aux;   /* MUL, ADD_UNPOOL */
-    float *pool;        /* [C][h/2][w/2], in and out: SILU_POOL_RES */
+    const float *bias;  /* [C]: SILU, SILU_POOL_RES, BIAS, TANH, SILU_RES */
+    float *out;         /* [C][h][w]: SILU, MUL, ADD_UNPOOL, BIAS, TANH, SILU_RES, ADD */
+    float *dout;        /* [C][h][w]: SILU, SILU_POOL_RES, TANH, SILU_RES */
+    const float *aux;   /* MUL, ADD_UNPOOL, SILU_RES, ADD */
+    float *pool;        /* [C][h/2][w/2]: SILU_POOL_RES (in and out), SUM_POOL (out) */
 } ld_wino_out_t;
 
 /* Output transform of channels [c0, c1), tile rows [ty0, ty1) of mm (laid
@@ -70,6 +75,10 @@ void ld_im2col3x3(const float *x, int c, int h, int w, int y0, int y1, float *co
 /* 2x2 average pooling of channels [c0, c1) of x [C][h][w], output rows
  * [r0, r1): out[c][r][q] = (four inputs summed) * 0.25. */
 void ld_avgpool2(const float *x, int h, int w, int c0, int c1, int r0, int r1, float *out);
+
+/* 2x nearest-neighbour upsampling of channels [c0, c1) of x [C][h][w]:
+ * out[c][y][x] = x[c][y/2][x/2] for out [C][2h][2w]. */
+void ld_upsample2(const float *x, int h, int w, int c0, int c1, float *out);
 
 /* silu and its derivative: s[i] = a*sigmoid(a), d[i] = sigmoid(a)(1 + a(1 - sigmoid(a))).
  * Either output may be NULL. */

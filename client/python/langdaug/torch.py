@@ -1,9 +1,11 @@
-"""langdaug.torch: the resdown energy network in PyTorch, and langdaug model
-files (safetensors) read and written in pure Python/numpy.
+"""langdaug.torch: the resdown energy network and the aeconv autoencoder in
+PyTorch, and langdaug model files (safetensors) read and written in pure
+Python/numpy.
 
 EBM mirrors common/ld_ebm.h exactly, with the same state_dict names
 (stem, blocks.{i}.conv1/conv2/skip, head, domain_embed), so a model trained
-here runs in the C engine and back. Model files are safetensors:
+here runs in the C engine and back; Autoencoder likewise mirrors
+common/ld_ae.h (encoder.*, decoder.*). Model files are safetensors:
   8-byte little-endian header length N, N bytes of JSON header
   ({"__metadata__": {str: str}, name: {"dtype", "shape", "data_offsets"}}),
   then the raw little-endian tensor data; offsets are relative to the end of
@@ -24,6 +26,9 @@ import torch.nn.functional as F
 FORMAT = "langdaug-ebm"
 VERSION = "1"
 ARCH = "resdown"
+AE_FORMAT = "langdaug-ae"
+AE_VERSION = "1"
+AE_ARCH = "aeconv"
 COLOUR_SPACES = ("rgb", "lab")
 
 _DTYPES = {
@@ -131,6 +136,42 @@ def read_safetensors(path):
     return tensors, meta
 
 
+def _save_model(module, path, extra_metadata):
+    """Writes module's state_dict as float32 with module.metadata() plus the
+    extra keys (which may not replace an architecture key)."""
+    meta = module.metadata()
+    for k, v in (extra_metadata or {}).items():
+        if k in meta:
+            raise ValueError("extra metadata key %r collides with an architecture key" % k)
+        meta[k] = str(v)
+    tensors = {k: v.detach().cpu().float().numpy() for k, v in module.state_dict().items()}
+    write_safetensors(path, tensors, meta)
+
+
+def _read_model(path, fmt, version, arch):
+    """The tensors and metadata of a model file whose format, version and
+    arch keys are the given ones."""
+    tensors, meta = read_safetensors(path)
+    for key, want in (("format", fmt), ("version", version), ("arch", arch)):
+        if meta.get(key) != want:
+            raise ValueError("%s: metadata %s=%r, expected %r" % (path, key, meta.get(key), want))
+    return tensors, meta
+
+
+def _load_state(model, path, tensors):
+    """Loads the file's tensors into model: exactly its state_dict's names,
+    float32, same shapes. Returns model."""
+    state = model.state_dict()
+    if set(tensors) != set(state):
+        raise ValueError("%s: tensors %s, expected %s" % (path, sorted(tensors), sorted(state)))
+    for name, value in state.items():
+        if list(tensors[name].shape) != list(value.shape) or tensors[name].dtype != np.float32:
+            raise ValueError("%s: tensor %r is %s %s, expected float32 %s" %
+                             (path, name, tensors[name].dtype, list(tensors[name].shape), list(value.shape)))
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()})
+    return model
+
+
 class _Block(nn.Module):
     def __init__(self, cin, cout):
         super().__init__()
@@ -209,34 +250,142 @@ class EBM(nn.Module):
         }
 
     def save_safetensors(self, path, extra_metadata=None):
-        meta = self.metadata()
-        for k, v in (extra_metadata or {}).items():
-            if k in meta:
-                raise ValueError("extra metadata key %r collides with an architecture key" % k)
-            meta[k] = str(v)
-        tensors = {k: v.detach().cpu().float().numpy() for k, v in self.state_dict().items()}
-        write_safetensors(path, tensors, meta)
+        _save_model(self, path, extra_metadata)
 
     @classmethod
     def load_safetensors(cls, path):
-        tensors, meta = read_safetensors(path)
-        for key, want in (("format", FORMAT), ("version", VERSION), ("arch", ARCH)):
-            if meta.get(key) != want:
-                raise ValueError("%s: metadata %s=%r, expected %r" % (path, key, meta.get(key), want))
+        tensors, meta = _read_model(path, FORMAT, VERSION, ARCH)
         try:
             model = cls(int(meta["image_channels"]), int(meta["mask_classes"]), int(meta["size"]),
                         [int(w) for w in meta["widths"].split(",")], meta["domains"].split(","),
                         meta.get("colour_space", "rgb"))  # absent in files from before the key
         except (KeyError, ValueError) as e:
             raise ValueError("%s: bad architecture metadata: %s" % (path, e))
-        state = model.state_dict()
-        if set(tensors) != set(state):
-            raise ValueError("%s: tensors %s, expected %s" % (path, sorted(tensors), sorted(state)))
-        for name, value in state.items():
-            if list(tensors[name].shape) != list(value.shape) or tensors[name].dtype != np.float32:
-                raise ValueError("%s: tensor %r is %s %s, expected float32 %s" %
-                                 (path, name, tensors[name].dtype, list(tensors[name].shape), list(value.shape)))
-        model.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()})
+        return _load_state(model, path, tensors)
+
+
+class _Encoder(nn.Module):
+    def __init__(self, image_channels, widths, latent_channels):
+        super().__init__()
+        self.stem = nn.Conv2d(image_channels, widths[0], 3, padding=1)
+        self.blocks = nn.ModuleList(_Block(widths[i], widths[i + 1]) for i in range(len(widths) - 1))
+        self.latent = nn.Conv2d(widths[-1], latent_channels, 3, padding=1)
+
+    def forward(self, x):
+        h = self.stem(x)
+        for block in self.blocks:
+            h = block(h)
+        return self.latent(h)
+
+
+class _UpBlock(nn.Module):
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.up = nn.Conv2d(cin, cout, 3, padding=1)
+        self.conv1 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+
+    def forward(self, g):
+        c = self.up(F.interpolate(g, scale_factor=2, mode="nearest"))
+        r = F.silu(self.conv2(F.silu(self.conv1(c))))
+        return (c + r) / math.sqrt(2.0)
+
+
+class _Decoder(nn.Module):
+    def __init__(self, image_channels, widths, latent_channels):
+        super().__init__()
+        self.stem = nn.Conv2d(latent_channels, widths[-1], 3, padding=1)
+        self.blocks = nn.ModuleList(_UpBlock(widths[j + 1], widths[j]) for j in reversed(range(len(widths) - 1)))
+        self.out = nn.Conv2d(widths[0], image_channels, 3, padding=1)
+
+    def forward(self, z):
+        g = self.stem(z)
+        for block in self.blocks:
+            g = block(g)
+        return torch.tanh(self.out(g))
+
+
+class Autoencoder(nn.Module):
+    """The aeconv autoencoder of common/ld_ae.h: encode(image [N,C,S,S] in
+    [-1,1]) -> latent [N,Z,S/f,S/f]; decode(latent) -> image in [-1,1];
+    forward = decode(encode(x)).
+
+    widths: w0..wL, 3 of them (factor f = 4) or 4 (f = 8); factor, when
+    given, must agree. size: a multiple of 2f. colour_space: "rgb" or "lab"
+    (3 channels), as for EBM. Tensor names, the file format (metadata
+    format=langdaug-ae, arch=aeconv, ...) and the architecture's bounds are
+    the C engine's, so a model saved here loads there and back.
+    Initialisation: PyTorch defaults (as ld_ae_init_random, which draws
+    different numbers)."""
+
+    MAX_CHANNELS, MAX_WIDTH, MAX_LATENT, MAX_SIZE = 4, 4096, 64, 1024
+
+    def __init__(self, image_channels, size, widths, latent_channels, factor=None, colour_space="rgb"):
+        super().__init__()
+        widths = [int(w) for w in widths]
+        image_channels, size, latent_channels = int(image_channels), int(size), int(latent_channels)
+        if len(widths) not in (3, 4):
+            raise ValueError("widths %r: need 3 (factor 4) or 4 (factor 8)" % (widths,))
+        levels = len(widths) - 1
+        if factor is not None and int(factor) != 1 << levels:
+            raise ValueError("factor %s but widths %r make factor %d" % (factor, widths, 1 << levels))
+        if not 1 <= image_channels <= self.MAX_CHANNELS:
+            raise ValueError("image_channels %d outside 1..%d" % (image_channels, self.MAX_CHANNELS))
+        if any(not 1 <= w <= self.MAX_WIDTH for w in widths):
+            raise ValueError("widths %r outside 1..%d" % (widths, self.MAX_WIDTH))
+        if not 1 <= size <= self.MAX_SIZE or size % (2 << levels) != 0:
+            raise ValueError("size %d is not a multiple of 2 x factor = %d in 1..%d" % (size, 2 << levels,
+                                                                                     self.MAX_SIZE))
+        if not 1 <= latent_channels <= self.MAX_LATENT:
+            raise ValueError("latent_channels %d outside 1..%d" % (latent_channels, self.MAX_LATENT))
+        if colour_space not in COLOUR_SPACES:
+            raise ValueError("colour_space %r is not rgb or lab" % (colour_space,))
+        if colour_space == "lab" and image_channels != 3:
+            raise ValueError("colour_space lab needs 3 image channels, not %d" % image_channels)
+        self.image_channels, self.size, self.widths = image_channels, size, widths
+        self.latent_channels, self.factor, self.colour_space = latent_channels, 1 << levels, colour_space
+        self.encoder = _Encoder(image_channels, widths, latent_channels)
+        self.decoder = _Decoder(image_channels, widths, latent_channels)
+
+    def encode(self, image):
+        return self.encoder(image)
+
+    def decode(self, latent):
+        return self.decoder(latent)
+
+    def forward(self, image):
+        return self.decode(self.encode(image))
+
+    def metadata(self):
+        return {
+            "format": AE_FORMAT,
+            "version": AE_VERSION,
+            "arch": AE_ARCH,
+            "image_channels": str(self.image_channels),
+            "size": str(self.size),
+            "widths": ",".join(str(w) for w in self.widths),
+            "latent_channels": str(self.latent_channels),
+            "factor": str(self.factor),
+            "colour_space": self.colour_space,
+        }
+
+    def save_safetensors(self, path, extra_metadata=None):
+        _save_model(self, path, extra_metadata)
+
+    @classmethod
+    def load_safetensors(cls, path):
+        """Loads a file as strictly as ld_ae_load: every architecture key,
+        exactly the tensors of the architecture (float32, shapes), finite."""
+        tensors, meta = _read_model(path, AE_FORMAT, AE_VERSION, AE_ARCH)
+        try:
+            model = cls(int(meta["image_channels"]), int(meta["size"]), [int(w) for w in meta["widths"].split(",")],
+                        int(meta["latent_channels"]), int(meta["factor"]), meta["colour_space"])
+        except (KeyError, ValueError) as e:
+            raise ValueError("%s: bad architecture metadata: %s" % (path, e))
+        _load_state(model, path, tensors)
+        for name, value in model.state_dict().items():
+            if not torch.isfinite(value).all():
+                raise ValueError("%s: tensor %r has non-finite values" % (path, name))
         return model
 
 
