@@ -237,8 +237,8 @@ static int check_opts(const ld_client_opts_t *o)
             return ld_seterr(LD_EINVAL, "endpoints[%d] is empty", i);
     if (o->batch_size < 1)
         return ld_seterr(LD_EINVAL, "batch_size must be >= 1");
-    if (o->n_targets < 0 || o->n_pairs < 0 || o->n_targets + o->n_pairs < 1)
-        return ld_seterr(LD_EINVAL, "need at least one target domain or pair");
+    if (o->n_targets < 0 || o->n_pairs < 0)
+        return ld_seterr(LD_EINVAL, "n_targets and n_pairs must be >= 0");
     for (int i = 0; i < o->n_targets; i++)
         if (!o->targets[i] || !*o->targets[i])
             return ld_seterr(LD_EINVAL, "targets[%d] is empty", i);

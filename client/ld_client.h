@@ -93,7 +93,7 @@ typedef struct {
     const char *const *targets;   /* target domains (shorthand pairs) */
     int n_targets;
     const ld_pair_t *pairs;
-    int n_pairs;                  /* targets + pairs: at least one */
+    int n_pairs;                  /* no targets and no pairs: every pair the samplers serve */
     const uint32_t *steps;        /* snapshot steps, ascending; none = daemon default */
     int n_steps;
     ld_encoding_t encoding;       /* default FLOAT32 */

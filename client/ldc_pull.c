@@ -417,6 +417,9 @@ int ldc_pull_main(int argc, char **argv)
     req.opts.name = "langdaug pull";
     int rc = parse_args(argc, argv, &p, &req);
     if (rc == 0) {
+        if (!req.opts.n_targets && !req.opts.n_pairs && !p.quiet)
+            fprintf(stderr, "langdaug pull: no --targets or --pairs: every (source, target) pair the sampler serves, "
+                            "uniformly\n");
         catch_signals();
         rc = run(&p, &req);
         if (rc == LD_ECANCELED) {

@@ -174,8 +174,6 @@ int ldc_request_finish(ldc_request_t *req, const char *cmd)
 {
     if (req->opts.n_endpoints < 1)
         return ldc_usage_error(cmd, "--from ENDPOINTS is required");
-    if (req->opts.n_targets + req->opts.n_pairs < 1)
-        return ldc_usage_error(cmd, "--targets or --pairs is required");
     if (ldc_curve_finish(&req->curve, cmd))
         return 2;
     if (req->curve.server[0]) {

@@ -61,7 +61,8 @@ int ldc_curve_finish(const ldc_curve_t *keys, const char *cmd);
 #define LDC_REQUEST_HELP                                                                         \
     "  --from ENDPOINTS      sampler data sockets, comma-separated (tcp://host:5555,...)\n"      \
     "  --batch B             samples per batch (default 16)\n"                                   \
-    "  --targets T1,T2       target domains (from any other source domain)\n"                    \
+    "  --targets T1,T2       target domains (from any other source domain); without\n"       \
+    "                        --targets and --pairs, every pair the sampler serves\n"         \
     "  --pairs A:B[:W],...   source:target pairs with weights (empty source = any)\n"            \
     "  --steps S1,S2         Langevin snapshot steps, ascending (default: the daemon's)\n"       \
     "  --encoding E          float32, float16 or uint8 on the wire\n"                            \

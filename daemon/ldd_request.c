@@ -59,27 +59,32 @@ static int name_ok(const char *s)
     return s && strlen(s) < LD_NAME_MAX;
 }
 
-int ldd_request_parse(const ldd_config_t *cfg, const ldd_engine_t *e, const Langdaug__V1__PullRequest *p,
-                      ldd_request_t *req, int *code, char *text, size_t cap)
+/* A request without targets or pairs: every (source, target) pair the
+ * models serve, uniformly (one any-source pair per target, weighted by the
+ * number of sources it is served from), as the engine routes them now. */
+static int every_served_pair(const ldd_engine_t *e, ldd_request_t *req, char *text, size_t cap)
 {
-    memset(req, 0, sizeof *req);
-    *code = LANGDAUG__V1__ERROR_CODE__ERROR_INVALID_REQUEST;
-    if (!p->has_batch_size || p->batch_size == 0)
-        return snprintf(text, cap, "batch_size: missing or 0"), -1;
-    if (p->batch_size > (uint32_t)cfg->max_batch) {
-        *code = LANGDAUG__V1__ERROR_CODE__ERROR_LIMIT;
-        return snprintf(text, cap, "batch_size: %u is beyond max_batch = %d", p->batch_size, cfg->max_batch), -1;
+    for (int t = 0; t < e->n_targets; t++) {
+        if (e->targets[t].n_sources == 0)
+            continue;
+        if (req->n_pairs == LDD_MAX_PAIRS)
+            return snprintf(text, cap, "the models serve more than %d targets: give targets or pairs",
+                            LDD_MAX_PAIRS), -1;
+        ldd_pair_t *pair = &req->pairs[req->n_pairs++];
+        snprintf(pair->target, sizeof pair->target, "%s", e->targets[t].name);
+        pair->weight = e->targets[t].n_sources;
+        req->total_weight += pair->weight;
     }
-    req->batch_size = p->batch_size;
-    int64_t batch_bytes = (int64_t)p->batch_size * ldd_sample_bytes(e);
-    if (batch_bytes > (int64_t)cfg->max_queue_memory << 20) {
-        *code = LANGDAUG__V1__ERROR_CODE__ERROR_LIMIT;
-        return snprintf(text, cap, "batch_size: a batch of %u samples needs %.1f MiB, beyond max_queue_memory = %d MiB",
-                        p->batch_size, (double)batch_bytes / (1 << 20), cfg->max_queue_memory), -1;
-    }
+    return req->n_pairs ? 0 : (snprintf(text, cap, "no loaded model serves any pair"), -1);
+}
+
+/* The request's targets and pairs into req->pairs (not yet resolved). */
+static int parse_pairs(const ldd_engine_t *e, const Langdaug__V1__PullRequest *p, ldd_request_t *req, char *text,
+                       size_t cap)
+{
     size_t n = p->n_targets + p->n_pairs;
     if (n == 0)
-        return snprintf(text, cap, "no target: give targets or pairs"), -1;
+        return every_served_pair(e, req, text, cap);
     if (n > LDD_MAX_PAIRS)
         return snprintf(text, cap, "%zu targets and pairs, more than %d", n, LDD_MAX_PAIRS), -1;
     for (size_t i = 0; i < n; i++) {
@@ -104,6 +109,29 @@ int ldd_request_parse(const ldd_config_t *cfg, const ldd_engine_t *e, const Lang
         pair->weight = w;
         req->total_weight += w;
     }
+    return 0;
+}
+
+int ldd_request_parse(const ldd_config_t *cfg, const ldd_engine_t *e, const Langdaug__V1__PullRequest *p,
+                      ldd_request_t *req, int *code, char *text, size_t cap)
+{
+    memset(req, 0, sizeof *req);
+    *code = LANGDAUG__V1__ERROR_CODE__ERROR_INVALID_REQUEST;
+    if (!p->has_batch_size || p->batch_size == 0)
+        return snprintf(text, cap, "batch_size: missing or 0"), -1;
+    if (p->batch_size > (uint32_t)cfg->max_batch) {
+        *code = LANGDAUG__V1__ERROR_CODE__ERROR_LIMIT;
+        return snprintf(text, cap, "batch_size: %u is beyond max_batch = %d", p->batch_size, cfg->max_batch), -1;
+    }
+    req->batch_size = p->batch_size;
+    int64_t batch_bytes = (int64_t)p->batch_size * ldd_sample_bytes(e);
+    if (batch_bytes > (int64_t)cfg->max_queue_memory << 20) {
+        *code = LANGDAUG__V1__ERROR_CODE__ERROR_LIMIT;
+        return snprintf(text, cap, "batch_size: a batch of %u samples needs %.1f MiB, beyond max_queue_memory = %d MiB",
+                        p->batch_size, (double)batch_bytes / (1 << 20), cfg->max_queue_memory), -1;
+    }
+    if (parse_pairs(e, p, req, text, cap) < 0)
+        return -1;
     if (ldd_request_resolve(e, req, code, text, cap) < 0)
         return -1;
     if (p->n_steps > LD_LANGEVIN_MAX_SNAPSHOTS)

@@ -189,7 +189,6 @@ class PullCliTest(test_client_py.SamplerTestCase):
         ep = self.sampler.endpoint
         for args, word in [(["-n", 1, "--targets", TARGET, "--from", ep], "--out"),
                            (["--out", self.out, "--targets", TARGET, "--from", ep], "-n"),
-                           (["-n", 1, "--out", self.out, "--from", ep], "--targets"),
                            (["-n", 1, "--out", self.out, "--targets", TARGET], "--from"),
                            (["-n", 0, "--out", self.out, "--targets", TARGET, "--from", ep], "-n"),
                            (["-n", 1, "--out", self.out, "--pairs", "A", "--from", ep], "--pairs"),
@@ -205,6 +204,21 @@ class PullCliTest(test_client_py.SamplerTestCase):
             self.assertEqual(r.returncode, 2, (args, r.stderr))
             self.assertIn(word, r.stderr)
         self.assertEqual(os.listdir(self.out), [])
+
+    def test_every_served_pair_without_targets_or_pairs(self):
+        r = cli("pull", "--from", self.sampler.endpoint, "-n", 40, "--batch", 4, "--seed", SEED, "--out", self.out)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("every (source, target) pair the sampler serves", r.stderr)
+        with open(os.path.join(self.out, "samples.csv"), newline="") as f:
+            pairs = [(row["source_domain"], row["target_domain"]) for row in csv.DictReader(f)]
+        served = {(a, b) for a in DOMAINS for b in DOMAINS if a != b}
+        self.assertEqual(len(pairs), 40)
+        self.assertEqual(set(pairs), served)  # both directions, never a domain to itself
+        with Client(self.sampler.endpoint, 8, seed=SEED, timeout=WAIT) as c:
+            got = set()
+            for _ in range(6):
+                got |= {(m["source_domain"], m["target_domain"]) for m in c.next(timeout=WAIT).meta}
+        self.assertEqual(got, served)
 
     def test_refused_request_fails_cleanly(self):
         r = cli("pull", "--from", self.sampler.endpoint, "--targets", "nope", "-n", 2, "--out", self.out,

@@ -219,7 +219,8 @@ class Client:
     endpoints   "tcp://host:5555", a comma-separated string of them, or a list
     batch_size  samples per batch
     targets     target domains (each = the pair "any source -> target")
-    pairs       weighted (source, target[, weight]) pairs, see parse_pairs(); targets + pairs >= 1
+    pairs       weighted (source, target[, weight]) pairs, see parse_pairs(); with neither targets nor
+                pairs, every (source, target) pair the sampler serves, uniformly
     steps       Langevin snapshot steps, ascending (None = the daemon's default)
     dtype       wire encoding: "float32", "float16" or "uint8"
     seed        makes each sampler's stream reproducible (None = random daemon seeds)
@@ -249,8 +250,6 @@ class Client:
             targets = [targets]
         targets = list(targets or ())
         pairs = parse_pairs(pairs)
-        if not targets and not pairs:
-            raise ValueError("need at least one target domain or pair")
         if any(not t for t in targets):
             raise ValueError("targets: empty domain name")
         if int(batch_size) < 1:
