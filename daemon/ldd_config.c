@@ -46,8 +46,9 @@ typedef struct {
 static const key_row_t keys[] = {
     { "model", T_LIST, "", 0, 0, OFF(models), 0,
       "Model file (safetensors written by `langdaug train` or `langdaug init-model`). Repeat the key "
-      "to load several; each serves the target domains it declares, and a domain served by two "
-      "models goes to the first. At least one is required." },
+      "to load several; each serves the (source, target) pairs of its train.pairs metadata, or without "
+      "it every pair toward the domains it declares; a pair served by two models goes to the first. "
+      "At least one is required." },
     { "data", T_STRING, "", 0, 0, OFF(data), 0,
       "Dataset root in the folders layout: ROOT/<domain>/[SUBDIR/]{image,mask}/*.png. Sources of "
       "the Langevin chains are crops of these images. Either data or manifest is required." },
