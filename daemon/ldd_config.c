@@ -119,6 +119,14 @@ static const key_row_t keys[] = {
       "forgotten. Clients send heartbeats to stay longer." },
     { "heartbeat_interval", T_DOUBLE, "5", 0.05, 3600, OFF(heartbeat_interval), 0,
       "Seconds between the daemon's heartbeats to a client that holds credits but got no batch." },
+    { "handshake_timeout", T_DOUBLE, "10", 0.1, 3600, OFF(handshake_timeout), F_RESTART,
+      "Seconds a new connection may take to complete the ZeroMQ handshake (ZMQ_HANDSHAKE_IVL); a "
+      "peer that connects and sends nothing, or dribbles its greeting, is dropped after it. Changing "
+      "it needs a restart." },
+    { "max_pending_connections", T_INT, "100", 1, 65535, OFF(max_pending_connections), F_RESTART,
+      "Connections the kernel queues before the daemon accepts them (the listen backlog, "
+      "ZMQ_BACKLOG); beyond it new connections wait or are refused by the kernel. Changing it needs "
+      "a restart." },
     { "drain_timeout", T_DOUBLE, "10", 0, 3600, OFF(drain_timeout), 0,
       "On SIGTERM/SIGINT, seconds allowed to finish running chains and flush sent batches." },
     { "seed", T_U64, "0", 0, 0, OFF(seed), 0,

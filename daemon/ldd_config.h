@@ -50,7 +50,8 @@ typedef struct {
     ld_keep_t keep;                /* default of requests that do not say */
     int max_steps;
     int max_clients, max_credits, max_batch, max_message_size, queue_capacity, max_queue_memory;
-    double idle_timeout, heartbeat_interval, drain_timeout;
+    double idle_timeout, heartbeat_interval, drain_timeout, handshake_timeout;
+    int max_pending_connections;
     uint64_t seed;
     char *log_level;
     char *curve_secret_key_file, *curve_allowed_keys_dir;

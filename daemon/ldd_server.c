@@ -694,13 +694,19 @@ static void swap_strings(char **a, char **b)
 static void keep_restart_keys(ldd_server_t *self, ldd_config_t *fresh)
 {
     if (strcmp(fresh->bind, self->cfg.bind) || strcmp(fresh->status, self->cfg.status) ||
-        fresh->workers != self->cfg.workers || strcmp(fresh->curve_secret_key_file, self->cfg.curve_secret_key_file))
-        ld_warn("reload: bind, status, workers and curve_secret_key_file changes need a restart; keeping %s, %s, "
-                "%d, '%s'", self->cfg.bind, self->cfg.status, self->cfg.workers, self->cfg.curve_secret_key_file);
+        fresh->workers != self->cfg.workers || strcmp(fresh->curve_secret_key_file, self->cfg.curve_secret_key_file) ||
+        fresh->handshake_timeout != self->cfg.handshake_timeout ||
+        fresh->max_pending_connections != self->cfg.max_pending_connections)
+        ld_warn("reload: bind, status, workers, curve_secret_key_file, handshake_timeout and "
+                "max_pending_connections changes need a restart; keeping %s, %s, %d, '%s', %g, %d", self->cfg.bind,
+                self->cfg.status, self->cfg.workers, self->cfg.curve_secret_key_file, self->cfg.handshake_timeout,
+                self->cfg.max_pending_connections);
     swap_strings(&fresh->bind, &self->cfg.bind);
     swap_strings(&fresh->status, &self->cfg.status);
     swap_strings(&fresh->curve_secret_key_file, &self->cfg.curve_secret_key_file);
     fresh->workers = self->cfg.workers;
+    fresh->handshake_timeout = self->cfg.handshake_timeout;
+    fresh->max_pending_connections = self->cfg.max_pending_connections;
 }
 
 /* Re-resolves every session's request against the new engine. */
@@ -823,9 +829,14 @@ static int open_socket(ldd_server_t *self, int type, const char *endpoint, void 
      * RCV_HWM messages wait per connection, bounding what a flooding peer
      * makes the daemon buffer to RCV_HWM * that size. */
     int64_t maxmsg = (int64_t)self->cfg.max_message_size * 4 + 4096;
-    int rcvhwm = RCV_HWM;
+    int rcvhwm = RCV_HWM, handshake_ms = (int)(self->cfg.handshake_timeout * 1000),
+        backlog = self->cfg.max_pending_connections;
     zmq_setsockopt(sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
     zmq_setsockopt(sock, ZMQ_RCVHWM, &rcvhwm, sizeof rcvhwm);
+    /* Half-open and slow peers: each is dropped after the handshake timeout,
+     * and at most the backlog wait to be accepted. */
+    zmq_setsockopt(sock, ZMQ_HANDSHAKE_IVL, &handshake_ms, sizeof handshake_ms);
+    zmq_setsockopt(sock, ZMQ_BACKLOG, &backlog, sizeof backlog);
     if (type == ZMQ_ROUTER) {
         int hwm = self->cfg.max_credits * 2 + 1000;
         zmq_setsockopt(sock, ZMQ_ROUTER_MANDATORY, &one, sizeof one);
@@ -855,7 +866,8 @@ static int open_socket(ldd_server_t *self, int type, const char *endpoint, void 
     uv_poll_init(&self->loop, poll, fd);
     poll->data = self;
     uv_poll_start(poll, UV_READABLE, poll_cb);
-    ld_info("listening on %s (%s%s)", endpoint, name, self->curve ? ", CURVE" : "");
+    ld_info("listening on %s (%s%s; handshake timeout %g s, at most %d pending connections)", endpoint, name,
+            self->curve ? ", CURVE" : "", self->cfg.handshake_timeout, self->cfg.max_pending_connections);
     return 0;
 }
 
