@@ -10,6 +10,7 @@
 
 #include <inttypes.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,12 +39,12 @@ typedef struct {
     char *command;            /* the command line, for provenance */
 } args_t;
 
-static volatile int g_cancel;
+static atomic_int g_cancel; /* set by the signal handler: lock-free, so async-signal-safe */
 
 static void on_signal(int sig)
 {
     (void)sig;
-    g_cancel = 1;
+    atomic_store(&g_cancel, 1);
 }
 
 static void usage(FILE *f)

@@ -169,7 +169,7 @@ static void take_snapshot(int s, int n, size_t per, const float *image, const fl
 
 int ld_langevin_run(const ld_ebm_t *m, ld_ebm_ws_t *ws, const ld_langevin_params_t *p, int n, float *image,
                     const uint8_t *mask, const int32_t *target, const uint64_t *chain_id, float *snap_images,
-                    float *snap_energy, const volatile int *cancel)
+                    float *snap_energy, const atomic_int *cancel)
 {
     int rc = ld_langevin_validate(p);
     if (rc)
@@ -195,7 +195,7 @@ int ld_langevin_run(const ld_ebm_t *m, ld_ebm_ws_t *ws, const ld_langevin_params
     }
     int snap = 0;
     for (int k = 0; k < p->steps; k++) {
-        if (cancel && *cancel) {
+        if (cancel && atomic_load(cancel)) {
             rc = ld_seterr(LD_ECANCELED, "langevin: canceled before step %d of %d", k, p->steps);
             goto done;
         }
@@ -249,7 +249,7 @@ static void snapshot_to_rgb(const ld_ebm_arch_t *a, ld_keep_t keep, int step, co
 
 int ld_langevin_sample(const ld_ebm_t *m, ld_ebm_ws_t *ws, const ld_langevin_params_t *p, ld_keep_t keep, int n,
                        const float *start, const uint8_t *mask, const int32_t *target, const uint64_t *chain_id,
-                       float *snap_images, float *snap_energy, float *start_energy, const volatile int *cancel)
+                       float *snap_images, float *snap_energy, float *start_energy, const atomic_int *cancel)
 {
     int rc = ld_langevin_validate(p);
     if (rc)

@@ -9,6 +9,8 @@
 #define LD_LANGEVIN_H
 
 #include "ld_colour.h"
+#include <stdatomic.h>
+
 #include "ld_ebm.h"
 
 #define LD_LANGEVIN_MAX_SNAPSHOTS 64
@@ -46,7 +48,7 @@ int ld_langevin_set_snapshots(ld_langevin_params_t *p, const char *csv);
 int ld_langevin_run(const ld_ebm_t *m, ld_ebm_ws_t *ws, const ld_langevin_params_t *p, int n,
                     float *image, const uint8_t *mask, const int32_t *target,
                     const uint64_t *chain_id, float *snap_images, float *snap_energy,
-                    const volatile int *cancel);
+                    const atomic_int *cancel);
 
 /* The samplers' chains (langdaug sample, langdaugd, training previews):
  * ld_langevin_run in the model's colour space (ld_ebm_arch(m)->colour_space)
@@ -69,6 +71,6 @@ int ld_langevin_run(const ld_ebm_t *m, ld_ebm_ws_t *ws, const ld_langevin_params
  * model). Errors as ld_langevin_run. */
 int ld_langevin_sample(const ld_ebm_t *m, ld_ebm_ws_t *ws, const ld_langevin_params_t *p, ld_keep_t keep, int n,
                        const float *start, const uint8_t *mask, const int32_t *target, const uint64_t *chain_id,
-                       float *snap_images, float *snap_energy, float *start_energy, const volatile int *cancel);
+                       float *snap_images, float *snap_energy, float *start_energy, const atomic_int *cancel);
 
 #endif

@@ -8,7 +8,7 @@
 #include <string.h>
 #include <strings.h>
 
-int ld_log_level = LD_LOG_INFO;
+_Atomic int ld_log_level = LD_LOG_INFO;
 
 static void default_sink(int level, const char *msg, void *user)
 {

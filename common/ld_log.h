@@ -12,7 +12,7 @@ enum { LD_LOG_ERROR = 0, LD_LOG_WARN = 1, LD_LOG_INFO = 2, LD_LOG_DEBUG = 3 };
 typedef void (*ld_log_fn)(int level, const char *msg, void *user);
 
 /* The current threshold; messages with level > ld_log_level are dropped. */
-extern int ld_log_level;
+extern _Atomic int ld_log_level; /* a reload may set it while other threads log */
 
 /* Sets the sink (NULL restores the default stderr sink) and threshold.
  * Not thread-safe against concurrent logging: call at start-up. */

@@ -560,7 +560,7 @@ static int all_finite(const float *v, size_t n)
 }
 
 /* Negatives: crops of s walked toward t under the current weights. */
-static int make_negatives(ld_train_t *self, int n, const volatile int *cancel)
+static int make_negatives(ld_train_t *self, int n, const atomic_int *cancel)
 {
     ld_langevin_params_t lp;
     langevin_params(&self->cfg, &lp);
@@ -631,7 +631,7 @@ static int update_weights(ld_train_t *self, int n, int64_t it, ld_train_stats_t 
     return LD_OK;
 }
 
-int ld_train_step(ld_train_t *self, ld_train_stats_t *stats, const volatile int *cancel)
+int ld_train_step(ld_train_t *self, ld_train_stats_t *stats, const atomic_int *cancel)
 {
     const ld_rng_t saved = self->rng;
     const int n = self->cfg.batch, d_count = self->arch.n_domains;
@@ -1201,7 +1201,7 @@ int ld_train_run(ld_train_t *self, const ld_train_run_opts_t *opts)
     int64_t saved_at = self->iteration;
     int rc = LD_OK;
     while (self->iteration < opts->iters) {
-        if (opts->cancel && *opts->cancel) {
+        if (opts->cancel && atomic_load(opts->cancel)) {
             rc = LD_ECANCELED;
             break;
         }

@@ -36,6 +36,7 @@
 #ifndef LD_TRAIN_H
 #define LD_TRAIN_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -118,7 +119,7 @@ const struct ld_dataset_s *ld_train_dataset(const ld_train_t *self);
 
 /* One iteration. cancel (may be NULL) interrupts the Langevin chain: the
  * iteration is then undone (LD_ECANCELED, state as before the call). */
-int ld_train_step(ld_train_t *self, ld_train_stats_t *stats, const volatile int *cancel);
+int ld_train_step(ld_train_t *self, ld_train_stats_t *stats, const atomic_int *cancel);
 
 /* Atomic checkpoint of the whole state. */
 int ld_train_save_checkpoint(ld_train_t *self, const char *path);
@@ -153,7 +154,7 @@ typedef struct {
     int64_t preview_every;     /* 0 = none */
     ld_train_progress_fn progress;
     void *user;
-    const volatile int *cancel;
+    const atomic_int *cancel;
 } ld_train_run_opts_t;
 
 /* Iterates until opts->iters (see the table at the top). */

@@ -7,6 +7,7 @@
 #include "ldd_workers.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -34,7 +35,7 @@ struct ldd_workers_s {
     ldd_job_t *done_head, *done_tail;
     int busy;          /* queued + running */
     int stopping;
-    volatile int cancel;
+    atomic_int cancel; /* read by workers between Langevin steps */
     uv_async_t *wake;
     int n;
     worker_t *workers;
@@ -193,7 +194,7 @@ void ldd_workers_destroy(ldd_workers_t **self_p)
         return;
     pthread_mutex_lock(&self->mu);
     self->stopping = 1;
-    self->cancel = 1;
+    atomic_store(&self->cancel, 1);
     pthread_cond_broadcast(&self->cv);
     pthread_mutex_unlock(&self->mu);
     for (int i = 0; i < self->n; i++)
@@ -234,7 +235,7 @@ void ldd_workers_cancel(ldd_workers_t *self, int running)
 {
     pthread_mutex_lock(&self->mu);
     if (running)
-        self->cancel = 1;
+        atomic_store(&self->cancel, 1);
     while (self->todo_head) {
         ldd_job_t *job = self->todo_head;
         self->todo_head = job->next;

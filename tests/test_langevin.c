@@ -7,6 +7,7 @@
 
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -335,7 +336,7 @@ START_TEST(non_finite_energy_stops_run)
 END_TEST
 
 typedef struct {
-    volatile int *flag;
+    atomic_int *flag;
     int delay_ms;
 } canceler_t;
 
@@ -344,7 +345,7 @@ static void *cancel_later(void *arg)
     canceler_t *c = arg;
     struct timespec ts = { c->delay_ms / 1000, (long)(c->delay_ms % 1000) * 1000000L };
     nanosleep(&ts, NULL);
-    *c->flag = 1;
+    atomic_store(c->flag, 1);
     return NULL;
 }
 
@@ -352,7 +353,7 @@ START_TEST(cancel_stops_between_steps)
 {
     fixture_t f = make_fixture(16, "4,6,8", 2, 6);
     ld_ebm_ws_t *ws = make_ws(&f, 2, 2);
-    volatile int flag = 1;
+    atomic_int flag = 1;
     float *start = malloc(2 * f.per * sizeof(float));
     memcpy(start, f.image, 2 * f.per * sizeof(float));
     ld_langevin_params_t p = params(0.01f, 0.01f, 5, "");
@@ -360,7 +361,7 @@ START_TEST(cancel_stops_between_steps)
                      LD_ECANCELED);
     ck_assert_int_eq(memcmp(start, f.image, 2 * f.per * sizeof(float)), 0);
     /* from another thread, in the middle of a run that would take hours */
-    flag = 0;
+    atomic_store(&flag, 0);
     p.steps = 10000000;
     canceler_t c = { &flag, 50 };
     pthread_t th;
