@@ -24,6 +24,7 @@
 #include <zmq.h>
 
 #include "langdaug.pb-c.h"
+#include "ld_rng.h"
 #include "ld_error.h"
 #include "ld_log.h"
 
@@ -89,19 +90,11 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static uint64_t mix64(uint64_t x)
-{
-    x += 0x9e3779b97f4a7c15ull;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-    return x ^ (x >> 31);
-}
-
 uint64_t ld_client_session_seed(uint64_t seed, uint32_t endpoint, uint64_t session)
 {
     if (endpoint == 0 && session == 0)
         return seed;
-    return mix64(seed + mix64(((uint64_t)endpoint << 40) ^ session ^ 0x6c64636c69656e74ull));
+    return ld_splitmix64(seed + ld_splitmix64(((uint64_t)endpoint << 40) ^ session ^ 0x6c64636c69656e74ull));
 }
 
 /* ------------------------------------------------------------ encodings */

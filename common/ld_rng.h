@@ -14,6 +14,17 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* splitmix64's finaliser: spreads seeds and keys (e.g. a session seed from
+ * a daemon seed and a session key) over all 64 bits. Inline, so the thin
+ * client library needs no engine code for it. */
+static inline uint64_t ld_splitmix64(uint64_t x)
+{
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
 /* One Philox4x32-10 block: out = philox(key, ctr). */
 void ld_philox4x32(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4]);
 

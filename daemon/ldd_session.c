@@ -124,15 +124,6 @@ void ldd_session_drop_jobs(ldd_session_t *s)
     s->pending_pair = -1;
 }
 
-/* splitmix64: spreads a daemon seed and a session key into a session seed. */
-static uint64_t mix64(uint64_t x)
-{
-    x += 0x9e3779b97f4a7c15ull;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-    return x ^ (x >> 31);
-}
-
 void ldd_session_set_request(ldd_session_t *s, const ldd_request_t *req, const ld_langevin_params_t *defaults,
                              uint64_t default_seed)
 {
@@ -146,7 +137,7 @@ void ldd_session_set_request(ldd_session_t *s, const ldd_request_t *req, const l
     }
     int last = s->params.snapshots[s->params.n_snapshots - 1];
     s->params.steps = last > 0 ? last : 1;
-    s->params.seed = req->has_seed ? req->seed : mix64(default_seed ^ mix64(s->key));
+    s->params.seed = req->has_seed ? req->seed : ld_splitmix64(default_seed ^ ld_splitmix64(s->key));
     ld_rng_init(&s->rng, s->params.seed, 0x5e55);
     s->next_chain = 0;
 }
