@@ -62,7 +62,7 @@ START_TEST(options_are_checked)
         switch (i) {
         case 0: o.n_endpoints = 0; break;
         case 1: o.batch_size = 0; break;
-        case 2: o.n_targets = 0; break;
+        case 2: o.n_targets = -1; break; /* none is fine: every pair the sampler serves */
         case 3: o.targets = empty; break;
         case 4: o.steps = down; o.n_steps = 2; break;
         case 5: o.pairs = bad_weight; o.n_pairs = 1; break;

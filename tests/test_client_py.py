@@ -133,7 +133,7 @@ def pull_until_from(test, client, endpoint, counts=None):
 class OfflineTest(unittest.TestCase):
     def test_options_are_checked(self):
         for kwargs, word in [(dict(endpoints=[]), "endpoints"), (dict(batch_size=0), "batch_size"),
-                             (dict(targets=[]), "target"), (dict(steps=[4, 2]), "ascending"),
+                             (dict(targets=[""]), "target"), (dict(steps=[4, 2]), "ascending"),
                              (dict(credits=0), "credits"), (dict(dtype="int8"), "dtype"),
                              (dict(endpoints=["nonsense"]), "nonsense"), (dict(pairs=["A"]), "SOURCE:TARGET"),
                              (dict(keep="luma"), "keep")]:
