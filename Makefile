@@ -23,10 +23,10 @@ PY := /usr/bin/python3
 
 # Debian packages the build, the tests and the demo need.
 DEB_PKGS := make gcc libc6-dev pkg-config libzmq3-dev libprotobuf-c-dev protobuf-c-compiler \
-	libuv1-dev libpng-dev libopenblas-dev libjansson-dev libsodium-dev libinih-dev libsystemd-dev \
-	check valgrind protobuf-compiler python3-zmq python3-protobuf python3-numpy python3-torch python3-pil \
+	libuv1-dev libpng-dev libopenblas-dev libjansson-dev libsodium-dev libinih-dev libsystemd-dev libmicrohttpd-dev \
+	check valgrind protobuf-compiler python3-zmq python3-protobuf python3-numpy python3-torch python3-pil python3-prometheus-client \
 	clang libclang-rt-14-dev
-PKG_LIBS := libzmq libprotobuf-c libuv libpng openblas jansson libsodium inih libsystemd
+PKG_LIBS := libzmq libprotobuf-c libuv libpng openblas jansson libsodium inih libsystemd libmicrohttpd
 
 WARN := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wformat=2 -Wvla
 ifeq ($(WERROR),1)

@@ -1,5 +1,6 @@
 /* ldc_status: `langdaug status ENDPOINT`, the daemon's StatusReply as a
- * readable report or as JSON.
+ * readable report, as JSON or as Prometheus metrics (ld_prom, the same text
+ * the daemon serves on metrics_listen).
  *
  * Each request uses a fresh REQ socket, so a daemon that does not answer
  * within --timeout costs nothing more than that socket (a REQ socket that
@@ -23,16 +24,17 @@
 #include "ld_colour.h"
 #include "ld_curve.h"
 #include "ld_error.h"
+#include "ld_prom.h"
 #include "ldc.h"
 #include "ldc_request.h"
 
 #define CMD "status"
 
-enum { OPT_WATCH = 0x300, OPT_COUNT, OPT_TIMEOUT, OPT_JSON };
+enum { OPT_WATCH = 0x300, OPT_COUNT, OPT_TIMEOUT, OPT_JSON, OPT_PROMETHEUS };
 
 typedef struct {
     const char *endpoint;
-    int json, watch, count;
+    int json, prometheus, watch, count;
     double interval, timeout;
     ldc_curve_t curve;
 } status_args_t;
@@ -40,11 +42,12 @@ typedef struct {
 static void usage(FILE *f)
 {
     fprintf(f,
-            "Usage: langdaug status ENDPOINT [--json] [--watch [SECONDS]] [--count N] [--timeout SECONDS]\n"
+            "Usage: langdaug status ENDPOINT [--json | --prometheus] [--watch [SECONDS]] [--count N] [--timeout SECONDS]\n"
             "Shows the state of a langdaugd daemon, asked on its status socket\n"
             "(e.g. tcp://127.0.0.1:5556).\n"
             "\n"
             "  --json              the whole status reply as JSON (one object per line with --watch)\n"
+            "  --prometheus        the status reply as Prometheus metrics (text exposition format 0.0.4)\n"
             "  --watch [SECONDS]   refresh every SECONDS (default 2) until interrupted\n"
             "  --count N           with --watch: stop after N refreshes\n"
             "  --timeout SECONDS   wait this long for each reply (default 5)\n" LDC_CURVE_HELP
@@ -207,6 +210,18 @@ static json_t *message_json(const ProtobufCMessage *m)
         }
     }
     return obj;
+}
+
+static int print_prometheus(const Langdaug__V1__StatusReply *r)
+{
+    char *text;
+    size_t len;
+    int rc = ld_prom_format(r, &text, &len);
+    if (rc)
+        return rc;
+    fwrite(text, 1, len, stdout);
+    free(text);
+    return 0;
 }
 
 static int print_json(const Langdaug__V1__StatusReply *r, int compact)
@@ -390,6 +405,7 @@ static int parse_args(int argc, char **argv, status_args_t *a)
 {
     static const struct option longopts[] = {
         { "json", no_argument, 0, OPT_JSON },
+        { "prometheus", no_argument, 0, OPT_PROMETHEUS },
         { "watch", optional_argument, 0, OPT_WATCH },
         { "count", required_argument, 0, OPT_COUNT },
         { "timeout", required_argument, 0, OPT_TIMEOUT },
@@ -406,6 +422,7 @@ static int parse_args(int argc, char **argv, status_args_t *a)
         }
         switch (opt) {
         case OPT_JSON: a->json = 1; break;
+        case OPT_PROMETHEUS: a->prometheus = 1; break;
         case OPT_WATCH:
             a->watch = 1;
             watch_bare = !optarg;
@@ -430,6 +447,8 @@ static int parse_args(int argc, char **argv, status_args_t *a)
         return ldc_usage_error(CMD, "ENDPOINT (the daemon's status socket) is required");
     if (!a->endpoint)
         a->endpoint = argv[optind++];
+    if (a->json && a->prometheus)
+        return ldc_usage_error(CMD, "--json and --prometheus are two output formats: give one");
     if (a->count && !a->watch)
         return ldc_usage_error(CMD, "--count needs --watch");
     if (ldc_curve_finish(&a->curve, CMD))
@@ -452,14 +471,14 @@ int ldc_status_main(int argc, char **argv)
     void *ctx = zmq_ctx_new();
     if (!ctx)
         return ldc_fail(CMD, ld_seterr(LD_EIO, "cannot create a ZeroMQ context"));
-    int clear = a.watch && !a.json && isatty(STDOUT_FILENO);
+    int clear = a.watch && !a.json && !a.prometheus && isatty(STDOUT_FILENO);
     for (int round = 0;; round++) {
         Langdaug__V1__StatusReply *r;
         rc = fetch(ctx, &a, &r);
         if (clear)
             fputs("\033[H\033[2J", stdout);
         if (!rc) {
-            rc = a.json ? print_json(r, a.watch) : (print_table(&a, r), 0);
+            rc = a.json ? print_json(r, a.watch) : a.prometheus ? print_prometheus(r) : (print_table(&a, r), 0);
             langdaug__v1__status_reply__free_unpacked(r, NULL);
         }
         if (rc)

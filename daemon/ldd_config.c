@@ -26,8 +26,9 @@
 #include "ld_log.h"
 #include "ldd_err.h"
 #include "ldd_mem.h"
+#include "ldd_metrics.h"
 
-typedef enum { T_INT, T_DOUBLE, T_DOUBLE_AUTO, T_STRING, T_LIST, T_U64, T_LEVEL, T_STEPS, T_KEEP } key_type_t;
+typedef enum { T_INT, T_DOUBLE, T_DOUBLE_AUTO, T_STRING, T_LIST, T_U64, T_LEVEL, T_STEPS, T_KEEP, T_LISTEN } key_type_t;
 
 enum { F_RESTART = 1 };
 
@@ -142,6 +143,11 @@ static const key_row_t keys[] = {
       "With curve_secret_key_file: directory of the client public keys allowed in, one *.pub "
       "file per client (the file name is the client's name in the log). Connections with other "
       "keys or without CURVE are refused and logged. Re-read on SIGHUP." },
+    { "metrics_listen", T_LISTEN, "", 0, 0, OFF(metrics_listen), F_RESTART,
+      "ADDRESS:PORT (IPv4, or [IPv6]) where Prometheus metrics are served over HTTP at /metrics, "
+      "e.g. 127.0.0.1:9464; empty = off. The metrics are the status reply's (langdaug status "
+      "--prometheus prints the same). They are not authenticated: an address other than loopback "
+      "is logged as a warning. Changing it needs a restart." },
 };
 
 #define N_KEYS (sizeof keys / sizeof keys[0])
@@ -229,6 +235,17 @@ static int value_printable(const char *v)
     return 1;
 }
 
+/* "" (off) or an address ldd_metrics accepts. */
+static int listen_value(const char *value, const char *what, char **slot)
+{
+    struct sockaddr_storage addr;
+    socklen_t len;
+    if (*value && ldd_metrics_parse_listen(value, &addr, &len) < 0)
+        return ldd_err_wrap(LD_EINVAL, "%s", what);
+    set_string(slot, value);
+    return 0;
+}
+
 int ldd_config_set(ldd_config_t *cfg, const char *name, const char *value, const char *where)
 {
     const key_row_t *k = find_key(name);
@@ -279,6 +296,9 @@ int ldd_config_set(ldd_config_t *cfg, const char *name, const char *value, const
     case T_KEEP:
         rc = ld_keep_parse(what, value, slot);
         break;
+    case T_LISTEN:
+        rc = listen_value(value, what, slot);
+        break;
     }
     return rc;
 }
@@ -296,11 +316,17 @@ int ldd_config_defaults(ldd_config_t *cfg)
     return 0;
 }
 
+/* Key types held as a malloc'ed string in ldd_config_t. */
+static int owns_string(key_type_t t)
+{
+    return t == T_STRING || t == T_LEVEL || t == T_STEPS || t == T_LISTEN;
+}
+
 void ldd_config_free(ldd_config_t *cfg)
 {
     clear_list(cfg);
     for (size_t i = 0; i < N_KEYS; i++) {
-        if (keys[i].type == T_STRING || keys[i].type == T_LEVEL || keys[i].type == T_STEPS) {
+        if (owns_string(keys[i].type)) {
             char **slot = (char **)((char *)cfg + keys[i].offset);
             free(*slot);
             *slot = NULL;
@@ -314,7 +340,7 @@ int ldd_config_copy(const ldd_config_t *src, ldd_config_t *dst)
     for (int i = 0; i < src->n_models; i++)
         dst->models[i] = ldd_xstrdup(src->models[i]);
     for (size_t i = 0; i < N_KEYS; i++) {
-        if (keys[i].type == T_STRING || keys[i].type == T_LEVEL || keys[i].type == T_STEPS) {
+        if (owns_string(keys[i].type)) {
             char **slot = (char **)((char *)dst + keys[i].offset);
             *slot = ldd_xstrdup(*slot);
         }

@@ -55,6 +55,7 @@ typedef struct {
     uint64_t seed;
     char *log_level;
     char *curve_secret_key_file, *curve_allowed_keys_dir;
+    char *metrics_listen;          /* "" = no metrics endpoint */
 } ldd_config_t;
 
 typedef enum {

@@ -26,6 +26,7 @@
 #include "ldd_batch.h"
 #include "ldd_curve.h"
 #include "ldd_mem.h"
+#include "ldd_metrics.h"
 #include "ldd_notify.h"
 #include "ldd_request.h"
 #include "ldd_sched.h"
@@ -53,6 +54,7 @@ struct ldd_server_s {
     ldd_engine_t *engine;
     void *zctx, *data, *status_sock;
     ldd_curve_t *curve;    /* NULL = plain TCP */
+    ldd_metrics_t *metrics;  /* NULL = metrics_listen off */
     uv_poll_t data_poll, status_poll;
     uv_idle_t resume;
     uv_signal_t sig_term, sig_int, sig_hup;
@@ -423,6 +425,15 @@ static ldd_status_view_t status_view(ldd_server_t *self)
     };
 }
 
+/* The metrics endpoint's snapshot (loop thread): the status reply a status
+ * request gets. */
+static void *metrics_snapshot(void *user, size_t *len)
+{
+    ldd_server_t *self = user;
+    ldd_status_view_t v = status_view(self);
+    return ldd_status_reply(self->stats, &v, len);
+}
+
 static void answer_status(ldd_server_t *self)
 {
     zmq_msg_t req;
@@ -639,6 +650,7 @@ static void stop_now(ldd_server_t *self)
         return;
     self->stopping = 1;
     ldd_workers_cancel(self->workers, 1);
+    ldd_metrics_close(&self->metrics);
     uv_walk(&self->loop, close_handle, NULL);
 }
 
@@ -696,12 +708,14 @@ static void keep_restart_keys(ldd_server_t *self, ldd_config_t *fresh)
     if (strcmp(fresh->bind, self->cfg.bind) || strcmp(fresh->status, self->cfg.status) ||
         fresh->workers != self->cfg.workers || strcmp(fresh->curve_secret_key_file, self->cfg.curve_secret_key_file) ||
         fresh->handshake_timeout != self->cfg.handshake_timeout ||
-        fresh->max_pending_connections != self->cfg.max_pending_connections)
-        ld_warn("reload: bind, status, workers, curve_secret_key_file, handshake_timeout and "
-                "max_pending_connections changes need a restart; keeping %s, %s, %d, '%s', %g, %d", self->cfg.bind,
-                self->cfg.status, self->cfg.workers, self->cfg.curve_secret_key_file, self->cfg.handshake_timeout,
-                self->cfg.max_pending_connections);
+        fresh->max_pending_connections != self->cfg.max_pending_connections ||
+        strcmp(fresh->metrics_listen, self->cfg.metrics_listen))
+        ld_warn("reload: bind, status, workers, curve_secret_key_file, handshake_timeout, "
+                "max_pending_connections and metrics_listen changes need a restart; keeping %s, %s, %d, '%s', %g, "
+                "%d, '%s'", self->cfg.bind, self->cfg.status, self->cfg.workers, self->cfg.curve_secret_key_file,
+                self->cfg.handshake_timeout, self->cfg.max_pending_connections, self->cfg.metrics_listen);
     swap_strings(&fresh->bind, &self->cfg.bind);
+    swap_strings(&fresh->metrics_listen, &self->cfg.metrics_listen);
     swap_strings(&fresh->status, &self->cfg.status);
     swap_strings(&fresh->curve_secret_key_file, &self->cfg.curve_secret_key_file);
     fresh->workers = self->cfg.workers;
@@ -910,6 +924,8 @@ int ldd_server_new(const ldd_options_t *opts, ldd_config_t *cfg, ldd_engine_t *e
     int nworkers = self->cfg.workers ? self->cfg.workers : default_workers();
     if (rc == 0)
         rc = ldd_workers_new(nworkers, &self->wake, &self->workers);
+    if (rc == 0 && *self->cfg.metrics_listen)
+        rc = ldd_metrics_open(&self->loop, self->cfg.metrics_listen, metrics_snapshot, self, &self->metrics);
     if (rc < 0)
         goto fail;
     self->sched = (ldd_sched_t){ .workers = self->workers, .capacity = self->cfg.queue_capacity,
@@ -958,6 +974,7 @@ void ldd_server_destroy(ldd_server_t **self_p)
     ldd_server_t *self = *self_p;
     if (!self)
         return;
+    ldd_metrics_close(&self->metrics);
     ldd_workers_destroy(&self->workers);
     if (!self->stopping)
         uv_walk(&self->loop, close_handle, NULL);
