@@ -6,7 +6,9 @@ daemon listens on nothing but its two ZeroMQ ports); bad metrics_listen values r
 naming the key; a silent HTTP peer and oversized headers cost the sampler nothing.
 """
 import http.client
+import json
 import os
+import re
 import socket
 import subprocess
 import time
@@ -15,7 +17,7 @@ import unittest
 from prometheus_client.parser import text_string_to_metric_families
 
 import test_daemon as td
-from ldtest import CLI, DAEMON, free_port, run_cli
+from ldtest import CLI, DAEMON, HERE, free_port, run_cli
 
 NAME = 'quote " backslash \\ newline \n end'  # a client name that needs every label escape
 
@@ -144,6 +146,11 @@ class EndpointTest(MetricsTestCase):
         self.assertEqual(status, 200)
         self.check_against_status(families(text), before, after)
         self.assertEqual(listening_ports(d.proc.pid), {d.port, d.sport, port})
+        with open(os.path.join(HERE, "..", "examples", "grafana-langdaug.json")) as f:
+            exprs = [t["expr"] for p in json.load(f)["panels"] for t in p["targets"]]
+        used = set(re.findall(r"\blangdaug_\w+", " ".join(exprs)))
+        curve_only = {"langdaug_refused_handshakes_total"}
+        self.assertLessEqual(used - curve_only, set(families(text)), "the Grafana dashboard uses served names")
         self.assertEqual(d.stop(), 0)
 
     def test_other_paths_and_methods(self):

@@ -3,7 +3,8 @@ on loopback ports (fixtures of test_daemon.py and test_daemon_curve.py):
 whether CURVE is on for each socket, how many client keys are allowed and
 how many handshakes were refused since start; the bytes of finished samples
 held in the queue next to max_queue_memory; the precise idle timeout in
-HelloReply; and `langdaug status` showing them as text and as JSON.
+HelloReply; and `langdaug status` showing them as text and as JSON (the
+CURVE counts also with --prometheus).
 """
 import json
 import os
@@ -13,6 +14,7 @@ import time
 import unittest
 
 import zmq
+from prometheus_client.parser import text_string_to_metric_families
 
 import test_daemon as td
 import test_daemon_curve as tc
@@ -104,6 +106,11 @@ class CurveSecurityTest(tc.CurveTestCase):
                       "5 refused handshakes\n", text)
         self.assertEqual((js["data_curve"], js["status_curve"], js["allowed_keys"], js["refused_handshakes"]),
                          (True, True, 2, 5))
+        prom = run_cli("status", "--prometheus", d.status_ep, *curve_args, timeout=td.WAIT)
+        self.assertEqual(prom.returncode, 0, prom.stderr)
+        fams = {f.name: f for f in text_string_to_metric_families(prom.stdout)}
+        self.assertEqual((fams["langdaug_refused_handshakes"].type, fams["langdaug_refused_handshakes"].samples[0].value,
+                          fams["langdaug_allowed_client_keys"].samples[0].value), ("counter", 5, 2))
         os.remove(os.path.join(self.allowed, "carol.pub"))
         d.proc.send_signal(signal.SIGHUP)
         st = wait_for(d.status, lambda r: r.allowed_keys == 1, "the allowed keys re-read on SIGHUP")
