@@ -1,5 +1,6 @@
-"""langdaugd under valgrind memcheck: serving a client, a reload and a
-drained stop leave no memory error and no leak. Skips without valgrind,
+"""langdaugd under valgrind memcheck: serving a client, Prometheus scrapes
+(metrics_listen), a reload and a drained stop leave no memory error and no
+leak. Skips without valgrind,
 and for sanitizer builds (AddressSanitizer and valgrind exclude each other).
 """
 import os
@@ -9,6 +10,8 @@ import subprocess
 import unittest
 
 import test_daemon as td
+import test_daemon_metrics as tm
+from ldtest import free_port
 from test_daemon import pb
 
 
@@ -23,7 +26,8 @@ class ValgrindTest(td.DaemonTestCase):
     def test_serving_reloading_and_stopping_is_clean(self):
         if sanitized(td.DAEMON):
             self.skipTest("sanitizer build")
-        d = td.Daemon(self.tmp, model=self.model, data=self.data, extra=["--steps", "0,2"])
+        mport = free_port()
+        d = td.Daemon(self.tmp, model=self.model, data=self.data, extra=["--steps", "0,2", "--metrics-listen", "127.0.0.1:%d" % mport])
         # Daemon starts the binary directly: restart it under valgrind with the same arguments
         args = d.proc.args
         d.proc.kill()
@@ -39,6 +43,8 @@ class ValgrindTest(td.DaemonTestCase):
         for _ in range(8):
             td.recv_batch(c, timeout=120)
             td.pull(c, credits=1)
+        self.assertGreaterEqual(tm.value(tm.families(tm.http_get(mport)[2]), "langdaug_batches_sent_total"), 8)
+        self.assertEqual(tm.http_get(mport, "/nothing")[0], 404)
         d.proc.send_signal(signal.SIGHUP)
         td.recv_batch(c, timeout=120)
         c.send(td.cmsg(bye=pb.Bye()))
