@@ -193,10 +193,11 @@ FUZZ_SEED ?=
 fuzz: deps
 	$(Q)FUZZ_BUILD=$(B)/fuzz FUZZ_SEED=$(FUZZ_SEED) tests/fuzz/run $(FUZZ_SECONDS)
 
+# Headers: ld_prom.h is left out (it needs the generated protobuf-c header, which is not installed).
 install: all
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCDIR)/langdaug
 	install -m 755 $(filter $(B)/langdaug $(B)/langdaugd,$(TARGETS)) $(DESTDIR)$(BINDIR)/
-	install -m 644 common/ld_*.h $(DESTDIR)$(INCDIR)/langdaug/
+	install -m 644 $(filter-out common/ld_prom.h,$(wildcard common/ld_*.h)) $(DESTDIR)$(INCDIR)/langdaug/
 ifneq ($(CLIENTLIB_SRC),)
 	install -m 644 client/ld_client.h $(DESTDIR)$(INCDIR)/langdaug/
 	install -m 644 $(B)/liblangdaug.a $(DESTDIR)$(LIBDIR)/
