@@ -539,7 +539,7 @@ class ProtocolTest(DaemonTestCase):
             (lambda: pull(bad, credits=5, batch_size=2, targets=["B"]), pb.ERROR_LIMIT),
             (lambda: pull(bad, credits=1, batch_size=9, targets=["B"]), pb.ERROR_LIMIT),
             (lambda: pull(bad, credits=1, batch_size=0, targets=["B"]), pb.ERROR_INVALID_REQUEST),
-            (lambda: pull(bad, credits=1, batch_size=2), pb.ERROR_INVALID_REQUEST),
+            (lambda: pull(bad, credits=1, batch_size=2, pairs=[pb.Pair(source="A")]), pb.ERROR_INVALID_REQUEST),
             (lambda: pull(bad, credits=1), pb.ERROR_INVALID_REQUEST),
             (lambda: pull(bad, credits=1, batch_size=2, targets=["Z"]), pb.ERROR_UNKNOWN_DOMAIN),
             (lambda: pull(bad, credits=1, batch_size=2, pairs=[pb.Pair(source="Q", target="A")]),
