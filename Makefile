@@ -96,7 +96,7 @@ endif
 ifneq ($(CLIENTLIB_SRC),)
 TARGETS += $(B)/liblangdaug.a $(B)/liblangdaug.so $(B)/langdaug.pc
 endif
-VERSION := 0.1.0
+VERSION := $(shell sed -n 's/^#define LD_VERSION "\(.*\)"$$/\1/p' common/ld_version.h)
 
 .PHONY: all deps test bench demo fuzz install clean print-deps
 # Generated sources are kept (make would delete them as intermediates).

@@ -9,6 +9,7 @@
 #include "ldc.h"
 #include "ld_error.h"
 #include "ld_log.h"
+#include "ld_version.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -152,7 +153,7 @@ int main(int argc, char **argv)
         return 0;
     }
     if (strcmp(name, "--version") == 0) {
-        printf("langdaug %s\n", LANGDAUG_VERSION);
+        printf("langdaug %s\n", LD_VERSION);
         return 0;
     }
     if (strcmp(name, "help") == 0) {

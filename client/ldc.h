@@ -18,8 +18,6 @@
 
 #include <getopt.h>
 
-#define LANGDAUG_VERSION "0.1.0"
-
 int ldc_energy_main(int argc, char **argv);
 int ldc_init_model_main(int argc, char **argv);
 int ldc_synth_main(int argc, char **argv);

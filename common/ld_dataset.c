@@ -33,7 +33,6 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#define DEFAULT_MASKMAP "0:0,*:1"
 #define FOV_TRIES 64
 #define MANIFEST_MAX_BYTES (64L * 1024 * 1024)
 
@@ -134,13 +133,13 @@ static int parse_rule(const char *spec, const char *s, const char *end, ld_maskm
 int ld_maskmap_parse(const char *spec, ld_maskmap_t *out)
 {
     if (!spec)
-        spec = DEFAULT_MASKMAP;
+        spec = LD_MASKMAP_DEFAULT;
     for (int v = 0; v < 256; v++)
         out->lut[v] = -1;
     out->n_classes = 0;
     const char *s = spec, *end = spec + strlen(spec);
     if (skip_space(s, end) == end)
-        return ld_seterr(LD_EINVAL, "mask map is empty (example: \"" DEFAULT_MASKMAP "\")");
+        return ld_seterr(LD_EINVAL, "mask map is empty (example: \"" LD_MASKMAP_DEFAULT "\")");
     while (s <= end) {
         const char *comma = memchr(s, ',', (size_t)(end - s));
         const char *stop = comma ? comma : end;

@@ -30,6 +30,9 @@ typedef struct {
     int n_classes;     /* 1 + highest class id used */
 } ld_maskmap_t;
 
+/* The mask map of datasets that do not say: 0 is background, any other value class 1. */
+#define LD_MASKMAP_DEFAULT "0:0,*:1"
+
 int ld_maskmap_parse(const char *spec, ld_maskmap_t *out);
 /* A mask value that maps to class cls (0 or 255 when either does, else the
  * smallest), so a mask written with it reads back as the same classes;
@@ -41,7 +44,7 @@ typedef struct {
     const char *manifest;   /* CSV manifest path (or NULL) */
     const char *subdir;     /* inside each domain folder, e.g. "train/ROIs"; NULL = none */
     const char *domains;    /* comma list to load, in this order; NULL = every folder, sorted */
-    const char *maskmap;    /* NULL = "0:0,*:1" */
+    const char *maskmap;    /* NULL = LD_MASKMAP_DEFAULT */
     int channels;           /* working channels 1 or 3; 0 = from the first image */
     double scale;           /* resize factor for every image; 0 = 1 */
     int resize;             /* >0: resize so the shorter side is this (overrides scale) */

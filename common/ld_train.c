@@ -90,7 +90,7 @@ static const struct {
 void ld_train_config_defaults(ld_train_config_t *cfg)
 {
     memset(cfg, 0, sizeof *cfg);
-    snprintf(cfg->maskmap, sizeof cfg->maskmap, "0:0,*:1");
+    snprintf(cfg->maskmap, sizeof cfg->maskmap, "%s", LD_MASKMAP_DEFAULT);
     cfg->scale = 1;
     cfg->size = 64;
     snprintf(cfg->widths, sizeof cfg->widths, "32,64,128");

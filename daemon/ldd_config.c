@@ -21,6 +21,7 @@
 
 #include "ld_cli.h"
 #include "ld_colour.h"
+#include "ld_dataset.h"
 #include "ld_error.h"
 #include "ld_langevin.h"
 #include "ld_log.h"
@@ -59,7 +60,7 @@ static const key_row_t keys[] = {
       "Folder inside each domain folder holding image/ and mask/, e.g. train/ROIs (empty = none)." },
     { "domains", T_STRING, "", 0, 0, OFF(domains), 0,
       "Comma-separated dataset domains to load (empty = every domain folder)." },
-    { "maskmap", T_STRING, "0:0,*:1", 0, 0, OFF(maskmap), 0,
+    { "maskmap", T_STRING, LD_MASKMAP_DEFAULT, 0, 0, OFF(maskmap), 0,
       "Mask pixel value -> class id rules, first match wins: \"V:C\", \"A-B:C\", \"*:C\". "
       "Fundus: 255:0,128:1,0:2; prostate: 0-127:1,*:0." },
     { "scale", T_DOUBLE, "1", 0.01, 16, OFF(scale), 0,
@@ -630,7 +631,7 @@ static void print_pair(const char *key, const char *value, void *user)
 
 void ldd_config_print(const ldd_config_t *cfg, FILE *out)
 {
-    fprintf(out, "# langdaugd configuration in force (langdaugd %s)\n", LDD_VERSION);
+    fprintf(out, "# langdaugd configuration in force (langdaugd %s)\n", LD_VERSION);
     ldd_config_visit(cfg, print_pair, out);
 }
 

@@ -27,9 +27,10 @@
 #include "ld_colour.h"
 #include "ld_langevin.h"
 
+#include "ld_version.h"
+
 #define LDD_MAX_MODELS 16
 #define LDD_DEFAULT_CONFIG "/etc/langdaug/langdaugd.conf"
-#define LDD_VERSION "0.1.0"
 
 /* What step_size / noise = auto become when no model file says what it was
  * trained with: the same fallback as `langdaug sample` (ld_langevin.h). */

@@ -50,7 +50,7 @@ int main(int argc, char **argv)
     if (opts.action == LDD_HELP) {
         ldd_config_print_usage(stdout);
     } else if (opts.action == LDD_VERSION_ACTION) {
-        printf("langdaugd %s\n", LDD_VERSION);
+        printf("langdaugd %s\n", LD_VERSION);
     } else if (opts.action == LDD_PRINT_EXAMPLE) {
         ldd_config_print_example(stdout);
     } else {

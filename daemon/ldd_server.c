@@ -299,7 +299,7 @@ static void on_hello(ldd_server_t *self, const uint8_t *id, size_t id_len, ldd_s
     r.default_steps = steps;
     r.has_version = r.has_image_channels = r.has_mask_classes = r.has_size = 1;
     r.version = 1;
-    r.server_version = LDD_VERSION;
+    r.server_version = LD_VERSION;
     r.image_channels = (uint32_t)e->channels;
     r.mask_classes = (uint32_t)e->classes;
     r.size = (uint32_t)e->size;
@@ -950,7 +950,7 @@ int ldd_server_new(const ldd_options_t *opts, ldd_config_t *cfg, ldd_engine_t *e
         uv_timer_start(&self->watchdog, watchdog_cb, 0, ms);
         ld_info("systemd watchdog: pinging every %llu ms", (unsigned long long)ms);
     }
-    ld_info("langdaugd %s: %d workers, %d models, size %d", LDD_VERSION, nworkers, engine->n_models, engine->size);
+    ld_info("langdaugd %s: %d workers, %d models, size %d", LD_VERSION, nworkers, engine->n_models, engine->size);
     *out = self;
     return 0;
 fail:

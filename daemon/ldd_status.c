@@ -383,7 +383,7 @@ void *ldd_status_reply(const ldd_status_t *self, const ldd_status_view_t *v, siz
     Langdaug__V1__StatusReply r = LANGDAUG__V1__STATUS_REPLY__INIT;
     r.has_version = 1;
     r.version = LANGDAUG__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_CURRENT;
-    r.server_version = LDD_VERSION;
+    r.server_version = LD_VERSION;
     r.has_uptime_s = 1;
     r.uptime_s = v->now - v->started;
     if (v->engine)

@@ -9,6 +9,7 @@ Also the fixtures of tests/test_pull_cli.py.
 """
 import ctypes
 import os
+import re
 import signal
 import shutil
 import subprocess
@@ -263,12 +264,20 @@ class PackageTest(unittest.TestCase):
                             "--disable-pip-version-check", "--target", os.path.join(tmp, "site"), src],
                            capture_output=True, text=True, timeout=120)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
-        probe = ("import langdaug.client as c, langdaug.torch_data; "
-                 "print(c.__file__); print(c.session_seed(42, 1, 0) == %d)" % session_seed(42, 1, 0))
+        probe = ("import langdaug, langdaug.client as c, langdaug.torch_data, importlib.metadata as m; "
+                 "print(c.__file__); print(c.session_seed(42, 1, 0) == %d); "
+                 "print(m.version('langdaug') == langdaug.__version__)" % session_seed(42, 1, 0))
         r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, cwd=tmp,
                            env=dict(os.environ, PYTHONPATH=os.path.join(tmp, "site")))
         self.assertEqual(r.returncode, 0, r.stderr)
-        self.assertEqual(r.stdout.split(), [os.path.join(tmp, "site", "langdaug", "client.py"), "True"])
+        self.assertEqual(r.stdout.split(), [os.path.join(tmp, "site", "langdaug", "client.py"), "True", "True"])
+
+    def test_version_is_the_c_version(self):
+        import langdaug
+        with open(os.path.join(os.path.dirname(HERE), "common", "ld_version.h")) as f:
+            c_version = re.search(r'^#define LD_VERSION "(.*)"$', f.read(), re.M)[1]
+        self.assertEqual(langdaug.__version__, c_version)
+        self.assertEqual(run_cli("--version", timeout=10).stdout.strip(), "langdaug " + c_version)
 
 
 class ProtocolTest(unittest.TestCase):
