@@ -116,13 +116,19 @@ def paired_markdown(rows):
 PLATEAU_TOLERANCE = 0.01  # one Dice point: what doubling the training must still gain
 
 
+def curve_groups(curve):
+    """{(variant, iteration): [source-validation Dice of each row]}."""
+    by = {}
+    for c in curve:
+        by.setdefault((c["variant"], int(c["iteration"])), []).append(float(c["val_dice"]))
+    return by
+
+
 def plateaus(curve):
     """{variant: (first iteration whose mean source-validation Dice over the curve's rows is within
     PLATEAU_TOLERANCE of the best mean, that best mean)}; curve rows: variant, iteration, val_dice
     (several seeds, or several runs of different lengths, may share an iteration: they are averaged)."""
-    by = {}
-    for c in curve:
-        by.setdefault((c["variant"], int(c["iteration"])), []).append(float(c["val_dice"]))
+    by = curve_groups(curve)
     out = {}
     for v in sorted({v for v, _ in by}):
         means = {it: float(np.mean(ds)) for (w, it), ds in by.items() if w == v}
@@ -133,9 +139,7 @@ def plateaus(curve):
 
 def curve_markdown(curve):
     """Source-validation Dice per variant and iteration (mean ± sd over the rows), and the plateaus."""
-    by = {}
-    for c in curve:
-        by.setdefault((c["variant"], int(c["iteration"])), []).append(float(c["val_dice"]))
+    by = curve_groups(curve)
     lines = ["| variant | iteration | runs | source-validation Dice |", "|---|---|---|---|"]
     for (v, it), ds in sorted(by.items(), key=lambda e: (order(e[0][0]), e[0])):
         lines.append("| %s | %d | %d | %.4f ± %.4f |" % (v, it, len(ds), np.mean(ds), np.std(ds)))
