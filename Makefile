@@ -59,7 +59,8 @@ endif
 #   proto/*.proto        wire messages (protoc-c)                  -> build/proto/
 #   daemon/*.c           the sampler daemon                        -> build/langdaugd
 #   client/ld_*.c        the client library                        -> build/liblangdaug.{a,so}
-#   client/langdaug.c + client/ldc_*.c  the command line          -> build/langdaug
+#   common/tools/*.c     the `langdaug` command (offline tools on the core,
+#                        network commands on the client library) -> build/langdaug
 #   tests/test_*.c       one Check suite each, + tests/testutil.c  -> build/tests/
 #   tests/bench_*.c      benchmarks                                -> build/tests/
 #   examples/*.c         example programs on liblangdaug           -> build/examples/
@@ -71,7 +72,7 @@ PROTO_H := $(PROTO_C:.c=.h)
 PY_PROTO := $(patsubst proto/%.proto,client/python/langdaug/%_pb2.py,$(PROTO_SRC))
 DAEMON_SRC := $(sort $(wildcard daemon/*.c))
 CLIENTLIB_SRC := $(sort $(wildcard client/ld_*.c))
-CLI_SRC := $(sort $(wildcard client/langdaug.c client/ldc_*.c))
+CLI_SRC := $(sort $(wildcard common/tools/*.c))
 TEST_SRC := $(sort $(wildcard tests/test_*.c))
 BENCH_SRC := $(sort $(wildcard tests/bench_*.c))
 EXAMPLE_SRC := $(sort $(wildcard examples/*.c))

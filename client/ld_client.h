@@ -108,7 +108,7 @@ typedef struct {
     int dead_ms;                  /* ZMTP heartbeat: connection lost after this silence; default 3000 */
     const char *name;             /* client name shown by `langdaug status`; default "liblangdaug" */
     /* CURVE encryption and authentication (langdaugd's curve_* settings):
-     * Z85 keys of 40 characters (common/ld_curve.h reads key files). All
+     * Z85 keys of 40 characters (common/ld_curvekey.h reads key files). All
      * NULL = plain TCP. Otherwise the server's public key and the client's
      * secret key are needed; the client's public key may be NULL (computed
      * from the secret one). Every endpoint gets the same keys. */

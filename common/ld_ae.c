@@ -30,7 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ld_cli.h"
+#include "ld_text.h"
 #include "ld_error.h"
 #include "ld_model.h"
 
@@ -81,7 +81,7 @@ int ld_ae_arch_set_widths(ld_ae_arch_t *arch, const char *csv)
     if (!arch || !csv)
         return ld_seterr(LD_EINVAL, "widths: NULL argument");
     int w[LD_AE_MAX_LEVELS + 1], n;
-    int rc = ld_cli_parse_int_list("widths", csv, 1, LD_AE_MAX_WIDTH, w, LD_AE_MAX_LEVELS + 1, &n);
+    int rc = ld_text_parse_int_list("widths", csv, 1, LD_AE_MAX_WIDTH, w, LD_AE_MAX_LEVELS + 1, &n);
     if (rc)
         return rc;
     if (n < 3)
@@ -236,7 +236,7 @@ enum {
 struct ld_ae_ws_s {
     ld_ae_arch_t arch;
     int max_batch, threads, levels;
-    ld_pool_t *pool;
+    ld_threadpool_t *pool;
     ld_cn_team_t team;
     ld_cn_conv_t e_stem, e_latent, d_stem, d_out;
     ld_cn_down_t eblk[LD_AE_MAX_LEVELS];
@@ -381,7 +381,7 @@ int ld_ae_ws_new(const ld_ae_arch_t *arch, int max_batch, int threads, ld_ae_ws_
     ld_cn_carver_t carver = { ws->arena, 0 };
     carve_all(&carver, ws);
     list_wpieces(ws, ws->wp);
-    if ((rc = ld_pool_new(threads, &ws->pool)))
+    if ((rc = ld_threadpool_new(threads, &ws->pool)))
         goto fail;
     ws->team = (ld_cn_team_t){ ws->pool, threads, ws->scr, 0, 0, 0 };
     *out = ws;
@@ -395,7 +395,7 @@ void ld_ae_ws_destroy(ld_ae_ws_t **self_p)
 {
     if (!self_p || !*self_p)
         return;
-    ld_pool_destroy(&(*self_p)->pool);
+    ld_threadpool_destroy(&(*self_p)->pool);
     free((*self_p)->arena);
     free(*self_p);
     *self_p = NULL;

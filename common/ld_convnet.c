@@ -133,7 +133,7 @@ void ld_cn_phase_end(const ld_cn_exec_t *ex)
 {
     if (ex->parts > 1) {
         double t0 = ld_cn_prof_begin(ex);
-        ld_pool_barrier(ex->team->pool);
+        ld_threadpool_barrier(ex->team->pool);
         ld_cn_prof_end(ex, ex->team->prof_wait, t0);
     }
 }
@@ -220,7 +220,7 @@ void ld_cn_run(const ld_cn_team_t *team, const ld_cn_job_t *job)
 {
     run_t r = { team, job, 0 };
     atomic_init(&r.next, 0);
-    ld_pool_run(team->pool, job->wpiece ? params_job : samples_job, &r);
+    ld_threadpool_run(team->pool, job->wpiece ? params_job : samples_job, &r);
 }
 
 /* ------------------------------------------------------------------ */

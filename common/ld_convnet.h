@@ -52,7 +52,7 @@
 #include <stdint.h>
 
 #include "ld_conv.h"
-#include "ld_pool.h"
+#include "ld_threadpool.h"
 
 /* ---- parameter tables ---- */
 
@@ -120,7 +120,7 @@ typedef struct {
 /* The threads that evaluate a network: the pool's threads, each with its
  * scratch (scr[tid]). Profile ids index the scratches' prof arrays. */
 typedef struct {
-    ld_pool_t *pool;
+    ld_threadpool_t *pool;
     int threads;
     ld_cn_scratch_t *scr;
     int profiling;       /* add piece times to prof_s/prof_n */

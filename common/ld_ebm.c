@@ -381,7 +381,7 @@ enum { PR_PREP, PR_STEM_FWD, PR_HEAD, PR_STEM_BWD, PR_WAIT, PR_WGRAD, PR_GLOBAL 
 struct ld_ebm_ws_s {
     ld_ebm_arch_t arch;
     int max_batch, threads;
-    ld_pool_t *pool;
+    ld_threadpool_t *pool;
     ld_cn_team_t team;
     int stem_rows, stem_chunks;     /* image rows per stem chunk */
     ld_cn_down_t blk[LD_EBM_MAX_BLOCKS];
@@ -520,7 +520,7 @@ int ld_ebm_ws_new(const ld_ebm_arch_t *arch, int max_batch, int threads, ld_ebm_
     carve_all(&carver, ws);
     list_wpieces(ws, ws->wp);
     name_profile(ws);
-    rc = ld_pool_new(threads, &ws->pool);
+    rc = ld_threadpool_new(threads, &ws->pool);
     if (rc)
         goto fail;
     ws->team = (ld_cn_team_t){ ws->pool, threads, ws->cscr, 0, PR_WAIT, PR_WGRAD };
@@ -535,7 +535,7 @@ void ld_ebm_ws_destroy(ld_ebm_ws_t **self_p)
 {
     if (!self_p || !*self_p)
         return;
-    ld_pool_destroy(&(*self_p)->pool);
+    ld_threadpool_destroy(&(*self_p)->pool);
     free((*self_p)->arena);
     free(*self_p);
     *self_p = NULL;
@@ -928,5 +928,5 @@ void ld_ebm_ws_parallel(ld_ebm_ws_t *self, int pieces, ld_ebm_task_fn fn, void *
         return;
     task_job_t tj = { fn, ctx, pieces, 0 };
     atomic_init(&tj.next, 0);
-    ld_pool_run(self->pool, task_job, &tj);
+    ld_threadpool_run(self->pool, task_job, &tj);
 }

@@ -17,7 +17,7 @@
  * compile time. The steps that do not depend on the network (ld_model_read,
  * ld_model_write) serve every network's files (ld_ae's too). */
 #include "ld_model.h"
-#include "ld_cli.h"
+#include "ld_text.h"
 #include "ld_colour.h"
 #include "ld_error.h"
 
@@ -64,7 +64,7 @@ int ld_model_meta_int(const char *path, const ld_meta_t *m, const char *key, int
 {
     const char *v;
     int rc = ld_model_meta_string(path, m, key, &v);
-    if (rc == LD_OK && ld_cli_parse_int(key, v, INT_MIN, INT_MAX, out) != LD_OK)
+    if (rc == LD_OK && ld_text_parse_int(key, v, INT_MIN, INT_MAX, out) != LD_OK)
         rc = ld_seterr(LD_EFORMAT, "%s: metadata '%s' is not an integer: '%.64s'", path, key, v);
     return rc;
 }
@@ -279,7 +279,7 @@ int ld_model_train_number(const char *path, const ld_meta_t *meta, const char *n
     if (!v)
         return ld_seterr(LD_ENOENT, "%s: no metadata '%s'", path, key);
     snprintf(what, sizeof what, "%s: metadata '%s'", path, key);
-    if (ld_cli_parse_double(what, v, min, max, out) != LD_OK)
+    if (ld_text_parse_double(what, v, min, max, out) != LD_OK)
         return ld_seterr(LD_EFORMAT, "%s", ld_errdetail());
     return LD_OK;
 }

@@ -10,7 +10,7 @@
  *     never touch it, so previews and checkpoints do not change the run. */
 #include "ld_train.h"
 #include "ld_adam.h"
-#include "ld_cli.h"
+#include "ld_text.h"
 #include "ld_colour.h"
 #include "ld_dataset.h"
 #include "ld_error.h"
@@ -130,9 +130,9 @@ static int set_pair(const char *what, const char *value, double min, double max,
     memcpy(first, value, len);
     first[len] = '\0';
     double a, b;
-    int rc = ld_cli_parse_double(what, first, min, max, &a);
+    int rc = ld_text_parse_double(what, first, min, max, &a);
     if (!rc)
-        rc = ld_cli_parse_double(what, comma + 1, min, max, &b);
+        rc = ld_text_parse_double(what, comma + 1, min, max, &b);
     if (rc)
         return rc;
     out[0] = a;
@@ -155,11 +155,11 @@ int ld_train_config_set(ld_train_config_t *cfg, const char *key, const char *val
         memcpy(field, value, strlen(value) + 1);
         return LD_OK;
     case KEY_INT:
-        return ld_cli_parse_int(what, value, (int)k->min, (int)k->max, field);
+        return ld_text_parse_int(what, value, (int)k->min, (int)k->max, field);
     case KEY_U64:
-        return ld_cli_parse_u64(what, value, field);
+        return ld_text_parse_u64(what, value, field);
     case KEY_DBL:
-        return ld_cli_parse_double(what, value, k->min, k->max, field);
+        return ld_text_parse_double(what, value, k->min, k->max, field);
     case KEY_COLOUR:
         return ld_colour_space_parse(what, value, field);
     default:

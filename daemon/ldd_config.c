@@ -19,7 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ld_cli.h"
+#include "ld_text.h"
 #include "ld_colour.h"
 #include "ld_dataset.h"
 #include "ld_error.h"
@@ -215,7 +215,7 @@ static int set_double_auto(const key_row_t *k, const char *value, const char *wh
         *slot = NAN;
         return 0;
     }
-    int rc = ld_cli_parse_double(what, value, k->min, k->max, slot);
+    int rc = ld_text_parse_double(what, value, k->min, k->max, slot);
     if (rc == LD_EINVAL)
         return ld_seterr(rc, "%s: '%s' is neither auto nor a number", what, value);
     return rc;
@@ -267,16 +267,16 @@ int ldd_config_set(ldd_config_t *cfg, const char *name, const char *value, const
     int rc = 0;
     switch (k->type) {
     case T_INT:
-        rc = ld_cli_parse_int(what, value, (int)k->min, (int)k->max, slot);
+        rc = ld_text_parse_int(what, value, (int)k->min, (int)k->max, slot);
         break;
     case T_DOUBLE:
-        rc = ld_cli_parse_double(what, value, k->min, k->max, slot);
+        rc = ld_text_parse_double(what, value, k->min, k->max, slot);
         break;
     case T_DOUBLE_AUTO:
         rc = set_double_auto(k, value, what, slot);
         break;
     case T_U64:
-        rc = ld_cli_parse_u64(what, value, slot);
+        rc = ld_text_parse_u64(what, value, slot);
         break;
     case T_STRING:
         set_string(slot, value);

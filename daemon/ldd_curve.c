@@ -49,7 +49,7 @@ static int add_key(ldd_keyset_t *set, const char *dir, const char *file)
     snprintf(path, sizeof path, "%s/%s", dir, file);
     allowed_key_t k = { 0 };
     char z85[LD_CURVE_KEY_Z85 + 1];
-    int rc = ld_curve_read_key(path, z85, k.key);
+    int rc = ld_curvekey_read_key(path, z85, k.key);
     if (rc < 0)
         return rc;
     if (set->n >= LDD_MAX_CLIENT_KEYS)
@@ -336,10 +336,10 @@ static void start_poll(ldd_curve_t *self, void *sock, uv_poll_t *poll)
 static int load_server_key(ldd_curve_t *self, const char *path)
 {
     char secret[LD_CURVE_KEY_Z85 + 1];
-    int rc = ld_curve_read_secret_key(path, secret);
+    int rc = ld_curvekey_read_secret_key(path, secret);
     if (rc < 0)
         return ldd_err_wrap(rc, "curve_secret_key_file");
-    rc = ld_curve_public_key(secret, self->server_public);
+    rc = ld_curvekey_public_key(secret, self->server_public);
     if (rc == 0 && !zmq_z85_decode(self->secret, secret))
         rc = ld_seterr(LD_EFORMAT, "%s: not a Z85 key", path);
     memset(secret, 0, sizeof secret);

@@ -2,7 +2,7 @@
  * sockets (CurveZMQ + ZAP, RFC 26/27).
  *
  * Off unless the config sets curve_secret_key_file (the server's secret
- * key, ld_curve.h format) and curve_allowed_keys_dir (a directory whose
+ * key, ld_curvekey.h format) and curve_allowed_keys_dir (a directory whose
  * *.pub files are the client public keys allowed in). When on, the data
  * and status sockets are CURVE servers: traffic is encrypted, and every
  * connection's client key is checked by a ZAP handler, a REP socket bound
@@ -28,7 +28,7 @@
 #include <stdint.h>
 #include <uv.h>
 
-#include "ld_curve.h"
+#include "ld_curvekey.h"
 #include "ldd_config.h"
 
 #define LDD_CURVE_LOG_BURST 20

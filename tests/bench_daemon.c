@@ -37,7 +37,7 @@
 #include <zmq.h>
 
 #include "langdaug.pb-c.h"
-#include "ld_cli.h"
+#include "ld_text.h"
 #include "ld_dataset.h"
 #include "ld_error.h"
 #include "ld_langevin.h"
@@ -401,7 +401,7 @@ static void usage(FILE *out)
 
 static int parse_workers(const char *s, bench_opts_t *o)
 {
-    return ld_cli_parse_int_list("--workers", s, 1, 64, o->workers, MAX_RUNS, &o->n_runs);
+    return ld_text_parse_int_list("--workers", s, 1, 64, o->workers, MAX_RUNS, &o->n_runs);
 }
 
 static int parse_args(int argc, char **argv, bench_opts_t *o)
@@ -423,16 +423,16 @@ static int parse_args(int argc, char **argv, bench_opts_t *o)
     while (rc == 0 && (c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
         switch (c) {
         case 'w': rc = parse_workers(optarg, o); break;
-        case 's': rc = ld_cli_parse_double("--seconds", optarg, 0.5, 3600, &o->seconds); break;
-        case 'W': rc = ld_cli_parse_double("--warmup", optarg, 0, 3600, &o->warmup); break;
-        case 'b': rc = ld_cli_parse_int("--batch", optarg, 1, 4096, &o->batch); break;
-        case 'c': rc = ld_cli_parse_int("--credits", optarg, 1, 16, &o->credits); break;
-        case 'C': rc = ld_cli_parse_int("--chain-batch", optarg, 1, 256, &o->chain_batch); break;
+        case 's': rc = ld_text_parse_double("--seconds", optarg, 0.5, 3600, &o->seconds); break;
+        case 'W': rc = ld_text_parse_double("--warmup", optarg, 0, 3600, &o->warmup); break;
+        case 'b': rc = ld_text_parse_int("--batch", optarg, 1, 4096, &o->batch); break;
+        case 'c': rc = ld_text_parse_int("--credits", optarg, 1, 16, &o->credits); break;
+        case 'C': rc = ld_text_parse_int("--chain-batch", optarg, 1, 256, &o->chain_batch); break;
         case 'S': o->steps = optarg; break;
-        case 'z': rc = ld_cli_parse_int("--size", optarg, 4, 1024, &o->size); break;
+        case 'z': rc = ld_text_parse_int("--size", optarg, 4, 1024, &o->size); break;
         case 'd': o->widths = optarg; break;
-        case 'e': rc = ld_cli_parse_double("--step-size", optarg, 1e-9, 1e6, &o->step_size); break;
-        case 'n': rc = ld_cli_parse_double("--noise", optarg, 0, 100, &o->noise); break;
+        case 'e': rc = ld_text_parse_double("--step-size", optarg, 1e-9, 1e6, &o->step_size); break;
+        case 'n': rc = ld_text_parse_double("--noise", optarg, 0, 100, &o->noise); break;
         case 'h': usage(stdout); exit(0);
         case ':': rc = ld_seterr(LD_EINVAL, "option '%s' needs a value", argv[optind - 1]); break;
         default: rc = ld_seterr(LD_EINVAL, "unknown option '%s'", argv[optind - 1]); break;

@@ -831,7 +831,7 @@ START_TEST(heartbeats_keep_a_short_idle_timeout)
 }
 END_TEST
 
-/* Writes a key file as `langdaug keygen` does (common/ld_curve.h). */
+/* Writes a key file as `langdaug keygen` does (common/ld_curvekey.h). */
 static void write_key(const char *path, const char *z85, int secret)
 {
     char text[128];

@@ -500,7 +500,7 @@ class MultiSamplerTest(unittest.TestCase):
 
 
 def write_key(path, z85, secret=False):
-    """A key file as `langdaug keygen` writes it (common/ld_curve.h)."""
+    """A key file as `langdaug keygen` writes it (common/ld_curvekey.h)."""
     with open(path, "wb") as f:
         f.write(b"# test key\n" + z85 + b"\n")
     os.chmod(path, 0o600 if secret else 0o644)

@@ -1,4 +1,4 @@
-/* ld_ebm (and its kernels ld_conv, ld_pool): architecture helpers, tensor
+/* ld_ebm (and its kernels ld_conv, ld_threadpool): architecture helpers, tensor
  * table, initialisation; every kernel against a naive double-precision
  * reference; the whole network's energy against a naive double forward;
  * gradients to the input and to every weight tensor against central finite
@@ -14,7 +14,7 @@
 #include "ld_conv.h"
 #include "ld_ebm.h"
 #include "ld_error.h"
-#include "ld_pool.h"
+#include "ld_threadpool.h"
 #include "ld_rng.h"
 
 /* ---------------- fixtures ---------------- */
@@ -840,7 +840,7 @@ END_TEST
 /* ---------------- pool, parallel-for, profile ---------------- */
 
 typedef struct {
-    ld_pool_t *pool;
+    ld_threadpool_t *pool;
     int threads;
     atomic_int counter;
     int errors;
@@ -852,10 +852,10 @@ static void pool_job(void *arg, int tid)
     (void)tid;
     for (int round = 1; round <= 300; round++) {
         atomic_fetch_add(&c->counter, 1);
-        ld_pool_barrier(c->pool);
+        ld_threadpool_barrier(c->pool);
         if (atomic_load(&c->counter) != round * c->threads)
             c->errors++; /* only read after everyone added: a race shows here */
-        ld_pool_barrier(c->pool);
+        ld_threadpool_barrier(c->pool);
     }
 }
 
@@ -863,19 +863,19 @@ START_TEST(pool_barrier_and_jobs)
 {
     for (int t = 1; t <= 4; t++) {
         pool_ctx_t c = { NULL, t, 0, 0 };
-        ck_assert_int_eq(ld_pool_new(t, &c.pool), 0);
-        ck_assert_int_eq(ld_pool_threads(c.pool), t);
+        ck_assert_int_eq(ld_threadpool_new(t, &c.pool), 0);
+        ck_assert_int_eq(ld_threadpool_threads(c.pool), t);
         for (int job = 0; job < 5; job++) {
             atomic_store(&c.counter, 0);
-            ld_pool_run(c.pool, pool_job, &c);
+            ld_threadpool_run(c.pool, pool_job, &c);
             ck_assert_int_eq(atomic_load(&c.counter), 300 * t);
         }
         ck_assert_int_eq(c.errors, 0);
-        ld_pool_destroy(&c.pool);
+        ld_threadpool_destroy(&c.pool);
         ck_assert_ptr_null(c.pool);
     }
-    ld_pool_t *p = NULL;
-    ck_assert_int_eq(ld_pool_new(0, &p), LD_EINVAL);
+    ld_threadpool_t *p = NULL;
+    ck_assert_int_eq(ld_threadpool_new(0, &p), LD_EINVAL);
 }
 END_TEST
 

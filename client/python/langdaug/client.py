@@ -68,7 +68,7 @@ _HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_
 
 def read_key_file(path):
     """The Z85 key (bytes) of a CURVE key file written by `langdaug keygen` (format in
-    common/ld_curve.h: one 40-character key on a line; blank and '#' lines ignored)."""
+    common/ld_curvekey.h: one 40-character key on a line; blank and '#' lines ignored)."""
     with open(path, "rb") as f:
         lines = [line.strip() for line in f.read(4097).splitlines()]
     keys = [line for line in lines if line and not line.startswith(b"#")]

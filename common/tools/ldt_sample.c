@@ -1,4 +1,4 @@
-/* ldc_sample: `langdaug sample` runs offline Langevin chains from dataset
+/* ldt_sample: `langdaug sample` runs offline Langevin chains from dataset
  * crops of a source domain towards a target domain and writes the
  * snapshots.
  *
@@ -25,7 +25,7 @@
  * (ld_langevin_sample): the start crop, the PNGs and the grid; energies
  * are those of the chain states. --keep luminance gives each snapshot but
  * step 0 the start crop's L* (ld_colour.h). */
-#include "ldc.h"
+#include "ldt.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,7 +33,7 @@
 #include <time.h>
 
 #include "ld_afile.h"
-#include "ld_cli.h"
+#include "ld_text.h"
 #include "ld_colour.h"
 #include "ld_dataset.h"
 #include "ld_ebm.h"
@@ -139,7 +139,7 @@ static void run_free(sample_run_t *r)
 static int parse_langevin(const langevin_opt_t *opt, const char *text, float *out, int *given)
 {
     *given = 1;
-    return ld_cli_parse_float(opt->option, text, opt->min, opt->max, out);
+    return ld_text_parse_float(opt->option, text, opt->min, opt->max, out);
 }
 
 /* An option not given takes the model's training value, else its fallback
@@ -186,52 +186,52 @@ static int parse_opts(int argc, char **argv, sample_opts_t *o)
     o->lp = (ld_langevin_params_t){ .step_size = (float)step_opt.fallback, .noise = (float)noise_opt.fallback,
                                     .steps = 40, .seed = 1 };
     int c, rc = 0;
-    while ((c = ldc_getopt(cmd, argc, argv, "h", longopts)) != -1) {
+    while ((c = ldt_getopt(cmd, argc, argv, "h", longopts)) != -1) {
         switch (c) {
         case O_MODEL: o->model = optarg; break;
         case O_DATA: o->data = optarg; break;
         case O_MANIFEST: o->manifest = optarg; break;
         case O_SUBDIR: o->subdir = optarg; break;
         case O_MASKMAP: o->maskmap = optarg; break;
-        case O_SCALE: rc = ld_cli_parse_double("--scale", optarg, 1e-3, 64, &o->scale); break;
-        case O_RESIZE: rc = ld_cli_parse_int("--resize", optarg, 1, 16384, &o->resize); break;
+        case O_SCALE: rc = ld_text_parse_double("--scale", optarg, 1e-3, 64, &o->scale); break;
+        case O_RESIZE: rc = ld_text_parse_int("--resize", optarg, 1, 16384, &o->resize); break;
         case O_SOURCE: o->source = optarg; break;
         case O_TARGET: o->target = optarg; break;
         case O_CROP:
             if (strcmp(optarg, "random") && strcmp(optarg, "center") && strcmp(optarg, "centre"))
-                return ldc_usage_error(cmd, "--crop: '%s' is not random or center", optarg);
+                return ldt_usage_error(cmd, "--crop: '%s' is not random or center", optarg);
             o->center = strcmp(optarg, "random") != 0;
             break;
-        case O_BATCH: rc = ld_cli_parse_int("--batch", optarg, 1, MAX_BATCH, &o->batch); break;
-        case O_STEPS: rc = ld_cli_parse_int("--steps", optarg, 1, 1000000, &o->lp.steps); break;
+        case O_BATCH: rc = ld_text_parse_int("--batch", optarg, 1, MAX_BATCH, &o->batch); break;
+        case O_STEPS: rc = ld_text_parse_int("--steps", optarg, 1, 1000000, &o->lp.steps); break;
         case O_SNAPS: o->snapshots = optarg; break;
         case O_ETA: rc = parse_langevin(&step_opt, optarg, &o->lp.step_size, &o->step_given); break;
         case O_NOISE: rc = parse_langevin(&noise_opt, optarg, &o->lp.noise, &o->noise_given); break;
-        case O_SEED: rc = ld_cli_parse_u64("--seed", optarg, &o->lp.seed); break;
-        case O_THREADS: rc = ld_cli_parse_int("--threads", optarg, 1, MAX_THREADS, &o->threads); break;
+        case O_SEED: rc = ld_text_parse_u64("--seed", optarg, &o->lp.seed); break;
+        case O_THREADS: rc = ld_text_parse_int("--threads", optarg, 1, MAX_THREADS, &o->threads); break;
         case O_OUT: o->out = optarg; break;
         case O_KEEP: rc = ld_keep_parse("--keep", optarg, &o->keep); break;
         case 'h': fputs(usage, stdout); return -1;
         default: return 2;
         }
         if (rc)
-            return ldc_usage_error(cmd, "%s", ld_errdetail());
+            return ldt_usage_error(cmd, "%s", ld_errdetail());
     }
-    if (ldc_no_operands(cmd, argc, argv))
+    if (ldt_no_operands(cmd, argc, argv))
         return 2;
     if (!o->model || !o->source || !o->target || !o->out || (!o->data == !o->manifest))
-        return ldc_usage_error(cmd, "--model, --source, --target, --out and one of --data / --manifest are required");
+        return ldt_usage_error(cmd, "--model, --source, --target, --out and one of --data / --manifest are required");
     if (o->scale > 0 && o->resize > 0)
-        return ldc_usage_error(cmd, "--scale and --resize exclude each other");
+        return ldt_usage_error(cmd, "--scale and --resize exclude each other");
     if (o->snapshots) {
         if (ld_langevin_set_snapshots(&o->lp, o->snapshots))
-            return ldc_usage_error(cmd, "--snapshots: %s", ld_errdetail());
+            return ldt_usage_error(cmd, "--snapshots: %s", ld_errdetail());
     } else {
         o->lp.n_snapshots = 1;
         o->lp.snapshots[0] = o->lp.steps;
     }
     if (ld_langevin_validate(&o->lp))
-        return ldc_usage_error(cmd, "%s", ld_errdetail());
+        return ldt_usage_error(cmd, "%s", ld_errdetail());
     return 0;
 }
 
@@ -385,12 +385,12 @@ static int write_csv(const sample_opts_t *o, const sample_run_t *r)
             const ld_crop_t *cr = &r->crops[j];
             sample_name(name, sizeof name, j, o->lp.snapshots[k]);
             fprintf(f, "image/%s.png,", name);
-            ld_cli_csv_field(f, o->source);
+            ld_text_csv_field(f, o->source);
             fputc(',', f);
-            ld_cli_csv_field(f, o->target);
+            ld_text_csv_field(f, o->target);
             double energy = r->snap_energy[(size_t)k * (size_t)r->n + (size_t)j];
             fprintf(f, ",%d,%.9g,%d,%llu,", o->lp.snapshots[k], energy, j, (unsigned long long)o->lp.seed);
-            ld_cli_csv_field(f, ld_dataset_item_name(r->ds, cr->domain, cr->item));
+            ld_text_csv_field(f, ld_dataset_item_name(r->ds, cr->domain, cr->item));
             fprintf(f, ",%d,%d\n", cr->x, cr->y);
         }
     if (ferror(f)) {
@@ -494,7 +494,7 @@ static int write_outputs(const sample_opts_t *o, const sample_run_t *r)
     return rc;
 }
 
-int ldc_sample_main(int argc, char **argv)
+int ldt_sample_main(int argc, char **argv)
 {
     sample_opts_t o;
     int rc = parse_opts(argc, argv, &o);
@@ -529,5 +529,5 @@ int ldc_sample_main(int argc, char **argv)
                o.out);
     }
     run_free(&r);
-    return rc ? ldc_fail("sample", rc) : 0;
+    return rc ? ldt_fail("sample", rc) : 0;
 }

@@ -1,4 +1,4 @@
-/* ldc_status: `langdaug status ENDPOINT`, the daemon's StatusReply as a
+/* ldt_status: `langdaug status ENDPOINT`, the daemon's StatusReply as a
  * readable report, as JSON or as Prometheus metrics (ld_prom, the same text
  * the daemon serves on metrics_listen).
  *
@@ -19,14 +19,14 @@
 #include <zmq.h>
 
 #include "langdaug.pb-c.h"
-#include "ld_cli.h"
+#include "ld_text.h"
 #include "ld_client.h"
 #include "ld_colour.h"
-#include "ld_curve.h"
+#include "ld_curvekey.h"
 #include "ld_error.h"
 #include "ld_prom.h"
-#include "ldc.h"
-#include "ldc_request.h"
+#include "ldt.h"
+#include "ldt_request.h"
 
 #define CMD "status"
 
@@ -36,7 +36,7 @@ typedef struct {
     const char *endpoint;
     int json, prometheus, watch, count;
     double interval, timeout;
-    ldc_curve_t curve;
+    ldt_curve_t curve;
 } status_args_t;
 
 static void usage(FILE *f)
@@ -56,10 +56,10 @@ static void usage(FILE *f)
 
 /* ------------------------------------------------------------ request */
 
-static int set_curve(void *sock, const ldc_curve_t *k)
+static int set_curve(void *sock, const ldt_curve_t *k)
 {
     char public_key[41];
-    int rc = ld_curve_public_key(k->secret, public_key);
+    int rc = ld_curvekey_public_key(k->secret, public_key);
     if (rc)
         return rc;
     if (zmq_setsockopt(sock, ZMQ_CURVE_SERVERKEY, k->server, 41) != 0 ||
@@ -393,7 +393,7 @@ static void take_watch_operand(int argc, char **argv, status_args_t *a)
 {
     double v;
     for (int k = 0; k < 2; k++)
-        if (ld_cli_parse_double("--watch", argv[optind + k], 0.01, 86400, &v) == 0) {
+        if (ld_text_parse_double("--watch", argv[optind + k], 0.01, 86400, &v) == 0) {
             a->interval = v;
             a->endpoint = argv[optind + 1 - k];
             optind = argc;
@@ -414,8 +414,8 @@ static int parse_args(int argc, char **argv, status_args_t *a)
         { 0, 0, 0, 0 },
     };
     int opt, rc, watch_bare = 0;
-    while ((opt = ldc_getopt(CMD, argc, argv, "h", longopts)) != -1) {
-        if ((rc = ldc_curve_option(&a->curve, CMD, opt, optarg)) >= 0) {
+    while ((opt = ldt_getopt(CMD, argc, argv, "h", longopts)) != -1) {
+        if ((rc = ldt_curve_option(&a->curve, CMD, opt, optarg)) >= 0) {
             if (rc)
                 return rc;
             continue;
@@ -426,16 +426,16 @@ static int parse_args(int argc, char **argv, status_args_t *a)
         case OPT_WATCH:
             a->watch = 1;
             watch_bare = !optarg;
-            if (optarg && ld_cli_parse_double("--watch", optarg, 0.01, 86400, &a->interval))
-                return ldc_usage_error(CMD, "%s", ld_errdetail());
+            if (optarg && ld_text_parse_double("--watch", optarg, 0.01, 86400, &a->interval))
+                return ldt_usage_error(CMD, "%s", ld_errdetail());
             break;
         case OPT_COUNT:
-            if (ld_cli_parse_int("--count", optarg, 1, 1000000000, &a->count))
-                return ldc_usage_error(CMD, "%s", ld_errdetail());
+            if (ld_text_parse_int("--count", optarg, 1, 1000000000, &a->count))
+                return ldt_usage_error(CMD, "%s", ld_errdetail());
             break;
         case OPT_TIMEOUT:
-            if (ld_cli_parse_double("--timeout", optarg, 0.001, 86400, &a->timeout))
-                return ldc_usage_error(CMD, "%s", ld_errdetail());
+            if (ld_text_parse_double("--timeout", optarg, 0.001, 86400, &a->timeout))
+                return ldt_usage_error(CMD, "%s", ld_errdetail());
             break;
         case 'h': usage(stdout); return -1;
         default: return 2;
@@ -444,16 +444,16 @@ static int parse_args(int argc, char **argv, status_args_t *a)
     if (watch_bare && argc - optind == 2)
         take_watch_operand(argc, argv, a);
     if (!a->endpoint && optind >= argc)
-        return ldc_usage_error(CMD, "ENDPOINT (the daemon's status socket) is required");
+        return ldt_usage_error(CMD, "ENDPOINT (the daemon's status socket) is required");
     if (!a->endpoint)
         a->endpoint = argv[optind++];
     if (a->json && a->prometheus)
-        return ldc_usage_error(CMD, "--json and --prometheus are two output formats: give one");
+        return ldt_usage_error(CMD, "--json and --prometheus are two output formats: give one");
     if (a->count && !a->watch)
-        return ldc_usage_error(CMD, "--count needs --watch");
-    if (ldc_curve_finish(&a->curve, CMD))
+        return ldt_usage_error(CMD, "--count needs --watch");
+    if (ldt_curve_finish(&a->curve, CMD))
         return 2;
-    return ldc_no_operands(CMD, argc, argv);
+    return ldt_no_operands(CMD, argc, argv);
 }
 
 static void sleep_s(double s)
@@ -462,7 +462,7 @@ static void sleep_s(double s)
     nanosleep(&ts, NULL);
 }
 
-int ldc_status_main(int argc, char **argv)
+int ldt_status_main(int argc, char **argv)
 {
     status_args_t a = { .interval = 2, .timeout = 5 };
     int rc = parse_args(argc, argv, &a);
@@ -470,7 +470,7 @@ int ldc_status_main(int argc, char **argv)
         return rc < 0 ? 0 : rc;
     void *ctx = zmq_ctx_new();
     if (!ctx)
-        return ldc_fail(CMD, ld_seterr(LD_EIO, "cannot create a ZeroMQ context"));
+        return ldt_fail(CMD, ld_seterr(LD_EIO, "cannot create a ZeroMQ context"));
     int clear = a.watch && !a.json && !a.prometheus && isatty(STDOUT_FILENO);
     for (int round = 0;; round++) {
         Langdaug__V1__StatusReply *r;
@@ -482,7 +482,7 @@ int ldc_status_main(int argc, char **argv)
             langdaug__v1__status_reply__free_unpacked(r, NULL);
         }
         if (rc)
-            ldc_fail(CMD, rc);
+            ldt_fail(CMD, rc);
         fflush(stdout);
         if (!a.watch || (a.count && round + 1 >= a.count))
             break;

@@ -1,10 +1,10 @@
-/* ldc_request: the sampler-request options shared by `langdaug pull` and
+/* ldt_request: the sampler-request options shared by `langdaug pull` and
  * `langdaug bench` (--from, --batch, --targets, --pairs, --steps, --encoding,
  * --seed, --epoch, --keep, --credits, --timeout, CURVE keys), parsed into
  * ld_client_opts_t.
  *
- * Ownership: an ldc_request_t owns the copies of the option texts that its
- * opts point into; ldc_request_free() releases them. */
+ * Ownership: an ldt_request_t owns the copies of the option texts that its
+ * opts point into; ldt_request_free() releases them. */
 #ifndef LDC_REQUEST_H
 #define LDC_REQUEST_H
 
@@ -20,7 +20,7 @@ enum {
     LDC_OPT_CURVE_SECRET_KEY
 };
 
-/* CURVE key files (common/ld_curve.h), for the commands that talk to a
+/* CURVE key files (common/ld_curvekey.h), for the commands that talk to a
  * sampler: --curve-server-key (the sampler's .pub) and --curve-secret-key
  * (our .key from `langdaug keygen`; its public key is derived). */
 #define LDC_CURVE_LONGOPTS                                                                \
@@ -33,14 +33,14 @@ enum {
 
 typedef struct {
     char server[41], secret[41]; /* Z85 keys, "" = not given */
-} ldc_curve_t;
+} ldt_curve_t;
 
-/* As ldc_request_option, for the two CURVE options (the file is read here:
+/* As ldt_request_option, for the two CURVE options (the file is read here:
  * exit status 1 when it cannot be). */
-int ldc_curve_option(ldc_curve_t *keys, const char *cmd, int opt, const char *arg);
+int ldt_curve_option(ldt_curve_t *keys, const char *cmd, int opt, const char *arg);
 
 /* Both keys or neither: 0, or 2 after a usage error. */
-int ldc_curve_finish(const ldc_curve_t *keys, const char *cmd);
+int ldt_curve_finish(const ldt_curve_t *keys, const char *cmd);
 
 /* Entries for a getopt_long table (no terminator). */
 #define LDC_REQUEST_LONGOPTS                                                              \
@@ -82,21 +82,21 @@ typedef struct {
     ld_pair_t pair_v[LDC_REQUEST_MAX_ITEMS];
     uint32_t step_v[LDC_REQUEST_MAX_ITEMS];
     int encoding_set;
-    ldc_curve_t curve;
-} ldc_request_t;
+    ldt_curve_t curve;
+} ldt_request_t;
 
 /* Defaults (batch 16, timeout 60 s, encoding `encoding`). */
-void ldc_request_init(ldc_request_t *req, ld_encoding_t encoding);
+void ldt_request_init(ldt_request_t *req, ld_encoding_t encoding);
 
 /* Handles option `opt` with value `arg` if it is one of LDC_REQUEST_LONGOPTS:
  * returns 0 (taken), -1 (not one of ours), or the exit status after printing
  * the error (2 usage error, 1 out of memory). */
-int ldc_request_option(ldc_request_t *req, const char *cmd, int opt, const char *arg);
+int ldt_request_option(ldt_request_t *req, const char *cmd, int opt, const char *arg);
 
 /* After option parsing: checks that --from and a target or pair were given;
  * 0 or 2 after printing a usage error. */
-int ldc_request_finish(ldc_request_t *req, const char *cmd);
+int ldt_request_finish(ldt_request_t *req, const char *cmd);
 
-void ldc_request_free(ldc_request_t *req);
+void ldt_request_free(ldt_request_t *req);
 
 #endif

@@ -1,4 +1,4 @@
-/* ldc_bench: `langdaug bench`, how fast samplers deliver to one client.
+/* ldt_bench: `langdaug bench`, how fast samplers deliver to one client.
  *
  * Pulls for --seconds after the first batch arrived (the wait for the first
  * one, which includes connecting and the first chains, is reported apart),
@@ -11,11 +11,11 @@
 #include <string.h>
 #include <time.h>
 
-#include "ld_cli.h"
+#include "ld_text.h"
 #include "ld_client.h"
 #include "ld_error.h"
-#include "ldc.h"
-#include "ldc_request.h"
+#include "ldt.h"
+#include "ldt_request.h"
 
 #define CMD "bench"
 
@@ -45,7 +45,7 @@ static void report_line(const char *what, uint64_t batches, uint64_t samples, ui
            (double)bytes / 1e6 / secs);
 }
 
-static int parse_args(int argc, char **argv, ldc_request_t *req, double *seconds)
+static int parse_args(int argc, char **argv, ldt_request_t *req, double *seconds)
 {
     static const struct option longopts[] = {
         LDC_REQUEST_LONGOPTS,
@@ -54,24 +54,24 @@ static int parse_args(int argc, char **argv, ldc_request_t *req, double *seconds
         { 0, 0, 0, 0 },
     };
     int opt, rc;
-    while ((opt = ldc_getopt(CMD, argc, argv, "h", longopts)) != -1) {
-        if ((rc = ldc_request_option(req, CMD, opt, optarg)) >= 0) {
+    while ((opt = ldt_getopt(CMD, argc, argv, "h", longopts)) != -1) {
+        if ((rc = ldt_request_option(req, CMD, opt, optarg)) >= 0) {
             if (rc)
                 return rc;
             continue;
         }
         switch (opt) {
         case OPT_SECONDS:
-            if (ld_cli_parse_double("--seconds", optarg, 0.01, 86400, seconds))
-                return ldc_usage_error(CMD, "%s", ld_errdetail());
+            if (ld_text_parse_double("--seconds", optarg, 0.01, 86400, seconds))
+                return ldt_usage_error(CMD, "%s", ld_errdetail());
             break;
         case 'h': usage(stdout); return -1;
         default: return 2;
         }
     }
-    if ((rc = ldc_no_operands(CMD, argc, argv)))
+    if ((rc = ldt_no_operands(CMD, argc, argv)))
         return rc;
-    return ldc_request_finish(req, CMD);
+    return ldt_request_finish(req, CMD);
 }
 
 /* Pulls until `seconds` after the first batch; *first_s = wait for it. */
@@ -98,15 +98,15 @@ static int measure(ld_client_t *client, double seconds, double *first_s, double 
     }
 }
 
-int ldc_bench_main(int argc, char **argv)
+int ldt_bench_main(int argc, char **argv)
 {
-    ldc_request_t req;
+    ldt_request_t req;
     double seconds = 10, first = 0, secs = 0;
-    ldc_request_init(&req, LD_ENCODING_FLOAT32);
+    ldt_request_init(&req, LD_ENCODING_FLOAT32);
     req.opts.name = "langdaug bench";
     int rc = parse_args(argc, argv, &req, &seconds);
     if (rc) {
-        ldc_request_free(&req);
+        ldt_request_free(&req);
         return rc < 0 ? 0 : rc;
     }
     ld_client_t *client = NULL;
@@ -129,6 +129,6 @@ int ldc_bench_main(int argc, char **argv)
         report_line("total", tb, ts, tbytes, secs);
     }
     ld_client_destroy(&client);
-    ldc_request_free(&req);
-    return rc ? ldc_fail(CMD, rc) : 0;
+    ldt_request_free(&req);
+    return rc ? ldt_fail(CMD, rc) : 0;
 }

@@ -6,8 +6,8 @@
  * energy, grad (and with --param-grad the weight gradients of the summed
  * energy, "grad.<param>") to one safetensors file atomically. It is the
  * reference path the PyTorch parity tests use. */
-#include "ldc.h"
-#include "ld_cli.h"
+#include "ldt.h"
+#include "ld_text.h"
 #include "ld_ebm.h"
 #include "ld_error.h"
 #include "ld_model.h"
@@ -63,25 +63,25 @@ static int parse_options(int argc, char **argv, energy_opts_t *o)
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     *o = (energy_opts_t){.threads = cpus < 1 ? 1 : cpus > 16 ? 16 : (int)cpus, .batch = 16};
     int c;
-    while ((c = ldc_getopt(CMD, argc, argv, "m:i:o:t:b:h", longopts)) != -1) {
+    while ((c = ldt_getopt(CMD, argc, argv, "m:i:o:t:b:h", longopts)) != -1) {
         int rc = LD_OK;
         switch (c) {
         case 'm': o->model = optarg; break;
         case 'i': o->in = optarg; break;
         case 'o': o->out = optarg; break;
-        case 't': rc = ld_cli_parse_int("--threads", optarg, 1, 256, &o->threads); break;
-        case 'b': rc = ld_cli_parse_int("--batch", optarg, 1, 65536, &o->batch); break;
+        case 't': rc = ld_text_parse_int("--threads", optarg, 1, 256, &o->threads); break;
+        case 'b': rc = ld_text_parse_int("--batch", optarg, 1, 65536, &o->batch); break;
         case OPT_PARAM_GRAD: o->param_grad = 1; break;
         case 'h': fputs(usage_text, stdout); return 0;
         default: return 2;
         }
         if (rc)
-            return ldc_usage_error(CMD, "%s", ld_errdetail());
+            return ldt_usage_error(CMD, "%s", ld_errdetail());
     }
-    if (ldc_no_operands(CMD, argc, argv))
+    if (ldt_no_operands(CMD, argc, argv))
         return 2;
     if (!o->model || !o->in || !o->out)
-        return ldc_usage_error(CMD, "--%s is required", !o->model ? "model" : !o->in ? "in" : "out");
+        return ldt_usage_error(CMD, "--%s is required", !o->model ? "model" : !o->in ? "in" : "out");
     return -1;
 }
 
@@ -268,7 +268,7 @@ done:
     return rc;
 }
 
-int ldc_energy_main(int argc, char **argv)
+int ldt_energy_main(int argc, char **argv)
 {
     energy_opts_t o;
     int status = parse_options(argc, argv, &o);
@@ -297,5 +297,5 @@ int ldc_energy_main(int argc, char **argv)
     free(out.param_grad);
     batch_in_free(&in);
     ld_ebm_destroy(&m);
-    return rc ? ldc_fail(CMD, rc) : 0;
+    return rc ? ldt_fail(CMD, rc) : 0;
 }

@@ -1,10 +1,10 @@
-/* ldc_synth: `langdaug synth` writes the synthetic multi-domain fundus-like
+/* ldt_synth: `langdaug synth` writes the synthetic multi-domain fundus-like
  * data set (common/ld_synth.h) in the dataset folders layout. */
-#include "ldc.h"
+#include "ldt.h"
 
 #include <stdio.h>
 
-#include "ld_cli.h"
+#include "ld_text.h"
 #include "ld_error.h"
 #include "ld_synth.h"
 
@@ -23,7 +23,7 @@ static const char usage[] =
     "  --disc             also label the optic disc (mask 128; mask map \"0:0,255:1,128:2\")\n"
     "  -h, --help         this help\n";
 
-int ldc_synth_main(int argc, char **argv)
+int ldt_synth_main(int argc, char **argv)
 {
     static const char cmd[] = "synth";
     static const struct option longopts[] = {
@@ -36,27 +36,27 @@ int ldc_synth_main(int argc, char **argv)
     ld_synth_defaults(&o);
     const char *out = NULL;
     int c, rc = 0;
-    while ((c = ldc_getopt(cmd, argc, argv, "h", longopts)) != -1) {
+    while ((c = ldt_getopt(cmd, argc, argv, "h", longopts)) != -1) {
         switch (c) {
         case 'o': out = optarg; break;
-        case 'd': rc = ld_cli_parse_int("--domains", optarg, 1, LD_SYNTH_MAX_DOMAINS, &o.n_domains); break;
-        case 'n': rc = ld_cli_parse_int("--per-domain", optarg, 1, LD_SYNTH_MAX_PER_DOMAIN, &o.per_domain); break;
-        case 's': rc = ld_cli_parse_int("--size", optarg, LD_SYNTH_MIN_SIZE, LD_SYNTH_MAX_SIZE, &o.size); break;
-        case 'S': rc = ld_cli_parse_u64("--seed", optarg, &o.seed); break;
+        case 'd': rc = ld_text_parse_int("--domains", optarg, 1, LD_SYNTH_MAX_DOMAINS, &o.n_domains); break;
+        case 'n': rc = ld_text_parse_int("--per-domain", optarg, 1, LD_SYNTH_MAX_PER_DOMAIN, &o.per_domain); break;
+        case 's': rc = ld_text_parse_int("--size", optarg, LD_SYNTH_MIN_SIZE, LD_SYNTH_MAX_SIZE, &o.size); break;
+        case 'S': rc = ld_text_parse_u64("--seed", optarg, &o.seed); break;
         case 'D': o.disc = 1; break;
         case 'h': fputs(usage, stdout); return 0;
         default: return 2;
         }
         if (rc)
-            return ldc_usage_error(cmd, "%s", ld_errdetail());
+            return ldt_usage_error(cmd, "%s", ld_errdetail());
     }
-    if (ldc_no_operands(cmd, argc, argv))
+    if (ldt_no_operands(cmd, argc, argv))
         return 2;
     if (!out)
-        return ldc_usage_error(cmd, "--out DIR is required");
+        return ldt_usage_error(cmd, "--out DIR is required");
     rc = ld_synth_write(out, &o);
     if (rc)
-        return ldc_fail(cmd, rc);
+        return ldt_fail(cmd, rc);
     printf("synth: wrote %d domains x %d images of %dx%d to %s (mask map \"%s\")\n", o.n_domains, o.per_domain,
            o.size, o.size, out, ld_synth_maskmap(&o));
     return 0;

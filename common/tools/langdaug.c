@@ -1,12 +1,12 @@
 /* langdaug: the command line. `langdaug [--log-level L] <command> [options]`.
  *
- * The dispatch table below maps a command name to its ldc_<name>_main(); to
- * add a command, add one line (see client/ldc.h). This file also holds the
+ * The dispatch table below maps a command name to its ldt_<name>_main(); to
+ * add a command, add one line (see client/ldt.h). This file also holds the
  * helpers every subcommand shares for reporting errors, so that they all
  * speak the same way:
  *   usage errors   -> "langdaug <cmd>: <what>" + hint, exit 2
  *   runtime errors -> "langdaug <cmd>: <error name>: <detail>", exit 1 */
-#include "ldc.h"
+#include "ldt.h"
 #include "ld_error.h"
 #include "ld_log.h"
 #include "ld_version.h"
@@ -19,18 +19,18 @@ typedef struct {
     const char *name;
     int (*main)(int argc, char **argv);
     const char *help;
-} ldc_command_t;
+} ldt_command_t;
 
-static const ldc_command_t commands[] = {
-    {"energy", ldc_energy_main, "energies and dE/dimage of images under a model"},
-    {"init-model", ldc_init_model_main, "write a randomly initialised model"},
-    {"synth", ldc_synth_main, "write a synthetic multi-domain fundus-like data set"},
-    {"train", ldc_train_main, "train the energy model by contrastive divergence"},
-    {"sample", ldc_sample_main, "Langevin chains from dataset crops, snapshots as PNG"},
-    {"pull", ldc_pull_main, "pull labelled samples from samplers into a folder"},
-    {"status", ldc_status_main, "show a sampler's status"},
-    {"keygen", ldc_keygen_main, "write a CURVE key pair for encrypted, authenticated sockets"},
-    {"bench", ldc_bench_main, "measure batches/s and MB/s received from samplers"},
+static const ldt_command_t commands[] = {
+    {"energy", ldt_energy_main, "energies and dE/dimage of images under a model"},
+    {"init-model", ldt_init_model_main, "write a randomly initialised model"},
+    {"synth", ldt_synth_main, "write a synthetic multi-domain fundus-like data set"},
+    {"train", ldt_train_main, "train the energy model by contrastive divergence"},
+    {"sample", ldt_sample_main, "Langevin chains from dataset crops, snapshots as PNG"},
+    {"pull", ldt_pull_main, "pull labelled samples from samplers into a folder"},
+    {"status", ldt_status_main, "show a sampler's status"},
+    {"keygen", ldt_keygen_main, "write a CURVE key pair for encrypted, authenticated sockets"},
+    {"bench", ldt_bench_main, "measure batches/s and MB/s received from samplers"},
 };
 
 #define N_COMMANDS (sizeof commands / sizeof *commands)
@@ -54,7 +54,7 @@ static void usage(FILE *f)
                "Exit status: 0 success, 1 failure, 2 usage error.\n");
 }
 
-int ldc_usage_error(const char *cmd, const char *fmt, ...)
+int ldt_usage_error(const char *cmd, const char *fmt, ...)
 {
     char msg[1024];
     va_list ap;
@@ -65,14 +65,14 @@ int ldc_usage_error(const char *cmd, const char *fmt, ...)
     return 2;
 }
 
-int ldc_fail(const char *cmd, int rc)
+int ldt_fail(const char *cmd, int rc)
 {
     const char *detail = ld_errdetail();
     fprintf(stderr, "langdaug %s: %s%s%s\n", cmd, ld_strerror(rc), *detail ? ": " : "", detail);
     return 1;
 }
 
-int ldc_getopt(const char *cmd, int argc, char **argv, const char *optstring, const struct option *longopts)
+int ldt_getopt(const char *cmd, int argc, char **argv, const char *optstring, const struct option *longopts)
 {
     /* A leading ':' makes getopt tell a missing value (':') from an unknown
      * option ('?'); opterr = 0 silences its own messages. */
@@ -84,23 +84,23 @@ int ldc_getopt(const char *cmd, int argc, char **argv, const char *optstring, co
         return c;
     const char *arg = optind > 0 && optind <= argc ? argv[optind - 1] : "";
     if (c == ':')
-        ldc_usage_error(cmd, "option '%s' needs a value", arg);
+        ldt_usage_error(cmd, "option '%s' needs a value", arg);
     else if (strncmp(arg, "--", 2) == 0)
-        ldc_usage_error(cmd, optopt ? "option '%s' does not take a value" : "unknown or ambiguous option '%s'",
+        ldt_usage_error(cmd, optopt ? "option '%s' does not take a value" : "unknown or ambiguous option '%s'",
                         arg);
     else
-        ldc_usage_error(cmd, "unknown option '-%c'", optopt);
+        ldt_usage_error(cmd, "unknown option '-%c'", optopt);
     return '?';
 }
 
-int ldc_no_operands(const char *cmd, int argc, char **argv)
+int ldt_no_operands(const char *cmd, int argc, char **argv)
 {
     if (optind < argc)
-        return ldc_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
+        return ldt_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
     return 0;
 }
 
-static const ldc_command_t *find_command(const char *name)
+static const ldt_command_t *find_command(const char *name)
 {
     for (size_t i = 0; i < N_COMMANDS; i++)
         if (strcmp(commands[i].name, name) == 0)
@@ -165,7 +165,7 @@ int main(int argc, char **argv)
         argv[1] = argv[2];
         argv[2] = "--help";
     }
-    const ldc_command_t *cmd = find_command(name);
+    const ldt_command_t *cmd = find_command(name);
     if (!cmd) {
         fprintf(stderr, "langdaug: unknown %s '%s'\nRun 'langdaug --help' for the list of commands.\n",
                 name[0] == '-' ? "option" : "command", name);

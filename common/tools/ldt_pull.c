@@ -1,4 +1,4 @@
-/* ldc_pull: `langdaug pull`, samples from samplers to files.
+/* ldt_pull: `langdaug pull`, samples from samplers to files.
  *
  * --format png (default) writes, per sample k (0-based, 8 digits):
  *   DIR/<source>2<target>/image/<k>.png   the image (grey or RGB, 8-bit (v+1)*127.5)
@@ -24,15 +24,15 @@
 #include <unistd.h>
 
 #include "ld_afile.h"
-#include "ld_cli.h"
+#include "ld_text.h"
 #include "ld_client.h"
 #include "ld_dataset.h"
 #include "ld_error.h"
 #include "ld_image.h"
 #include "ld_png.h"
-#include "ldc.h"
-#include "ldc_npz.h"
-#include "ldc_request.h"
+#include "ldt.h"
+#include "ldt_npz.h"
+#include "ldt_request.h"
 
 #define CMD "pull"
 #define PATH_CAP 4096
@@ -134,17 +134,17 @@ static void csv_row(pull_t *p, const ld_batch_t *b, uint32_t i, const char *imag
     FILE *f = ld_afile_fp(p->csv);
     const ld_sample_meta_t *m = &b->meta[i];
     fprintf(f, "%" PRIu64 ",", p->done);
-    ld_cli_csv_field(f, image);
+    ld_text_csv_field(f, image);
     fputc(',', f);
-    ld_cli_csv_field(f, mask);
+    ld_text_csv_field(f, mask);
     fprintf(f, ",%u,", row);
-    ld_cli_csv_field(f, m->source_domain);
+    ld_text_csv_field(f, m->source_domain);
     fputc(',', f);
-    ld_cli_csv_field(f, m->target_domain);
+    ld_text_csv_field(f, m->target_domain);
     fprintf(f, ",%u,%.9g,%" PRIu64 ",%" PRIu64 ",", m->step, (double)m->energy, m->chain_id, m->seed);
-    ld_cli_csv_field(f, m->source_file);
+    ld_text_csv_field(f, m->source_file);
     fprintf(f, ",%d,%d,", m->crop_x, m->crop_y);
-    ld_cli_csv_field(f, m->model_hash);
+    ld_text_csv_field(f, m->model_hash);
     fprintf(f, ",%u,%" PRIu64 ",%d\n", m->source_item, m->epoch, b->endpoint);
 }
 
@@ -268,20 +268,20 @@ static int write_npz_batch(pull_t *p, const ld_batch_t *b, uint32_t take)
         return ld_seterr(LD_ERANGE, "%s: path too long", p->out);
     size_t s = b->size, img_shape[4] = { take, b->channels, s, s }, mask_shape[3] = { take, s, s }, n1[1] = { take };
     size_t pix = (size_t)b->channels * s * s;
-    ldc_npz_t z = { .n = 0 };
+    ldt_npz_t z = { .n = 0 };
     npz_meta_t nm = { 0 };
     int rc = npz_meta_fill(&nm, b, take);
-    rc = rc ? rc : ldc_npz_add(&z, "images", descr[b->encoding], img_shape, 4, b->images,
+    rc = rc ? rc : ldt_npz_add(&z, "images", descr[b->encoding], img_shape, 4, b->images,
                                take * pix * ld_encoding_size(b->encoding));
-    rc = rc ? rc : ldc_npz_add(&z, "masks", "|u1", mask_shape, 3, b->masks, take * s * s);
-    rc = rc ? rc : ldc_npz_add(&z, "step", "<u4", n1, 1, nm.step, take * 4);
-    rc = rc ? rc : ldc_npz_add(&z, "energy", "<f4", n1, 1, nm.energy, take * 4);
-    rc = rc ? rc : ldc_npz_add(&z, "chain_id", "<u8", n1, 1, nm.chain, take * 8);
-    rc = rc ? rc : ldc_npz_add(&z, "seed", "<u8", n1, 1, nm.seed, take * 8);
-    rc = rc ? rc : ldc_npz_add(&z, "source_item", "<u4", n1, 1, nm.item, take * 4);
-    rc = rc ? rc : ldc_npz_add(&z, "crop_x", "<i4", n1, 1, nm.x, take * 4);
-    rc = rc ? rc : ldc_npz_add(&z, "crop_y", "<i4", n1, 1, nm.y, take * 4);
-    rc = rc ? rc : ldc_npz_write(&z, path);
+    rc = rc ? rc : ldt_npz_add(&z, "masks", "|u1", mask_shape, 3, b->masks, take * s * s);
+    rc = rc ? rc : ldt_npz_add(&z, "step", "<u4", n1, 1, nm.step, take * 4);
+    rc = rc ? rc : ldt_npz_add(&z, "energy", "<f4", n1, 1, nm.energy, take * 4);
+    rc = rc ? rc : ldt_npz_add(&z, "chain_id", "<u8", n1, 1, nm.chain, take * 8);
+    rc = rc ? rc : ldt_npz_add(&z, "seed", "<u8", n1, 1, nm.seed, take * 8);
+    rc = rc ? rc : ldt_npz_add(&z, "source_item", "<u4", n1, 1, nm.item, take * 4);
+    rc = rc ? rc : ldt_npz_add(&z, "crop_x", "<i4", n1, 1, nm.x, take * 4);
+    rc = rc ? rc : ldt_npz_add(&z, "crop_y", "<i4", n1, 1, nm.y, take * 4);
+    rc = rc ? rc : ldt_npz_write(&z, path);
     npz_meta_free(&nm);
     if (rc)
         return rc;
@@ -294,8 +294,8 @@ static int write_npz_batch(pull_t *p, const ld_batch_t *b, uint32_t take)
 static int parse_mask_values(pull_t *p, const char *arg)
 {
     int v[256], n;
-    if (ld_cli_parse_int_list("--mask-values", arg, 0, 255, v, 256, &n))
-        return ldc_usage_error(CMD, "%s", ld_errdetail());
+    if (ld_text_parse_int_list("--mask-values", arg, 0, 255, v, 256, &n))
+        return ldt_usage_error(CMD, "%s", ld_errdetail());
     for (int i = 0; i < n; i++)
         p->mask_values[i] = (uint8_t)v[i];
     p->n_mask_values = n;
@@ -307,18 +307,18 @@ static int parse_maskmap(pull_t *p, const char *arg)
 {
     ld_maskmap_t map;
     if (ld_maskmap_parse(arg, &map))
-        return ldc_usage_error(CMD, "--maskmap: %s", ld_errdetail());
+        return ldt_usage_error(CMD, "--maskmap: %s", ld_errdetail());
     for (int c = 0; c < map.n_classes; c++) {
         int v = ld_maskmap_value(&map, c);
         if (v < 0)
-            return ldc_usage_error(CMD, "--maskmap: no mask value maps to class %d", c);
+            return ldt_usage_error(CMD, "--maskmap: no mask value maps to class %d", c);
         p->mask_values[c] = (uint8_t)v;
     }
     p->n_mask_values = map.n_classes;
     return 0;
 }
 
-static int parse_args(int argc, char **argv, pull_t *p, ldc_request_t *req)
+static int parse_args(int argc, char **argv, pull_t *p, ldt_request_t *req)
 {
     static const struct option longopts[] = {
         LDC_REQUEST_LONGOPTS,
@@ -333,28 +333,28 @@ static int parse_args(int argc, char **argv, pull_t *p, ldc_request_t *req)
     };
     int opt, rc;
     int64_t n;
-    while ((opt = ldc_getopt(CMD, argc, argv, "n:o:f:qh", longopts)) != -1) {
-        if ((rc = ldc_request_option(req, CMD, opt, optarg)) >= 0) {
+    while ((opt = ldt_getopt(CMD, argc, argv, "n:o:f:qh", longopts)) != -1) {
+        if ((rc = ldt_request_option(req, CMD, opt, optarg)) >= 0) {
             if (rc)
                 return rc;
             continue;
         }
         switch (opt) {
         case 'n':
-            if (ld_cli_parse_i64("-n", optarg, 1, INT64_MAX, &n))
-                return ldc_usage_error(CMD, "%s", ld_errdetail());
+            if (ld_text_parse_i64("-n", optarg, 1, INT64_MAX, &n))
+                return ldt_usage_error(CMD, "%s", ld_errdetail());
             p->total = (uint64_t)n;
             break;
         case 'o': p->out = optarg; break;
         case 'f':
             if (strcmp(optarg, "png") && strcmp(optarg, "npz"))
-                return ldc_usage_error(CMD, "--format: '%s' is not png or npz", optarg);
+                return ldt_usage_error(CMD, "--format: '%s' is not png or npz", optarg);
             p->npz = !strcmp(optarg, "npz");
             break;
         case OPT_MASK_VALUES:
         case OPT_MASKMAP:
             if (p->n_mask_values)
-                return ldc_usage_error(CMD, "--mask-values and --maskmap: give one, once");
+                return ldt_usage_error(CMD, "--mask-values and --maskmap: give one, once");
             if ((rc = opt == OPT_MASKMAP ? parse_maskmap(p, optarg) : parse_mask_values(p, optarg)))
                 return rc;
             break;
@@ -363,18 +363,18 @@ static int parse_args(int argc, char **argv, pull_t *p, ldc_request_t *req)
         default: return 2;
         }
     }
-    if ((rc = ldc_no_operands(CMD, argc, argv)) || (rc = ldc_request_finish(req, CMD)))
+    if ((rc = ldt_no_operands(CMD, argc, argv)) || (rc = ldt_request_finish(req, CMD)))
         return rc;
     if (!p->total)
-        return ldc_usage_error(CMD, "-n N (samples to write) is required");
+        return ldt_usage_error(CMD, "-n N (samples to write) is required");
     if (!p->out)
-        return ldc_usage_error(CMD, "--out DIR is required");
+        return ldt_usage_error(CMD, "--out DIR is required");
     if (!req->encoding_set)
         req->opts.encoding = p->npz ? LD_ENCODING_FLOAT32 : LD_ENCODING_UINT8;
     return 0;
 }
 
-static int run(pull_t *p, const ldc_request_t *req)
+static int run(pull_t *p, const ldt_request_t *req)
 {
     static const char header[] = "index,image,mask,row,source_domain,target_domain,step,energy,chain_id,seed,"
                                  "source_file,crop_x,crop_y,model_hash,source_item,epoch,endpoint\n";
@@ -409,11 +409,11 @@ static int run(pull_t *p, const ldc_request_t *req)
     return ld_afile_commit(&p->csv);
 }
 
-int ldc_pull_main(int argc, char **argv)
+int ldt_pull_main(int argc, char **argv)
 {
     pull_t p = { .tty = isatty(STDERR_FILENO) };
-    ldc_request_t req;
-    ldc_request_init(&req, LD_ENCODING_UINT8);
+    ldt_request_t req;
+    ldt_request_init(&req, LD_ENCODING_UINT8);
     req.opts.name = "langdaug pull";
     int rc = parse_args(argc, argv, &p, &req);
     if (rc == 0) {
@@ -426,7 +426,7 @@ int ldc_pull_main(int argc, char **argv)
             fprintf(stderr, "langdaug pull: interrupted; %" PRIu64 " samples written to %s\n", p.done, p.out);
             rc = 130;
         } else if (rc) {
-            rc = ldc_fail(CMD, rc);
+            rc = ldt_fail(CMD, rc);
         } else if (!p.quiet) {
             fprintf(stderr, "langdaug pull: wrote %" PRIu64 " samples to %s\n", p.done, p.out);
         }
@@ -434,6 +434,6 @@ int ldc_pull_main(int argc, char **argv)
         rc = 0; /* --help */
     }
     free(p.pixels);
-    ldc_request_free(&req);
+    ldt_request_free(&req);
     return rc;
 }

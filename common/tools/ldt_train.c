@@ -1,4 +1,4 @@
-/* ldc_train: `langdaug train`, contrastive-divergence training (ld_train).
+/* ldt_train: `langdaug train`, contrastive-divergence training (ld_train).
  *
  * The training settings are the keys of ld_train_config (one long option
  * each); the options below are about this run only. Everything that can be
@@ -6,7 +6,7 @@
  * iteration. SIGINT/SIGTERM stop the run between Langevin steps, save a
  * checkpoint of the last finished iteration and exit 1; the run continues
  * with --resume. */
-#include "ldc.h"
+#include "ldt.h"
 
 #include <inttypes.h>
 #include <signal.h>
@@ -19,7 +19,7 @@
 #include <unistd.h>
 
 #include "ld_afile.h"
-#include "ld_cli.h"
+#include "ld_text.h"
 #include "ld_error.h"
 #include "ld_log.h"
 #include "ld_train.h"
@@ -133,8 +133,8 @@ static char *join_command(int argc, char **argv)
 
 static int parse_count(const char *what, const char *value, int64_t min, int64_t *out)
 {
-    if (ld_cli_parse_i64(what, value, min, INT64_MAX / 2, out))
-        return ldc_usage_error(CMD, "%s", ld_errdetail());
+    if (ld_text_parse_i64(what, value, min, INT64_MAX / 2, out))
+        return ldt_usage_error(CMD, "%s", ld_errdetail());
     return 0;
 }
 
@@ -149,7 +149,7 @@ static int parse_run_option(int c, const char *value, args_t *a)
     case OPT_ITERS: return parse_count("--iters", value, 1, &a->iters);
     case OPT_CHECKPOINT_EVERY: return parse_count("--checkpoint-every", value, 0, &a->checkpoint_every);
     case OPT_PREVIEW_EVERY: return parse_count("--preview-every", value, 1, &a->preview_every);
-    default: return ldc_usage_error(CMD, "unexpected option");
+    default: return ldt_usage_error(CMD, "unexpected option");
     }
 }
 
@@ -162,13 +162,13 @@ static int parse_args(int argc, char **argv, args_t *a)
     ld_train_config_defaults(&scratch);
     if (!longopts || ld_meta_new(&a->settings)) {
         free(longopts);
-        return ldc_fail(CMD, LD_ENOMEM);
+        return ldt_fail(CMD, LD_ENOMEM);
     }
     a->iters = 10000;
     a->checkpoint_every = 500;
     a->preview_every = 500;
     int c, status = 0;
-    while (!status && (c = ldc_getopt(CMD, argc, argv, "", longopts)) != -1) {
+    while (!status && (c = ldt_getopt(CMD, argc, argv, "", longopts)) != -1) {
         if (c == '?') {
             status = 2;
         } else if (c == OPT_HELP) {
@@ -181,9 +181,9 @@ static int parse_args(int argc, char **argv, args_t *a)
         } else if (c >= OPT_CONFIG_BASE) {
             const char *key = ld_train_config_key((size_t)(c - OPT_CONFIG_BASE), NULL, NULL);
             if (ld_train_config_set(&scratch, key, optarg))
-                status = ldc_usage_error(CMD, "%s", ld_errdetail());
+                status = ldt_usage_error(CMD, "%s", ld_errdetail());
             else if (ld_meta_set(a->settings, key, optarg))
-                status = ldc_fail(CMD, LD_ENOMEM);
+                status = ldt_fail(CMD, LD_ENOMEM);
         } else {
             status = parse_run_option(c, optarg, a);
         }
@@ -191,12 +191,12 @@ static int parse_args(int argc, char **argv, args_t *a)
     free(longopts);
     if (status)
         return status;
-    if ((status = ldc_no_operands(CMD, argc, argv)))
+    if ((status = ldt_no_operands(CMD, argc, argv)))
         return status;
     if (!a->out)
-        return ldc_usage_error(CMD, "--out MODEL.safetensors is required");
+        return ldt_usage_error(CMD, "--out MODEL.safetensors is required");
     if (!a->resume && !ld_meta_get(a->settings, "data") && !ld_meta_get(a->settings, "manifest"))
-        return ldc_usage_error(CMD, "--data ROOT (or --manifest CSV) is required unless --resume is given");
+        return ldt_usage_error(CMD, "--data ROOT (or --manifest CSV) is required unless --resume is given");
     return 0;
 }
 
@@ -222,7 +222,7 @@ static int prepare_outputs(args_t *a, char **checkpoint_owned)
             size_t n = strlen(a->out) + 6;
             *checkpoint_owned = malloc(n);
             if (!*checkpoint_owned)
-                return ldc_fail(CMD, LD_ENOMEM);
+                return ldt_fail(CMD, LD_ENOMEM);
             snprintf(*checkpoint_owned, n, "%s.ckpt", a->out);
             a->checkpoint = *checkpoint_owned;
         }
@@ -351,7 +351,7 @@ static int finish(ld_train_t *train, const args_t *a, double seconds)
     if (!rc && a->curve)
         rc = write_curve(train, a->curve);
     if (rc)
-        return ldc_fail(CMD, rc);
+        return ldt_fail(CMD, rc);
     char dur[32];
     format_duration(seconds, dur, sizeof dur);
     if (!a->quiet)
@@ -379,7 +379,7 @@ static int open_run(const args_t *a, ld_train_t **train)
 {
     int rc = absolute_paths(a->settings);
     if (rc)
-        return ldc_fail(CMD, rc);
+        return ldt_fail(CMD, rc);
     if (a->resume) {
         rc = ld_train_resume(a->resume, a->settings, train);
     } else {
@@ -391,7 +391,7 @@ static int open_run(const args_t *a, ld_train_t **train)
             rc = ld_train_new(&cfg, train);
     }
     if (rc)
-        return ldc_fail(CMD, rc);
+        return ldt_fail(CMD, rc);
     if (ld_train_iteration(*train) > a->iters) {
         fprintf(stderr, "langdaug %s: --iters %" PRId64 " is below the checkpoint's iteration %" PRId64 "\n", CMD,
                 a->iters, ld_train_iteration(*train));
@@ -428,12 +428,12 @@ static int train_loop(ld_train_t *train, const args_t *a)
     if (rc) {
         if (rc == LD_ECANCELED && a->curve)
             write_curve(train, a->curve);
-        return ldc_fail(CMD, rc);
+        return ldt_fail(CMD, rc);
     }
     return finish(train, a, now_s() - prog.start);
 }
 
-int ldc_train_main(int argc, char **argv)
+int ldt_train_main(int argc, char **argv)
 {
     args_t a;
     memset(&a, 0, sizeof a);
@@ -441,7 +441,7 @@ int ldc_train_main(int argc, char **argv)
     ld_train_t *train = NULL;
     int status = parse_args(argc, argv, &a);
     if (status == 0 && !(a.command = join_command(argc, argv)))
-        status = ldc_fail(CMD, LD_ENOMEM);
+        status = ldt_fail(CMD, LD_ENOMEM);
     if (status == 0)
         status = prepare_outputs(&a, &checkpoint_owned);
     if (status == 0)

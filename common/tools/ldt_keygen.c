@@ -1,5 +1,5 @@
-/* ldc_keygen: `langdaug keygen`, a CURVE key pair for langdaugd and its
- * clients (format in common/ld_curve.h).
+/* ldt_keygen: `langdaug keygen`, a CURVE key pair for langdaugd and its
+ * clients (format in common/ld_curvekey.h).
  *
  * Writes PREFIX.key (secret, mode 0600) and PREFIX.pub (public), each
  * atomically, and prints the public key. An existing pair is kept unless
@@ -7,11 +7,11 @@
  * its public key. */
 #include <stdio.h>
 
-#include "ld_curve.h"
+#include "ld_curvekey.h"
 #include "ld_error.h"
-#include "ldc.h"
+#include "ldt.h"
 
-int ldc_keygen_main(int argc, char **argv);
+int ldt_keygen_main(int argc, char **argv);
 
 #define CMD "keygen"
 
@@ -28,7 +28,7 @@ static void usage(FILE *f)
             "  -h, --help            this help\n");
 }
 
-int ldc_keygen_main(int argc, char **argv)
+int ldt_keygen_main(int argc, char **argv)
 {
     static const struct option longopts[] = {
         { "out", required_argument, 0, 'o' },
@@ -38,7 +38,7 @@ int ldc_keygen_main(int argc, char **argv)
     };
     const char *prefix = NULL;
     int force = 0, opt;
-    while ((opt = ldc_getopt(CMD, argc, argv, "o:fh", longopts)) != -1) {
+    while ((opt = ldt_getopt(CMD, argc, argv, "o:fh", longopts)) != -1) {
         switch (opt) {
         case 'o': prefix = optarg; break;
         case 'f': force = 1; break;
@@ -46,15 +46,15 @@ int ldc_keygen_main(int argc, char **argv)
         default: return 2;
         }
     }
-    int rc = ldc_no_operands(CMD, argc, argv);
+    int rc = ldt_no_operands(CMD, argc, argv);
     if (rc)
         return rc;
     if (!prefix || !*prefix)
-        return ldc_usage_error(CMD, "--out PREFIX is required");
+        return ldt_usage_error(CMD, "--out PREFIX is required");
     char pub[LD_CURVE_KEY_Z85 + 1];
-    rc = ld_curve_write_keypair(prefix, force, pub);
+    rc = ld_curvekey_write_keypair(prefix, force, pub);
     if (rc < 0)
-        return ldc_fail(CMD, rc);
+        return ldt_fail(CMD, rc);
     printf("%s.key: secret key (keep it private)\n%s.pub: public key %s\n", prefix, prefix, pub);
     return 0;
 }

@@ -2,7 +2,7 @@
  * message naming the problem, nothing written), init-model determinism and
  * config files, and `energy` against direct ld_ebm_energy /
  * ld_ebm_backward_params calls on the same model and inputs. Also the strict
- * value parsers and CSV quoting of ld_cli. Runs build/langdaug (env LD_BUILD). */
+ * value parsers and CSV quoting of ld_text. Runs build/langdaug (env LD_BUILD). */
 #include "testutil.h"
 
 #include <math.h>
@@ -11,7 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "ld_cli.h"
+#include "ld_text.h"
 #include "ld_ebm.h"
 #include "ld_error.h"
 #include "ld_model.h"
@@ -460,57 +460,57 @@ START_TEST(energy_rejects_bad_inputs)
 }
 END_TEST
 
-/* ---- ld_cli parsers ----------------------------------------------------------------- */
+/* ---- ld_text parsers ----------------------------------------------------------------- */
 
 START_TEST(value_parsers)
 {
     int i = 7;
-    ck_assert_int_eq(ld_cli_parse_int("--n", "42", 0, 100, &i), 0);
+    ck_assert_int_eq(ld_text_parse_int("--n", "42", 0, 100, &i), 0);
     ck_assert_int_eq(i, 42);
-    ck_assert_int_eq(ld_cli_parse_int("--n", "-3", -5, 5, &i), 0);
+    ck_assert_int_eq(ld_text_parse_int("--n", "-3", -5, 5, &i), 0);
     ck_assert_int_eq(i, -3);
     static const char *const not_ints[] = {"", " 1", "1 ", "+1", "0x10", "1e3", "12a", "--1", "-"};
     for (size_t k = 0; k < sizeof not_ints / sizeof *not_ints; k++) {
         i = 7;
-        ck_assert_msg(ld_cli_parse_int("--n", not_ints[k], -100, 100, &i) == LD_EINVAL, "'%s' accepted",
+        ck_assert_msg(ld_text_parse_int("--n", not_ints[k], -100, 100, &i) == LD_EINVAL, "'%s' accepted",
                       not_ints[k]);
         ck_assert_int_eq(i, 7);
         ck_assert_ptr_nonnull(strstr(ld_errdetail(), "--n: '"));
     }
-    ck_assert_int_eq(ld_cli_parse_int("--n", "101", 0, 100, &i), LD_ERANGE);
+    ck_assert_int_eq(ld_text_parse_int("--n", "101", 0, 100, &i), LD_ERANGE);
     ck_assert_str_eq(ld_errdetail(), "--n: 101 is out of range [0, 100]");
-    ck_assert_int_eq(ld_cli_parse_int("--n", "99999999999999999999", INT32_MIN, INT32_MAX, &i), LD_ERANGE);
-    ck_assert_int_eq(ld_cli_parse_int("--n", "2147483648", INT32_MIN, INT32_MAX, &i), LD_ERANGE);
-    ck_assert_int_eq(ld_cli_parse_int("--n", NULL, 0, 1, &i), LD_EINVAL);
+    ck_assert_int_eq(ld_text_parse_int("--n", "99999999999999999999", INT32_MIN, INT32_MAX, &i), LD_ERANGE);
+    ck_assert_int_eq(ld_text_parse_int("--n", "2147483648", INT32_MIN, INT32_MAX, &i), LD_ERANGE);
+    ck_assert_int_eq(ld_text_parse_int("--n", NULL, 0, 1, &i), LD_EINVAL);
 
     uint64_t u;
-    ck_assert_int_eq(ld_cli_parse_u64("--seed", "18446744073709551615", &u), 0);
+    ck_assert_int_eq(ld_text_parse_u64("--seed", "18446744073709551615", &u), 0);
     ck_assert(u == UINT64_MAX);
-    ck_assert_int_eq(ld_cli_parse_u64("--seed", "-1", &u), LD_EINVAL);
-    ck_assert_int_eq(ld_cli_parse_u64("--seed", "18446744073709551616", &u), LD_ERANGE);
+    ck_assert_int_eq(ld_text_parse_u64("--seed", "-1", &u), LD_EINVAL);
+    ck_assert_int_eq(ld_text_parse_u64("--seed", "18446744073709551616", &u), LD_ERANGE);
 
     double d;
     float f;
-    ck_assert_int_eq(ld_cli_parse_double("--eta", "2.5e-3", 0, 1, &d), 0);
+    ck_assert_int_eq(ld_text_parse_double("--eta", "2.5e-3", 0, 1, &d), 0);
     ck_assert(d == 2.5e-3);
-    ck_assert_int_eq(ld_cli_parse_double("--eta", "nan", 0, 1, &d), LD_ERANGE);
-    ck_assert_int_eq(ld_cli_parse_double("--eta", "inf", 0, 1e308, &d), LD_ERANGE);
-    ck_assert_int_eq(ld_cli_parse_double("--eta", "1,5", 0, 10, &d), LD_EINVAL);
-    ck_assert_int_eq(ld_cli_parse_double("--eta", "", 0, 10, &d), LD_EINVAL);
-    ck_assert_int_eq(ld_cli_parse_double("--eta", "-0.5", 0, 10, &d), LD_ERANGE);
-    ck_assert_int_eq(ld_cli_parse_float("--eta", "1e300", 0, 1e308, &f), LD_ERANGE);
-    ck_assert_int_eq(ld_cli_parse_float("--eta", "0.25", 0, 1, &f), 0);
+    ck_assert_int_eq(ld_text_parse_double("--eta", "nan", 0, 1, &d), LD_ERANGE);
+    ck_assert_int_eq(ld_text_parse_double("--eta", "inf", 0, 1e308, &d), LD_ERANGE);
+    ck_assert_int_eq(ld_text_parse_double("--eta", "1,5", 0, 10, &d), LD_EINVAL);
+    ck_assert_int_eq(ld_text_parse_double("--eta", "", 0, 10, &d), LD_EINVAL);
+    ck_assert_int_eq(ld_text_parse_double("--eta", "-0.5", 0, 10, &d), LD_ERANGE);
+    ck_assert_int_eq(ld_text_parse_float("--eta", "1e300", 0, 1e308, &f), LD_ERANGE);
+    ck_assert_int_eq(ld_text_parse_float("--eta", "0.25", 0, 1, &f), 0);
     ck_assert(f == 0.25f);
 
     int v[4], n = -1;
-    ck_assert_int_eq(ld_cli_parse_int_list("--widths", "32,64,128", 1, 4096, v, 4, &n), 0);
+    ck_assert_int_eq(ld_text_parse_int_list("--widths", "32,64,128", 1, 4096, v, 4, &n), 0);
     ck_assert_int_eq(n, 3);
     ck_assert_int_eq(v[2], 128);
-    ck_assert_int_eq(ld_cli_parse_int_list("--widths", "32,,64", 1, 4096, v, 4, &n), LD_EINVAL);
-    ck_assert_int_eq(ld_cli_parse_int_list("--widths", "32,", 1, 4096, v, 4, &n), LD_EINVAL);
-    ck_assert_int_eq(ld_cli_parse_int_list("--widths", "", 1, 4096, v, 4, &n), LD_EINVAL);
-    ck_assert_int_eq(ld_cli_parse_int_list("--widths", "1,2,3,4,5", 1, 4096, v, 4, &n), LD_ERANGE);
-    ck_assert_int_eq(ld_cli_parse_int_list("--widths", "1,0", 1, 4096, v, 4, &n), LD_ERANGE);
+    ck_assert_int_eq(ld_text_parse_int_list("--widths", "32,,64", 1, 4096, v, 4, &n), LD_EINVAL);
+    ck_assert_int_eq(ld_text_parse_int_list("--widths", "32,", 1, 4096, v, 4, &n), LD_EINVAL);
+    ck_assert_int_eq(ld_text_parse_int_list("--widths", "", 1, 4096, v, 4, &n), LD_EINVAL);
+    ck_assert_int_eq(ld_text_parse_int_list("--widths", "1,2,3,4,5", 1, 4096, v, 4, &n), LD_ERANGE);
+    ck_assert_int_eq(ld_text_parse_int_list("--widths", "1,0", 1, 4096, v, 4, &n), LD_ERANGE);
     ck_assert_int_eq(n, 3); /* unchanged on failure */
 }
 END_TEST
@@ -535,7 +535,7 @@ START_TEST(csv_field_quoting)
         size_t len = 0;
         FILE *f = open_memstream(&buf, &len);
         ck_assert_ptr_nonnull(f);
-        ld_cli_csv_field(f, cases[k].in);
+        ld_text_csv_field(f, cases[k].in);
         ck_assert_int_eq(fclose(f), 0);
         ck_assert_str_eq(buf, cases[k].out);
         free(buf);

@@ -1,9 +1,9 @@
-/* ld_curve: CurveZMQ key files (see ld_curve.h).
+/* ld_curvekey: CurveZMQ key files (see ld_curvekey.h).
  *
  * Invariant: a key handed out has exactly 40 characters of the Z85
  * alphabet and decodes to 32 bytes; secret key bytes are wiped from the
  * stack buffers that held them. */
-#include "ld_curve.h"
+#include "ld_curvekey.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -48,7 +48,7 @@ static int z85_decode(const char *z85, uint8_t out[LD_CURVE_KEY_BYTES])
     return 0;
 }
 
-int ld_curve_parse_key(const char *name, const char *text, size_t len, char z85[LD_CURVE_KEY_Z85 + 1],
+int ld_curvekey_parse_key(const char *name, const char *text, size_t len, char z85[LD_CURVE_KEY_Z85 + 1],
                        uint8_t *raw)
 {
     int found = 0, line = 0;
@@ -129,12 +129,12 @@ static int read_key_fd(const char *path, int fd, char z85[LD_CURVE_KEY_Z85 + 1],
     int rc = read_small_file(path, fd, buf, sizeof buf, &len);
     close(fd);
     if (rc == 0)
-        rc = ld_curve_parse_key(path, buf, len, z85, raw);
+        rc = ld_curvekey_parse_key(path, buf, len, z85, raw);
     wipe(buf, sizeof buf);
     return rc;
 }
 
-int ld_curve_read_key(const char *path, char z85[LD_CURVE_KEY_Z85 + 1], uint8_t *raw)
+int ld_curvekey_read_key(const char *path, char z85[LD_CURVE_KEY_Z85 + 1], uint8_t *raw)
 {
     struct stat st;
     int fd = open_key_file(path, &st);
@@ -143,7 +143,7 @@ int ld_curve_read_key(const char *path, char z85[LD_CURVE_KEY_Z85 + 1], uint8_t 
     return read_key_fd(path, fd, z85, raw);
 }
 
-int ld_curve_read_secret_key(const char *path, char z85[LD_CURVE_KEY_Z85 + 1])
+int ld_curvekey_read_secret_key(const char *path, char z85[LD_CURVE_KEY_Z85 + 1])
 {
     struct stat st;
     int fd = open_key_file(path, &st);
@@ -159,7 +159,7 @@ int ld_curve_read_secret_key(const char *path, char z85[LD_CURVE_KEY_Z85 + 1])
     return read_key_fd(path, fd, z85, NULL);
 }
 
-int ld_curve_public_key(const char *secret_z85, char public_z85[LD_CURVE_KEY_Z85 + 1])
+int ld_curvekey_public_key(const char *secret_z85, char public_z85[LD_CURVE_KEY_Z85 + 1])
 {
     if (zmq_curve_public(public_z85, secret_z85) != 0)
         return ld_seterr(errno == ENOTSUP ? LD_ENOTSUP : LD_EINVAL, "cannot compute a public key: %s",
@@ -194,7 +194,7 @@ static int write_key_file(const char *path, const char *comment, const char *z85
     return ld_afile_commit(&af);
 }
 
-int ld_curve_write_keypair(const char *prefix, int overwrite, char public_z85[LD_CURVE_KEY_Z85 + 1])
+int ld_curvekey_write_keypair(const char *prefix, int overwrite, char public_z85[LD_CURVE_KEY_Z85 + 1])
 {
     if (!prefix || !*prefix)
         return ld_seterr(LD_EINVAL, "key pair: empty output prefix");

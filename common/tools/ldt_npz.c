@@ -1,9 +1,9 @@
-/* ldc_npz: stored-entry zip of .npy arrays (see ldc_npz.h). The layout is
+/* ldt_npz: stored-entry zip of .npy arrays (see ldt_npz.h). The layout is
  *   per entry: local file header, name, .npy header, array bytes
  *   then: central directory (one record per entry), end record.
  * CRC and sizes are known before an entry is written (the data is in
  * memory), so no data descriptors are needed. */
-#include "ldc_npz.h"
+#include "ldt_npz.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -14,7 +14,7 @@
 #define NPY_ALIGN 64
 #define ZIP_MAX 0xFFFFFFFEu
 
-uint32_t ldc_crc32(uint32_t crc, const void *data, size_t len)
+uint32_t ldt_crc32(uint32_t crc, const void *data, size_t len)
 {
     static uint32_t table[256];
     static int ready;
@@ -45,7 +45,7 @@ static size_t itemsize(const char *descr)
     return 0;
 }
 
-int ldc_npz_add(ldc_npz_t *z, const char *name, const char *descr, const size_t *shape, int ndim,
+int ldt_npz_add(ldt_npz_t *z, const char *name, const char *descr, const size_t *shape, int ndim,
                 const void *data, size_t bytes)
 {
     if (z->n == LDC_NPZ_MAX_ENTRIES)
@@ -59,7 +59,7 @@ int ldc_npz_add(ldc_npz_t *z, const char *name, const char *descr, const size_t 
             return ld_seterr(LD_ERANGE, "npz: array '%s' is too large", name);
     if (n != bytes)
         return ld_seterr(LD_ERANGE, "npz: array '%s' has %zu bytes, its shape needs %zu", name, bytes, n);
-    ldc_npz_entry_t *e = &z->entries[z->n++];
+    ldt_npz_entry_t *e = &z->entries[z->n++];
     snprintf(e->name, sizeof e->name, "%s", name);
     snprintf(e->descr, sizeof e->descr, "%s", descr);
     memcpy(e->shape, shape, (size_t)ndim * sizeof *shape);
@@ -71,7 +71,7 @@ int ldc_npz_add(ldc_npz_t *z, const char *name, const char *descr, const size_t 
 
 /* The .npy v1.0 header (magic, version, length, dict padded with spaces and
  * a newline so that the data starts at a multiple of 64). Returns its size. */
-static size_t npy_header(const ldc_npz_entry_t *e, char *out, size_t cap)
+static size_t npy_header(const ldt_npz_entry_t *e, char *out, size_t cap)
 {
     char dict[256], shape[160] = "";
     size_t len = 0;
@@ -129,7 +129,7 @@ static size_t zip_header(uint8_t *h, int central, const char *name, uint32_t crc
     return central ? 46 : 30;
 }
 
-int ldc_npz_write(const ldc_npz_t *z, const char *path)
+int ldt_npz_write(const ldt_npz_t *z, const char *path)
 {
     char hdr[LDC_NPZ_MAX_ENTRIES][512];
     size_t hlen[LDC_NPZ_MAX_ENTRIES];
@@ -137,14 +137,14 @@ int ldc_npz_write(const ldc_npz_t *z, const char *path)
     char names[LDC_NPZ_MAX_ENTRIES][72];
     uint64_t pos = 0;
     for (int i = 0; i < z->n; i++) {
-        const ldc_npz_entry_t *e = &z->entries[i];
+        const ldt_npz_entry_t *e = &z->entries[i];
         snprintf(names[i], sizeof names[i], "%s.npy", e->name);
         if (!(hlen[i] = npy_header(e, hdr[i], sizeof hdr[i])))
             return ld_seterr(LD_EINVAL, "%s: array '%s' header too long", path, e->name);
         if (e->bytes > ZIP_MAX - hlen[i] || pos > ZIP_MAX)
             return ld_seterr(LD_ERANGE, "%s: array '%s' of %zu bytes needs zip64, not supported", path, e->name,
                              e->bytes);
-        crc[i] = ldc_crc32(ldc_crc32(0, hdr[i], hlen[i]), e->data, e->bytes);
+        crc[i] = ldt_crc32(ldt_crc32(0, hdr[i], hlen[i]), e->data, e->bytes);
         offset[i] = (uint32_t)pos;
         pos += 30 + strlen(names[i]) + hlen[i] + e->bytes;
     }

@@ -1,4 +1,4 @@
-/* ld_pool: persistent helper threads, job dispatch and a barrier.
+/* ld_threadpool: persistent helper threads, job dispatch and a barrier.
  *
  * Synchronisation is three counters, each waited on by spinning a little,
  * yielding a little, and then sleeping on a futex (see wait_change):
@@ -10,7 +10,7 @@
  * sequentially consistent atomics either the waker sees the sleeper or the
  * sleeper sees the new value (and the futex call returns at once anyway
  * when the value already changed). */
-#include "ld_pool.h"
+#include "ld_threadpool.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -35,7 +35,7 @@
 #define YIELD_NS 2000000L
 #define SPIN_CHECK_EVERY 64
 
-struct ld_pool_s {
+struct ld_threadpool_s {
     int threads;
     pthread_t *helpers;
     int started;               /* helpers successfully created */
@@ -45,12 +45,12 @@ struct ld_pool_s {
     atomic_uint bar_count;
     atomic_uint sleepers;      /* threads sleeping on any of the counters */
     atomic_int quit;
-    ld_pool_fn fn;
+    ld_threadpool_fn fn;
     void *ctx;
 };
 
 typedef struct {
-    ld_pool_t *pool;
+    ld_threadpool_t *pool;
     int tid;
 } helper_arg_t;
 
@@ -82,7 +82,7 @@ static long now_ns(void)
 }
 
 /* Waits until *addr != value. */
-static void wait_change(ld_pool_t *p, atomic_uint *addr, unsigned value)
+static void wait_change(ld_threadpool_t *p, atomic_uint *addr, unsigned value)
 {
     long start = now_ns();
     for (unsigned i = 1;; i++) {
@@ -104,7 +104,7 @@ static void wait_change(ld_pool_t *p, atomic_uint *addr, unsigned value)
 }
 
 /* Publishes a new value of *addr (already stored) to sleepers. */
-static void wake(ld_pool_t *p, atomic_uint *addr)
+static void wake(ld_threadpool_t *p, atomic_uint *addr)
 {
     if (atomic_load(&p->sleepers) > 0)
         futex_wake_all(addr);
@@ -113,7 +113,7 @@ static void wake(ld_pool_t *p, atomic_uint *addr)
 static void *helper_main(void *arg)
 {
     helper_arg_t *ha = arg;
-    ld_pool_t *p = ha->pool;
+    ld_threadpool_t *p = ha->pool;
     int tid = ha->tid;
     free(ha);
     unsigned seen = 0;
@@ -128,12 +128,12 @@ static void *helper_main(void *arg)
     }
 }
 
-int ld_pool_new(int threads, ld_pool_t **out)
+int ld_threadpool_new(int threads, ld_threadpool_t **out)
 {
     *out = NULL;
     if (threads < 1)
         return ld_seterr(LD_EINVAL, "thread pool: %d threads (need >= 1)", threads);
-    ld_pool_t *p = calloc(1, sizeof *p);
+    ld_threadpool_t *p = calloc(1, sizeof *p);
     if (!p)
         return ld_seterr(LD_ENOMEM, "thread pool: out of memory");
     p->threads = threads;
@@ -151,7 +151,7 @@ int ld_pool_new(int threads, ld_pool_t **out)
         int rc = pthread_create(&p->helpers[t - 1], NULL, helper_main, ha);
         if (rc != 0) {
             free(ha);
-            ld_pool_destroy(&p);
+            ld_threadpool_destroy(&p);
             return ld_seterr(LD_EIO, "thread pool: cannot start thread %d of %d: %s", t, threads, strerror(rc));
         }
         p->started++;
@@ -159,13 +159,13 @@ int ld_pool_new(int threads, ld_pool_t **out)
     *out = p;
     return 0;
 fail_nomem:
-    ld_pool_destroy(&p);
+    ld_threadpool_destroy(&p);
     return ld_seterr(LD_ENOMEM, "thread pool: out of memory");
 }
 
-void ld_pool_destroy(ld_pool_t **self_p)
+void ld_threadpool_destroy(ld_threadpool_t **self_p)
 {
-    ld_pool_t *p = self_p ? *self_p : NULL;
+    ld_threadpool_t *p = self_p ? *self_p : NULL;
     if (!p)
         return;
     atomic_store(&p->quit, 1);
@@ -178,12 +178,12 @@ void ld_pool_destroy(ld_pool_t **self_p)
     *self_p = NULL;
 }
 
-int ld_pool_threads(const ld_pool_t *self)
+int ld_threadpool_threads(const ld_threadpool_t *self)
 {
     return self->threads;
 }
 
-void ld_pool_run(ld_pool_t *p, ld_pool_fn fn, void *ctx)
+void ld_threadpool_run(ld_threadpool_t *p, ld_threadpool_fn fn, void *ctx)
 {
     if (p->threads == 1) {
         fn(ctx, 0);
@@ -204,7 +204,7 @@ void ld_pool_run(ld_pool_t *p, ld_pool_fn fn, void *ctx)
     }
 }
 
-void ld_pool_barrier(ld_pool_t *p)
+void ld_threadpool_barrier(ld_threadpool_t *p)
 {
     if (p->threads == 1)
         return;

@@ -5,8 +5,8 @@
  * option wins over the config file whatever their order. The output depends
  * only on the settings and --seed (no timestamps), so the same command
  * writes the same bytes. */
-#include "ldc.h"
-#include "ld_cli.h"
+#include "ldt.h"
+#include "ld_text.h"
 #include "ld_colour.h"
 #include "ld_ebm.h"
 #include "ld_error.h"
@@ -78,13 +78,13 @@ static int apply(init_settings_t *s, int key, const char *value, const char *wha
     ld_ebm_arch_t *a = &s->arch;
     int rc;
     switch (key) {
-    case 0: return ld_cli_parse_int(what, value, 1, LD_EBM_MAX_CHANNELS, &a->image_channels);
-    case 1: return ld_cli_parse_int(what, value, 1, LD_EBM_MAX_CLASSES, &a->mask_classes);
-    case 2: return ld_cli_parse_int(what, value, 1, LD_EBM_MAX_SIZE, &a->size);
+    case 0: return ld_text_parse_int(what, value, 1, LD_EBM_MAX_CHANNELS, &a->image_channels);
+    case 1: return ld_text_parse_int(what, value, 1, LD_EBM_MAX_CLASSES, &a->mask_classes);
+    case 2: return ld_text_parse_int(what, value, 1, LD_EBM_MAX_SIZE, &a->size);
     case 3: rc = ld_ebm_arch_set_widths(a, value); break;
     case 4: rc = ld_ebm_arch_set_domains(a, value); break;
     case 5: return ld_colour_space_parse(what, value, &a->colour_space);
-    default: return ld_cli_parse_u64(what, value, &s->seed);
+    default: return ld_text_parse_u64(what, value, &s->seed);
     }
     if (rc) {
         char detail[400];
@@ -147,19 +147,19 @@ static int read_config(const char *path, init_settings_t *s)
     config_t c = {.path = path, .s = s};
     if (!(c.f = fopen(path, "r"))) {
         ld_seterr(errno == ENOENT ? LD_ENOENT : LD_EIO, "%s: cannot open: %s", path, strerror(errno));
-        return ldc_fail(CMD, errno == ENOENT ? LD_ENOENT : LD_EIO);
+        return ldt_fail(CMD, errno == ENOENT ? LD_ENOENT : LD_EIO);
     }
     ini_allow_multiline = false; /* an indented line is a line of its own, not a continuation */
     ini_stop_on_first_error = true;
     int line = ini_parse_stream(config_reader, &c, config_handler, &c);
     fclose(c.f);
     if (c.too_long)
-        return ldc_usage_error(CMD, "%s:%d: line too long", path, c.line);
+        return ldt_usage_error(CMD, "%s:%d: line too long", path, c.line);
     if (line > 0 && (!c.err_line || line < c.err_line))
-        return ldc_usage_error(CMD, "%s:%d: expected 'key = value'", path, line);
+        return ldt_usage_error(CMD, "%s:%d: expected 'key = value'", path, line);
     if (line != 0 || c.err_line)
-        return line < 0 ? ldc_fail(CMD, ld_seterr(LD_ENOMEM, "%s: out of memory", path))
-                        : ldc_usage_error(CMD, "%s", ld_errdetail());
+        return line < 0 ? ldt_fail(CMD, ld_seterr(LD_ENOMEM, "%s: out of memory", path))
+                        : ldt_usage_error(CMD, "%s", ld_errdetail());
     return 0;
 }
 
@@ -194,7 +194,7 @@ static int parse_options(int argc, char **argv, init_settings_t *s, const char *
     int c;
     *out = NULL;
     default_settings(s);
-    while ((c = ldc_getopt(CMD, argc, argv, "o:c:h", longopts)) != -1) {
+    while ((c = ldt_getopt(CMD, argc, argv, "o:c:h", longopts)) != -1) {
         if (c == 'o')
             *out = optarg;
         else if (c == 'c')
@@ -207,23 +207,23 @@ static int parse_options(int argc, char **argv, init_settings_t *s, const char *
         else
             return 2;
     }
-    if (ldc_no_operands(CMD, argc, argv))
+    if (ldt_no_operands(CMD, argc, argv))
         return 2;
     if (!*out)
-        return ldc_usage_error(CMD, "--out is required");
+        return ldt_usage_error(CMD, "--out is required");
     int status = config ? read_config(config, s) : 0;
     for (int k = 0; status == 0 && k < N_KEYS; k++) {
         char what[40];
         snprintf(what, sizeof what, "--%s", keys[k]);
         if (given[k] && apply(s, k, given[k], what) != LD_OK)
-            status = ldc_usage_error(CMD, "%s", ld_errdetail());
+            status = ldt_usage_error(CMD, "%s", ld_errdetail());
     }
     if (status == 0 && ld_ebm_arch_validate(&s->arch) != LD_OK)
-        status = ldc_usage_error(CMD, "invalid architecture: %s", ld_errdetail());
+        status = ldt_usage_error(CMD, "invalid architecture: %s", ld_errdetail());
     return status ? status : -1;
 }
 
-int ldc_init_model_main(int argc, char **argv)
+int ldt_init_model_main(int argc, char **argv)
 {
     init_settings_t s;
     const char *out;
@@ -244,7 +244,7 @@ int ldc_init_model_main(int argc, char **argv)
     ld_meta_destroy(&extra);
     ld_ebm_destroy(&m);
     if (rc)
-        return ldc_fail(CMD, rc);
+        return ldt_fail(CMD, rc);
     printf("%s  %s\n", hash, out);
     return 0;
 }

@@ -1,4 +1,4 @@
-/* ld_cli: strict parsing of command-line and config values, and the CSV
+/* ld_text: strict parsing of command-line and config values, and the CSV
  * quoting the commands use for the tables they write.
  *
  * Each parser takes `what` (the option or key being parsed, e.g. "--threads"
@@ -7,28 +7,28 @@
  * truncation. On failure it returns LD_EINVAL (not a number / malformed
  * list) or LD_ERANGE (outside [min, max]) with a detail such as
  * "--threads: 'abc' is not an integer" and leaves *out unchanged (except
- * ld_cli_parse_int_list, which may have written some items). */
-#ifndef LD_CLI_H
-#define LD_CLI_H
+ * ld_text_parse_int_list, which may have written some items). */
+#ifndef LD_TEXT_H
+#define LD_TEXT_H
 
 #include <stdint.h>
 #include <stdio.h>
 
 /* Decimal integer in [min, max] ("-3", "42"; no "+", no hex). */
-int ld_cli_parse_int(const char *what, const char *s, int min, int max, int *out);
-int ld_cli_parse_i64(const char *what, const char *s, int64_t min, int64_t max, int64_t *out);
+int ld_text_parse_int(const char *what, const char *s, int min, int max, int *out);
+int ld_text_parse_i64(const char *what, const char *s, int64_t min, int64_t max, int64_t *out);
 /* Unsigned decimal in [0, 2^64-1] (seeds). */
-int ld_cli_parse_u64(const char *what, const char *s, uint64_t *out);
+int ld_text_parse_u64(const char *what, const char *s, uint64_t *out);
 /* Finite floating-point number in [min, max]. */
-int ld_cli_parse_double(const char *what, const char *s, double min, double max, double *out);
-int ld_cli_parse_float(const char *what, const char *s, double min, double max, float *out);
+int ld_text_parse_double(const char *what, const char *s, double min, double max, double *out);
+int ld_text_parse_float(const char *what, const char *s, double min, double max, float *out);
 /* Comma-separated integers, each in [min, max], 1..max_n items, no empty
  * items ("32,64,128"). *n_out = number of items. */
-int ld_cli_parse_int_list(const char *what, const char *s, int min, int max,
+int ld_text_parse_int_list(const char *what, const char *s, int min, int max,
                           int *out, int max_n, int *n_out);
 
 /* Writes s to f as one CSV field (RFC 4180): as is, or in double quotes with
  * inner quotes doubled when it holds a comma, quote, CR or LF. */
-void ld_cli_csv_field(FILE *f, const char *s);
+void ld_text_csv_field(FILE *f, const char *s);
 
 #endif

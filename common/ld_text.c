@@ -1,8 +1,8 @@
-/* ld_cli: strict whole-string parsing of option and config values, and CSV
- * field quoting (see ld_cli.h). strtoll/strtod do the conversion; these
+/* ld_text: strict whole-string parsing of option and config values, and CSV
+ * field quoting (see ld_text.h). strtoll/strtod do the conversion; these
  * wrappers add the checks they leave out: empty text, leading space or sign
  * tricks, trailing junk, overflow, NaN/Inf, and range. */
-#include "ld_cli.h"
+#include "ld_text.h"
 #include "ld_error.h"
 
 #include <ctype.h>
@@ -19,7 +19,7 @@ static int starts_like_integer(const char *s, int allow_minus)
     return isdigit((unsigned char)*s);
 }
 
-int ld_cli_parse_i64(const char *what, const char *s, int64_t min, int64_t max, int64_t *out)
+int ld_text_parse_i64(const char *what, const char *s, int64_t min, int64_t max, int64_t *out)
 {
     if (!s || !starts_like_integer(s, 1))
         return ld_seterr(LD_EINVAL, "%s: '%s' is not an integer", what, s ? s : "");
@@ -35,16 +35,16 @@ int ld_cli_parse_i64(const char *what, const char *s, int64_t min, int64_t max, 
     return LD_OK;
 }
 
-int ld_cli_parse_int(const char *what, const char *s, int min, int max, int *out)
+int ld_text_parse_int(const char *what, const char *s, int min, int max, int *out)
 {
     int64_t v;
-    int rc = ld_cli_parse_i64(what, s, min, max, &v);
+    int rc = ld_text_parse_i64(what, s, min, max, &v);
     if (rc == LD_OK)
         *out = (int)v;
     return rc;
 }
 
-int ld_cli_parse_u64(const char *what, const char *s, uint64_t *out)
+int ld_text_parse_u64(const char *what, const char *s, uint64_t *out)
 {
     if (!s || !starts_like_integer(s, 0))
         return ld_seterr(LD_EINVAL, "%s: '%s' is not a non-negative integer", what, s ? s : "");
@@ -59,7 +59,7 @@ int ld_cli_parse_u64(const char *what, const char *s, uint64_t *out)
     return LD_OK;
 }
 
-int ld_cli_parse_double(const char *what, const char *s, double min, double max, double *out)
+int ld_text_parse_double(const char *what, const char *s, double min, double max, double *out)
 {
     if (!s || !*s || isspace((unsigned char)*s))
         return ld_seterr(LD_EINVAL, "%s: '%s' is not a number", what, s ? s : "");
@@ -76,10 +76,10 @@ int ld_cli_parse_double(const char *what, const char *s, double min, double max,
     return LD_OK;
 }
 
-int ld_cli_parse_float(const char *what, const char *s, double min, double max, float *out)
+int ld_text_parse_float(const char *what, const char *s, double min, double max, float *out)
 {
     double v;
-    int rc = ld_cli_parse_double(what, s, min, max, &v);
+    int rc = ld_text_parse_double(what, s, min, max, &v);
     if (rc == LD_OK && !isfinite((float)v))
         rc = ld_seterr(LD_ERANGE, "%s: %s does not fit a 32-bit float", what, s);
     if (rc == LD_OK)
@@ -87,7 +87,7 @@ int ld_cli_parse_float(const char *what, const char *s, double min, double max, 
     return rc;
 }
 
-int ld_cli_parse_int_list(const char *what, const char *s, int min, int max, int *out, int max_n,
+int ld_text_parse_int_list(const char *what, const char *s, int min, int max, int *out, int max_n,
                           int *n_out)
 {
     if (!s || !*s)
@@ -105,7 +105,7 @@ int ld_cli_parse_int_list(const char *what, const char *s, int min, int max, int
             return ld_seterr(LD_EINVAL, "%s: item '%.*s' is not an integer", what, (int)len, p);
         memcpy(item, p, len);
         item[len] = '\0';
-        int rc = ld_cli_parse_int(what, item, min, max, &out[n]);
+        int rc = ld_text_parse_int(what, item, min, max, &out[n]);
         if (rc)
             return rc;
         n++;
@@ -117,7 +117,7 @@ int ld_cli_parse_int_list(const char *what, const char *s, int min, int max, int
     return LD_OK;
 }
 
-void ld_cli_csv_field(FILE *f, const char *s)
+void ld_text_csv_field(FILE *f, const char *s)
 {
     if (!strpbrk(s, ",\"\r\n")) {
         fputs(s, f);

@@ -1,12 +1,12 @@
-/* ldc_npz: writing NumPy .npz files (a zip archive of .npy arrays).
+/* ldt_npz: writing NumPy .npz files (a zip archive of .npy arrays).
  *
  * Entries are stored uncompressed (method 0), which NumPy's np.load reads,
  * with .npy format 1.0 headers padded to 64 bytes. Archives are written
  * atomically (ld_afile) in one go from arrays in memory; an entry larger
  * than 4 GiB - 1 (zip64) is refused with LD_ERANGE.
  *
- * Usage: ldc_npz_t z = {0}; ldc_npz_add(&z, "images", "<f4", shape, 4, data);
- *        ...; ldc_npz_write(&z, path); ldc_npz_clear(&z).
+ * Usage: ldt_npz_t z = {0}; ldt_npz_add(&z, "images", "<f4", shape, 4, data);
+ *        ...; ldt_npz_write(&z, path); ldt_npz_clear(&z).
  * The archive keeps pointers to the caller's data until it is written. */
 #ifndef LDC_NPZ_H
 #define LDC_NPZ_H
@@ -24,22 +24,22 @@ typedef struct {
     int ndim;
     const void *data;       /* C order, little-endian, prod(shape) * itemsize bytes */
     size_t bytes;
-} ldc_npz_entry_t;
+} ldt_npz_entry_t;
 
 typedef struct {
-    ldc_npz_entry_t entries[LDC_NPZ_MAX_ENTRIES];
+    ldt_npz_entry_t entries[LDC_NPZ_MAX_ENTRIES];
     int n;
-} ldc_npz_t;
+} ldt_npz_t;
 
 /* Adds an array (not copied). LD_EINVAL on a bad name/descr/ndim, LD_ERANGE
  * when full or the data does not match the shape. */
-int ldc_npz_add(ldc_npz_t *z, const char *name, const char *descr, const size_t *shape, int ndim,
+int ldt_npz_add(ldt_npz_t *z, const char *name, const char *descr, const size_t *shape, int ndim,
                 const void *data, size_t bytes);
 
 /* Writes the archive atomically to path. */
-int ldc_npz_write(const ldc_npz_t *z, const char *path);
+int ldt_npz_write(const ldt_npz_t *z, const char *path);
 
 /* CRC-32 (zip/zlib polynomial), continuing from crc (start with 0). */
-uint32_t ldc_crc32(uint32_t crc, const void *data, size_t len);
+uint32_t ldt_crc32(uint32_t crc, const void *data, size_t len);
 
 #endif

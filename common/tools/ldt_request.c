@@ -1,17 +1,17 @@
-/* ldc_request: sampler-request options of pull and bench (see ldc_request.h).
+/* ldt_request: sampler-request options of pull and bench (see ldt_request.h).
  * Lists are split in place in owned copies; every item is checked (no empty
  * item, numbers whole and in range) and a bad one named in the message. */
-#include "ldc_request.h"
+#include "ldt_request.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#include "ld_cli.h"
-#include "ld_curve.h"
+#include "ld_text.h"
+#include "ld_curvekey.h"
 #include "ld_error.h"
-#include "ldc.h"
+#include "ldt.h"
 
-void ldc_request_init(ldc_request_t *req, ld_encoding_t encoding)
+void ldt_request_init(ldt_request_t *req, ld_encoding_t encoding)
 {
     memset(req, 0, sizeof *req);
     ld_client_opts_init(&req->opts);
@@ -30,7 +30,7 @@ static int split_list(const char *cmd, const char *what, char *s, const char **v
 {
     size_t len = strlen(s);
     if (len == 0 || strstr(s, ",,") || s[0] == ',' || s[len - 1] == ',') {
-        ldc_usage_error(cmd, "%s: empty item in the list", what);
+        ldt_usage_error(cmd, "%s: empty item in the list", what);
         return -1;
     }
     int n = 0;
@@ -39,7 +39,7 @@ static int split_list(const char *cmd, const char *what, char *s, const char **v
         if (!item)
             break;
         if (n == LDC_REQUEST_MAX_ITEMS) {
-            ldc_usage_error(cmd, "%s: more than %d items", what, LDC_REQUEST_MAX_ITEMS);
+            ldt_usage_error(cmd, "%s: more than %d items", what, LDC_REQUEST_MAX_ITEMS);
             return -1;
         }
         v[n++] = item;
@@ -54,7 +54,7 @@ static int set_list(const char *cmd, const char *what, const char *arg, char **c
     free(*copy);
     *copy = strdup(arg);
     if (!*copy)
-        return ldc_fail(cmd, ld_seterr(LD_ENOMEM, "%s: out of memory", what));
+        return ldt_fail(cmd, ld_seterr(LD_ENOMEM, "%s: out of memory", what));
     int n = split_list(cmd, what, *copy, v);
     if (n < 0)
         return 2;
@@ -63,7 +63,7 @@ static int set_list(const char *cmd, const char *what, const char *arg, char **c
 }
 
 /* "A:B" or "A:B:W" items (the source may be empty). */
-static int parse_pairs(ldc_request_t *req, const char *cmd, const char *arg)
+static int parse_pairs(ldt_request_t *req, const char *cmd, const char *arg)
 {
     const char *items[LDC_REQUEST_MAX_ITEMS];
     int n, rc = set_list(cmd, "--pairs", arg, &req->pairs, items, &n);
@@ -72,12 +72,12 @@ static int parse_pairs(ldc_request_t *req, const char *cmd, const char *arg)
     for (int i = 0; i < n; i++) {
         char *item = (char *)items[i], *c1 = strchr(item, ':'), *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
         if (!c1 || c1[1] == '\0' || c1[1] == ':')
-            return ldc_usage_error(cmd, "--pairs: '%s' is not SOURCE:TARGET[:WEIGHT]", item);
+            return ldt_usage_error(cmd, "--pairs: '%s' is not SOURCE:TARGET[:WEIGHT]", item);
         double w = 1.0;
         if (c2) {
             *c2 = '\0';
-            if (ld_cli_parse_double("--pairs weight", c2 + 1, 1e-12, 1e12, &w))
-                return ldc_usage_error(cmd, "%s", ld_errdetail());
+            if (ld_text_parse_double("--pairs weight", c2 + 1, 1e-12, 1e12, &w))
+                return ldt_usage_error(cmd, "%s", ld_errdetail());
         }
         *c1 = '\0';
         req->pair_v[i] = (ld_pair_t){ .source = item, .target = c1 + 1, .weight = w };
@@ -86,21 +86,21 @@ static int parse_pairs(ldc_request_t *req, const char *cmd, const char *arg)
     return 0;
 }
 
-static int parse_steps(ldc_request_t *req, const char *cmd, const char *arg)
+static int parse_steps(ldt_request_t *req, const char *cmd, const char *arg)
 {
     int steps[LDC_REQUEST_MAX_ITEMS], n;
-    if (ld_cli_parse_int_list("--steps", arg, 0, 1000000, steps, LDC_REQUEST_MAX_ITEMS, &n))
-        return ldc_usage_error(cmd, "%s", ld_errdetail());
+    if (ld_text_parse_int_list("--steps", arg, 0, 1000000, steps, LDC_REQUEST_MAX_ITEMS, &n))
+        return ldt_usage_error(cmd, "%s", ld_errdetail());
     for (int i = 0; i < n; i++) {
         if (i > 0 && steps[i] <= steps[i - 1])
-            return ldc_usage_error(cmd, "--steps: must be strictly ascending (%d after %d)", steps[i], steps[i - 1]);
+            return ldt_usage_error(cmd, "--steps: must be strictly ascending (%d after %d)", steps[i], steps[i - 1]);
         req->step_v[i] = (uint32_t)steps[i];
     }
     req->opts.n_steps = n;
     return 0;
 }
 
-int ldc_request_option(ldc_request_t *req, const char *cmd, int opt, const char *arg)
+int ldt_request_option(ldt_request_t *req, const char *cmd, int opt, const char *arg)
 {
     int v;
     double d;
@@ -114,23 +114,23 @@ int ldc_request_option(ldc_request_t *req, const char *cmd, int opt, const char 
     case LDC_OPT_STEPS:
         return parse_steps(req, cmd, arg);
     case LDC_OPT_BATCH:
-        if (ld_cli_parse_int("--batch", arg, 1, 65536, &v))
-            return ldc_usage_error(cmd, "%s", ld_errdetail());
+        if (ld_text_parse_int("--batch", arg, 1, 65536, &v))
+            return ldt_usage_error(cmd, "%s", ld_errdetail());
         req->opts.batch_size = (uint32_t)v;
         return 0;
     case LDC_OPT_CREDITS:
-        if (ld_cli_parse_int("--credits", arg, 1, 4096, &v))
-            return ldc_usage_error(cmd, "%s", ld_errdetail());
+        if (ld_text_parse_int("--credits", arg, 1, 4096, &v))
+            return ldt_usage_error(cmd, "%s", ld_errdetail());
         req->opts.credits = (uint32_t)v;
         return 0;
     case LDC_OPT_ENCODING:
         if (ld_encoding_parse(arg, &req->opts.encoding))
-            return ldc_usage_error(cmd, "--encoding: %s", ld_errdetail());
+            return ldt_usage_error(cmd, "--encoding: %s", ld_errdetail());
         req->encoding_set = 1;
         return 0;
     case LDC_OPT_SEED:
-        if (ld_cli_parse_u64("--seed", arg, &req->opts.seed))
-            return ldc_usage_error(cmd, "%s", ld_errdetail());
+        if (ld_text_parse_u64("--seed", arg, &req->opts.seed))
+            return ldt_usage_error(cmd, "%s", ld_errdetail());
         req->opts.has_seed = 1;
         return 0;
     case LDC_OPT_EPOCH:
@@ -138,43 +138,43 @@ int ldc_request_option(ldc_request_t *req, const char *cmd, int opt, const char 
         return 0;
     case LDC_OPT_KEEP:
         if (ld_keep_parse("--keep", arg, &req->opts.keep))
-            return ldc_usage_error(cmd, "%s", ld_errdetail());
+            return ldt_usage_error(cmd, "%s", ld_errdetail());
         req->opts.has_keep = 1;
         return 0;
     case LDC_OPT_TIMEOUT:
-        if (ld_cli_parse_double("--timeout", arg, 0.001, 86400, &d))
-            return ldc_usage_error(cmd, "%s", ld_errdetail());
+        if (ld_text_parse_double("--timeout", arg, 0.001, 86400, &d))
+            return ldt_usage_error(cmd, "%s", ld_errdetail());
         req->opts.timeout_ms = (int)(d * 1000);
         return 0;
     default:
-        return ldc_curve_option(&req->curve, cmd, opt, arg);
+        return ldt_curve_option(&req->curve, cmd, opt, arg);
     }
 }
 
-int ldc_curve_option(ldc_curve_t *keys, const char *cmd, int opt, const char *arg)
+int ldt_curve_option(ldt_curve_t *keys, const char *cmd, int opt, const char *arg)
 {
     int rc;
     if (opt == LDC_OPT_CURVE_SERVER_KEY)
-        rc = ld_curve_read_key(arg, keys->server, NULL);
+        rc = ld_curvekey_read_key(arg, keys->server, NULL);
     else if (opt == LDC_OPT_CURVE_SECRET_KEY)
-        rc = ld_curve_read_secret_key(arg, keys->secret);
+        rc = ld_curvekey_read_secret_key(arg, keys->secret);
     else
         return -1;
-    return rc ? ldc_fail(cmd, rc) : 0;
+    return rc ? ldt_fail(cmd, rc) : 0;
 }
 
-int ldc_curve_finish(const ldc_curve_t *keys, const char *cmd)
+int ldt_curve_finish(const ldt_curve_t *keys, const char *cmd)
 {
     if (!keys->server[0] != !keys->secret[0])
-        return ldc_usage_error(cmd, "CURVE needs both --curve-server-key and --curve-secret-key");
+        return ldt_usage_error(cmd, "CURVE needs both --curve-server-key and --curve-secret-key");
     return 0;
 }
 
-int ldc_request_finish(ldc_request_t *req, const char *cmd)
+int ldt_request_finish(ldt_request_t *req, const char *cmd)
 {
     if (req->opts.n_endpoints < 1)
-        return ldc_usage_error(cmd, "--from ENDPOINTS is required");
-    if (ldc_curve_finish(&req->curve, cmd))
+        return ldt_usage_error(cmd, "--from ENDPOINTS is required");
+    if (ldt_curve_finish(&req->curve, cmd))
         return 2;
     if (req->curve.server[0]) {
         req->opts.curve_server_key = req->curve.server;
@@ -183,7 +183,7 @@ int ldc_request_finish(ldc_request_t *req, const char *cmd)
     return 0;
 }
 
-void ldc_request_free(ldc_request_t *req)
+void ldt_request_free(ldt_request_t *req)
 {
     free(req->from);
     free(req->targets);
