@@ -99,7 +99,7 @@ ifneq ($(DAEMON_SRC),)
 TARGETS += $(B)/langdaugd
 endif
 ifneq ($(CLIENTLIB_SRC),)
-TARGETS += $(B)/liblangdaug.a $(B)/liblangdaug.so $(B)/langdaug.pc
+TARGETS += $(B)/liblangdaug.a $(B)/liblangdaug.so
 endif
 VERSION := $(shell sed -n 's/^#define LD_VERSION "\(.*\)"$$/\1/p' common/ld_version.h)
 
@@ -159,21 +159,41 @@ $(B)/langdaugd: $(DAEMON_MAIN_OBJ) $(DAEMON_LIB) $(CORE_LIB)
 	@echo "  LD   $@"
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(B)/liblangdaug.a: $(CLIENTLIB_OBJ) $(CORE_OBJ) $(PROTO_OBJ)
+# liblangdaug.{a,so}: the client and the two core modules it calls (ld_error,
+# ld_log) with the messages, compiled apart with -fvisibility=hidden. The .so
+# exports only what the installed headers (PUBLIC_H) mark LD_EXTERN and needs only
+# ZeroMQ and protobuf-c; the engine stays in libldcore.a (tests/test_client_abi.py).
+CLIENTLIB_LIB_OBJ := $(patsubst %.c,$(B)/clientlib/%.o,$(CLIENTLIB_SRC) common/ld_error.c common/ld_log.c) \
+	$(patsubst $(B)/%.c,$(B)/clientlib/%.o,$(PROTO_C))
+CLIENTLIB_LIBS = $(shell pkg-config --libs libzmq libprotobuf-c 2>/dev/null) -lm
+SONAME := liblangdaug.so.$(firstword $(subst ., ,$(VERSION)))
+PUBLIC_H := client/ld_client.h common/ld_error.h common/ld_log.h common/ld_keep.h common/ld_export.h
+
+$(B)/clientlib/%.o: %.c $(PROTO_H) $(FLAGS_STAMP)
+	@mkdir -p $(dir $@)
+	@echo "  CC   $< (liblangdaug)"
+	$(Q)$(CC) $(CFLAGS) -fvisibility=hidden -MMD -MP -c $< -o $@
+
+$(B)/clientlib/proto/%.pb-c.o: $(B)/proto/%.pb-c.c $(FLAGS_STAMP)
+	@mkdir -p $(dir $@)
+	$(Q)$(CC) $(filter-out -Wmissing-prototypes,$(CFLAGS)) -fvisibility=hidden -c $< -o $@
+
+$(B)/liblangdaug.a: $(CLIENTLIB_LIB_OBJ)
 	$(Q)rm -f $@ && ar rcs $@ $^
 
-$(B)/liblangdaug.so: $(CLIENTLIB_OBJ) $(CORE_OBJ) $(PROTO_OBJ)
-	$(Q)$(CC) -shared $(LDFLAGS) -Wl,-soname,liblangdaug.so.0 -o $@ $^ $(LDLIBS)
+$(B)/liblangdaug.so.$(VERSION): $(CLIENTLIB_LIB_OBJ)
+	@echo "  LD   $@"
+	$(Q)$(CC) -shared $(LDFLAGS) -Wl,-soname,$(SONAME) -Wl,--no-undefined -Wl,--as-needed -o $@ $^ \
+	  $(CLIENTLIB_LIBS)
+
+$(B)/liblangdaug.so: $(B)/liblangdaug.so.$(VERSION)
+	$(Q)ln -sf $(notdir $<) $(B)/$(SONAME) && ln -sf $(SONAME) $@
 
 # Examples link the client library as a user's program would.
 $(B)/examples/%: examples/%.c $(B)/liblangdaug.a $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	@echo "  LD   $@"
-	$(Q)$(CC) $(CFLAGS) -o $@ $< $(B)/liblangdaug.a $(LDFLAGS) $(LDLIBS)
-
-$(B)/langdaug.pc: client/langdaug.pc.in
-	$(Q)sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCDIR@|$(INCDIR)|' \
-	  -e 's|@VERSION@|$(VERSION)|' $< > $@
+	$(Q)$(CC) $(CFLAGS) -o $@ $< $(B)/liblangdaug.a $(LDFLAGS) $(CLIENTLIB_LIBS)
 
 $(B)/tests/%: tests/%.c $(B)/tests/testutil.o $(CORE_LIB) $(CLIENTLIB_OBJ) $(PROTO_H) $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
@@ -214,17 +234,19 @@ FUZZ_SEED ?=
 fuzz: deps
 	$(Q)FUZZ_BUILD=$(B)/fuzz FUZZ_SEED=$(FUZZ_SEED) tests/fuzz/run $(FUZZ_SECONDS)
 
-# Headers: ld_prom.h is left out (it needs the generated protobuf-c header, which is not installed).
+# Headers: only the client library's public ones (the engine is not a library users link).
+# The pkg-config file is written here, with the PREFIX of this install.
 install: all
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCDIR)/langdaug
 	install -m 755 $(filter $(B)/langdaug $(B)/langdaugd,$(TARGETS)) $(DESTDIR)$(BINDIR)/
-	install -m 644 $(filter-out common/ld_prom.h,$(wildcard common/ld_*.h)) $(DESTDIR)$(INCDIR)/langdaug/
 ifneq ($(CLIENTLIB_SRC),)
-	install -m 644 client/ld_client.h $(DESTDIR)$(INCDIR)/langdaug/
+	install -m 644 $(PUBLIC_H) $(DESTDIR)$(INCDIR)/langdaug/
 	install -m 644 $(B)/liblangdaug.a $(DESTDIR)$(LIBDIR)/
-	install -m 755 $(B)/liblangdaug.so $(DESTDIR)$(LIBDIR)/liblangdaug.so.0
-	ln -sf liblangdaug.so.0 $(DESTDIR)$(LIBDIR)/liblangdaug.so
-	install -m 644 $(B)/langdaug.pc $(DESTDIR)$(LIBDIR)/pkgconfig/
+	install -m 755 $(B)/liblangdaug.so.$(VERSION) $(DESTDIR)$(LIBDIR)/
+	ln -sf liblangdaug.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
+	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/liblangdaug.so
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCDIR@|$(INCDIR)|' \
+	  -e 's|@VERSION@|$(VERSION)|' client/langdaug.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/langdaug.pc
 endif
 	install -d $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/langdaug
 	for u in systemd/*.service; do \

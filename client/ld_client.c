@@ -250,7 +250,7 @@ static int check_opts(const ld_client_opts_t *o)
                              o->steps[i - 1]);
     if (!ld_encoding_size(o->encoding))
         return ld_seterr(LD_EINVAL, "encoding %d is unknown", (int)o->encoding);
-    if (o->has_keep && !ld_keep_name(o->keep))
+    if (o->has_keep && o->keep != LD_KEEP_NONE && o->keep != LD_KEEP_LUMINANCE)
         return ld_seterr(LD_EINVAL, "keep %d is not LD_KEEP_NONE or LD_KEEP_LUMINANCE", (int)o->keep);
     if (o->credits < 1 || o->credits > MAX_CREDITS)
         return ld_seterr(LD_ERANGE, "credits %u outside 1..%d", o->credits, MAX_CREDITS);

@@ -65,7 +65,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "ld_colour.h"
+#include "ld_error.h"  /* LD_E* codes, ld_strerror(), ld_errdetail() */
+#include "ld_export.h" /* LD_EXTERN */
+#include "ld_keep.h"   /* ld_keep_t */
+#include "ld_log.h"    /* ld_log_set(): where the library logs */
 
 #define LD_CLIENT_PROTOCOL_VERSION 1
 
@@ -101,7 +104,7 @@ typedef struct {
     uint64_t seed;
     int epoch;                    /* each source crop once per epoch */
     int has_keep;                 /* 0 = the daemon's keep setting */
-    ld_keep_t keep;               /* with has_keep: LD_KEEP_NONE or LD_KEEP_LUMINANCE (ld_colour.h) */
+    ld_keep_t keep;               /* with has_keep: LD_KEEP_NONE or LD_KEEP_LUMINANCE (ld_keep.h) */
     uint32_t credits;             /* window per endpoint; default 4 */
     int timeout_ms;               /* ld_client_next() waits at most this; default 30000 */
     int heartbeat_ms;             /* client heartbeats while waiting; default 1000 */
@@ -163,17 +166,17 @@ typedef struct {
     uint64_t errors;             /* Error messages and malformed batches */
 } ld_endpoint_stats_t;
 
-void ld_client_opts_init(ld_client_opts_t *opts);
+LD_EXTERN void ld_client_opts_init(ld_client_opts_t *opts);
 
 /* Checks and copies opts, creates the sockets and starts connecting (the
  * endpoints need not be up yet). LD_EINVAL/LD_ERANGE name a bad option or a
  * malformed endpoint (key text is never put in the detail), LD_ENOTSUP
  * CURVE keys with a libzmq built without CURVE, LD_EIO a ZeroMQ failure. */
-int ld_client_new(const ld_client_opts_t *opts, ld_client_t **out);
+LD_EXTERN int ld_client_new(const ld_client_opts_t *opts, ld_client_t **out);
 
 /* Says Bye to live endpoints, closes everything, NULLs *self_p. Safe on
  * NULL. Batches still held by the caller stay valid. */
-void ld_client_destroy(ld_client_t **self_p);
+LD_EXTERN void ld_client_destroy(ld_client_t **self_p);
 
 /* Waits up to opts.timeout_ms for the next batch from any endpoint (served
  * round-robin among those with batches waiting). Returns 0 and *out (owned
@@ -187,34 +190,34 @@ void ld_client_destroy(ld_client_t **self_p);
  *   LD_ECANCELED  the flag of ld_client_set_cancel() was raised;
  *   LD_EIO        a ZeroMQ call failed.
  * After an error the client stays usable: call again to go on. */
-int ld_client_next(ld_client_t *self, ld_batch_t **out);
+LD_EXTERN int ld_client_next(ld_client_t *self, ld_batch_t **out);
 
 /* Makes ld_client_next() return LD_ECANCELED once *flag is non-zero, e.g.
  * set by a SIGINT handler (the signal also wakes the wait; at worst the
  * client notices within heartbeat_ms). NULL removes the flag. */
-void ld_client_set_cancel(ld_client_t *self, const volatile sig_atomic_t *flag);
+LD_EXTERN void ld_client_set_cancel(ld_client_t *self, const volatile sig_atomic_t *flag);
 
 /* Number of endpoints, and a snapshot of one's counters. */
-int ld_client_endpoints(const ld_client_t *self);
-int ld_client_stats(const ld_client_t *self, int endpoint, ld_endpoint_stats_t *out);
+LD_EXTERN int ld_client_endpoints(const ld_client_t *self);
+LD_EXTERN int ld_client_stats(const ld_client_t *self, int endpoint, ld_endpoint_stats_t *out);
 
 /* Frees a batch (its frames and metadata) and NULLs *b_p. Safe on NULL. */
-void ld_batch_destroy(ld_batch_t **b_p);
+LD_EXTERN void ld_batch_destroy(ld_batch_t **b_p);
 
 /* Sample i's C*S*S pixel values as floats in [-1, 1], whatever the
  * encoding. i < b->n. */
-void ld_batch_image_float(const ld_batch_t *b, uint32_t i, float *out);
+LD_EXTERN void ld_batch_image_float(const ld_batch_t *b, uint32_t i, float *out);
 
 /* Bytes per pixel value of an encoding (4, 2, 1; 0 if unknown). */
-size_t ld_encoding_size(ld_encoding_t enc);
+LD_EXTERN size_t ld_encoding_size(ld_encoding_t enc);
 /* "float32", "float16", "uint8"; parse returns 0 or LD_EINVAL. */
-const char *ld_encoding_name(ld_encoding_t enc);
-int ld_encoding_parse(const char *name, ld_encoding_t *out);
+LD_EXTERN const char *ld_encoding_name(ld_encoding_t enc);
+LD_EXTERN int ld_encoding_parse(const char *name, ld_encoding_t *out);
 
 /* IEEE half (bits) to float. */
-float ld_half_to_float(uint16_t h);
+LD_EXTERN float ld_half_to_float(uint16_t h);
 
 /* The seed session k of endpoint e asks for (see above). */
-uint64_t ld_client_session_seed(uint64_t seed, uint32_t endpoint, uint64_t session);
+LD_EXTERN uint64_t ld_client_session_seed(uint64_t seed, uint32_t endpoint, uint64_t session);
 
 #endif

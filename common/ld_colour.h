@@ -45,19 +45,14 @@
 
 #include <stddef.h>
 
+#include "ld_keep.h" /* ld_keep_t: what a sample keeps of its source */
+
 /* The colour space of a model's image input. Values are those of the wire
  * enum ColourSpace (proto/langdaug.proto). */
 typedef enum {
     LD_COLOUR_RGB = 0, /* sRGB in [-1, 1] as read from the images */
     LD_COLOUR_LAB = 1  /* scaled CIE L*a*b* (above); 3-channel images only */
 } ld_colour_space_t;
-
-/* What a sample keeps of its source crop. Values are those of the wire enum
- * Keep (proto/langdaug.proto). */
-typedef enum {
-    LD_KEEP_NONE = 0,     /* the chain's image as it is */
-    LD_KEEP_LUMINANCE = 1 /* the source's L*, the chain's a*, b* (3-channel images only) */
-} ld_keep_t;
 
 /* "rgb", "lab" / "none", "luminance"; NULL for a value outside the enum. */
 const char *ld_colour_space_name(int space);

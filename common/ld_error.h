@@ -5,9 +5,12 @@
  * message recorded on the calling thread by ld_seterr() (for example
  * "model.safetensors: tensor 'stem.weight' has shape [8,5,1,1], expected [8,4,1,1]").
  * The detail is thread-local, so worker threads never overwrite each other's.
- * The library never aborts or exits on bad input. */
+ * The library never aborts or exits on bad input. Part of liblangdaug's
+ * installed headers: everything declared here is exported (LD_EXTERN). */
 #ifndef LD_ERROR_H
 #define LD_ERROR_H
+
+#include "ld_export.h"
 
 enum {
     LD_OK = 0,
@@ -27,19 +30,19 @@ enum {
 };
 
 /* Static name of an error code; never NULL. */
-const char *ld_strerror(int err);
+LD_EXTERN const char *ld_strerror(int err);
 
 /* Records a printf-style detail for the calling thread and returns err,
  * so that callers can write `return ld_seterr(LD_EFORMAT, "...", ...);`.
  * The arguments may include ld_errdetail() itself, to add context to the
  * detail a callee recorded. */
-int ld_seterr(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+LD_EXTERN int ld_seterr(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* The calling thread's last detail message ("" if none). Valid until the
  * next ld_seterr() on the same thread. */
-const char *ld_errdetail(void);
+LD_EXTERN const char *ld_errdetail(void);
 
 /* Clears the calling thread's detail message. */
-void ld_clearerr(void);
+LD_EXTERN void ld_clearerr(void);
 
 #endif

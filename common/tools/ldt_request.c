@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ld_colour.h" /* ld_keep_parse() */
 #include "ld_text.h"
 #include "ld_curvekey.h"
 #include "ld_error.h"
