@@ -26,6 +26,7 @@ static const ldt_command_t commands[] = {
     {"init-model", ldt_init_model_main, "write a randomly initialised model"},
     {"synth", ldt_synth_main, "write a synthetic multi-domain fundus-like data set"},
     {"train", ldt_train_main, "train the energy model by contrastive divergence"},
+    {"train-ae", ldt_train_ae_main, "train the autoencoder (reconstruction, held-out PSNR/SSIM)"},
     {"sample", ldt_sample_main, "Langevin chains from dataset crops, snapshots as PNG"},
     {"pull", ldt_pull_main, "pull labelled samples from samplers into a folder"},
     {"status", ldt_status_main, "show a sampler's status"},

@@ -23,6 +23,7 @@ int ldt_init_model_main(int argc, char **argv);
 int ldt_synth_main(int argc, char **argv);
 int ldt_sample_main(int argc, char **argv);
 int ldt_train_main(int argc, char **argv);
+int ldt_train_ae_main(int argc, char **argv);
 int ldt_pull_main(int argc, char **argv);
 int ldt_status_main(int argc, char **argv);
 int ldt_bench_main(int argc, char **argv);
