@@ -11,6 +11,7 @@
 #include "ld_colour.h"
 #include <stdatomic.h>
 
+#include "ld_ae.h"
 #include "ld_ebm.h"
 
 #define LD_LANGEVIN_MAX_SNAPSHOTS 64
@@ -31,6 +32,7 @@ typedef struct {
     int n_snapshots;      /* 0..LD_LANGEVIN_MAX_SNAPSHOTS */
     int snapshots[LD_LANGEVIN_MAX_SNAPSHOTS]; /* strictly ascending, each in 0..K (0 = start) */
     uint64_t seed;
+    int unbounded;        /* 0: states clamped to [-1,1] (images); 1: not clamped (latents) */
 } ld_langevin_params_t;
 
 /* Checks the parameters; LD_ERANGE with a detail naming the field. */
@@ -72,5 +74,18 @@ int ld_langevin_run(const ld_ebm_t *m, ld_ebm_ws_t *ws, const ld_langevin_params
 int ld_langevin_sample(const ld_ebm_t *m, ld_ebm_ws_t *ws, const ld_langevin_params_t *p, ld_keep_t keep, int n,
                        const float *start, const uint8_t *mask, const int32_t *target, const uint64_t *chain_id,
                        float *snap_images, float *snap_energy, float *start_energy, const atomic_int *cancel);
+/* The same in latent mode (ld_latent.h): m is a latent model and ae its
+ * autoencoder (ld_latent_check holds), ae_ws has room for n samples. start
+ * [n,C,S,S] RGB crops and mask [n,S,S] at the autoencoder's side S; each
+ * chain starts from the encoded start (in the autoencoder's colour space),
+ * moves its latent without clamping (p->unbounded is implied) under the mask
+ * on the latent grid (ld_latent_mask), and every snapshot but step 0 is
+ * decoded, then goes back to RGB with keep applied as above:
+ * snap_images [n_snapshots,n,C,S,S]. Energies are of the latents. */
+int ld_langevin_sample_latent(const ld_ebm_t *m, ld_ebm_ws_t *ws, const ld_ae_t *ae, ld_ae_ws_t *ae_ws,
+                              const ld_langevin_params_t *p, ld_keep_t keep, int n, const float *start,
+                              const uint8_t *mask, const int32_t *target, const uint64_t *chain_id,
+                              float *snap_images, float *snap_energy, float *start_energy,
+                              const atomic_int *cancel);
 
 #endif

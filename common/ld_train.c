@@ -17,6 +17,7 @@
 #include "ld_image.h"
 #include "ld_langevin.h"
 #include "ld_log.h"
+#include "ld_latent.h"
 #include "ld_model.h"
 #include "ld_png.h"
 #include "ld_rng.h"
@@ -57,11 +58,13 @@ static const config_key_t config_keys[] = {
     { "pairs", KEY_STR, FIELD(pairs), 0, 0, 1,
       "ordered source:target pairs to train for, e.g. A:B,B:A (default: every ordered pair)" },
     { "maskmap", KEY_STR, FIELD(maskmap), 0, 0, 1, "mask value -> class rules, e.g. 0:0,*:1" },
-    { "channels", KEY_INT, FIELD(channels), 0, LD_EBM_MAX_CHANNELS, 1, "image channels 1 or 3 (0: from the data)" },
+    { "channels", KEY_INT, FIELD(channels), 0, LD_AE_MAX_CHANNELS, 1, "image channels 1 or 3 (0: from the data)" },
     { "scale", KEY_DBL, FIELD(scale), 1e-6, 16, 1, "working scale applied to every image" },
     { "colour-space", KEY_COLOUR, FIELD(colour_space), 0, 0, 1,
       "rgb, or lab: the model works in scaled CIE LAB (3-channel data)" },
     { "size", KEY_INT, FIELD(size), 1, LD_EBM_MAX_SIZE, 1, "crop side in working pixels" },
+    { "latent", KEY_STR, FIELD(latent), 0, 0, 0,
+      "autoencoder file (langdaug train-ae): train on its latents of the crops (latent mode)" },
     { "widths", KEY_STR, FIELD(widths), 0, 0, 1, "network widths w0,...,wL (L blocks)" },
     { "batch", KEY_INT, FIELD(batch), 1, 4096, 1, "positives (and negatives) per iteration" },
     { "lr", KEY_DBL, FIELD(lr), 1e-12, 1e9, 1, "Adam learning rate" },
@@ -85,6 +88,7 @@ static const struct {
 } keys_added[] = {
     { "colour-space", "rgb" },
     { "pairs", "" },
+    { "latent", "" },
 };
 
 void ld_train_config_defaults(ld_train_config_t *cfg)
@@ -297,12 +301,18 @@ struct ld_train_s {
     ld_ebm_t *model, *ema;
     ld_adam_t *adam;
     ld_ebm_ws_t *ws;
+    ld_ae_t *ae;               /* latent mode: the autoencoder (cfg.latent), else NULL */
+    ld_ae_ws_t *ae_ws;
+    char ae_hash[65];
     ld_rng_t rng;
     int64_t iteration;
     size_t numel;
-    size_t img_len, mask_len;  /* floats / bytes per sample */
+    size_t img_len, mask_len;  /* floats / bytes per sample of the model's input (the latent in latent mode) */
+    size_t crop_len, crop_mask_len; /* floats / bytes per dataset crop (= img_len, mask_len in pixel mode) */
     float *img;                /* [2n,C,S,S]: x+ then x- */
     uint8_t *mask;             /* [2n,S,S] */
+    float *crop;               /* latent mode: [n,C,S,S] crops before encoding */
+    uint8_t *crop_mask;        /* latent mode: [n,S,S] */
     int32_t *target;           /* [2n] */
     float *energy, *coef;      /* [2n] */
     uint64_t *chain;           /* [n] */
@@ -321,6 +331,10 @@ void ld_train_destroy(ld_train_t **self_p)
     ld_ebm_destroy(&self->ema);
     ld_adam_destroy(&self->adam);
     ld_ebm_ws_destroy(&self->ws);
+    ld_ae_destroy(&self->ae);
+    ld_ae_ws_destroy(&self->ae_ws);
+    free(self->crop);
+    free(self->crop_mask);
     free(self->img);
     free(self->mask);
     free(self->target);
@@ -388,16 +402,43 @@ static int build_arch(ld_train_t *self)
 {
     ld_ebm_arch_t *a = &self->arch;
     memset(a, 0, sizeof *a);
-    a->image_channels = self->cfg.channels;
+    const ld_ae_arch_t *ae = self->ae ? ld_ae_arch(self->ae) : NULL;
+    a->image_channels = ae ? ae->latent_channels : self->cfg.channels;
     a->mask_classes = ld_dataset_n_classes(self->ds);
-    a->size = self->cfg.size;
+    a->size = ae ? ae->size / ae->factor : self->cfg.size;
     a->colour_space = self->cfg.colour_space;
     int rc = ld_ebm_arch_set_widths(a, self->cfg.widths);
     if (!rc)
         rc = ld_ebm_arch_set_domains(a, self->cfg.domains);
     if (!rc)
         rc = ld_ebm_arch_validate(a);
+    if (rc && ae)
+        return ld_seterr(rc, "the energy model on the latent (%d channels, side %d): %s", a->image_channels, a->size,
+                         ld_errdetail());
     return rc;
+}
+
+/* Latent mode: the autoencoder of --latent, which must encode the crops
+ * the data gives (channels, --size, --colour-space). */
+static int open_autoencoder(ld_train_t *self)
+{
+    const ld_train_config_t *cfg = &self->cfg;
+    if (!cfg->latent[0])
+        return LD_OK;
+    int rc = ld_ae_load(cfg->latent, &self->ae, NULL, self->ae_hash);
+    if (rc)
+        return ld_seterr(rc, "--latent: %s", ld_errdetail());
+    const ld_ae_arch_t *a = ld_ae_arch(self->ae);
+    if (a->image_channels != cfg->channels)
+        return ld_seterr(LD_EINVAL, "--latent %s encodes %d-channel images; the data has %d channel(s)", cfg->latent,
+                         a->image_channels, cfg->channels);
+    if (a->size != cfg->size)
+        return ld_seterr(LD_EINVAL, "--latent %s encodes %d px images; give --size %d (not %d)", cfg->latent,
+                         a->size, a->size, cfg->size);
+    if (a->colour_space != cfg->colour_space)
+        return ld_seterr(LD_EINVAL, "--latent %s works in %s; give --colour-space %s", cfg->latent,
+                         ld_colour_space_name(a->colour_space), ld_colour_space_name(a->colour_space));
+    return ld_ae_ws_new(a, 2 * cfg->batch, cfg->threads, &self->ae_ws);
 }
 
 static int resolve_pairs(ld_train_t *self)
@@ -420,9 +461,14 @@ static int trained_pair(const ld_train_t *self, int s, int t)
 
 static int alloc_buffers(ld_train_t *self)
 {
-    size_t n = (size_t)self->cfg.batch, s = (size_t)self->cfg.size;
-    self->img_len = (size_t)self->cfg.channels * s * s;
-    self->mask_len = s * s;
+    size_t n = (size_t)self->cfg.batch, s = (size_t)self->cfg.size, side = (size_t)self->arch.size;
+    self->img_len = (size_t)self->arch.image_channels * side * side;
+    self->mask_len = side * side;
+    self->crop_len = (size_t)self->cfg.channels * s * s;
+    self->crop_mask_len = s * s;
+    if (self->ae && (!(self->crop = malloc(n * self->crop_len * sizeof *self->crop)) ||
+                     !(self->crop_mask = malloc(n * self->crop_mask_len))))
+        return LD_ENOMEM;
     self->img = malloc(2 * n * self->img_len * sizeof *self->img);
     self->mask = malloc(2 * n * self->mask_len);
     self->target = malloc(2 * n * sizeof *self->target);
@@ -450,7 +496,8 @@ static int train_setup(const ld_train_config_t *cfg, ld_train_t **out)
     self->cfg = *cfg;
     ld_adam_params_t ap;
     adam_params(cfg, &ap);
-    if ((rc = open_data(self)) || (rc = build_arch(self)) || (rc = resolve_pairs(self)) ||
+    if ((rc = open_data(self)) || (rc = open_autoencoder(self)) || (rc = build_arch(self)) ||
+        (rc = resolve_pairs(self)) ||
         (rc = ld_ebm_new(&self->arch, &self->model)) || (rc = ld_ebm_new(&self->arch, &self->ema)))
         goto fail;
     self->numel = ld_ebm_numel(self->model);
@@ -519,21 +566,27 @@ static int diverged(int64_t iteration, const char *what)
 }
 
 /* n random crops of domain d into samples [first, first+n), in the model's
- * colour space. */
+ * colour space; in latent mode drawn into the crop buffers, then encoded
+ * with their masks taken to the latent grid. */
 static int draw_crops(ld_train_t *self, int domain, int first, int n)
 {
-    for (int i = first; i < first + n; i++) {
+    float *img = self->ae ? self->crop : self->img + (size_t)first * self->img_len;
+    uint8_t *mask = self->ae ? self->crop_mask : self->mask + (size_t)first * self->mask_len;
+    for (int i = 0; i < n; i++) {
         ld_crop_t crop;
-        float *img = self->img + (size_t)i * self->img_len;
+        float *x = img + (size_t)i * self->crop_len;
         int rc = ld_dataset_random_crop(self->ds, domain, -1, self->cfg.size, &self->rng, &crop);
         if (!rc)
-            rc = ld_dataset_extract(self->ds, &crop, img, self->mask + (size_t)i * self->mask_len);
+            rc = ld_dataset_extract(self->ds, &crop, x, mask + (size_t)i * self->crop_mask_len);
         if (rc)
             return rc;
-        if (self->cfg.colour_space == LD_COLOUR_LAB)
-            ld_colour_rgb_to_lab(img, img, self->mask_len);
+        if (!self->ae && self->cfg.colour_space == LD_COLOUR_LAB)
+            ld_colour_rgb_to_lab(x, x, self->crop_mask_len);
     }
-    return LD_OK;
+    if (!self->ae)
+        return LD_OK;
+    ld_latent_mask(ld_ae_arch(self->ae), n, mask, self->mask + (size_t)first * self->mask_len);
+    return ld_latent_encode_rgb(self->ae, self->ae_ws, n, img, img, self->img + (size_t)first * self->img_len);
 }
 
 static int grow_history(ld_train_t *self, int64_t rows)
@@ -565,6 +618,7 @@ static int make_negatives(ld_train_t *self, int n, const atomic_int *cancel)
     ld_langevin_params_t lp;
     langevin_params(&self->cfg, &lp);
     lp.seed = ld_rng_u64(&self->rng);
+    lp.unbounded = self->ae != NULL;
     for (int i = 0; i < n; i++)
         self->chain[i] = (uint64_t)i;
     return ld_langevin_run(self->model, self->ws, &lp, n, self->img + (size_t)n * self->img_len,
@@ -759,6 +813,8 @@ static int add_checkpoint_meta(ld_train_t *self, ld_st_writer_t *w)
         rc = ld_meta_set(meta, "data_items", buf);
     if (!rc)
         rc = ld_train_config_to_meta(&self->cfg, meta);
+    if (!rc && self->ae)
+        rc = ld_latent_set_meta(meta, self->cfg.latent, self->ae_hash);
     if (!rc)
         rc = ld_st_writer_merge_meta(w, meta);
     ld_meta_destroy(&meta);
@@ -909,6 +965,21 @@ static int resume_config(const ld_st_t *st, const ld_meta_t *overrides, ld_train
     return LD_OK;
 }
 
+/* A resumed latent run goes on with the very autoencoder it started with. */
+static int same_autoencoder(const ld_train_t *self, const ld_st_t *st)
+{
+    const char *was = ld_meta_get(ld_st_meta(st), LD_LATENT_META_HASH);
+    if (!was && !self->ae)
+        return LD_OK;
+    if (!was || !self->ae)
+        return ld_seterr(LD_EINVAL, "%s: the checkpoint is of a %s run; --latent cannot be %s on resume",
+                         ld_st_path(st), was ? "latent" : "pixel", was ? "dropped" : "added");
+    if (strcmp(was, self->ae_hash) != 0)
+        return ld_seterr(LD_EINVAL, "--latent %s has SHA-256 %.12s..., the checkpoint's run used %.12s...",
+                         self->cfg.latent, self->ae_hash, was);
+    return LD_OK;
+}
+
 int ld_train_resume(const char *checkpoint, const ld_meta_t *overrides, ld_train_t **out)
 {
     *out = NULL;
@@ -920,6 +991,8 @@ int ld_train_resume(const char *checkpoint, const ld_meta_t *overrides, ld_train
         rc = resume_config(st, overrides, &cfg);
     if (!rc)
         rc = train_setup(&cfg, &self);
+    if (!rc)
+        rc = same_autoencoder(self, st);
     if (!rc)
         rc = load_params(self, st);
     if (!rc)
@@ -959,6 +1032,8 @@ int ld_train_save_model(ld_train_t *self, const char *path, const ld_meta_t *pro
         rc = ld_meta_set(meta, "seed", buf);
     if (!rc)
         rc = ld_train_config_to_meta(&self->cfg, meta);
+    if (!rc && self->ae)
+        rc = ld_latent_set_meta(meta, self->cfg.latent, self->ae_hash);
     if (!rc)
         rc = ld_model_save(path, self->ema, meta, hash_out);
     ld_meta_destroy(&meta);
@@ -1059,7 +1134,7 @@ static void preview_layout(preview_t *pv)
 static int preview_alloc(preview_t *pv)
 {
     ld_train_t *self = pv->self;
-    size_t d = (size_t)pv->d_count, il = self->img_len, ml = self->mask_len;
+    size_t d = (size_t)pv->d_count, il = self->crop_len, ml = self->crop_mask_len;
     pv->tile = self->cfg.size + TILE_GAP;
     int cols = 1 + pv->max_blocks * (PREVIEW_SNAPSHOTS + 1);
     pv->src_img = malloc(d * il * sizeof(float));
@@ -1084,12 +1159,13 @@ static int preview_crops(preview_t *pv, ld_rng_t *rng)
         ld_crop_t a, b;
         int rc = ld_dataset_random_crop(self->ds, d, -1, self->cfg.size, rng, &a);
         if (!rc)
-            rc = ld_dataset_extract(self->ds, &a, pv->src_img + d * self->img_len, pv->src_mask + d * self->mask_len);
+            rc = ld_dataset_extract(self->ds, &a, pv->src_img + d * self->crop_len,
+                                    pv->src_mask + d * self->crop_mask_len);
         if (!rc)
             rc = ld_dataset_random_crop(self->ds, d, -1, self->cfg.size, rng, &b);
         if (!rc)
-            rc = ld_dataset_extract(self->ds, &b, pv->real_img + d * self->img_len,
-                                    pv->real_mask + d * self->mask_len);
+            rc = ld_dataset_extract(self->ds, &b, pv->real_img + d * self->crop_len,
+                                    pv->real_mask + d * self->crop_mask_len);
         if (rc)
             return rc;
     }
@@ -1102,7 +1178,7 @@ static int preview_crops(preview_t *pv, ld_rng_t *rng)
 static int preview_target(preview_t *pv, int t, const ld_langevin_params_t *lp)
 {
     ld_train_t *self = pv->self;
-    const size_t il = self->img_len, ml = self->mask_len;
+    const size_t il = self->crop_len, ml = self->crop_mask_len;
     int rows[LD_EBM_MAX_DOMAINS], n = 0;
     for (int s = 0; s < pv->d_count; s++) {
         if (!trained_pair(self, s, t))
@@ -1117,9 +1193,14 @@ static int preview_target(preview_t *pv, int t, const ld_langevin_params_t *lp)
     const int max_batch = ld_ebm_ws_max_batch(self->ws);
     for (int first = 0; first < n; first += max_batch) {
         int m = n - first < max_batch ? n - first : max_batch;
-        int rc = ld_langevin_sample(self->ema, self->ws, lp, LD_KEEP_NONE, m, pv->chain_img + first * il,
-                                    pv->chain_mask + first * ml, pv->chain_target + first, pv->chain_id + first,
-                                    pv->snaps, NULL, NULL, NULL);
+        const float *start = pv->chain_img + first * il;
+        const uint8_t *mask = pv->chain_mask + first * ml;
+        int rc = self->ae ? ld_langevin_sample_latent(self->ema, self->ws, self->ae, self->ae_ws, lp, LD_KEEP_NONE, m,
+                                                      start, mask, pv->chain_target + first, pv->chain_id + first,
+                                                      pv->snaps, NULL, NULL, NULL)
+                          : ld_langevin_sample(self->ema, self->ws, lp, LD_KEEP_NONE, m, start, mask,
+                                               pv->chain_target + first, pv->chain_id + first, pv->snaps, NULL,
+                                               NULL, NULL);
         if (rc)
             return rc;
         for (int j = 0; j < m; j++) {
@@ -1157,7 +1238,7 @@ int ld_train_preview(ld_train_t *self, const char *path)
         rc = preview_crops(&pv, &rng);
     for (int d = 0; d < pv.d_count && !rc; d++)
         if (pv.row[d] >= 0)
-            put_tile(&pv, 0, d, pv.src_img + d * self->img_len, pv.src_mask + d * self->mask_len);
+            put_tile(&pv, 0, d, pv.src_img + d * self->crop_len, pv.src_mask + d * self->crop_mask_len);
     for (int t = 0; t < pv.d_count && !rc; t++)
         rc = preview_target(&pv, t, &lp);
     if (!rc)

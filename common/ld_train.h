@@ -14,6 +14,13 @@
  *   for ld_ebm_backward_params (low energy = looks like domain t);
  *   Adam step; EMA of the weights (the EMA weights are what gets saved and
  *   served).
+ * Latent mode (cfg.latent names an autoencoder file, ld_latent.h): the
+ * model is the energy network on the autoencoder's latents (its image
+ * channels = the latent channels, its side = size / factor); every crop is
+ * encoded as it is drawn (in the autoencoder's colour space, which must be
+ * cfg.colour_space; the crop side must be the autoencoder's size), masks
+ * go to the latent grid (ld_latent_mask), chains move latents unclamped,
+ * and the checkpoint and the model name the autoencoder by its SHA-256.
  * A non-finite value or an energy beyond max_energy stops the step with
  * LD_ENUMERIC and a detail naming the iteration; nothing is written then.
  *
@@ -59,6 +66,8 @@ typedef struct {
     ld_colour_space_t colour_space;     /* what the model sees: RGB, or scaled LAB (3 channels) */
     /* model */
     int size;                           /* crop side S */
+    char latent[LD_TRAIN_PATH_MAX];     /* latent mode: the autoencoder file (ld_latent.h), or "" for pixels;
+                                           the path may change on resume, the file (its SHA-256) may not */
     char widths[256];                   /* "w0,...,wL" */
     /* optimisation */
     int batch;                          /* n positives and n negatives */

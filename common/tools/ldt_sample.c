@@ -40,6 +40,7 @@
 #include "ld_error.h"
 #include "ld_image.h"
 #include "ld_langevin.h"
+#include "ld_latent.h"
 #include "ld_model.h"
 #include "ld_png.h"
 
@@ -68,6 +69,8 @@ static const char usage[] =
     "\n"
     "Data:\n"
     "  --model FILE        model file (langdaug safetensors)\n"
+    "  --autoencoder FILE  a latent model's autoencoder (default: the file its metadata\n"
+    "                      names, next to the model; its SHA-256 must match)\n"
     "  --data ROOT         dataset folders layout: ROOT/<domain>/[SUBDIR/]{image,mask[,fov]}\n"
     "  --manifest CSV      or a CSV manifest (domain,image,mask[,fov]) instead of --data\n"
     "  --subdir X          folder inside each domain, e.g. train/ROIs\n"
@@ -93,7 +96,7 @@ static const char usage[] =
     "  -h, --help          this help\n";
 
 typedef struct {
-    const char *model, *data, *manifest, *subdir, *maskmap, *source, *target, *out;
+    const char *model, *autoencoder, *data, *manifest, *subdir, *maskmap, *source, *target, *out;
     double scale;
     int resize, batch, threads, center;
     const char *snapshots;
@@ -109,7 +112,9 @@ typedef struct {
     char hash[65];
     ld_dataset_t *ds;
     ld_ebm_ws_t *ws;
-    int n, c, s, target;
+    ld_ae_t *ae;        /* a latent model's autoencoder, else NULL */
+    ld_ae_ws_t *ae_ws;
+    int n, c, s, target; /* c, s: the images' channels and side (the autoencoder's for a latent model) */
     ld_crop_t *crops;
     float *start, *snaps, *start_energy, *snap_energy;
     uint8_t *masks;
@@ -124,6 +129,8 @@ static void run_free(sample_run_t *r)
     ld_meta_destroy(&r->meta);
     ld_dataset_destroy(&r->ds);
     ld_ebm_ws_destroy(&r->ws);
+    ld_ae_destroy(&r->ae);
+    ld_ae_ws_destroy(&r->ae_ws);
     free(r->crops);
     free(r->start);
     free(r->snaps);
@@ -168,7 +175,7 @@ static int parse_opts(int argc, char **argv, sample_opts_t *o)
 {
     static const char cmd[] = "sample";
     enum { O_MODEL = 256, O_DATA, O_MANIFEST, O_SUBDIR, O_MASKMAP, O_SCALE, O_RESIZE, O_SOURCE, O_TARGET,
-           O_CROP, O_BATCH, O_STEPS, O_SNAPS, O_ETA, O_NOISE, O_SEED, O_THREADS, O_OUT, O_KEEP };
+           O_CROP, O_BATCH, O_STEPS, O_SNAPS, O_ETA, O_NOISE, O_SEED, O_THREADS, O_OUT, O_KEEP, O_AE };
     static const struct option longopts[] = {
         { "model", required_argument, NULL, O_MODEL },       { "data", required_argument, NULL, O_DATA },
         { "manifest", required_argument, NULL, O_MANIFEST }, { "subdir", required_argument, NULL, O_SUBDIR },
@@ -179,7 +186,7 @@ static int parse_opts(int argc, char **argv, sample_opts_t *o)
         { "snapshots", required_argument, NULL, O_SNAPS },   { "step-size", required_argument, NULL, O_ETA },
         { "noise", required_argument, NULL, O_NOISE },       { "seed", required_argument, NULL, O_SEED },
         { "threads", required_argument, NULL, O_THREADS },   { "out", required_argument, NULL, O_OUT },
-        { "keep", required_argument, NULL, O_KEEP },
+        { "keep", required_argument, NULL, O_KEEP },         { "autoencoder", required_argument, NULL, O_AE },
         { "help", no_argument, NULL, 'h' },                  { NULL, 0, NULL, 0 },
     };
     *o = (sample_opts_t){ .batch = 8, .threads = 1, .scale = 0 };
@@ -189,6 +196,7 @@ static int parse_opts(int argc, char **argv, sample_opts_t *o)
     while ((c = ldt_getopt(cmd, argc, argv, "h", longopts)) != -1) {
         switch (c) {
         case O_MODEL: o->model = optarg; break;
+        case O_AE: o->autoencoder = optarg; break;
         case O_DATA: o->data = optarg; break;
         case O_MANIFEST: o->manifest = optarg; break;
         case O_SUBDIR: o->subdir = optarg; break;
@@ -237,6 +245,26 @@ static int parse_opts(int argc, char **argv, sample_opts_t *o)
 
 /* ---- model + data ---- */
 
+/* A latent model's autoencoder (r->c, r->s become its image geometry); a
+ * pixel model takes no --autoencoder. */
+static int open_autoencoder(const sample_opts_t *o, sample_run_t *r)
+{
+    const ld_ebm_arch_t *a = ld_ebm_arch(r->ebm);
+    r->c = a->image_channels;
+    r->s = a->size;
+    if (!ld_latent_is_latent(r->meta)) {
+        if (o->autoencoder)
+            return ld_seterr(LD_EINVAL, "--autoencoder: %s is a pixel model, not a latent one", o->model);
+        return LD_OK;
+    }
+    int rc = ld_latent_load_ae(o->model, r->meta, a, o->autoencoder, &r->ae, NULL);
+    if (rc)
+        return rc;
+    r->c = ld_ae_arch(r->ae)->image_channels;
+    r->s = ld_ae_arch(r->ae)->size;
+    return LD_OK;
+}
+
 static int open_model_and_data(const sample_opts_t *o, sample_run_t *r)
 {
     int rc = ld_model_load(o->model, &r->ebm, &r->meta, r->hash);
@@ -252,20 +280,20 @@ static int open_model_and_data(const sample_opts_t *o, sample_run_t *r)
         }
         return ld_seterr(LD_ENOENT, "target domain '%s' is not one of the model's domains (%s)", o->target, list);
     }
+    if ((rc = open_autoencoder(o, r)))
+        return rc;
     const char *maskmap = o->maskmap ? o->maskmap : ld_meta_get(r->meta, "maskmap");
     ld_dataset_opts_t dopts = { .root = o->data, .manifest = o->manifest, .subdir = o->subdir,
                                 .domains = o->source, .maskmap = maskmap, .scale = o->scale,
                                 .resize = o->resize };
     if ((rc = ld_dataset_open(&dopts, &r->ds)))
         return rc;
-    if (ld_dataset_channels(r->ds) != a->image_channels)
+    if (ld_dataset_channels(r->ds) != r->c)
         return ld_seterr(LD_EINVAL, "domain '%s' has %d-channel images but the model expects %d", o->source,
-                         ld_dataset_channels(r->ds), a->image_channels);
+                         ld_dataset_channels(r->ds), r->c);
     if (ld_dataset_n_classes(r->ds) > a->mask_classes)
         return ld_seterr(LD_EINVAL, "mask map \"%s\" gives %d classes but the model has %d",
                          maskmap ? maskmap : "0:0,*:1", ld_dataset_n_classes(r->ds), a->mask_classes);
-    r->c = a->image_channels;
-    r->s = a->size;
     return LD_OK;
 }
 
@@ -293,7 +321,10 @@ static int alloc_run(const sample_opts_t *o, sample_run_t *r)
     if (!r->crops || !r->start || !r->snaps || !r->start_energy || !r->snap_energy || !r->masks || !r->targets
         || !r->chain_ids)
         return ld_seterr(LD_ENOMEM, "out of memory for %d chains of %dx%d", o->batch, r->s, r->s);
-    return ld_ebm_ws_new(ld_ebm_arch(r->ebm), o->batch, o->threads, &r->ws);
+    int rc = ld_ebm_ws_new(ld_ebm_arch(r->ebm), o->batch, o->threads, &r->ws);
+    if (!rc && r->ae)
+        rc = ld_ae_ws_new(ld_ae_arch(r->ae), o->batch, o->threads, &r->ae_ws);
+    return rc;
 }
 
 /* Chain j starts from crop j: random crops draw from one RNG stream of the
@@ -327,8 +358,11 @@ static double now_s(void)
 static int run_chains(const sample_opts_t *o, sample_run_t *r)
 {
     double t0 = now_s();
-    int rc = ld_langevin_sample(r->ebm, r->ws, &o->lp, o->keep, r->n, r->start, r->masks, r->targets, r->chain_ids,
-                                r->snaps, r->snap_energy, r->start_energy, NULL);
+    int rc = r->ae ? ld_langevin_sample_latent(r->ebm, r->ws, r->ae, r->ae_ws, &o->lp, o->keep, r->n, r->start,
+                                               r->masks, r->targets, r->chain_ids, r->snaps, r->snap_energy,
+                                               r->start_energy, NULL)
+                   : ld_langevin_sample(r->ebm, r->ws, &o->lp, o->keep, r->n, r->start, r->masks, r->targets,
+                                        r->chain_ids, r->snaps, r->snap_energy, r->start_energy, NULL);
     r->seconds = now_s() - t0;
     return rc;
 }
