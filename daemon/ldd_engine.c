@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "ld_error.h"
+#include "ld_latent.h"
 #include "ld_log.h"
 #include "ld_model.h"
 #include "ldd_err.h"
@@ -23,6 +24,7 @@ static void free_engine(ldd_engine_t *e)
 {
     for (int i = 0; i < e->n_models; i++) {
         ld_ebm_destroy(&e->models[i].ebm);
+        ld_ae_destroy(&e->models[i].ae);
         free(e->models[i].served);
     }
     for (int d = 0; d < LD_EBM_MAX_DOMAINS; d++)
@@ -107,6 +109,11 @@ static int load_model(ldd_engine_t *e, int i, const char *path, trained_t traine
     if (rc < 0)
         return ldd_err_wrap(rc, "model %s", m->path);
     e->n_models++;
+    if (ld_latent_is_latent(meta) &&
+        (rc = ld_latent_load_ae(m->path, meta, ld_ebm_arch(m->ebm), NULL, &m->ae, m->ae_hash)) < 0) {
+        ld_meta_destroy(&meta);
+        return ldd_err_wrap(rc, "model %s", m->path);
+    }
     rc = ld_model_train_pairs(m->path, meta, ld_ebm_arch(m->ebm), m->pairs, &m->n_pairs);
     if (rc == LD_ENOENT)
         rc = 0;
@@ -124,16 +131,18 @@ static int load_models(const ldd_config_t *cfg, ldd_engine_t *e, trained_t train
             return rc;
         const ldd_model_t *m = &e->models[i];
         const ld_ebm_arch_t *a = ld_ebm_arch(m->ebm);
-        const ld_ebm_arch_t *a0 = ld_ebm_arch(e->models[0].ebm);
-        if (a->size != a0->size || a->image_channels != a0->image_channels)
+        int c, s, c0, s0;
+        ldd_model_image(m, &c, &s);
+        ldd_model_image(&e->models[0], &c0, &s0);
+        if (s != s0 || c != c0)
             return ld_seterr(LD_EFORMAT,
                              "model %s: size %d and %d channels differ from model %s (size %d, %d channels)",
-                             m->path, a->size, a->image_channels, e->models[0].path, a0->size,
-                             a0->image_channels);
-        ld_info("model %s: sha256 %.16s..., %d domains, size %d, colour space %s", m->path, m->hash, a->n_domains,
-                a->size, ld_colour_space_name(a->colour_space));
+                             m->path, s, c, e->models[0].path, s0, c0);
+        ld_info("model %s: sha256 %.16s..., %d domains, size %d, colour space %s%s%.16s%s", m->path, m->hash,
+                a->n_domains, s, ld_colour_space_name(a->colour_space), m->ae ? ", latent (autoencoder sha256 " : "",
+                m->ae ? m->ae_hash : "", m->ae ? "...)" : "");
     }
-    e->size = ld_ebm_arch(e->models[0].ebm)->size;
+    ldd_model_image(&e->models[0], &e->channels, &e->size);
     if (cfg->size && cfg->size != e->size)
         return ld_seterr(LD_ERANGE, "size = %d in the config, but the models have size %d", cfg->size, e->size);
     return 0;
@@ -141,14 +150,13 @@ static int load_models(const ldd_config_t *cfg, ldd_engine_t *e, trained_t train
 
 static int load_dataset(const ldd_config_t *cfg, ldd_engine_t *e)
 {
-    const ld_ebm_arch_t *a0 = ld_ebm_arch(e->models[0].ebm);
     ld_dataset_opts_t o = {
         .root = *cfg->data ? cfg->data : NULL,
         .manifest = *cfg->manifest ? cfg->manifest : NULL,
         .subdir = *cfg->subdir ? cfg->subdir : NULL,
         .domains = *cfg->domains ? cfg->domains : NULL,
         .maskmap = cfg->maskmap,
-        .channels = a0->image_channels,
+        .channels = e->channels,
         .scale = cfg->scale,
         .resize = cfg->resize,
         .min_side = cfg->min_side,
@@ -357,4 +365,11 @@ int ldd_engine_find_target(const ldd_engine_t *e, const char *target)
 int ldd_engine_find_source(const ldd_engine_t *e, const char *source)
 {
     return ld_dataset_domain_index(e->dataset, source);
+}
+
+void ldd_model_image(const ldd_model_t *m, int *channels, int *size)
+{
+    const ld_ebm_arch_t *a = ld_ebm_arch(m->ebm);
+    *channels = m->ae ? ld_ae_arch(m->ae)->image_channels : a->image_channels;
+    *size = m->ae ? ld_ae_arch(m->ae)->size : a->size;
 }

@@ -13,6 +13,12 @@
  * build; models that disagree fail the build, models without the key get
  * LDD_FALLBACK_*. The build logs the values in force and their source.
  *
+ * Latent models (ld_latent.h): a model whose metadata names an autoencoder
+ * is loaded with the autoencoder file next to it (same SHA-256, or the
+ * build fails); its samples are images of the autoencoder's size and
+ * channels (ldd_model_image), which are what every model of an engine and
+ * the dataset must agree on.
+ *
  * Colour: each model's chains run in its colour space (LAB models from
  * crops converted to LAB); samples are RGB either way (ld_langevin_sample).
  * keep = luminance needs 3-channel models: a build with grey models and that
@@ -30,6 +36,7 @@
 
 #include <stdint.h>
 
+#include "ld_ae.h"
 #include "ld_dataset.h"
 #include "ld_ebm.h"
 #include "ld_langevin.h"
@@ -45,6 +52,8 @@ typedef struct {
     char path[4096];
     char hash[65];
     ld_ebm_t *ebm;
+    ld_ae_t *ae;                           /* a latent model's autoencoder (ld_latent.h), else NULL */
+    char ae_hash[65];                      /* its SHA-256: with hash, the model's identity */
     ld_ebm_pair_t pairs[LD_EBM_MAX_PAIRS]; /* its train.pairs; n_pairs = 0: every ordered pair */
     int n_pairs;
     ldd_served_t *served;                  /* the pairs routed to it, source-major */
@@ -97,5 +106,9 @@ void ldd_engine_unref(ldd_engine_t **e_p);
 int ldd_engine_find_target(const ldd_engine_t *e, const char *target);
 /* Dataset domain index of a source domain, or -1. */
 int ldd_engine_find_source(const ldd_engine_t *e, const char *source);
+
+/* The samples' channels and side of a model: its own, or its autoencoder's
+ * for a latent model. */
+void ldd_model_image(const ldd_model_t *m, int *channels, int *size);
 
 #endif

@@ -21,11 +21,19 @@ typedef struct {
     ld_ebm_ws_t *ws;
 } ws_slot_t;
 
+typedef struct { /* the same for the autoencoders of latent models */
+    ld_ae_arch_t arch_copy;
+    int max_batch;
+    ld_ae_ws_t *ws;
+} ae_slot_t;
+
 typedef struct {
     struct ldd_workers_s *pool;
     pthread_t thread;
     ws_slot_t slots[LDD_MAX_MODELS];
     int n_slots;
+    ae_slot_t ae_slots[LDD_MAX_MODELS];
+    int n_ae_slots;
 } worker_t;
 
 struct ldd_workers_s {
@@ -100,13 +108,48 @@ static ld_ebm_ws_t *workspace_for(worker_t *w, const ld_ebm_arch_t *arch, int n)
     return s->ws;
 }
 
+static ld_ae_ws_t *ae_workspace_for(worker_t *w, const ld_ae_arch_t *arch, int n)
+{
+    ae_slot_t *s = NULL;
+    for (int i = 0; i < w->n_ae_slots && !s; i++)
+        if (ld_ae_arch_same_shape(&w->ae_slots[i].arch_copy, arch))
+            s = &w->ae_slots[i];
+    if (s && s->max_batch >= n)
+        return s->ws;
+    if (!s)
+        s = w->n_ae_slots < LDD_MAX_MODELS ? &w->ae_slots[w->n_ae_slots++] : &w->ae_slots[0];
+    ld_ae_ws_destroy(&s->ws);
+    s->arch_copy = *arch;
+    s->max_batch = n;
+    if (ld_ae_ws_new(arch, n, 1, &s->ws) < 0) {
+        ld_error("worker: cannot allocate an autoencoder workspace: %s", ld_errdetail());
+        abort();
+    }
+    return s->ws;
+}
+
+/* The chains of a job on its model: pixel or latent. */
+static int sample(worker_t *w, const ldd_model_t *model, ldd_job_t *job, const float *start, const int32_t *target,
+                  const uint64_t *ids)
+{
+    const ld_ebm_t *m = model->ebm;
+    ld_ebm_ws_t *ws = workspace_for(w, ld_ebm_arch(m), job->n);
+    if (!model->ae)
+        return ld_langevin_sample(m, ws, &job->params, job->keep, job->n, start, job->masks, target, ids,
+                                  job->images, job->energy, NULL, &w->pool->cancel);
+    return ld_langevin_sample_latent(m, ws, model->ae, ae_workspace_for(w, ld_ae_arch(model->ae), job->n),
+                                     &job->params, job->keep, job->n, start, job->masks, target, ids, job->images,
+                                     job->energy, NULL, &w->pool->cancel);
+}
+
 /* Extracts crops, runs the chains, records snapshots. */
 static int run_job(worker_t *w, ldd_job_t *job)
 {
     ldd_engine_t *e = job->engine;
-    const ld_ebm_t *m = e->models[job->model].ebm;
-    const ld_ebm_arch_t *arch = ld_ebm_arch(m);
-    size_t css = (size_t)arch->image_channels * arch->size * arch->size, ss = (size_t)arch->size * arch->size;
+    const ldd_model_t *model = &e->models[job->model];
+    int channels, side;
+    ldd_model_image(model, &channels, &side);
+    size_t css = (size_t)channels * side * side, ss = (size_t)side * side;
     int n = job->n, ns = job->params.n_snapshots;
     float *start = ldd_xcalloc((size_t)n * css, sizeof(float));
     int32_t *target = ldd_xcalloc((size_t)n, sizeof(int32_t));
@@ -121,8 +164,7 @@ static int run_job(worker_t *w, ldd_job_t *job)
         ids[i] = job->chains[i].chain_id;
     }
     if (rc == 0)
-        rc = ld_langevin_sample(m, workspace_for(w, arch, n), &job->params, job->keep, n, start, job->masks, target,
-                                ids, job->images, job->energy, NULL, &w->pool->cancel);
+        rc = sample(w, model, job, start, target, ids);
     if (rc < 0)
         snprintf(job->error, sizeof job->error, "%s: %s", ld_strerror(rc), ld_errdetail());
     free(start);
@@ -155,6 +197,8 @@ static void *worker_main(void *arg)
     pthread_mutex_unlock(&pool->mu);
     for (int i = 0; i < w->n_slots; i++)
         ld_ebm_ws_destroy(&w->slots[i].ws);
+    for (int i = 0; i < w->n_ae_slots; i++)
+        ld_ae_ws_destroy(&w->ae_slots[i].ws);
     return NULL;
 }
 
