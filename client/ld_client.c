@@ -11,15 +11,22 @@
  *     connection or fails with EAGAIN and is retried, never delivered later
  *     to a session it was not meant for.
  *   - Every received message is decoded and checked before anything in it
- *     is trusted (frame count and lengths, shapes, encoding, mask ids). */
+ *     is trusted (frame count and lengths, shapes, encoding, mask ids).
+ *   - Every sampler belongs to one source (an opts.endpoints entry); a
+ *     source's samplers are exactly the distinct addresses of its last
+ *     successful resolution (a failed one changes nothing), at most
+ *     MAX_ENDPOINTS in all. Ids come from a counter and are never reused. */
 #include "ld_client.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
+#include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <zmq.h>
 
@@ -35,6 +42,8 @@
  * is ignored rather than overflow the count of milliseconds. */
 #define MAX_IDLE_TIMEOUT_S 1e7
 #define RETRY_MS 50 /* resend period of a PullRequest that found no connection */
+#define RESOLVE_RETRY_MS 1000 /* retry period of a name or file that gave no sampler */
+#define ADDR_MAX (LD_CLIENT_HOST_MAX + 16) /* "tcp://[" host "]:" port */
 #define HANDSHAKE_FAILED \
     (ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH)
 
@@ -42,7 +51,8 @@ enum ep_state { EP_DOWN, EP_HELLO, EP_LIVE, EP_REJECTED, EP_DRAINING };
 static const char *const state_names[] = { "down", "hello", "live", "rejected", "draining" };
 
 typedef struct {
-    char *addr;
+    char *addr;            /* the ZeroMQ endpoint */
+    int id, source;        /* never-reused id; index into the client's sources */
     void *sock, *mon;
     enum ep_state state;
     uint32_t window, outstanding;
@@ -55,10 +65,35 @@ typedef struct {
     uint64_t sessions, batches, samples, bytes, errors;
 } endpoint_t;
 
+/* An opts.endpoints entry: one fixed sampler, a name, or a hosts file. */
+enum src_kind { SRC_FIXED, SRC_NAME, SRC_FILE };
+
+typedef struct {
+    char *spec;            /* as given */
+    enum src_kind kind;
+    char *target;          /* SRC_NAME: the host name; SRC_FILE: the path */
+    uint16_t port;         /* SRC_NAME */
+    int64_t next_resolve_ms;
+    char problem[256];     /* why the last resolution gave no sampler, "" if it did */
+} source_t;
+
+/* The ZeroMQ endpoints a source stands for now. */
+typedef struct {
+    int n;
+    char v[MAX_ENDPOINTS][ADDR_MAX];
+} addr_list_t;
+
 struct ld_client_s {
     void *ctx;
-    int n;
+    int n, cap;            /* samplers, and the room in eps */
     endpoint_t *eps;
+    int next_id;
+    int n_srcs;
+    source_t *srcs;
+    int resolve_ms, dead_ms;
+    ld_client_resolver_fn resolver;
+    void *resolver_user;
+    ld_client_addr_t *found; /* the resolver's output, MAX_ENDPOINTS entries */
     int rr;                /* endpoint served first by the next receive round */
     uint32_t credits;
     int timeout_ms, heartbeat_ms;
@@ -170,6 +205,7 @@ void ld_client_opts_init(ld_client_opts_t *opts)
     opts->timeout_ms = 30000;
     opts->heartbeat_ms = 1000;
     opts->dead_ms = 3000;
+    opts->resolve_ms = 30000;
 }
 
 /* A Z85 key: 40 characters that decode. */
@@ -256,6 +292,8 @@ static int check_opts(const ld_client_opts_t *o)
         return ld_seterr(LD_ERANGE, "credits %u outside 1..%d", o->credits, MAX_CREDITS);
     if (o->timeout_ms < 0 || o->heartbeat_ms < 1 || o->dead_ms < 1)
         return ld_seterr(LD_ERANGE, "timeout_ms >= 0, heartbeat_ms >= 1 and dead_ms >= 1 required");
+    if (o->resolve_ms < 0)
+        return ld_seterr(LD_ERANGE, "resolve_ms %d is negative", o->resolve_ms);
     return check_curve(o);
 }
 
@@ -326,9 +364,12 @@ static int set_int(void *sock, int opt, int v, const char *addr, const char *wha
     return 0;
 }
 
-static int open_endpoint(ld_client_t *c, int i, int dead_ms)
+static void close_endpoint(endpoint_t *ep);
+static int send_message(endpoint_t *ep, Langdaug__V1__ClientMessage *m);
+
+/* Creates a sampler's socket and monitor and starts connecting. */
+static int open_endpoint(ld_client_t *c, endpoint_t *ep)
 {
-    endpoint_t *ep = &c->eps[i];
     char mon_addr[96];
     ep->sock = zmq_socket(c->ctx, ZMQ_DEALER);
     ep->mon = zmq_socket(c->ctx, ZMQ_PAIR);
@@ -336,15 +377,16 @@ static int open_endpoint(ld_client_t *c, int i, int dead_ms)
         return ld_seterr(LD_EIO, "%s: cannot create sockets: %s", ep->addr, zmq_strerror(errno));
     int rc = set_int(ep->sock, ZMQ_LINGER, 0, ep->addr, "linger");
     rc = rc ? rc : set_int(ep->sock, ZMQ_IMMEDIATE, 1, ep->addr, "immediate");
+    rc = rc ? rc : set_int(ep->sock, ZMQ_IPV6, strstr(ep->addr, "://[") != NULL, ep->addr, "IPv6");
     rc = rc ? rc : set_int(ep->sock, ZMQ_RECONNECT_IVL, 100, ep->addr, "reconnect interval");
     rc = rc ? rc : set_int(ep->sock, ZMQ_RECONNECT_IVL_MAX, 2000, ep->addr, "reconnect interval max");
     rc = rc ? rc : set_int(ep->sock, ZMQ_HEARTBEAT_IVL, c->heartbeat_ms, ep->addr, "heartbeat interval");
-    rc = rc ? rc : set_int(ep->sock, ZMQ_HEARTBEAT_TIMEOUT, dead_ms, ep->addr, "heartbeat timeout");
+    rc = rc ? rc : set_int(ep->sock, ZMQ_HEARTBEAT_TIMEOUT, c->dead_ms, ep->addr, "heartbeat timeout");
     rc = rc ? rc : set_int(ep->mon, ZMQ_LINGER, 0, ep->addr, "linger");
     rc = rc ? rc : set_curve(c, ep);
     if (rc)
         return rc;
-    snprintf(mon_addr, sizeof mon_addr, "inproc://ld-client-%p-%d", (void *)c, i);
+    snprintf(mon_addr, sizeof mon_addr, "inproc://ld-client-%p-%d", (void *)c, ep->id);
     if (zmq_socket_monitor(ep->sock, mon_addr, ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_DISCONNECTED | HANDSHAKE_FAILED) != 0 ||
         zmq_connect(ep->mon, mon_addr) != 0)
         return ld_seterr(LD_EIO, "%s: cannot monitor the socket: %s", ep->addr, zmq_strerror(errno));
@@ -353,6 +395,334 @@ static int open_endpoint(ld_client_t *c, int i, int dead_ms)
     ep->state = EP_DOWN;
     ep->window = c->credits;
     ep->idle_timeout_ms = DEFAULT_IDLE_TIMEOUT_MS;
+    return 0;
+}
+
+/* Drops the sampler at position i (Bye first if in a session). */
+static void remove_endpoint(ld_client_t *c, int i)
+{
+    close_endpoint(&c->eps[i]);
+    memmove(&c->eps[i], &c->eps[i + 1], (size_t)(c->n - i - 1) * sizeof *c->eps);
+    c->n--;
+    if (c->rr > i)
+        c->rr--;
+    if (c->rr >= c->n)
+        c->rr = 0;
+}
+
+/* Adds a sampler at addr for source si, with the next id. */
+static int add_endpoint(ld_client_t *c, int si, const char *addr)
+{
+    if (c->n == MAX_ENDPOINTS) {
+        ld_warn("%s: sampler %s left out: the client has %d already", c->srcs[si].spec, addr, MAX_ENDPOINTS);
+        return 0;
+    }
+    if (c->n == c->cap) {
+        int cap = c->cap ? 2 * c->cap : 8;
+        endpoint_t *eps = realloc(c->eps, (size_t)cap * sizeof *eps);
+        if (!eps)
+            return ld_seterr(LD_ENOMEM, "out of memory for the samplers");
+        c->eps = eps;
+        c->cap = cap;
+    }
+    endpoint_t *ep = &c->eps[c->n];
+    memset(ep, 0, sizeof *ep);
+    ep->id = c->next_id++;
+    ep->source = si;
+    if (!(ep->addr = strdup(addr)))
+        return ld_seterr(LD_ENOMEM, "out of memory for the samplers");
+    c->n++;
+    int rc = open_endpoint(c, ep);
+    if (rc)
+        remove_endpoint(c, c->n - 1);
+    return rc;
+}
+
+/* ------------------------------------------------------------ fleets: names and hosts files */
+
+/* A port: decimal 1..65535. */
+static int parse_port(const char *what, const char *text, uint16_t *port)
+{
+    size_t len = strlen(text);
+    long v = len >= 1 && len <= 5 && strspn(text, "0123456789") == len ? strtol(text, NULL, 10) : 0;
+    if (v < 1 || v > 65535)
+        return ld_seterr(LD_EINVAL, "%s: port '%s' is not a number in 1..65535", what, text);
+    *port = (uint16_t)v;
+    return 0;
+}
+
+/* "HOST:PORT" or "[IPV6]:PORT" into host (without brackets) and port;
+ * *literal says whether host is an IP address (else a name). */
+static int parse_hostport(const char *what, const char *text, char host[LD_CLIENT_HOST_MAX], uint16_t *port,
+                          int *literal)
+{
+    int v6 = text[0] == '[';
+    const char *h = text + v6, *end = v6 ? strchr(text, ']') : strrchr(text, ':');
+    if (!end || (v6 && end[1] != ':'))
+        return ld_seterr(LD_EINVAL, "%s: '%s' is not %s:PORT", what, text, v6 ? "[IPV6]" : "HOST");
+    size_t len = (size_t)(end - h);
+    if (len == 0 || len >= LD_CLIENT_HOST_MAX)
+        return ld_seterr(LD_EINVAL, "%s: '%s': the host is empty or longer than %d bytes", what, text,
+                         LD_CLIENT_HOST_MAX - 1);
+    memcpy(host, h, len);
+    host[len] = '\0';
+    int rc = parse_port(what, end + 1 + v6, port);
+    if (rc)
+        return rc;
+    unsigned char raw[16];
+    *literal = inet_pton(v6 ? AF_INET6 : AF_INET, host, raw) == 1;
+    if (v6 && !*literal)
+        return ld_seterr(LD_EINVAL, "%s: '%s' is not an IPv6 address", what, host);
+    if (!*literal && strspn(host, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_") != len)
+        return ld_seterr(LD_EINVAL, "%s: '%s' is not a host name or IP address", what, host);
+    return 0;
+}
+
+/* Classifies an opts.endpoints entry (see ld_client.h). */
+static int parse_source(source_t *src, const char *spec)
+{
+    char what[300], host[LD_CLIENT_HOST_MAX];
+    int literal = 1;
+    snprintf(what, sizeof what, "endpoint '%.200s'", spec);
+    if (strlen(spec) >= ADDR_MAX)
+        return ld_seterr(LD_EINVAL, "%s: longer than %d bytes", what, ADDR_MAX - 1);
+    if (!(src->spec = strdup(spec)))
+        return ld_seterr(LD_ENOMEM, "out of memory for the endpoints");
+    if (!strncmp(spec, "file://", 7)) {
+        if (spec[7] != '/')
+            return ld_seterr(LD_EINVAL, "%s: a hosts file needs an absolute path (file:///path/hosts)", what);
+        src->kind = SRC_FILE;
+        src->target = strdup(spec + 7);
+    } else if (!strncmp(spec, "tcp://", 6) && !strchr(spec, ';')) {
+        int rc = parse_hostport(what, spec + 6, host, &src->port, &literal);
+        if (rc)
+            return rc;
+        src->kind = literal ? SRC_FIXED : SRC_NAME;
+        src->target = literal ? NULL : strdup(host);
+    }
+    if (src->kind != SRC_FIXED && !src->target)
+        return ld_seterr(LD_ENOMEM, "out of memory for the endpoints");
+    return 0;
+}
+
+/* Appends tcp://host:port (an IPv6 host in brackets) unless listed. */
+static void list_add(addr_list_t *l, const char *host, uint16_t port)
+{
+    char a[ADDR_MAX];
+    if (strchr(host, ':'))
+        snprintf(a, sizeof a, "tcp://[%s]:%u", host, port);
+    else
+        snprintf(a, sizeof a, "tcp://%s:%u", host, port);
+    for (int i = 0; i < l->n; i++)
+        if (!strcmp(l->v[i], a))
+            return;
+    if (l->n < MAX_ENDPOINTS)
+        memcpy(l->v[l->n++], a, sizeof a);
+}
+
+/* The default resolver: the IPv4 addresses getaddrinfo() gives. */
+static int resolve_ipv4(void *user, const char *host, uint16_t port, ld_client_addr_t *out, int max)
+{
+    (void)user;
+    struct addrinfo hints = { .ai_family = AF_INET, .ai_socktype = SOCK_STREAM }, *res;
+    int err = getaddrinfo(host, NULL, &hints, &res);
+    if (err)
+        return ld_seterr(err == EAI_AGAIN ? LD_EAGAIN : err == EAI_NONAME || err == EAI_NODATA ? LD_ENOENT : LD_EIO,
+                         "name '%s': %s", host, gai_strerror(err));
+    int n = 0;
+    for (const struct addrinfo *ai = res; ai && n < max; ai = ai->ai_next, n++) {
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)ai->ai_addr)->sin_addr, out[n].host,
+                  sizeof out[n].host);
+        out[n].port = port;
+    }
+    freeaddrinfo(res);
+    return n;
+}
+
+/* Adds host:port to l: itself if an IP address, else the resolver's answer. */
+static int resolve_host(ld_client_t *c, const char *host, uint16_t port, int literal, addr_list_t *l)
+{
+    if (literal) {
+        list_add(l, host, port);
+        return 0;
+    }
+    int n = c->resolver(c->resolver_user, host, port, c->found, MAX_ENDPOINTS);
+    if (n < 0)
+        return n;
+    if (n > MAX_ENDPOINTS)
+        return ld_seterr(LD_ERANGE, "name '%s': the resolver gave %d addresses, at most %d were asked", host, n,
+                         MAX_ENDPOINTS);
+    for (int i = 0; i < n; i++) {
+        const ld_client_addr_t *a = &c->found[i];
+        if (!memchr(a->host, '\0', sizeof a->host) || !a->host[0] || !a->port)
+            return ld_seterr(LD_EINVAL, "name '%s': the resolver's address %d has no host or port", host, i);
+        list_add(l, a->host, a->port);
+    }
+    return 0;
+}
+
+/* One line of a hosts file: HOST:PORT or tcp://HOST:PORT, blank, or a '#' comment. */
+static int hosts_line(ld_client_t *c, const char *what, char *line, addr_list_t *l)
+{
+    char host[LD_CLIENT_HOST_MAX];
+    uint16_t port;
+    int literal;
+    size_t len = strlen(line);
+    while (len > 0 && strchr(" \t\r\n", line[len - 1]))
+        line[--len] = '\0';
+    line += strspn(line, " \t");
+    if (!*line || *line == '#')
+        return 0;
+    if (!strncmp(line, "tcp://", 6))
+        line += 6;
+    int rc = parse_hostport(what, line, host, &port, &literal);
+    if (!rc && (rc = resolve_host(c, host, port, literal, l)))
+        rc = ld_seterr(rc, "%s: %s", what, ld_errdetail());
+    return rc;
+}
+
+static int read_hosts(ld_client_t *c, const char *path, addr_list_t *l)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return ld_seterr(LD_EIO, "hosts file '%s': %s", path, strerror(errno));
+    char line[ADDR_MAX + 64], what[300];
+    int rc = 0;
+    for (int no = 1; !rc && fgets(line, sizeof line, f); no++) {
+        snprintf(what, sizeof what, "%.250s:%d", path, no);
+        if (strlen(line) == sizeof line - 1 && line[sizeof line - 2] != '\n')
+            rc = ld_seterr(LD_EINVAL, "%s: line longer than %zu bytes", what, sizeof line - 2);
+        else
+            rc = hosts_line(c, what, line, l);
+    }
+    if (!rc && ferror(f))
+        rc = ld_seterr(LD_EIO, "hosts file '%s': %s", path, strerror(errno));
+    fclose(f);
+    return rc;
+}
+
+static int list_source(ld_client_t *c, const source_t *s, addr_list_t *l)
+{
+    if (s->kind == SRC_NAME)
+        return resolve_host(c, s->target, s->port, 0, l);
+    if (s->kind == SRC_FILE)
+        return read_hosts(c, s->target, l);
+    memcpy(l->v[0], s->spec, strlen(s->spec) + 1);
+    l->n = 1;
+    return 0;
+}
+
+static int cmp_addr(const void *a, const void *b)
+{
+    return strcmp(a, b);
+}
+
+static int listed(const addr_list_t *l, const char *addr)
+{
+    for (int i = 0; i < l->n; i++)
+        if (!strcmp(l->v[i], addr))
+            return 1;
+    return 0;
+}
+
+static int source_has(const ld_client_t *c, int si, const char *addr)
+{
+    for (int i = 0; i < c->n; i++)
+        if (c->eps[i].source == si && !strcmp(c->eps[i].addr, addr))
+            return 1;
+    return 0;
+}
+
+/* Makes source si's samplers those of l: drops the ones no longer listed,
+ * adds the new ones in sorted order. */
+static int sync_source(ld_client_t *c, int si, addr_list_t *l)
+{
+    const char *spec = c->srcs[si].spec;
+    qsort(l->v, (size_t)l->n, sizeof l->v[0], cmp_addr);
+    for (int i = c->n - 1; i >= 0; i--)
+        if (c->eps[i].source == si && !listed(l, c->eps[i].addr)) {
+            ld_info("%s: sampler %s is no longer listed; dropped", spec, c->eps[i].addr);
+            remove_endpoint(c, i);
+        }
+    for (int k = 0; k < l->n; k++) {
+        if (source_has(c, si, l->v[k]))
+            continue;
+        int rc = add_endpoint(c, si, l->v[k]);
+        if (rc)
+            return rc;
+        if (c->srcs[si].kind != SRC_FIXED)
+            ld_info("%s: sampler %s joined (id %d)", spec, l->v[k], c->next_id - 1);
+    }
+    return 0;
+}
+
+/* Records why a source gives no sampler now ("" = it does), logged once. */
+static void set_problem(const ld_client_t *c, int si, const char *why)
+{
+    source_t *s = &c->srcs[si];
+    int kept = 0;
+    for (int i = 0; i < c->n; i++)
+        kept += c->eps[i].source == si;
+    if (why[0] && strcmp(why, s->problem) && c->resolve_ms > 0) /* else ld_client_new() fails with it */
+        ld_warn("%s: %s; %d of its samplers kept, retrying", s->spec, why, kept);
+    snprintf(s->problem, sizeof s->problem, "%s", why);
+}
+
+/* Resolves source si again and brings its samplers in line. A failed
+ * resolution changes nothing and is retried sooner; only socket errors
+ * (LD_ENOMEM, LD_EIO) are returned. */
+static int refresh_source(ld_client_t *c, int si, int64_t t)
+{
+    source_t *s = &c->srcs[si];
+    addr_list_t *l = malloc(sizeof *l);
+    if (!l)
+        return ld_seterr(LD_ENOMEM, "out of memory for the samplers of %s", s->spec);
+    l->n = 0;
+    int rc = list_source(c, s, l);
+    if (rc == 0) {
+        rc = sync_source(c, si, l);
+        set_problem(c, si, l->n ? "" : "lists no sampler");
+    } else if (rc != LD_ENOMEM) {
+        set_problem(c, si, ld_errdetail());
+        rc = 0;
+    }
+    free(l);
+    int64_t period = s->problem[0] && c->resolve_ms > RESOLVE_RETRY_MS ? RESOLVE_RETRY_MS : c->resolve_ms;
+    s->next_resolve_ms = s->kind == SRC_FIXED || c->resolve_ms == 0 ? INT64_MAX : t + period;
+    return rc;
+}
+
+static int refresh_due(ld_client_t *c, int64_t t)
+{
+    for (int si = 0; si < c->n_srcs; si++) {
+        int rc = t >= c->srcs[si].next_resolve_ms ? refresh_source(c, si, t) : 0;
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+/* Parses every endpoint and resolves it a first time. */
+static int open_sources(ld_client_t *c, const ld_client_opts_t *o)
+{
+    c->n_srcs = o->n_endpoints;
+    c->srcs = calloc((size_t)c->n_srcs, sizeof *c->srcs);
+    c->found = calloc(MAX_ENDPOINTS, sizeof *c->found);
+    if (!c->srcs || !c->found)
+        return ld_seterr(LD_ENOMEM, "out of memory for the endpoints");
+    for (int si = 0; si < c->n_srcs; si++) {
+        int rc = parse_source(&c->srcs[si], o->endpoints[si]);
+        if (rc)
+            return rc;
+    }
+    int64_t t = now_ms();
+    for (int si = 0; si < c->n_srcs; si++) {
+        int rc = refresh_source(c, si, t);
+        if (rc)
+            return rc;
+        if (c->resolve_ms == 0 && c->srcs[si].problem[0])
+            return ld_seterr(LD_ENOENT, "%s: %s", c->srcs[si].spec, c->srcs[si].problem);
+    }
     return 0;
 }
 
@@ -365,39 +735,30 @@ int ld_client_new(const ld_client_opts_t *opts, ld_client_t **out)
     ld_client_t *c = calloc(1, sizeof *c);
     if (!c)
         return ld_seterr(LD_ENOMEM, "out of memory for the client");
-    c->n = opts->n_endpoints;
     c->credits = opts->credits;
     c->timeout_ms = opts->timeout_ms;
     c->heartbeat_ms = opts->heartbeat_ms;
+    c->dead_ms = opts->dead_ms;
+    c->resolve_ms = opts->resolve_ms;
+    c->resolver = opts->resolver ? opts->resolver : resolve_ipv4;
+    c->resolver_user = opts->resolver_user;
     c->has_seed = opts->has_seed;
     c->seed = opts->seed;
     c->name = strdup(opts->name ? opts->name : "liblangdaug");
-    c->eps = calloc((size_t)c->n, sizeof *c->eps);
     c->ctx = zmq_ctx_new();
-    if (!c->name || !c->eps) {
+    if (!c->name)
         rc = ld_seterr(LD_ENOMEM, "out of memory for the client");
-        goto fail;
-    }
-    if (!c->ctx) {
+    else if (!c->ctx)
         rc = ld_seterr(LD_EIO, "cannot create a ZeroMQ context: %s", zmq_strerror(errno));
-        goto fail;
-    }
-    if ((rc = build_template(c, opts)) || (rc = copy_curve(c, opts)))
-        goto fail;
-    for (int i = 0; i < c->n; i++) {
-        if (!(c->eps[i].addr = strdup(opts->endpoints[i]))) {
-            rc = ld_seterr(LD_ENOMEM, "out of memory for the client");
-            goto fail;
-        }
-        if ((rc = open_endpoint(c, i, opts->dead_ms)))
-            goto fail;
+    else if (!(rc = build_template(c, opts)) && !(rc = copy_curve(c, opts)))
+        rc = open_sources(c, opts);
+    if (rc) {
+        ld_client_destroy(&c);
+        return rc;
     }
     c->last_heartbeat_ms = now_ms();
     *out = c;
     return 0;
-fail:
-    ld_client_destroy(&c);
-    return rc;
 }
 
 /* Packs and sends one ClientMessage without blocking: 0, LD_EAGAIN (no
@@ -445,7 +806,7 @@ static int top_up(ld_client_t *c, endpoint_t *ep)
     Langdaug__V1__PullRequest pull = LANGDAUG__V1__PULL_REQUEST__INIT;
     if (!ep->spec_sent) {
         pull = c->pull;
-        pull.seed = ld_client_session_seed(c->seed, (uint32_t)(ep - c->eps), ep->sessions - 1);
+        pull.seed = ld_client_session_seed(c->seed, (uint32_t)ep->id, ep->sessions - 1);
     }
     pull.has_credits = 1;
     pull.credits = ep->window - ep->outstanding;
@@ -760,7 +1121,7 @@ static int receive_batch(ld_client_t *c, endpoint_t *ep, Langdaug__V1__ServerMes
     bi->header = header;
     zmq_msg_init(&bi->images);
     zmq_msg_init(&bi->masks);
-    bi->pub.endpoint = (int)(ep - c->eps);
+    bi->pub.endpoint = ep->id;
     int rc = 0;
     if (!zmq_msg_more(first) || zmq_msg_recv(&bi->images, ep->sock, ZMQ_DONTWAIT) < 0 ||
         !zmq_msg_more(&bi->images) || zmq_msg_recv(&bi->masks, ep->sock, ZMQ_DONTWAIT) < 0)
@@ -837,31 +1198,41 @@ static int receive_one(ld_client_t *c, endpoint_t *ep, ld_batch_t **out)
 
 static int all_rejected(const ld_client_t *c)
 {
+    if (c->n == 0)
+        return 0;
     for (int i = 0; i < c->n; i++)
         if (c->eps[i].state != EP_REJECTED)
             return 0;
     return 1;
 }
 
+/* Each sampler's state, then each name or file that gives none and why. */
 static int timeout_error(const ld_client_t *c)
 {
-    char detail[512];
-    int len = snprintf(detail, sizeof detail, "no batch within %d ms:", c->timeout_ms);
-    for (int i = 0; i < c->n && len > 0 && (size_t)len < sizeof detail; i++)
+    char detail[1024];
+    int len = snprintf(detail, sizeof detail, "no batch within %d ms:%s", c->timeout_ms, c->n ? "" : " no sampler");
+    for (int i = 0; i < c->n && (size_t)len < sizeof detail; i++)
         len += snprintf(detail + len, sizeof detail - (size_t)len, "%s %s %s (%u credits out%s%s)", i ? "," : "",
                         c->eps[i].addr, state_names[c->eps[i].state], c->eps[i].outstanding,
                         c->eps[i].handshake_error[0] ? "; " : "", c->eps[i].handshake_error);
+    for (int si = 0; si < c->n_srcs && (size_t)len < sizeof detail; si++)
+        if (c->srcs[si].problem[0])
+            len += snprintf(detail + len, sizeof detail - (size_t)len, "; %s: %s", c->srcs[si].spec,
+                            c->srcs[si].problem);
     return ld_seterr(LD_ETIMEDOUT, "%s", detail);
 }
 
-/* Milliseconds zmq_poll may sleep: until the deadline, the next heartbeat,
- * or a short retry while a send is waiting for a connection. */
+/* Milliseconds zmq_poll may sleep: until the deadline, the next heartbeat
+ * or resolution, or a short retry while a send is waiting for a connection. */
 static long poll_wait(const ld_client_t *c, int64_t t, int64_t deadline)
 {
     int64_t wait = deadline - t;
     int64_t beat = c->last_heartbeat_ms + c->heartbeat_ms - t;
     if (beat < wait)
         wait = beat;
+    for (int si = 0; si < c->n_srcs; si++)
+        if (c->srcs[si].next_resolve_ms - t < wait)
+            wait = c->srcs[si].next_resolve_ms - t;
     for (int i = 0; i < c->n; i++) {
         const endpoint_t *ep = &c->eps[i];
         if ((ep->state == EP_HELLO && ep->need_hello) || (ep->state == EP_LIVE && ep->outstanding < ep->window))
@@ -889,9 +1260,12 @@ int ld_client_next(ld_client_t *self, ld_batch_t **out)
     for (;;) {
         if (self->cancel && *self->cancel)
             return ld_seterr(LD_ECANCELED, "interrupted while waiting for a batch");
+        int rc = refresh_due(self, now_ms());
+        if (rc)
+            return rc;
         for (int i = 0; i < self->n; i++)
             read_monitor(&self->eps[i]);
-        int rc = maintain(self, now_ms());
+        rc = maintain(self, now_ms());
         if (rc)
             return rc;
         for (int k = 0; k < self->n; k++) {
@@ -919,6 +1293,26 @@ int ld_client_next(ld_client_t *self, ld_batch_t **out)
 
 /* ------------------------------------------------------------ teardown, stats */
 
+/* Says Bye to a sampler in a session and closes its sockets. */
+static void close_endpoint(endpoint_t *ep)
+{
+    if (ep->sock && (ep->state == EP_LIVE || ep->state == EP_HELLO)) {
+        Langdaug__V1__Bye bye = LANGDAUG__V1__BYE__INIT;
+        Langdaug__V1__ClientMessage m = LANGDAUG__V1__CLIENT_MESSAGE__INIT;
+        m.body_case = LANGDAUG__V1__CLIENT_MESSAGE__BODY_BYE;
+        m.bye = &bye;
+        set_int(ep->sock, ZMQ_LINGER, 200, ep->addr, "linger"); /* let the Bye leave */
+        send_message(ep, &m);
+    }
+    if (ep->sock) {
+        zmq_socket_monitor(ep->sock, NULL, 0);
+        zmq_close(ep->sock);
+    }
+    if (ep->mon)
+        zmq_close(ep->mon);
+    free(ep->addr);
+}
+
 void ld_batch_destroy(ld_batch_t **b_p)
 {
     if (!b_p || !*b_p)
@@ -939,26 +1333,16 @@ void ld_client_destroy(ld_client_t **self_p)
     if (!self_p || !*self_p)
         return;
     ld_client_t *c = *self_p;
-    for (int i = 0; c->eps && i < c->n; i++) {
-        endpoint_t *ep = &c->eps[i];
-        if (ep->sock && (ep->state == EP_LIVE || ep->state == EP_HELLO)) {
-            Langdaug__V1__Bye bye = LANGDAUG__V1__BYE__INIT;
-            Langdaug__V1__ClientMessage m = LANGDAUG__V1__CLIENT_MESSAGE__INIT;
-            m.body_case = LANGDAUG__V1__CLIENT_MESSAGE__BODY_BYE;
-            m.bye = &bye;
-            set_int(ep->sock, ZMQ_LINGER, 200, ep->addr, "linger"); /* let the Bye leave */
-            send_message(ep, &m);
-        }
-        if (ep->sock) {
-            zmq_socket_monitor(ep->sock, NULL, 0);
-            zmq_close(ep->sock);
-        }
-        if (ep->mon)
-            zmq_close(ep->mon);
-        free(ep->addr);
-    }
+    for (int i = 0; i < c->n; i++)
+        close_endpoint(&c->eps[i]);
     if (c->ctx)
         zmq_ctx_term(c->ctx);
+    for (int si = 0; c->srcs && si < c->n_srcs; si++) {
+        free(c->srcs[si].spec);
+        free(c->srcs[si].target);
+    }
+    free(c->srcs);
+    free(c->found);
     free_template(c);
     free(c->eps);
     free(c->name);
@@ -982,7 +1366,7 @@ int ld_client_stats(const ld_client_t *self, int endpoint, ld_endpoint_stats_t *
         return ld_seterr(LD_ERANGE, "endpoint %d outside 0..%d", endpoint, self->n - 1);
     const endpoint_t *ep = &self->eps[endpoint];
     *out = (ld_endpoint_stats_t){
-        .endpoint = ep->addr, .state = state_names[ep->state], .outstanding = ep->outstanding,
+        .id = ep->id, .endpoint = ep->addr, .source = self->srcs[ep->source].spec, .state = state_names[ep->state], .outstanding = ep->outstanding,
         .window = ep->window, .batches = ep->batches, .samples = ep->samples, .bytes = ep->bytes,
         .sessions = ep->sessions, .errors = ep->errors,
     };

@@ -30,9 +30,9 @@
  * (HelloReply.idle_timeout, which may be below a second, or the whole
  * seconds of idle_timeout_s from daemons that do not send it).
  *
- * Seeds: with opts.has_seed, session k (0, 1, ... counted per endpoint, a
- * new one after each reconnection) of endpoint e asks for seed
- * ld_client_session_seed(seed, e, k): exactly `seed` for endpoint 0's first
+ * Seeds: with opts.has_seed, session k (0, 1, ... counted per sampler, a
+ * new one after each reconnection) of the sampler with id e asks for seed
+ * ld_client_session_seed(seed, e, k): exactly `seed` for sampler 0's first
  * session, distinct well-mixed seeds otherwise, so two samplers or a
  * restarted one never replay the same chains.
  *
@@ -49,6 +49,28 @@
  *       else { use b->images, b->masks, b->meta[0 .. b->n-1]; ld_batch_destroy(&b); }
  *   }
  *   ld_client_destroy(&c);
+ *
+ * Sampler fleets. An endpoint may stand for several samplers, each a
+ * connection of its own with its own credit window:
+ *   tcp://HOST:PORT   HOST a name: one sampler per IPv4 address it resolves
+ *                     to (a Kubernetes headless Service, round-robin DNS);
+ *                     an IP address ([...] for IPv6) is one sampler;
+ *   file:///PATH      a hosts file: one HOST:PORT (or tcp://HOST:PORT) a
+ *                     line, '#' comments, each HOST resolved as above (a
+ *                     Slurm job writes its node list there);
+ *   anything else     (ipc://, tcp://IFACE;HOST:PORT) one sampler, as is.
+ * Names and files are resolved at ld_client_new() and again every
+ * resolve_ms from ld_client_next(): samplers that appear are connected,
+ * ones no longer listed are said Bye and dropped. A resolution that fails
+ * (unknown name, unreadable or malformed file, resolver error) changes
+ * nothing: the samplers already known stay, the failure is logged once,
+ * named in ld_client_next()'s timeout detail, and retried every second (or
+ * every resolve_ms if shorter). Resolution blocks ld_client_next() while it
+ * runs (getaddrinfo: usually well under a millisecond from a local cache).
+ * Each sampler gets an id, never reused within a client: endpoints that are
+ * one sampler get 0, 1, ... in option order; samplers of a name or file get
+ * the next ids in sorted address order. Batches and stats carry the id, and
+ * seeds are per id (below), so samplers that come and go never share seeds.
  *
  * A sampler that refuses the connection (CURVE keys not accepted, or CURVE
  * on one side only) stays "down"; ZeroMQ keeps retrying, the failure is
@@ -86,12 +108,29 @@ typedef struct {
     double weight; /* > 0; 0 means the default 1 */
 } ld_pair_t;
 
+#define LD_CLIENT_HOST_MAX 256 /* bytes of a resolved host, with its NUL */
+
+/* One address a resolver found: a host ZeroMQ connects to (numeric, IPv6
+ * without brackets) and its port. */
+typedef struct {
+    char host[LD_CLIENT_HOST_MAX];
+    uint16_t port;
+} ld_client_addr_t;
+
+/* A resolver (ld_client_opts_t.resolver): writes the addresses of `host` (a
+ * name, never an IP address) for `port` into out[0 .. max-1] and returns
+ * how many (0 = no sampler now), or a negative LD_E* with ld_seterr()'s
+ * detail when it cannot say now (the client then keeps what it had). Called
+ * from ld_client_new() and ld_client_next(), on the caller's thread. The
+ * default uses getaddrinfo() for IPv4 addresses, as ZeroMQ itself does. */
+typedef int (*ld_client_resolver_fn)(void *user, const char *host, uint16_t port, ld_client_addr_t *out, int max);
+
 /* Options; start from ld_client_opts_init() and set what you need. The
  * client copies everything it keeps, so the caller's arrays and strings
  * need only live through ld_client_new(). */
 typedef struct {
-    const char *const *endpoints; /* e.g. "tcp://host:5555"; 1.. endpoints */
-    int n_endpoints;
+    const char *const *endpoints; /* e.g. "tcp://host:5555", "file:///run/hosts"; 1.. endpoints */
+    int n_endpoints;              /* (at most 256 samplers in all) */
     uint32_t batch_size;          /* samples per batch (required, >= 1) */
     const char *const *targets;   /* target domains (shorthand pairs) */
     int n_targets;
@@ -118,6 +157,12 @@ typedef struct {
     const char *curve_server_key;
     const char *curve_public_key;
     const char *curve_secret_key;
+    /* Fleets (above): names and hosts files are resolved again every
+     * resolve_ms (default 30000; 0 = only at ld_client_new(), where a
+     * failure is then an error); resolver NULL = getaddrinfo(). */
+    int resolve_ms;
+    ld_client_resolver_fn resolver;
+    void *resolver_user;
 } ld_client_opts_t;
 
 /* Metadata of one sample; strings are "" when the daemon did not send them.
@@ -140,7 +185,8 @@ typedef struct {
  * received frames (images is aligned for its element type: a misaligned
  * frame is copied once). */
 typedef struct {
-    int endpoint;                /* index into opts.endpoints */
+    int endpoint;                /* id of the sampler it came from (= index into opts.endpoints
+                                  * when every endpoint is one sampler) */
     uint64_t sequence;           /* per session, 0, 1, ... */
     uint32_t n, channels, size;  /* N, C, S */
     uint32_t mask_classes;       /* K (0 if the daemon did not say) */
@@ -155,9 +201,11 @@ typedef struct {
 
 typedef struct ld_client_s ld_client_t;
 
-/* Per-endpoint counters (for `langdaug bench` and tests). */
+/* Per-sampler counters (for `langdaug bench` and tests). */
 typedef struct {
-    const char *endpoint;        /* valid while the client lives */
+    int id;                      /* as in ld_batch_t.endpoint */
+    const char *endpoint;        /* its ZeroMQ endpoint; valid until it is dropped */
+    const char *source;          /* the opts.endpoints entry it comes from; valid while the client lives */
     const char *state;           /* "down", "hello", "live", "rejected", "draining" */
     uint32_t outstanding;        /* credits granted and not yet answered */
     uint32_t window;             /* credits kept outstanding (clamped to the daemon's max) */
@@ -171,7 +219,9 @@ LD_EXTERN void ld_client_opts_init(ld_client_opts_t *opts);
 /* Checks and copies opts, creates the sockets and starts connecting (the
  * endpoints need not be up yet). LD_EINVAL/LD_ERANGE name a bad option or a
  * malformed endpoint (key text is never put in the detail), LD_ENOTSUP
- * CURVE keys with a libzmq built without CURVE, LD_EIO a ZeroMQ failure. */
+ * CURVE keys with a libzmq built without CURVE, LD_EIO a ZeroMQ failure,
+ * and with resolve_ms 0, LD_ENOENT for a name or
+ * file that gives no sampler. */
 LD_EXTERN int ld_client_new(const ld_client_opts_t *opts, ld_client_t **out);
 
 /* Says Bye to live endpoints, closes everything, NULLs *self_p. Safe on
@@ -181,7 +231,8 @@ LD_EXTERN void ld_client_destroy(ld_client_t **self_p);
 /* Waits up to opts.timeout_ms for the next batch from any endpoint (served
  * round-robin among those with batches waiting). Returns 0 and *out (owned
  * by the caller), or:
- *   LD_ETIMEDOUT  nothing arrived in time (detail: each endpoint's state);
+ *   LD_ETIMEDOUT  nothing arrived in time (detail: each sampler's state, and
+ *                 why a name or file gave none);
  *   LD_EPROTO     an endpoint sent a malformed message (dropped);
  *   LD_EINVAL, LD_ENOENT, LD_ERANGE, LD_ENOTSUP  the daemon rejected the
  *                 request (Error INVALID_REQUEST, UNKNOWN_DOMAIN, LIMIT,
@@ -197,7 +248,9 @@ LD_EXTERN int ld_client_next(ld_client_t *self, ld_batch_t **out);
  * client notices within heartbeat_ms). NULL removes the flag. */
 LD_EXTERN void ld_client_set_cancel(ld_client_t *self, const volatile sig_atomic_t *flag);
 
-/* Number of endpoints, and a snapshot of one's counters. */
+/* Number of samplers now, and a snapshot of the counters of the one at
+ * position 0 .. ld_client_endpoints() - 1 (positions change only when a
+ * resolution in ld_client_next() adds or drops samplers; ids never do). */
 LD_EXTERN int ld_client_endpoints(const ld_client_t *self);
 LD_EXTERN int ld_client_stats(const ld_client_t *self, int endpoint, ld_endpoint_stats_t *out);
 

@@ -4,7 +4,13 @@
  * well-formed and as requested, a refused request reported, and a client of
  * two samplers that goes on when one is killed and takes it back once it is
  * restarted; heartbeats that keep a session of a sub-second idle timeout
- * while no batch can come (a raw client hogs the queue memory). Each daemon is started by its test, dies with it
+ * while no batch can come (a raw client hogs the queue memory). Sampler
+ * fleets: malformed names and hosts files refused; a name whose injected
+ * resolver answers with changing sets of 127.0.0.1 daemons (by port) is
+ * followed (new samplers used with fresh ids and seeds, vanished ones
+ * dropped, a failing resolution changing nothing, an empty one leaving a
+ * timeout that says why); a rewritten hosts file, whose names go through
+ * the system resolver (localhost). Each daemon is started by its test, dies with it
  * (PR_SET_PDEATHSIG) and is stopped by it; every wait is bounded. */
 #include "testutil.h"
 
@@ -588,9 +594,10 @@ static void dump_logs(void)
     ld_test_system("for f in %s/daemon-*.log; do echo \"== $f\"; tail -n 20 \"$f\"; done", fx.dir);
 }
 
-/* Pulls until a batch from `endpoint` arrives (bounded in time); counts
- * the batches taken from each endpoint meanwhile. */
-static void pull_until_from(ld_client_t *c, int endpoint, int counts[2])
+/* Pulls until a batch from `endpoint` (a sampler id) arrives (bounded in
+ * time) and returns its first sample's seed; counts the batches taken from
+ * each endpoint meanwhile when counts is not NULL. */
+static uint64_t pull_until_from(ld_client_t *c, int endpoint, int *counts)
 {
     int64_t deadline = now_ms() + WAIT_MS;
     while (now_ms() < deadline) {
@@ -598,10 +605,12 @@ static void pull_until_from(ld_client_t *c, int endpoint, int counts[2])
         int rc = ld_client_next(c, &b);
         ck_assert_msg(rc == 0, "next: %s: %s", ld_strerror(rc), ld_errdetail());
         int from = b->endpoint;
-        counts[from]++;
+        uint64_t seed = b->meta[0].seed;
+        if (counts)
+            counts[from]++;
         ld_batch_destroy(&b);
         if (from == endpoint)
-            return;
+            return seed;
     }
     dump_logs();
     ck_abort_msg("no batch from endpoint %d within %d ms", endpoint, WAIT_MS);
@@ -888,6 +897,220 @@ START_TEST(curve_keys)
 }
 END_TEST
 
+/* ---------------------------------------------------------------- fleets */
+
+/* An injected resolver: every name resolves to 127.0.0.1 at the ports
+ * listed now, or fails with `fail`. Called on the test's thread. */
+typedef struct {
+    int ports[4], n, fail, calls;
+} fake_dns_t;
+
+static int fake_resolve(void *user, const char *host, uint16_t port, ld_client_addr_t *out, int max)
+{
+    fake_dns_t *dns = user;
+    (void)port;
+    dns->calls++;
+    if (dns->fail)
+        return ld_seterr(dns->fail, "name '%s': the test's resolver fails", host);
+    for (int i = 0; i < dns->n && i < max; i++) {
+        snprintf(out[i].host, sizeof out[i].host, "127.0.0.1");
+        out[i].port = (uint16_t)dns->ports[i];
+    }
+    return dns->n < max ? dns->n : max;
+}
+
+static void fleet_opts(ld_client_opts_t *o, const char *const *eps, fake_dns_t *dns)
+{
+    static const char *const tg[] = { "cam1" };
+    base_opts(o, eps, 1, tg);
+    o->batch_size = 2;
+    o->credits = 2;
+    o->resolve_ms = 200;
+    o->timeout_ms = 5000;
+    o->heartbeat_ms = 200;
+    o->dead_ms = 1000;
+    if (dns) {
+        o->resolver = fake_resolve;
+        o->resolver_user = dns;
+    }
+}
+
+START_TEST(fleet_specs_are_checked)
+{
+    static const struct { const char *ep, *word; } bad[] = {
+        { "tcp://sampler", "is not HOST:PORT" }, { "tcp://sampler:0", "port '0' is not" },
+        { "tcp://sampler:65536", "port '65536'" }, { "tcp://sampler:55x", "port '55x'" },
+        { "tcp://[::1:5555", "is not [IPV6]:PORT" }, { "tcp://[fe80::zz]:5555", "not an IPv6 address" },
+        { "tcp://sam pler:5555", "'sam pler' is not a host name" }, { "tcp://:5555", "host is empty" },
+        { "file://hosts", "absolute path" },
+    };
+    fake_dns_t dns = { .fail = LD_ENOENT };
+    ld_client_opts_t o;
+    ld_client_t *c = (ld_client_t *)&o;
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        const char *eps[] = { bad[i].ep };
+        fleet_opts(&o, eps, &dns);
+        ck_assert_int_eq(ld_client_new(&o, &c), LD_EINVAL);
+        ck_assert_ptr_null(c);
+        ck_assert_msg(strstr(ld_errdetail(), bad[i].word) && strstr(ld_errdetail(), bad[i].ep), "%s: %s", bad[i].ep,
+                      ld_errdetail());
+    }
+    const char *eps[] = { "tcp://samplers.test:5555" };
+    fleet_opts(&o, eps, &dns);
+    o.resolve_ms = -1;
+    ck_assert_int_eq(ld_client_new(&o, &c), LD_ERANGE);
+    /* resolved once only: a name or file that gives nothing is an error now */
+    o.resolve_ms = 0;
+    ck_assert_int_eq(ld_client_new(&o, &c), LD_ENOENT);
+    ck_assert_msg(strstr(ld_errdetail(), "samplers.test") && strstr(ld_errdetail(), "test's resolver fails"), "%s",
+                  ld_errdetail());
+    const char *missing[] = { "file:///nonexistent/langdaug-hosts" };
+    o.endpoints = missing;
+    ck_assert_int_eq(ld_client_new(&o, &c), LD_ENOENT);
+    ck_assert_msg(strstr(ld_errdetail(), "/nonexistent/langdaug-hosts"), "%s", ld_errdetail());
+    /* re-resolved: the client waits for samplers, and its timeout says why there are none */
+    o.endpoints = eps;
+    o.resolve_ms = 100;
+    o.timeout_ms = 300;
+    ck_assert_int_eq(ld_client_new(&o, &c), 0);
+    ck_assert_int_eq(ld_client_endpoints(c), 0);
+    ld_batch_t *b;
+    ck_assert_int_eq(ld_client_next(c, &b), LD_ETIMEDOUT);
+    ck_assert_msg(strstr(ld_errdetail(), "no sampler; tcp://samplers.test:5555: name 'samplers.test': the test's"),
+                  "%s", ld_errdetail());
+    ck_assert_int_ge(dns.calls, 3); /* retried while waiting */
+    ld_client_destroy(&c);
+}
+END_TEST
+
+/* The client's samplers now, as "id=port" in position order. */
+static void fleet_is(ld_client_t *c, const char *want)
+{
+    char got[256] = "";
+    for (int e = 0; e < ld_client_endpoints(c); e++) {
+        ld_endpoint_stats_t st;
+        ck_assert_int_eq(ld_client_stats(c, e, &st), 0);
+        const char *port = strrchr(st.endpoint, ':');
+        snprintf(got + strlen(got), sizeof got - strlen(got), "%s%d=%s", e ? " " : "", st.id, port + 1);
+    }
+    ck_assert_str_eq(got, want);
+}
+
+START_TEST(fleet_follows_the_resolver)
+{
+    NEED_DAEMON();
+    daemon_t d[3] = { { 0 } };
+    for (int i = 0; i < 3; i++)
+        daemon_start(&d[i], 0);
+    fake_dns_t dns = { .ports = { d[1].port, d[0].port }, .n = 2 };
+    const char *eps[] = { "tcp://samplers.test:5555" };
+    ld_client_opts_t o;
+    fleet_opts(&o, eps, &dns);
+    o.has_seed = 1;
+    o.seed = 9;
+    ld_client_t *c;
+    ck_assert_int_eq(ld_client_new(&o, &c), 0);
+    char want[256];
+    int lo = d[0].port < d[1].port ? 0 : 1, hi = 1 - lo; /* ids are given in sorted address order */
+    snprintf(want, sizeof want, "0=%d 1=%d", d[lo].port, d[hi].port);
+    fleet_is(c, want);
+    ck_assert_uint_eq(pull_until_from(c, 0, NULL), 9);
+    ck_assert_uint_eq(pull_until_from(c, 1, NULL), ld_client_session_seed(9, 1, 0));
+    ld_endpoint_stats_t st;
+    ck_assert_int_eq(ld_client_stats(c, 0, &st), 0);
+    ck_assert_str_eq(st.source, eps[0]);
+
+    /* one sampler goes, another appears: the new one serves with the next id and its own seed */
+    dns.ports[0] = d[hi].port;
+    dns.ports[1] = d[2].port;
+    ck_assert_uint_eq(pull_until_from(c, 2, NULL), ld_client_session_seed(9, 2, 0));
+    snprintf(want, sizeof want, "1=%d 2=%d", d[hi].port, d[2].port);
+    fleet_is(c, want);
+
+    /* a failing resolution changes nothing */
+    dns.fail = LD_EAGAIN;
+    int calls = dns.calls;
+    while (dns.calls < calls + 2)
+        pull_until_from(c, 1, NULL);
+    fleet_is(c, want);
+
+    /* an empty answer drops every sampler; the timeout says why */
+    dns.fail = 0;
+    dns.n = 0;
+    ld_batch_t *b = NULL;
+    int rc;
+    while ((rc = ld_client_next(c, &b)) == 0)
+        ld_batch_destroy(&b);
+    ck_assert_int_eq(rc, LD_ETIMEDOUT);
+    ck_assert_msg(strstr(ld_errdetail(), "no sampler; tcp://samplers.test:5555: lists no sampler"), "%s",
+                  ld_errdetail());
+    fleet_is(c, "");
+    ld_client_destroy(&c);
+    for (int i = 0; i < 3; i++)
+        daemon_stop(&d[i], 0);
+}
+END_TEST
+
+/* Replaces a file's content at once (as a job script should). */
+static void write_hosts(const char *path, const char *text)
+{
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    ld_test_write_file(tmp, text, strlen(text));
+    ck_assert_int_eq(rename(tmp, path), 0);
+}
+
+/* A log sink keeping the warnings, one a line. */
+static void keep_warnings(int level, const char *msg, void *user)
+{
+    char *buf = user;
+    if (level <= LD_LOG_WARN && strlen(buf) + strlen(msg) + 2 < 4096)
+        strcat(strcat(buf, msg), "\n");
+}
+
+START_TEST(fleet_reads_a_hosts_file)
+{
+    NEED_DAEMON();
+    daemon_t d[2] = { { 0 } };
+    for (int i = 0; i < 2; i++)
+        daemon_start(&d[i], 0);
+    char *hosts = ld_test_path(fx.dir, "hosts"), ep[4200], text[256];
+    snprintf(ep, sizeof ep, "file://%s", hosts);
+    snprintf(text, sizeof text, "# written by the job script\n\n  127.0.0.1:%d  \n", d[0].port);
+    write_hosts(hosts, text);
+    const char *eps[] = { ep };
+    ld_client_opts_t o;
+    fleet_opts(&o, eps, NULL);
+    ld_client_t *c;
+    ck_assert_int_eq(ld_client_new(&o, &c), 0);
+    pull_until_from(c, 0, NULL);
+
+    /* rewritten: a name (through the system resolver) replaces the first sampler */
+    snprintf(text, sizeof text, "tcp://localhost:%d\n", d[1].port);
+    write_hosts(hosts, text);
+    pull_until_from(c, 1, NULL);
+    char want[64];
+    snprintf(want, sizeof want, "1=%d", d[1].port);
+    fleet_is(c, want);
+
+    /* a malformed file keeps the samplers and says where it is wrong, once */
+    static char warnings[4096];
+    ld_log_set(keep_warnings, warnings, LD_LOG_INFO);
+    write_hosts(hosts, "127.0.0.1:1\nnode-7\n");
+    for (int64_t until = now_ms() + 600; now_ms() < until;)
+        pull_until_from(c, 1, NULL);
+    ld_log_set(NULL, NULL, LD_LOG_INFO);
+    fleet_is(c, want);
+    static const char said[] = "hosts:2: 'node-7' is not HOST:PORT; 1 of its samplers kept";
+    const char *line = strstr(warnings, said);
+    ck_assert_msg(line && !strstr(line + sizeof said, "node-7"), "%s", warnings);
+    ld_client_destroy(&c);
+    for (int i = 0; i < 2; i++)
+        daemon_stop(&d[i], 0);
+    free(hosts);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("client");
@@ -897,6 +1120,7 @@ int main(void)
     tcase_add_test(tc, encodings_and_seeds);
     tcase_add_test(tc, malformed_messages_are_errors);
     tcase_add_test(tc, cancel_flag_interrupts_the_wait);
+    tcase_add_test(tc, fleet_specs_are_checked);
     suite_add_tcase(s, tc);
     tc = ld_tcase("daemon", 90);
     tcase_add_checked_fixture(tc, fixture_setup, fixture_teardown);
@@ -906,6 +1130,8 @@ int main(void)
     tcase_add_test(tc, outlives_session_expiry);
     tcase_add_test(tc, heartbeats_keep_a_short_idle_timeout);
     tcase_add_test(tc, curve_keys);
+    tcase_add_test(tc, fleet_follows_the_resolver);
+    tcase_add_test(tc, fleet_reads_a_hosts_file);
     suite_add_tcase(s, tc);
     return ld_test_run(s);
 }

@@ -74,9 +74,10 @@ static int parse_args(int argc, char **argv, ldt_request_t *req, double *seconds
     return ldt_request_finish(req, CMD);
 }
 
-/* Pulls until `seconds` after the first batch; *first_s = wait for it. */
+/* Pulls until `seconds` after the first batch; *first_s = wait for it;
+ * base[0 .. *n_base - 1] = the samplers' counters at the first batch. */
 static int measure(ld_client_t *client, double seconds, double *first_s, double *secs,
-                   ld_endpoint_stats_t *base)
+                   ld_endpoint_stats_t *base, int *n_base)
 {
     double t0 = now_s(), start = 0;
     for (;;) {
@@ -89,13 +90,24 @@ static int measure(ld_client_t *client, double seconds, double *first_s, double 
         if (start == 0) {
             start = t;
             *first_s = t - t0;
-            for (int e = 0; e < ld_client_endpoints(client); e++)
+            *n_base = ld_client_endpoints(client);
+            for (int e = 0; e < *n_base; e++)
                 ld_client_stats(client, e, &base[e]);
         } else if (t - start >= seconds) {
             *secs = t - start;
             return 0;
         }
     }
+}
+
+/* A sampler's counters at the first batch, by id (a fleet's samplers come
+ * and go, so positions may change); zeros for one that joined later. */
+static ld_endpoint_stats_t base_of(const ld_endpoint_stats_t *base, int n_base, int id)
+{
+    for (int e = 0; e < n_base; e++)
+        if (base[e].id == id)
+            return base[e];
+    return (ld_endpoint_stats_t){ .id = id };
 }
 
 int ldt_bench_main(int argc, char **argv)
@@ -111,8 +123,9 @@ int ldt_bench_main(int argc, char **argv)
     }
     ld_client_t *client = NULL;
     ld_endpoint_stats_t base[LDC_REQUEST_MAX_ITEMS];
+    int n_base = 0;
     rc = ld_client_new(&req.opts, &client);
-    rc = rc ? rc : measure(client, seconds, &first, &secs, base);
+    rc = rc ? rc : measure(client, seconds, &first, &secs, base, &n_base);
     if (!rc) {
         uint64_t tb = 0, ts = 0, tbytes = 0;
         printf("first batch after %.3f s; then %.2f s measured (batch %u, %s, credits %u per sampler)\n", first, secs,
@@ -120,11 +133,11 @@ int ldt_bench_main(int argc, char **argv)
         for (int e = 0; e < ld_client_endpoints(client); e++) {
             ld_endpoint_stats_t s;
             ld_client_stats(client, e, &s);
-            report_line(s.endpoint, s.batches - base[e].batches, s.samples - base[e].samples,
-                        s.bytes - base[e].bytes, secs);
-            tb += s.batches - base[e].batches;
-            ts += s.samples - base[e].samples;
-            tbytes += s.bytes - base[e].bytes;
+            ld_endpoint_stats_t b0 = base_of(base, n_base, s.id);
+            report_line(s.endpoint, s.batches - b0.batches, s.samples - b0.samples, s.bytes - b0.bytes, secs);
+            tb += s.batches - b0.batches;
+            ts += s.samples - b0.samples;
+            tbytes += s.bytes - b0.bytes;
         }
         report_line("total", tb, ts, tbytes, secs);
     }
