@@ -5,6 +5,8 @@
 #   make bench           benchmarks (speed is measured here, never in tests)
 #   make demo            the main job on the embedded default
 #   make fuzz            libFuzzer pass over every target (FUZZ_SECONDS each, default 20)
+#   make fuzz-long       every target for FUZZ_LONG_SECONDS (default 3600) each, one at a
+#                        time, minimizing what it finds into tests/fuzz/corpus (replayed by make fuzz)
 #   make install         PREFIX=/usr/local DESTDIR=
 # Options: SANITIZE=address,undefined  WERROR=1  OPT=-O2  V=1
 
@@ -103,7 +105,7 @@ TARGETS += $(B)/liblangdaug.a $(B)/liblangdaug.so
 endif
 VERSION := $(shell sed -n 's/^#define LD_VERSION "\(.*\)"$$/\1/p' common/ld_version.h)
 
-.PHONY: all deps test bench demo fuzz install clean print-deps
+.PHONY: all deps test bench demo fuzz fuzz-long install clean print-deps
 # Generated sources are kept (make would delete them as intermediates).
 .SECONDARY: $(PROTO_C) $(PROTO_H)
 all: $(TARGETS) $(TEST_BIN) $(BENCH_BIN) $(EXAMPLE_BIN) $(PY_PROTO)
@@ -233,6 +235,10 @@ FUZZ_SECONDS ?= 20
 FUZZ_SEED ?=
 fuzz: deps
 	$(Q)FUZZ_BUILD=$(B)/fuzz FUZZ_SEED=$(FUZZ_SEED) tests/fuzz/run $(FUZZ_SECONDS)
+
+FUZZ_LONG_SECONDS ?= 3600
+fuzz-long: deps
+	$(Q)FUZZ_BUILD=$(B)/fuzz FUZZ_KEEP=1 tests/fuzz/run $(FUZZ_LONG_SECONDS)
 
 # Headers: only the client library's public ones (the engine is not a library users link).
 # The pkg-config file is written here, with the PREFIX of this install.

@@ -13,8 +13,6 @@
 
 #include "ld_error.h"
 #include "ld_log.h"
-#include "ld_model.h"
-#include "ld_synth.h"
 #include "fuzz_util.h"
 #include "ldd_config.h"
 #include "ldd_engine.h"
@@ -39,27 +37,9 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     (void)argc;
     (void)argv;
     fuzz_quiet();
-    char dir[] = "/tmp/fuzz-client-message-XXXXXX", data[64], model[96];
-    if (!mkdtemp(dir))
-        fail("mkdtemp");
-    snprintf(data, sizeof data, "%s/data", dir);
-    snprintf(model, sizeof model, "%s/model.safetensors", dir);
-    ld_synth_opts_t so;
-    ld_synth_defaults(&so);
-    so.n_domains = 2;
-    so.per_domain = 1;
-    so.size = 40;
-    if (ld_synth_write(data, &so) < 0)
-        fail("dataset");
-    ld_ebm_arch_t arch = { .image_channels = 3, .mask_classes = 2, .size = 16 };
-    ld_ebm_t *ebm = NULL;
-    if (ld_ebm_arch_set_widths(&arch, "4,8") < 0 || ld_ebm_arch_set_domains(&arch, "cam0,cam1") < 0 ||
-        ld_ebm_new(&arch, &ebm) < 0)
-        fail("model");
-    ld_ebm_init_random(ebm, 1);
-    if (ld_model_save(model, ebm, NULL, NULL) < 0)
-        fail("model file");
-    ld_ebm_destroy(&ebm);
+    fuzz_engine_files_t files;
+    fuzz_engine_files("client-message", &files);
+    const char *model = files.model, *data = files.data;
     if (ldd_config_defaults(&cfg) < 0 || ldd_config_set(&cfg, "model", model, "fuzz") < 0 ||
         ldd_config_set(&cfg, "data", data, "fuzz") < 0 || ldd_config_set(&cfg, "max_batch", "64", "fuzz") < 0 ||
         ldd_config_set(&cfg, "max_steps", "50", "fuzz") < 0)
@@ -67,11 +47,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     if (ldd_engine_load(&cfg, &engine) < 0)
         fail("engine");
     sessions = ldd_sessions_new(cfg.max_clients);
-    /* everything is in memory now */
-    char cmd[160];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    if (system(cmd) != 0)
-        fail("cleanup");
+    fuzz_remove_dir(files.dir); /* everything is in memory now */
     return 0;
 }
 
