@@ -23,6 +23,7 @@ import numpy as np
 from langdaug.client import (Client, LangDAugError, ProtocolError, RequestRejected, parse_pairs, read_key_file,
                              session_seed, status)
 from ldtest import CLI, DAEMON, HERE, Hog, free_port, run_cli
+from stallwatch import StallWatch
 from test_daemon_trained import luminance_change
 
 WAIT = 20.0   # seconds any single expected event may take
@@ -475,15 +476,33 @@ class MultiSamplerTest(unittest.TestCase):
     def test_heartbeats_keep_a_short_idle_timeout(self):
         """idle_timeout 0.3 s: HelloReply.idle_timeout says so, idle_timeout_s says 1. While next()
         waits with no batch to come (a hog holds the queue memory), heartbeats planned from the
-        precise value keep the session; planned from 1 s they would come every 333 ms, too late,
-        and the daemon would forget a client that does not notice."""
+        precise value (one each 0.1 s: checked directly) keep the session; planned from 1 s they
+        would come every 333 ms, too late, and the daemon would forget a client that does not notice.
+        A stall of about 0.2 s of this process or of the daemon's loop also ends the session, with
+        no bug: a round that lost it while a stall was witnessed (tests/stallwatch.py) is run
+        again, at most ATTEMPTS rounds in all; one that lost it with no stall witnessed fails."""
+        attempts = 3
+        witnessed = []
+        for attempt in range(1, attempts + 1):
+            lost, watch = self._short_idle_round("short-idle-%d" % attempt)
+            if not lost:
+                return
+            if not watch.stalled(0.1):
+                self.fail("round %d lost its session (%s) with no stall witnessed: %s" % (attempt, lost, watch))
+            witnessed.append("%s (%s)" % (lost, watch))
+        self.fail("every round lost its session, each during a stall: " + "; ".join(witnessed))
+
+    def _short_idle_round(self, name):
+        """One round of the short idle timeout: (why the session was lost or None, StallWatch)."""
         batch = 32
         sampler = self.fx.sampler(extra=["--idle-timeout", "0.3", "--max-queue-memory", "1",
                                          "--max-credits", "1000"])
         self.addCleanup(sampler.stop)
         hog = Hog(sampler.endpoint, TARGET, batch)
         self.addCleanup(hog.close)
-        with Client(sampler.endpoint, batch, targets=[TARGET], steps=[0], timeout=3.0, name="short-idle") as c:
+        lost = None
+        with StallWatch([sampler.proc.pid]) as watch, \
+                Client(sampler.endpoint, batch, targets=[TARGET], steps=[0], timeout=3.0, name=name) as c:
             waited, deadline = False, time.monotonic() + WAIT
             while not waited and time.monotonic() < deadline:
                 try:
@@ -491,13 +510,22 @@ class MultiSamplerTest(unittest.TestCase):
                 except TimeoutError:
                     waited = True
             self.assertTrue(waited, "the hog never held the queue memory: nothing was tested")
-            self.assertIn("short-idle", [cl.name for cl in status(sampler.status_endpoint, WAIT).clients])
+            self.assertAlmostEqual(c.heartbeat, 0.1, places=9, msg="heartbeats planned from idle_timeout / 3")
+            if name not in [cl.name for cl in status(sampler.status_endpoint, WAIT).clients]:
+                lost = "gone from the status while waiting"
             hog.close()
-            c.next()  # the same session is served once the memory is free
+            try:
+                c.next()  # the same session is served once the memory is free
+            except TimeoutError:
+                lost = lost or "no batch once the memory was free"
             st = c.stats()[0]
-            self.assertEqual((st["state"], st["sessions"]), ("live", 1))
-        self.assertNotIn("(short-idle): idle timeout", sampler.log())
-
+            if (st["state"], st["sessions"]) != ("live", 1):
+                lost = lost or "client state %s after %d sessions" % (st["state"], st["sessions"])
+        if "(%s): idle timeout" % name in sampler.log():
+            lost = lost or "the daemon logged its idle timeout"
+        sampler.stop()
+        hog.close()
+        return lost, watch
 
 def write_key(path, z85, secret=False):
     """A key file as `langdaug keygen` writes it (common/ld_curvekey.h)."""
