@@ -97,12 +97,12 @@ static void adam_params(const ld_aetrain_config_t *cfg, ld_adam_params_t *p)
     p->eps = cfg->eps;
 }
 
-/* The architecture of cfg; channels as resolved (0 reads as 1 here, for
- * checks made before the data is open). */
+/* The architecture of cfg; channels as resolved (for checks made before
+ * the data is open, 0 reads as 3 for LAB, else 1). */
 static int config_arch(const ld_aetrain_config_t *cfg, ld_ae_arch_t *a)
 {
     memset(a, 0, sizeof *a);
-    a->image_channels = cfg->data.channels ? cfg->data.channels : 1;
+    a->image_channels = cfg->data.channels ? cfg->data.channels : cfg->data.colour_space == LD_COLOUR_LAB ? 3 : 1;
     a->size = cfg->size;
     a->latent_channels = cfg->latent;
     a->colour_space = cfg->data.colour_space;
@@ -307,6 +307,11 @@ const ld_ae_t *ld_aetrain_model(const ld_aetrain_t *self) { return self->model; 
 const ld_dataset_t *ld_aetrain_dataset(const ld_aetrain_t *self) { return self->ds; }
 int ld_aetrain_n_val(const ld_aetrain_t *self, int d) { return self->n_val[d]; }
 const int *ld_aetrain_val_items(const ld_aetrain_t *self, int d) { return self->items + self->first_item[d]; }
+
+const float *ld_aetrain_batch(const ld_aetrain_t *self)
+{
+    return self->x;
+}
 
 const float *ld_aetrain_history(const ld_aetrain_t *self, int64_t *n_rows)
 {

@@ -129,6 +129,9 @@ const ld_dataset_t *ld_aetrain_dataset(const ld_aetrain_t *self);
 /* Held-out images of domain d (indices into the dataset's items). */
 int ld_aetrain_n_val(const ld_aetrain_t *self, int d);
 const int *ld_aetrain_val_items(const ld_aetrain_t *self, int d);
+/* The last iteration's batch of crops ([batch, C,S,S], in the model's
+ * colour space; overwritten by evaluations and previews). */
+const float *ld_aetrain_batch(const ld_aetrain_t *self);
 /* Rows of the loss history (LD_AETRAIN_HISTORY_COLS each). */
 const float *ld_aetrain_history(const ld_aetrain_t *self, int64_t *n_rows);
 

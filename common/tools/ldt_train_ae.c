@@ -247,21 +247,27 @@ static int finish(ld_aetrain_t *tr, const args_t *a, double seconds)
 
 /* ---- the run ------------------------------------------------------------------------ */
 
+/* A new run's settings: invalid ones are a usage error (exit 2). */
+static int new_run(const args_t *a, ld_aetrain_t **tr)
+{
+    ld_aetrain_config_t cfg;
+    ld_aetrain_config_defaults(&cfg);
+    for (size_t i = 0; i < ld_meta_count(a->settings); i++)
+        ld_settings_set(ld_aetrain_settings(), &cfg, ld_meta_key(a->settings, i), ld_meta_value(a->settings, i));
+    if (ld_aetrain_config_validate(&cfg))
+        return ldt_usage_error(CMD, "%s", ld_errdetail());
+    int rc = ld_aetrain_new(&cfg, tr);
+    return rc ? ldt_fail(CMD, rc) : 0;
+}
+
 static int open_run(const args_t *a, ld_aetrain_t **tr)
 {
     int rc = ldt_absolute_data_paths(a->settings);
-    if (!rc && a->o.resume) {
-        rc = ld_aetrain_resume(a->o.resume, a->settings, tr);
-    } else if (!rc) {
-        ld_aetrain_config_t cfg;
-        ld_aetrain_config_defaults(&cfg);
-        for (size_t i = 0; i < ld_meta_count(a->settings) && !rc; i++)
-            rc = ld_settings_set(ld_aetrain_settings(), &cfg, ld_meta_key(a->settings, i),
-                                 ld_meta_value(a->settings, i));
-        if (!rc)
-            rc = ld_aetrain_new(&cfg, tr);
-    }
     if (rc)
+        return ldt_fail(CMD, rc);
+    if (!a->o.resume && (rc = new_run(a, tr)))
+        return rc;
+    if (a->o.resume && (rc = ld_aetrain_resume(a->o.resume, a->settings, tr)))
         return ldt_fail(CMD, rc);
     if (ld_aetrain_iteration(*tr) > a->iters) {
         fprintf(stderr, "langdaug %s: --iters %" PRId64 " is below the checkpoint's iteration %" PRId64 "\n", CMD,
