@@ -27,6 +27,15 @@ session, distinct mixed seeds otherwise (same function as the C library), so
 two samplers or a restarted one never replay the same chains. A chain is
 identified by ``(meta["seed"], meta["chain_id"])``.
 
+Sampler fleets, as in the C library: an endpoint ``tcp://NAME:PORT`` is one sampler per IPv4 address the
+name resolves to (a Kubernetes headless Service, round-robin DNS), ``file:///PATH`` one per ``HOST:PORT``
+(or ``tcp://HOST:PORT``) line of a hosts file ('#' comments; a Slurm job writes its node list there), each
+HOST resolved likewise; an IP address or any other endpoint is one sampler. Names and files are resolved
+again every ``resolve_interval`` seconds from ``next()``: new samplers are connected with the next
+never-reused id (in sorted address order), ones no longer listed are said Bye and dropped, and a
+resolution that fails changes nothing (logged once, retried every second, named in the TimeoutError).
+``Batch.endpoint`` and the session seeds are per sampler id.
+
 A Client is used by one thread at a time; it has no thread of its own, so
 heartbeats are sent while the caller waits in ``next()``, at least three per
 idle timeout of the daemon (HelloReply.idle_timeout, which may be below a
@@ -34,6 +43,7 @@ second, or the whole seconds of idle_timeout_s from daemons that do not send it)
 """
 
 import logging
+import socket
 import time
 
 import numpy as np
@@ -157,6 +167,62 @@ def parse_pairs(pairs):
 
 
 _MAX_IDLE_TIMEOUT = 1e7  # seconds; beyond any daemon's setting (same bound as the C library)
+_MAX_SAMPLERS = 256  # as the C library
+_RESOLVE_RETRY = 1.0  # seconds between retries of a name or file that gave no sampler
+_HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_")
+
+
+def _parse_hostport(what, text):
+    """(host, port, literal) of "HOST:PORT" or "[IPV6]:PORT"; literal says whether host is an IP address."""
+    v6 = text.startswith("[")
+    end = text.find("]") if v6 else text.rfind(":")
+    if end < 0 or (v6 and text[end + 1:end + 2] != ":"):
+        raise ValueError("%s: %r is not %s:PORT" % (what, text, "[IPV6]" if v6 else "HOST"))
+    host, port = text[int(v6):end], text[end + 1 + int(v6):]
+    if not host:
+        raise ValueError("%s: %r: the host is empty" % (what, text))
+    if not (port.isdigit() and len(port) <= 5 and 1 <= int(port) <= 65535):
+        raise ValueError("%s: port %r is not a number in 1..65535" % (what, port))
+    try:
+        socket.inet_pton(socket.AF_INET6 if v6 else socket.AF_INET, host)
+        literal = True
+    except OSError:
+        literal = False
+    if v6 and not literal:
+        raise ValueError("%s: %r is not an IPv6 address" % (what, host))
+    if not literal and not set(host) <= _HOST_CHARS:
+        raise ValueError("%s: %r is not a host name or IP address" % (what, host))
+    return host, int(port), literal
+
+
+def resolve_ipv4(host, port):
+    """The default resolver: [(address, port)] of the IPv4 addresses getaddrinfo() gives (as ZeroMQ)."""
+    try:
+        infos = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise LookupError("name %r: %s" % (host, exc.strerror)) from None
+    return [(info[4][0], port) for info in infos]
+
+
+class _Source:
+    """An endpoint as given: one fixed sampler, a name (target = host) or a hosts file (target = path)."""
+
+    def __init__(self, spec):
+        self.spec, self.kind, self.target, self.port = spec, "fixed", None, 0
+        self.next_resolve, self.problem = float("inf"), ""
+        what = "endpoint %r" % spec
+        if spec.startswith("file://"):
+            if not spec.startswith("file:///"):
+                raise ValueError("%s: a hosts file needs an absolute path (file:///path/hosts)" % what)
+            self.kind, self.target = "file", spec[len("file://"):]
+        elif spec.startswith("tcp://") and ";" not in spec:
+            host, self.port, literal = _parse_hostport(what, spec[len("tcp://"):])
+            if not literal:
+                self.kind, self.target = "name", host
+
+
+def _zmq_endpoint(host, port):
+    return ("tcp://[%s]:%d" if ":" in host else "tcp://%s:%d") % (host, port)
 
 
 def _idle_timeout(reply):
@@ -200,8 +266,8 @@ class Batch:
 
 
 class _Endpoint:
-    def __init__(self, index, addr):
-        self.index, self.addr = index, addr
+    def __init__(self, ident, addr, source):
+        self.id, self.addr, self.source = ident, addr, source
         self.sock = self.mon = None
         self.state = "down"
         self.window = self.outstanding = 0
@@ -216,7 +282,7 @@ class _Endpoint:
 class Client:
     """Iterator of ``Batch`` objects from one or more langdaugd samplers.
 
-    endpoints   "tcp://host:5555", a comma-separated string of them, or a list
+    endpoints   "tcp://host:5555", "file:///path/hosts", a comma-separated string of them, or a list
     batch_size  samples per batch
     targets     target domains (each = the pair "any source -> target")
     pairs       weighted (source, target[, weight]) pairs, see parse_pairs(); with neither targets nor
@@ -236,11 +302,18 @@ class Client:
                 Z85 keys (str or bytes), e.g. read with read_key_file(); the public key is derived
                 from the secret one when not given. A sampler that refuses them stays "down" and
                 the reason is logged and named in the TimeoutError.
+    resolve_interval
+                seconds between resolutions of names and hosts files (0 = only now, where one that
+                gives no sampler raises LangDAugError)
+    resolver    callable(host, port) -> [(address, port), ...] for a name (never an IP address);
+                raising means "cannot say now" (the samplers already known stay). Default:
+                resolve_ipv4 (getaddrinfo). Called from the constructor and next().
     """
 
     def __init__(self, endpoints, batch_size, targets=(), pairs=(), steps=None, dtype="float32", seed=None,
                  epoch=False, credits=4, timeout=30.0, heartbeat=1.0, dead=3.0, name="langdaug-python",
-                 context=None, curve_server_key=None, curve_secret_key=None, curve_public_key=None, keep=None):
+                 context=None, curve_server_key=None, curve_secret_key=None, curve_public_key=None, keep=None,
+                 resolve_interval=30.0, resolver=None):
         if isinstance(endpoints, str):
             endpoints = [e for e in endpoints.split(",") if e]
         endpoints = list(endpoints)
@@ -274,27 +347,35 @@ class Client:
         for source, target, weight in pairs:
             self._request.pairs.add(source=source, target=target, weight=weight)
         self._curve = _curve_keys(curve_server_key, curve_secret_key, curve_public_key)
+        if float(resolve_interval) < 0:
+            raise ValueError("resolve_interval must be >= 0")
+        self._resolve_interval, self._resolver = float(resolve_interval), resolver or resolve_ipv4
+        self._sources = [_Source(e) for e in endpoints]
+        self._eps, self._next_id = [], 0
         self._name = name
         self._closed = False
         self._own_ctx = context is None
         self._ctx = context or zmq.Context()
         self._rr = 0
         self._last_heartbeat = time.monotonic()
-        self._eps = [_Endpoint(i, a) for i, a in enumerate(endpoints)]
+        self._dead = float(dead)
         try:
-            for ep in self._eps:
-                self._open(ep, dead)
+            for src in self._sources:
+                self._refresh(src, time.monotonic())
+                if self._resolve_interval == 0 and src.problem:
+                    raise LangDAugError("%s: %s" % (src.spec, src.problem))
         except Exception:
             self.close()
             raise
 
     # ------------------------------------------------------------- sockets
 
-    def _open(self, ep, dead):
+    def _open(self, ep):
         ep.sock = self._ctx.socket(zmq.DEALER)
-        for opt, value in ((zmq.LINGER, 0), (zmq.IMMEDIATE, 1), (zmq.RECONNECT_IVL, 100),
-                           (zmq.RECONNECT_IVL_MAX, 2000), (zmq.HEARTBEAT_IVL, int(self.heartbeat * 1000)),
-                           (zmq.HEARTBEAT_TIMEOUT, int(dead * 1000))):
+        for opt, value in ((zmq.LINGER, 0), (zmq.IMMEDIATE, 1), (zmq.IPV6, int("://[" in ep.addr)),
+                           (zmq.RECONNECT_IVL, 100), (zmq.RECONNECT_IVL_MAX, 2000),
+                           (zmq.HEARTBEAT_IVL, int(self.heartbeat * 1000)),
+                           (zmq.HEARTBEAT_TIMEOUT, int(self._dead * 1000))):
             ep.sock.setsockopt(opt, value)
         if self._curve:
             ep.sock.curve_serverkey, ep.sock.curve_secretkey, ep.sock.curve_publickey = self._curve
@@ -305,6 +386,93 @@ class Client:
             ep.sock.connect(ep.addr)
         except zmq.ZMQError as exc:
             raise ValueError("endpoint %r: %s" % (ep.addr, exc)) from None
+
+    def _close_endpoint(self, ep):
+        """Says Bye to a sampler in a session and closes its sockets."""
+        if ep.sock is None:
+            return
+        if ep.state in ("live", "hello"):
+            ep.sock.setsockopt(zmq.LINGER, 200)
+            self._send(ep, bye=pb.Bye())
+        ep.sock.disable_monitor()
+        ep.mon.close()
+        ep.sock.close()
+        ep.sock = ep.mon = None
+
+    # ------------------------------------------------------------- fleets
+
+    def _resolve_host(self, host, port, literal):
+        if literal:
+            return [_zmq_endpoint(host, port)]
+        found = []
+        for addr, p in self._resolver(host, port):
+            if not addr or not 1 <= int(p) <= 65535:
+                raise ValueError("name %r: the resolver's address %r has no host or port" % (host, (addr, p)))
+            found.append(_zmq_endpoint(str(addr), int(p)))
+        return found
+
+    def _read_hosts(self, path):
+        found = []
+        with open(path) as f:
+            for no, line in enumerate(f, 1):
+                line = line.strip()
+                if not line or line.startswith("#"):
+                    continue
+                what = "%s:%d" % (path, no)
+                host, port, literal = _parse_hostport(what, line[6:] if line.startswith("tcp://") else line)
+                try:
+                    found += self._resolve_host(host, port, literal)
+                except Exception as exc:  # the resolver's: say where
+                    raise LookupError("%s: %s" % (what, exc)) from None
+        return found
+
+    def _list(self, src):
+        """The ZeroMQ endpoints a source stands for now, sorted, distinct, at most _MAX_SAMPLERS."""
+        if src.kind == "name":
+            found = self._resolve_host(src.target, src.port, False)
+        elif src.kind == "file":
+            found = self._read_hosts(src.target)
+        else:
+            found = [src.spec]
+        return sorted(set(found))[:_MAX_SAMPLERS]
+
+    def _refresh(self, src, now):
+        """Resolves a source again and brings its samplers in line; a failure changes nothing."""
+        try:
+            found = self._list(src)
+        except Exception as exc:  # the resolver's, or reading the file: keep what we have
+            self._set_problem(src, str(exc))
+        else:
+            self._sync(src, found)
+            self._set_problem(src, "" if found else "lists no sampler")
+        period = min(self._resolve_interval, _RESOLVE_RETRY) if src.problem else self._resolve_interval
+        src.next_resolve = now + period if src.kind != "fixed" and self._resolve_interval > 0 else float("inf")
+
+    def _set_problem(self, src, why):
+        if why and why != src.problem and self._resolve_interval > 0:
+            kept = sum(ep.source is src for ep in self._eps)
+            _log.warning("%s: %s; %d of its samplers kept, retrying", src.spec, why, kept)
+        src.problem = why
+
+    def _sync(self, src, found):
+        for ep in [ep for ep in self._eps if ep.source is src and ep.addr not in found]:
+            _log.info("%s: sampler %s is no longer listed; dropped", src.spec, ep.addr)
+            self._close_endpoint(ep)
+            self._eps.remove(ep)
+        have = {ep.addr for ep in self._eps if ep.source is src}
+        for addr in found:
+            if addr in have:
+                continue
+            if len(self._eps) >= _MAX_SAMPLERS:
+                _log.warning("%s: sampler %s left out: the client has %d already", src.spec, addr, _MAX_SAMPLERS)
+                continue
+            ep = _Endpoint(self._next_id, addr, src)
+            self._next_id += 1
+            self._eps.append(ep)
+            self._open(ep)
+            if src.kind != "fixed":
+                _log.info("%s: sampler %s joined (id %d)", src.spec, addr, ep.id)
+        self._rr = self._rr % len(self._eps) if self._eps else 0
 
     def _send(self, ep, **body):
         msg = pb.ClientMessage(version=PROTOCOL_VERSION, **body)
@@ -356,7 +524,7 @@ class Client:
         if not ep.spec_sent:
             req.CopyFrom(self._request)
             if self.seed is not None:
-                req.seed = session_seed(int(self.seed), ep.index, ep.sessions - 1)
+                req.seed = session_seed(int(self.seed), ep.id, ep.sessions - 1)
         req.credits = ep.window - ep.outstanding
         if self._send(ep, pull=req):
             ep.outstanding, ep.spec_sent = ep.window, True
@@ -441,7 +609,7 @@ class Client:
         ep.batches += 1
         ep.samples += n
         ep.bytes += len(frames[0].buffer) + img_len + mask_len
-        return Batch(images, masks, [_meta_dict(m) for m in b.samples], ep.index, b.sequence, self.dtype,
+        return Batch(images, masks, [_meta_dict(m) for m in b.samples], ep.id, b.sequence, self.dtype,
                      b.mask_classes, b.credits_left)
 
     def _receive_one(self, ep):
@@ -483,36 +651,52 @@ class Client:
             raise LangDAugError("the client is closed")
         timeout = self.timeout if timeout is None else timeout
         deadline = None if timeout is None else time.monotonic() + timeout
-        poller = zmq.Poller()
-        for ep in self._eps:
-            poller.register(ep.sock, zmq.POLLIN)
-            poller.register(ep.mon, zmq.POLLIN)
         while True:
+            for src in self._sources:
+                if time.monotonic() >= src.next_resolve:
+                    self._refresh(src, time.monotonic())
             for ep in self._eps:
                 self._read_monitor(ep)
             self._maintain(time.monotonic())
             for k in range(len(self._eps)):
-                ep = self._eps[(self._rr + k) % len(self._eps)]
-                batch = self._receive_one(ep)
+                i = (self._rr + k) % len(self._eps)
+                batch = self._receive_one(self._eps[i])
                 if batch is not None:
-                    self._rr = (ep.index + 1) % len(self._eps)
-                    self._top_up(ep)
+                    self._rr = (i + 1) % len(self._eps)
+                    self._top_up(self._eps[i])
                     return batch
-            if all(ep.state == "rejected" for ep in self._eps):
+            if self._eps and all(ep.state == "rejected" for ep in self._eps):
                 raise self._eps[0].rejection
             now = time.monotonic()
             if deadline is not None and now >= deadline:
-                raise TimeoutError("no batch within %.1f s: %s" % (timeout, ", ".join(
-                    "%s %s (%d credits out%s)" % (ep.addr, ep.state, ep.outstanding,
-                                                  "; " + ep.handshake_error if ep.handshake_error else "")
-                    for ep in self._eps)))
-            wait = self._last_heartbeat + self.heartbeat - now
-            if deadline is not None:
-                wait = min(wait, deadline - now)
-            if any((ep.state == "hello" and ep.need_hello) or (ep.state == "live" and ep.outstanding < ep.window)
-                   for ep in self._eps):
-                wait = min(wait, 0.05)
+                raise self._timeout_error(timeout)
+            self._poll(now, deadline)
+
+    def _timeout_error(self, timeout):
+        """Each sampler's state, then each name or file that gives none and why."""
+        states = ", ".join("%s %s (%d credits out%s)" % (ep.addr, ep.state, ep.outstanding,
+                                                         "; " + ep.handshake_error if ep.handshake_error else "")
+                           for ep in self._eps) or "no sampler"
+        problems = "".join("; %s: %s" % (src.spec, src.problem) for src in self._sources if src.problem)
+        return TimeoutError("no batch within %.1f s: %s%s" % (timeout, states, problems))
+
+    def _poll(self, now, deadline):
+        """Sleeps until a message, the deadline, the next heartbeat or resolution, or a short retry
+        while a send is waiting for a connection."""
+        wait = min([self._last_heartbeat + self.heartbeat] + [src.next_resolve for src in self._sources]) - now
+        if deadline is not None:
+            wait = min(wait, deadline - now)
+        if any((ep.state == "hello" and ep.need_hello) or (ep.state == "live" and ep.outstanding < ep.window)
+               for ep in self._eps):
+            wait = min(wait, 0.05)
+        poller = zmq.Poller()
+        for ep in self._eps:
+            poller.register(ep.sock, zmq.POLLIN)
+            poller.register(ep.mon, zmq.POLLIN)
+        if self._eps:
             poller.poll(max(int(wait * 1000), 0))
+        else:
+            time.sleep(max(wait, 0))
 
     __next__ = next
 
@@ -520,8 +704,9 @@ class Client:
         return self
 
     def stats(self):
-        """Per-endpoint counters: endpoint, state, outstanding, window, batches, samples, bytes, sessions, errors."""
-        return [{"endpoint": ep.addr, "state": ep.state, "outstanding": ep.outstanding, "window": ep.window,
+        """Per-sampler counters: id, endpoint (ZeroMQ), source (the endpoint given), state, outstanding,
+        window, batches, samples, bytes, sessions, errors."""
+        return [{"id": ep.id, "endpoint": ep.addr, "source": ep.source.spec, "state": ep.state, "outstanding": ep.outstanding, "window": ep.window,
                  "batches": ep.batches, "samples": ep.samples, "bytes": ep.bytes, "sessions": ep.sessions,
                  "errors": ep.errors} for ep in self._eps]
 
@@ -529,15 +714,7 @@ class Client:
         """Says Bye to live samplers and closes the sockets (batches already taken stay valid)."""
         self._closed = True
         for ep in self._eps:
-            if ep.sock is None:
-                continue
-            if ep.state in ("live", "hello"):
-                ep.sock.setsockopt(zmq.LINGER, 200)
-                self._send(ep, bye=pb.Bye())
-            ep.sock.disable_monitor()
-            ep.mon.close()
-            ep.sock.close()
-            ep.sock = ep.mon = None
+            self._close_endpoint(ep)
         if self._own_ctx and self._ctx is not None:
             self._ctx.term()
             self._ctx = None

@@ -68,9 +68,11 @@ def worker_seed(seed, generation, iteration, worker):
 class LangDAugDataset(IterableDataset):
     """Endless (or ``num_samples`` long) stream of (image, mask, meta) from langdaugd samplers.
 
-    endpoints       data socket(s) of the sampler daemons ("tcp://host:5555", list or comma-separated)
-    targets, pairs, steps, epoch, keep, credits, timeout
-                    as langdaug.Client (keep="luminance": samples differ from their source in colour only)
+    endpoints       data socket(s) of the sampler daemons ("tcp://host:5555", list or comma-separated); a name
+                    of several addresses or a file:///path/hosts is a fleet (see langdaug.client)
+    targets, pairs, steps, epoch, keep, credits, timeout, resolve_interval, resolver
+                    as langdaug.Client (keep="luminance": samples differ from their source in colour only;
+                    a resolver must be picklable, e.g. a module-level function, for DataLoader workers)
     dtype           wire encoding: "float32", "float16" or "uint8" (images are float32 either way)
     seed            base seed of all streams (None: a random one, recorded in state_dict())
     request_batch   samples per network message (a daemon batch), not the DataLoader's batch size
@@ -81,12 +83,13 @@ class LangDAugDataset(IterableDataset):
 
     def __init__(self, endpoints, targets=(), pairs=(), steps=None, dtype="float32", seed=None, epoch=False,
                  credits=4, timeout=60.0, request_batch=16, num_samples=None, curve_server_key=None,
-                 curve_secret_key=None, keep=None):
+                 curve_secret_key=None, keep=None, resolve_interval=30.0, resolver=None):
         super().__init__()
         self.endpoints = endpoints
         self.client_args = dict(targets=targets, pairs=pairs, steps=steps, dtype=dtype, epoch=epoch,
                                 credits=credits, timeout=timeout, curve_server_key=curve_server_key,
-                                curve_secret_key=curve_secret_key, keep=keep)
+                                curve_secret_key=curve_secret_key, keep=keep, resolve_interval=resolve_interval,
+                                resolver=resolver)
         self.request_batch = int(request_batch)
         self.num_samples = None if num_samples is None else int(num_samples)
         self.seed = int.from_bytes(os.urandom(8), "little") if seed is None else int(seed) & _MASK64
