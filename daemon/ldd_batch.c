@@ -61,18 +61,18 @@ void ldd_encode_pixels(int encoding, const float *src, size_t n, void *dst)
     }
 }
 
-static void fill_meta(const ldd_session_t *s, const ldd_job_t *job, int chain, int snap,
-                      Langdaug__V1__SampleMeta *m)
+static void fill_meta(const ldd_request_t *req, const ldd_sample_t *smp, Langdaug__V1__SampleMeta *m)
 {
+    const ldd_job_t *job = smp->job;
     const ldd_engine_t *e = job->engine;
-    const ldd_chain_t *c = &job->chains[chain];
+    const ldd_chain_t *c = &job->chains[smp->chain];
     langdaug__v1__sample_meta__init(m);
     m->source_domain = (char *)ld_dataset_domain(e->dataset, c->crop.domain);
-    m->target_domain = (char *)s->req.pairs[c->target_name].target;
+    m->target_domain = (char *)req->pairs[c->target_name].target;
     m->has_step = 1;
-    m->step = (uint32_t)job->params.snapshots[snap];
+    m->step = (uint32_t)job->params.snapshots[smp->snap];
     m->has_energy = 1;
-    m->energy = job->energy[(size_t)snap * job->n + chain];
+    m->energy = job->energy[(size_t)smp->snap * job->n + smp->chain];
     m->has_chain_id = m->has_seed = 1;
     m->chain_id = c->chain_id;
     m->seed = job->params.seed;
@@ -87,62 +87,23 @@ static void fill_meta(const ldd_session_t *s, const ldd_job_t *job, int chain, i
     m->epoch = c->epoch;
 }
 
-void ldd_batch_cut(ldd_session_t *s, uint32_t credits_left, ldd_batch_t *out)
+/* Packs the Batch header of out (n samples of e, metadata metas). */
+static void pack_header(const ldd_engine_t *e, const ldd_request_t *req, uint64_t seq, uint32_t credits_left,
+                        Langdaug__V1__SampleMeta **metas, ldd_batch_t *out)
 {
-    const ldd_engine_t *e = s->ready->engine;
-    uint32_t n = s->req.batch_size;
-    size_t css = (size_t)e->channels * e->size * e->size, ss = (size_t)e->size * e->size;
-    size_t esize = ldd_encoding_size(s->req.encoding);
-    memset(out, 0, sizeof *out);
-    out->n = n;
-    out->images_len = n * css * esize;
-    out->masks_len = n * ss;
-    out->images = ldd_xmalloc(out->images_len);
-    out->masks = ldd_xmalloc(out->masks_len);
-    Langdaug__V1__SampleMeta *metas = ldd_xmalloc(n * sizeof *metas);
-    Langdaug__V1__SampleMeta **mptr = ldd_xmalloc(n * sizeof *mptr);
-    /* Jobs used up are unlinked but freed only after packing: the metadata
-     * strings point into their engine. */
-    ldd_job_t *used = NULL;
-    for (uint32_t k = 0; k < n;) {
-        ldd_job_t *job = s->ready;
-        int total = ldd_job_samples(job), ns = job->params.n_snapshots;
-        for (; job->consumed < total && k < n; job->consumed++, k++) {
-            int chain = job->consumed / ns, snap = job->consumed % ns;
-            const float *img = job->images + ((size_t)snap * job->n + chain) * css;
-            ldd_encode_pixels(s->req.encoding, img, css, (uint8_t *)out->images + k * css * esize);
-            memcpy((uint8_t *)out->masks + k * ss, job->masks + (size_t)chain * ss, ss);
-            fill_meta(s, job, chain, snap, &metas[k]);
-            mptr[k] = &metas[k];
-        }
-        if (job->consumed == total) {
-            s->ready = job->next;
-            s->next_ready_seq = job->seq + 1;
-            job->next = used;
-            used = job;
-        }
-    }
-    /* Jobs at the head that failed (nothing to consume) are skipped too. */
-    while (s->ready && s->ready->seq == s->next_ready_seq && s->ready->consumed == ldd_job_samples(s->ready)) {
-        ldd_job_t *job = s->ready;
-        s->ready = job->next;
-        s->next_ready_seq = job->seq + 1;
-        job->next = used;
-        used = job;
-    }
     Langdaug__V1__Batch batch = LANGDAUG__V1__BATCH__INIT;
     batch.has_sequence = batch.has_n = batch.has_channels = batch.has_size = 1;
-    batch.sequence = s->batch_seq++;
-    batch.n = n;
+    batch.sequence = seq;
+    batch.n = out->n;
     batch.channels = (uint32_t)e->channels;
     batch.size = (uint32_t)e->size;
     batch.has_encoding = 1;
-    batch.encoding = s->req.encoding;
+    batch.encoding = req->encoding;
     batch.has_images_bytes = batch.has_masks_bytes = 1;
     batch.images_bytes = out->images_len;
     batch.masks_bytes = out->masks_len;
-    batch.n_samples = n;
-    batch.samples = mptr;
+    batch.n_samples = out->n;
+    batch.samples = metas;
     batch.has_credits_left = 1;
     batch.credits_left = credits_left;
     batch.has_mask_classes = 1;
@@ -155,6 +116,54 @@ void ldd_batch_cut(ldd_session_t *s, uint32_t credits_left, ldd_batch_t *out)
     out->header_len = langdaug__v1__server_message__get_packed_size(&msg);
     out->header = ldd_xmalloc(out->header_len);
     langdaug__v1__server_message__pack(&msg, out->header);
+}
+
+/* The frames of n samples of e in the request's encoding. */
+static void alloc_frames(const ldd_engine_t *e, const ldd_request_t *req, uint32_t n, ldd_batch_t *out)
+{
+    out->n = n;
+    out->images_len = (size_t)n * e->channels * e->size * e->size * ldd_encoding_size(req->encoding);
+    out->masks_len = (size_t)n * e->size * e->size;
+    out->images = ldd_xmalloc(out->images_len);
+    out->masks = ldd_xmalloc(out->masks_len);
+}
+
+/* Sample k of the batch: pixels in the wire encoding, mask, metadata. */
+static void put_sample(const ldd_request_t *req, const ldd_sample_t *smp, uint32_t k, ldd_batch_t *out,
+                       Langdaug__V1__SampleMeta *meta)
+{
+    const ldd_job_t *job = smp->job;
+    const ldd_engine_t *e = job->engine;
+    size_t ss = (size_t)e->size * e->size, css = (size_t)e->channels * ss, esize = ldd_encoding_size(req->encoding);
+    const float *img = job->images + ((size_t)smp->snap * job->n + smp->chain) * css;
+    ldd_encode_pixels(req->encoding, img, css, (uint8_t *)out->images + k * css * esize);
+    memcpy((uint8_t *)out->masks + k * ss, job->masks + (size_t)smp->chain * ss, ss);
+    fill_meta(req, smp, meta);
+}
+
+int ldd_batch_cut(ldd_session_t *s, uint32_t credits_left, ldd_batch_t *out)
+{
+    const ldd_request_t *req = ldd_session_request(s);
+    if (!req || ldd_session_ready_samples(s) < req->batch_size)
+        return -1;
+    uint32_t n = req->batch_size;
+    memset(out, 0, sizeof *out);
+    Langdaug__V1__SampleMeta *metas = ldd_xmalloc(n * sizeof *metas);
+    Langdaug__V1__SampleMeta **mptr = ldd_xmalloc(n * sizeof *mptr);
+    /* Jobs used up are freed only after packing: the metadata strings
+     * point into their engine (one engine per request: a reload installs
+     * the requests anew). */
+    ldd_job_t *used = NULL;
+    const ldd_engine_t *e = NULL;
+    for (uint32_t k = 0; k < n; k++) {
+        ldd_sample_t smp;
+        ldd_session_take_sample(s, &smp, &used);
+        if (k == 0)
+            alloc_frames(e = smp.job->engine, req, n, out);
+        put_sample(req, &smp, k, out, &metas[k]);
+        mptr[k] = &metas[k];
+    }
+    pack_header(e, req, ldd_session_next_batch_seq(s), credits_left, mptr, out);
     free(metas);
     free(mptr);
     while (used) {
@@ -162,6 +171,7 @@ void ldd_batch_cut(ldd_session_t *s, uint32_t credits_left, ldd_batch_t *out)
         ldd_job_free(&used);
         used = next;
     }
+    return 0;
 }
 
 void ldd_batch_free(ldd_batch_t *b)

@@ -1,8 +1,9 @@
 /* ldd_batch: cuts a batch out of a session's finished jobs and encodes it
  * into the three frames of a Batch message (see proto/langdaug.proto).
  *
- * Samples are taken in job order, and inside a job chain by chain, each
- * chain's snapshots in step order. The frames are fresh heap buffers whose
+ * Samples are taken in the order the session module hands them out (job
+ * order, and inside a job chain by chain, each chain's snapshots in step
+ * order); this module only encodes them. The frames are fresh heap buffers whose
  * ownership passes to ZeroMQ (zmq_msg_init_data with free()), so the pixels
  * are copied once, from the workers' float buffers into the wire encoding. */
 #ifndef LDD_BATCH_H
@@ -23,10 +24,11 @@ typedef struct {
     uint32_t n;
 } ldd_batch_t;
 
-/* Takes req.batch_size samples from s's ready jobs (the caller checked that
- * enough are ready), frees the jobs used up, fills out. credits_left goes
- * in the header. OOM is fatal. */
-void ldd_batch_cut(ldd_session_t *s, uint32_t credits_left, ldd_batch_t *out);
+/* Takes a batch of the request's batch_size samples from s in job order
+ * (ldd_session_take_sample), frees the jobs used up, fills out;
+ * credits_left goes in the header. Returns 0, or -1 (out untouched) when s
+ * has no request or not a batch of samples ready. OOM is fatal. */
+int ldd_batch_cut(ldd_session_t *s, uint32_t credits_left, ldd_batch_t *out);
 void ldd_batch_free(ldd_batch_t *b);
 
 /* Encodes n float values in [-1,1] to the wire encoding (exposed for tests). */

@@ -16,7 +16,31 @@
 #include "langdaug.pb-c.h"
 #include "ldd_config.h"
 #include "ldd_engine.h"
-#include "ldd_session.h"
+
+#define LDD_MAX_PAIRS 64
+
+typedef struct {
+    char source[LD_NAME_MAX];   /* "" = any dataset domain the target is served from */
+    char target[LD_NAME_MAX];
+    double weight;
+    int source_domain;          /* dataset index, -1 = any; resolved against the engine */
+    int route;                  /* index in the engine's targets; resolved against the engine */
+} ldd_pair_t;
+
+/* A validated request: what a session samples until its next one. */
+typedef struct {
+    uint32_t batch_size;
+    int encoding;               /* LANGDAUG__V1__ENCODING__* */
+    int n_pairs;
+    ldd_pair_t pairs[LDD_MAX_PAIRS];
+    double total_weight;
+    int n_steps;
+    int steps[LD_LANGEVIN_MAX_SNAPSHOTS];
+    int has_seed;
+    uint64_t seed;
+    int epoch;
+    int keep;                   /* ld_keep_t, or -1: the engine's (the config's keep) */
+} ldd_request_t;
 
 /* Memory of one sample while the daemon holds it: float32 pixels of the
  * snapshot, its mask and energy (an upper bound for the wire encodings). */

@@ -8,25 +8,25 @@
 #include "ld_log.h"
 #include "ldd_mem.h"
 
-static int draw_pair(ldd_session_t *s)
+static int draw_pair(ldd_draws_t *dr, const ldd_request_t *req)
 {
-    double u = ld_rng_uniform(&s->rng) * s->req.total_weight;
-    for (int i = 0; i < s->req.n_pairs; i++) {
-        u -= s->req.pairs[i].weight;
+    double u = ld_rng_uniform(&dr->rng) * req->total_weight;
+    for (int i = 0; i < req->n_pairs; i++) {
+        u -= req->pairs[i].weight;
         if (u < 0)
             return i;
     }
-    return s->req.n_pairs - 1;
+    return req->n_pairs - 1;
 }
 
 /* The pair's source, or for "any" one of the dataset domains its target is
  * served from (request validation made sure there is one), uniformly. */
-static int draw_source(ldd_session_t *s, const ldd_engine_t *e, const ldd_pair_t *pair)
+static int draw_source(ldd_draws_t *dr, const ldd_engine_t *e, const ldd_pair_t *pair)
 {
     if (pair->source_domain >= 0)
         return pair->source_domain;
     const ldd_target_t *t = &e->targets[pair->route];
-    int k = (int)ld_rng_below(&s->rng, (uint32_t)t->n_sources), d = 0;
+    int k = (int)ld_rng_below(&dr->rng, (uint32_t)t->n_sources), d = 0;
     for (;; d++)
         if (t->from[d].model >= 0 && k-- == 0)
             return d;
@@ -34,47 +34,52 @@ static int draw_source(ldd_session_t *s, const ldd_engine_t *e, const ldd_pair_t
 
 /* The next chain's pair and source: the one a previous job put aside, or
  * a fresh draw. */
-static void draw_chain(ldd_session_t *s, const ldd_engine_t *e, int *pair, int *source)
+static void draw_chain(ldd_draws_t *dr, const ldd_request_t *req, const ldd_engine_t *e, int *pair, int *source)
 {
-    if (s->pending_pair >= 0) {
-        *pair = s->pending_pair;
-        *source = s->pending_source;
-        s->pending_pair = -1;
+    if (dr->pending_pair >= 0) {
+        *pair = dr->pending_pair;
+        *source = dr->pending_source;
+        dr->pending_pair = -1;
         return;
     }
-    *pair = draw_pair(s);
-    *source = draw_source(s, e, &s->req.pairs[*pair]);
+    *pair = draw_pair(dr, req);
+    *source = draw_source(dr, e, &req->pairs[*pair]);
 }
 
-static void shuffle_epoch(ldd_session_t *s, const ldd_engine_t *e, int d)
+static void shuffle_epoch(ldd_draws_t *dr, const ldd_engine_t *e, int d)
 {
     uint32_t n = (uint32_t)e->n_tiles[d];
-    if (!s->perm[d]) {
-        s->perm[d] = ldd_xmalloc((size_t)n * sizeof(uint32_t));
-    }
+    if (!dr->perm[d])
+        dr->perm[d] = ldd_xmalloc((size_t)n * sizeof(uint32_t));
     for (uint32_t i = 0; i < n; i++)
-        s->perm[d][i] = i;
+        dr->perm[d][i] = i;
     for (uint32_t i = n - 1; i > 0; i--) {
-        uint32_t j = ld_rng_below(&s->rng, i + 1), t = s->perm[d][i];
-        s->perm[d][i] = s->perm[d][j];
-        s->perm[d][j] = t;
+        uint32_t j = ld_rng_below(&dr->rng, i + 1), t = dr->perm[d][i];
+        dr->perm[d][i] = dr->perm[d][j];
+        dr->perm[d][j] = t;
     }
-    s->perm_pos[d] = 0;
-    s->epoch[d]++;
+    dr->perm_pos[d] = 0;
+    dr->epoch[d]++;
 }
 
-static int draw_crop(ldd_session_t *s, const ldd_engine_t *e, int d, ldd_chain_t *chain)
+static int draw_crop(ldd_draws_t *dr, const ldd_request_t *req, const ldd_engine_t *e, int d, ldd_chain_t *chain)
 {
-    if (!s->req.epoch) {
+    if (!req->epoch) {
         chain->epoch = 0;
-        return ld_dataset_random_crop(e->dataset, d, -1, e->size, &s->rng, &chain->crop);
+        return ld_dataset_random_crop(e->dataset, d, -1, e->size, &dr->rng, &chain->crop);
     }
-    if (!s->perm[d] || s->perm_pos[d] >= e->n_tiles[d])
-        shuffle_epoch(s, e, d);
-    const ldd_tile_t *t = &e->tiles[d][s->perm[d][s->perm_pos[d]++]];
+    if (!dr->perm[d] || dr->perm_pos[d] >= e->n_tiles[d])
+        shuffle_epoch(dr, e, d);
+    const ldd_tile_t *t = &e->tiles[d][dr->perm[d][dr->perm_pos[d]++]];
     chain->crop = (ld_crop_t){ .domain = d, .item = t->item, .x = t->x, .y = t->y, .size = e->size };
-    chain->epoch = s->epoch[d];
+    chain->epoch = dr->epoch[d];
     return 0;
+}
+
+/* The route of pair p from source d. */
+static const ldd_route_t *route_of(const ldd_engine_t *e, const ldd_request_t *req, int p, int d)
+{
+    return &e->targets[req->pairs[p].route].from[d];
 }
 
 /* Builds one job of up to n chains for s; chains of one job share a model,
@@ -82,32 +87,32 @@ static int draw_crop(ldd_session_t *s, const ldd_engine_t *e, int d, ldd_chain_t
  * next job. */
 static ldd_job_t *build_job(ldd_session_t *s, ldd_engine_t *e, int n)
 {
+    ldd_session_view_t v = ldd_session_view(s);
+    ldd_draws_t *dr = ldd_session_draws(s);
     int p, d;
-    draw_chain(s, e, &p, &d);
-    const int model = e->targets[s->req.pairs[p].route].from[d].model;
+    draw_chain(dr, v.req, e, &p, &d);
+    const int model = route_of(e, v.req, p, d)->model;
     ldd_job_t *job = ldd_job_new(e, model, n);
-    job->params = s->params;
-    job->keep = s->req.keep >= 0 ? (ld_keep_t)s->req.keep : e->keep;
-    job->session = s->key;
-    job->generation = s->generation;
+    job->params = *v.params;
+    job->keep = v.req->keep >= 0 ? (ld_keep_t)v.req->keep : e->keep;
     int made = 0;
     while (made < n) {
         ldd_chain_t *c = &job->chains[made];
-        if (draw_crop(s, e, d, c) < 0) {
-            ld_warn("session %llu: no crop of domain %s: %s", (unsigned long long)s->key,
+        if (draw_crop(dr, v.req, e, d, c) < 0) {
+            ld_warn("session %llu: no crop of domain %s: %s", (unsigned long long)v.key,
                     ld_dataset_domain(e->dataset, d), ld_errdetail());
             break;
         }
-        c->target = e->targets[s->req.pairs[p].route].from[d].index;
+        c->target = route_of(e, v.req, p, d)->index;
         c->target_name = (int16_t)p;
-        c->chain_id = s->next_chain++;
+        c->chain_id = dr->next_chain++;
         made++;
         if (made == n)
             break;
-        draw_chain(s, e, &p, &d);
-        if (e->targets[s->req.pairs[p].route].from[d].model != model) {
-            s->pending_pair = p;
-            s->pending_source = d;
+        draw_chain(dr, v.req, e, &p, &d);
+        if (route_of(e, v.req, p, d)->model != model) {
+            dr->pending_pair = p;
+            dr->pending_source = d;
             break;
         }
     }
@@ -117,43 +122,21 @@ static ldd_job_t *build_job(ldd_session_t *s, ldd_engine_t *e, int n)
     return job;
 }
 
-static int64_t reserved_bytes(ldd_sessions_t *sessions)
-{
-    int64_t sum = 0;
-    for (int i = 0; i < ldd_sessions_count(sessions); i++) {
-        const ldd_session_t *s = ldd_sessions_at(sessions, i);
-        sum += (int64_t)s->reserved * s->batch_bytes;
-    }
-    return sum;
-}
-
-/* Reserves the memory of s's next batch if it has credit for one and the
- * budget allows. */
-static int reserve_batch(ldd_sched_t *self, ldd_sessions_t *sessions, ldd_session_t *s)
-{
-    if (!s->has_request || s->reserved >= s->credits)
-        return 0;
-    if (self->wire_bytes + reserved_bytes(sessions) + s->batch_bytes > self->budget)
-        return 0;
-    s->reserved++;
-    return 1;
-}
-
 static int schedule_one(ldd_sched_t *self, ldd_sessions_t *sessions, ldd_session_t *s, ldd_engine_t *e)
 {
     int64_t wanted = ldd_session_wanted(s);
-    if (wanted <= 0 && reserve_batch(self, sessions, s))
+    if (wanted <= 0 && ldd_sessions_reserve(sessions, s))
         wanted = ldd_session_wanted(s);
     if (wanted <= 0)
         return 0;
-    int64_t chains = (wanted + s->params.n_snapshots - 1) / s->params.n_snapshots;
+    int64_t per_chain = ldd_session_view(s).params->n_snapshots;
+    int64_t chains = (wanted + per_chain - 1) / per_chain;
     ldd_job_t *job = build_job(s, e, chains < self->chain_batch ? (int)chains : self->chain_batch);
     if (!job)
         return 0;
-    job->seq = s->next_job_seq++;
-    s->inflight_samples += ldd_job_samples(job);
+    ldd_session_submit(s, job);
     self->outstanding++;
-    ldd_workers_submit(self->workers, job);
+    self->submit(self->user, job);
     return 1;
 }
 

@@ -1,8 +1,8 @@
 /* ldd_server: event loop, sockets, protocol handling (see ldd_server.h).
  *
  * Invariants:
- *  - a session is never sent more batches than the credits it granted
- *    (credits are decremented only by a batch that ZeroMQ accepted);
+ *  - a session is never sent more batches than the credits it granted (the
+ *    session module uses a credit only for a batch that ZeroMQ accepted);
  *  - every job submitted comes back through the done list exactly once,
  *    which gives its capacity back to the scheduler;
  *  - a bad message costs its sender an Error reply and nothing else: no
@@ -13,7 +13,6 @@
 #include <math.h>
 #include <signal.h>
 #include <stdarg.h>
-#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
@@ -79,24 +78,21 @@ static double now_s(ldd_server_t *self)
 
 /* ------------------------------------------------------------ sending */
 
-/* Bytes of frames handed to ZeroMQ with counting on and not yet freed by
- * it (batch frames waiting to be written to a client): part of the queue
- * memory the scheduler budgets. Freed from ZeroMQ's I/O thread, hence
- * atomic. One server per process. */
-static _Atomic int64_t wire_bytes;
-
-/* zmq_free_fn; hint = the counted length, or NULL. */
+/* zmq_free_fn (ZeroMQ's I/O thread); hint = the frame's hold on the queue
+ * memory budget (ldd_sessions_wire_hold), or NULL. */
 static void free_buffer(void *data, void *hint)
 {
     free(data);
     if (hint)
-        atomic_fetch_sub(&wire_bytes, (int64_t)(uintptr_t)hint);
+        ldd_wire_release(hint);
 }
 
 /* Sends [id][frames...] as one multipart message without copying the
  * frames; ownership of every frame buffer passes to ZeroMQ (or is freed on
- * failure). With `counted`, the frames count in wire_bytes until ZeroMQ
- * frees them. Returns 0, or -errno (EHOSTUNREACH: the peer is gone). */
+ * failure). With `counted`, the frames count in the sessions' wire bytes
+ * (batch frames waiting to be written to a client are part of the queue
+ * memory) until ZeroMQ frees them. Returns 0, or -errno (EHOSTUNREACH: the
+ * peer is gone). */
 static int send_frames(ldd_server_t *self, const void *id, size_t id_len, void **bufs, const size_t *lens,
                        int n, int counted)
 {
@@ -112,9 +108,8 @@ static int send_frames(ldd_server_t *self, const void *id, size_t id_len, void *
         return rc;
     }
     for (; i < n; i++) {
-        if (counted)
-            atomic_fetch_add(&wire_bytes, (int64_t)lens[i]);
-        zmq_msg_init_data(&msg, bufs[i], lens[i], free_buffer, counted ? (void *)(uintptr_t)lens[i] : NULL);
+        void *hold = counted ? ldd_sessions_wire_hold(self->sessions, lens[i]) : NULL;
+        zmq_msg_init_data(&msg, bufs[i], lens[i], free_buffer, hold);
         if (zmq_msg_send(&msg, self->data, (i + 1 < n ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT) < 0) {
             rc = -zmq_errno(); /* cannot happen after the first part; handled anyway */
             zmq_msg_close(&msg);
@@ -150,7 +145,7 @@ static void send_error(ldd_server_t *self, const void *id, size_t id_len, ldd_se
     ld_debug("client error: %s", text);
     ldd_status_protocol_error(self->stats);
     if (s)
-        s->errors++;
+        ldd_session_count_error(s);
     Langdaug__V1__Error err = LANGDAUG__V1__ERROR__INIT;
     err.has_code = 1;
     err.code = code;
@@ -163,8 +158,9 @@ static void send_error(ldd_server_t *self, const void *id, size_t id_len, ldd_se
 
 static void drop_session(ldd_server_t *self, ldd_session_t *s, const char *why)
 {
-    ld_info("client %llu (%s): %s; %u credits expire", (unsigned long long)s->key, s->name[0] ? s->name : "-", why,
-            s->credits);
+    ldd_session_view_t v = ldd_session_view(s);
+    ld_info("client %llu (%s): %s; %u credits expire", (unsigned long long)v.key, v.name[0] ? v.name : "-", why,
+            v.credits);
     ldd_sessions_remove(self->sessions, s);
 }
 
@@ -172,27 +168,22 @@ static void drop_session(ldd_server_t *self, ldd_session_t *s, const char *why)
  * if the session was dropped (peer unreachable). */
 static int flush_session(ldd_server_t *self, ldd_session_t *s)
 {
-    while (s->has_request && s->credits > 0 && ldd_session_ready_samples(s) >= s->req.batch_size) {
-        ldd_batch_t b;
-        ldd_batch_cut(s, s->credits - 1, &b);
+    ldd_batch_t b;
+    while (ldd_session_batch_ready(s)) {
+        ldd_session_view_t v = ldd_session_view(s);
+        ldd_batch_cut(s, v.credits - 1, &b);
         void *bufs[3] = { b.header, b.images, b.masks };
         size_t lens[3] = { b.header_len, b.images_len, b.masks_len };
-        int rc = send_frames(self, s->id, s->id_len, bufs, lens, 3, 1);
-        if (s->reserved > 0)
-            s->reserved--; /* its memory is now counted in wire_bytes until ZeroMQ lets go */
+        int rc = send_frames(self, v.id, v.id_len, bufs, lens, 3, 1);
+        ldd_session_batch_out(s, rc == 0, b.n, now_s(self));
         if (rc == -EHOSTUNREACH) {
             drop_session(self, s, "unreachable");
             return -1;
         }
-        if (rc < 0) {
-            ld_warn("client %llu: batch dropped: %s", (unsigned long long)s->key, zmq_strerror(-rc));
-            continue;
-        }
-        s->credits--;
-        s->batches_sent++;
-        s->samples_sent += b.n;
-        s->last_sent = now_s(self);
-        ldd_status_sent(self->stats, b.n);
+        if (rc < 0)
+            ld_warn("client %llu: batch dropped: %s", (unsigned long long)v.key, zmq_strerror(-rc));
+        else
+            ldd_status_sent(self->stats, b.n);
     }
     return 0;
 }
@@ -208,15 +199,8 @@ static void flush_all(ldd_server_t *self)
 
 static void schedule(ldd_server_t *self)
 {
-    self->sched.wire_bytes = atomic_load(&wire_bytes);
     if (!self->draining)
         ldd_sched_run(&self->sched, self->sessions, self->engine);
-}
-
-static void install_request(ldd_server_t *self, ldd_session_t *s, const ldd_request_t *req)
-{
-    ldd_session_set_request(s, req, &self->engine->defaults, self->stream_seed);
-    s->batch_bytes = (int64_t)req->batch_size * ldd_sample_bytes(self->engine);
 }
 
 /* ------------------------------------------------------------ requests */
@@ -239,16 +223,17 @@ static void on_pull(ldd_server_t *self, const uint8_t *id, size_t id_len, ldd_se
         send_error(self, id, id_len, s, LANGDAUG__V1__ERROR_CODE__ERROR_UNAVAILABLE, "the daemon is shutting down");
         return;
     }
-    uint32_t credits = p->has_credits ? p->credits : 0;
-    uint32_t held = s ? s->credits : 0;
-    if ((uint64_t)held + credits > (uint64_t)self->cfg.max_credits) {
+    uint32_t credits = p->has_credits ? p->credits : 0, max = (uint32_t)self->cfg.max_credits;
+    uint32_t room = ldd_session_credit_room(s, max);
+    if (credits > room) {
         send_error(self, id, id_len, s, LANGDAUG__V1__ERROR_CODE__ERROR_LIMIT,
-                   "credits: %u outstanding + %u asked is beyond max_credits = %d", held, credits, self->cfg.max_credits);
+                   "credits: %u outstanding + %u asked is beyond max_credits = %u", max - room, credits, max);
         return;
     }
     ldd_request_t req;
     int has_spec = !ldd_request_only_credits(p);
-    if (!has_spec && !(s && s->has_request)) {
+    const ldd_request_t *current = s ? ldd_session_request(s) : NULL;
+    if (!has_spec && !current) {
         send_error(self, id, id_len, s, LANGDAUG__V1__ERROR_CODE__ERROR_INVALID_REQUEST,
                    "the first pull request must say what to sample (batch_size and targets or pairs)");
         return;
@@ -261,9 +246,9 @@ static void on_pull(ldd_server_t *self, const uint8_t *id, size_t id_len, ldd_se
     }
     if (!s && !(s = open_session(self, id, id_len)))
         return;
-    if (has_spec && (!s->has_request || memcmp(&req, &s->req, sizeof req) != 0))
-        install_request(self, s, &req);
-    s->credits += credits;
+    if (has_spec && (!current || memcmp(&req, current, sizeof req) != 0))
+        ldd_session_set_request(s, &req, self->engine, self->stream_seed);
+    ldd_session_grant(s, credits);
     flush_session(self, s);
     schedule(self);
 }
@@ -280,7 +265,7 @@ static void on_hello(ldd_server_t *self, const uint8_t *id, size_t id_len, ldd_s
     if (!s && !(s = open_session(self, id, id_len)))
         return;
     if (h->client_name)
-        snprintf(s->name, sizeof s->name, "%s", h->client_name);
+        ldd_session_set_name(s, h->client_name);
     const ldd_engine_t *e = self->engine;
     ldd_model_infos_t *mi = ldd_xcalloc(1, sizeof *mi);
     char *sources[LD_EBM_MAX_DOMAINS];
@@ -334,7 +319,7 @@ static void handle_client(ldd_server_t *self, const uint8_t *id, size_t id_len, 
 {
     ldd_session_t *s = ldd_sessions_find(self->sessions, id, id_len);
     if (s)
-        s->last_seen = now_s(self);
+        ldd_session_touch(s, now_s(self));
     int code;
     char text[512];
     Langdaug__V1__ClientMessage *m =
@@ -390,17 +375,6 @@ static void recv_client(ldd_server_t *self)
 
 /* ------------------------------------------------------------ status socket */
 
-/* Bytes of finished samples held for clients: those waiting in sessions for
- * a full batch (at the scheduler's per-sample size) and the batch frames
- * ZeroMQ has not written out yet. */
-static int64_t queue_bytes(ldd_server_t *self)
-{
-    int64_t samples = 0;
-    for (int i = 0; i < ldd_sessions_count(self->sessions); i++)
-        samples += ldd_session_held_samples(ldd_sessions_at(self->sessions, i));
-    return samples * ldd_sample_bytes(self->engine) + atomic_load(&wire_bytes);
-}
-
 static ldd_status_view_t status_view(ldd_server_t *self)
 {
     /* open_socket() secures both sockets or neither */
@@ -420,8 +394,6 @@ static ldd_status_view_t status_view(ldd_server_t *self)
         .status_curve = self->curve != NULL,
         .allowed_keys = ldd_curve_allowed_keys(self->curve),
         .refused = ldd_curve_refused(self->curve),
-        .queue_bytes = queue_bytes(self),
-        .max_queue_bytes = self->sched.budget,
     };
 }
 
@@ -533,26 +505,32 @@ static void stop_now(ldd_server_t *self);
 
 static void job_done(ldd_server_t *self, ldd_job_t *job)
 {
-    ldd_session_t *s = ldd_sessions_find_key(self->sessions, job->session);
-    if (!s || job->generation != s->generation || job->status == LD_ECANCELED) {
+    ldd_session_t *s = ldd_sessions_job_owner(self->sessions, job);
+    if (!s || job->status == LD_ECANCELED) {
         ldd_job_free(&job);
         return;
     }
+    ldd_session_view_t v = ldd_session_view(s);
     if (job->status < 0) {
         ldd_status_chain_failed(self->stats);
-        ld_warn("client %llu: chains failed: %s", (unsigned long long)s->key, job->error);
-        send_error(self, s->id, s->id_len, s, LANGDAUG__V1__ERROR_CODE__ERROR_INTERNAL, "chains failed: %s",
+        ld_warn("client %llu: chains failed: %s", (unsigned long long)v.key, job->error);
+        send_error(self, v.id, v.id_len, s, LANGDAUG__V1__ERROR_CODE__ERROR_INTERNAL, "chains failed: %s",
                    job->error);
-        job->consumed = ldd_job_samples(job);
     } else {
         const ldd_engine_t *e = job->engine;
         for (int c = 0; c < job->n; c++)
             for (int k = 0; k < job->params.n_snapshots; k++)
                 ldd_status_produced(self->stats, ld_dataset_domain(e->dataset, job->chains[c].crop.domain),
-                                    s->req.pairs[job->chains[c].target_name].target,
+                                    v.req->pairs[job->chains[c].target_name].target,
                                     job->energy[(size_t)k * job->n + c]);
     }
     ldd_session_add_ready(s, job);
+}
+
+/* The scheduler's sink: the workers. */
+static void submit_job(void *workers, ldd_job_t *job)
+{
+    ldd_workers_submit(workers, job);
 }
 
 static void wake_cb(uv_async_t *h)
@@ -580,13 +558,14 @@ static void tick_cb(uv_timer_t *h)
     double now = now_s(self);
     for (int i = 0; i < ldd_sessions_count(self->sessions);) {
         ldd_session_t *s = ldd_sessions_at(self->sessions, i);
-        if (now - s->last_seen > self->cfg.idle_timeout) {
+        ldd_session_view_t v = ldd_session_view(s);
+        if (now - v.last_seen > self->cfg.idle_timeout) {
             drop_session(self, s, "idle timeout");
             continue;
         }
-        if (s->credits > 0 && now - s->last_sent >= self->cfg.heartbeat_interval) {
-            send_heartbeat(self, s->id, s->id_len, (uint64_t)(now * 1000));
-            s->last_sent = now;
+        if (v.credits > 0 && now - v.last_sent >= self->cfg.heartbeat_interval) {
+            send_heartbeat(self, v.id, v.id_len, (uint64_t)(now * 1000));
+            ldd_session_heartbeat_sent(s, now);
         }
         i++;
     }
@@ -728,22 +707,21 @@ static void rebind_sessions(ldd_server_t *self)
 {
     for (int i = 0; i < ldd_sessions_count(self->sessions); i++) {
         ldd_session_t *s = ldd_sessions_at(self->sessions, i);
-        if (!s->has_request)
+        ldd_session_view_t v = ldd_session_view(s);
+        if (!v.req)
             continue;
-        ldd_request_t req = s->req;
+        ldd_request_t req = *v.req;
         int code;
         char text[400];
         int ok = ldd_request_resolve(self->engine, &req, &code, text, sizeof text) == 0;
-        install_request(self, s, &req);
-        if (ok && s->batch_bytes > self->sched.budget) {
-            send_error(self, s->id, s->id_len, s, LANGDAUG__V1__ERROR_CODE__ERROR_LIMIT,
+        ldd_session_set_request(s, &req, self->engine, self->stream_seed);
+        if (ok && !ldd_sessions_batch_fits(self->sessions, s)) {
+            send_error(self, v.id, v.id_len, s, LANGDAUG__V1__ERROR_CODE__ERROR_LIMIT,
                        "after a reload, a batch is beyond max_queue_memory; credits dropped");
-            s->has_request = 0;
-            s->credits = 0;
+            ldd_session_cancel_request(s);
         } else if (!ok) {
-            send_error(self, s->id, s->id_len, s, code, "after a reload, %s; credits dropped", text);
-            s->has_request = 0;
-            s->credits = 0;
+            send_error(self, v.id, v.id_len, s, code, "after a reload, %s; credits dropped", text);
+            ldd_session_cancel_request(s);
         }
     }
 }
@@ -779,10 +757,9 @@ static void reload_done(uv_work_t *w, int status)
         ldd_engine_unref(&self->engine);
         self->engine = r->engine;
         ld_log_level = ld_log_level_parse(self->cfg.log_level);
-        ldd_sessions_set_max(self->sessions, self->cfg.max_clients);
+        ldd_sessions_set_limits(self->sessions, self->cfg.max_clients, (int64_t)self->cfg.max_queue_memory << 20);
         self->sched.capacity = self->cfg.queue_capacity;
         self->sched.chain_batch = self->cfg.chain_batch;
-        self->sched.budget = (int64_t)self->cfg.max_queue_memory << 20;
         rebind_sessions(self);
         if (self->curve)
             ldd_curve_set_keys(self->curve, &r->keys);
@@ -904,7 +881,7 @@ int ldd_server_new(const ldd_options_t *opts, ldd_config_t *cfg, ldd_engine_t *e
     uv_loop_init(&self->loop);
     self->loop.data = self;
     self->started = self->last_rate_tick = self->last_status_note = now_s(self);
-    self->sessions = ldd_sessions_new(self->cfg.max_clients);
+    self->sessions = ldd_sessions_new(self->cfg.max_clients, (int64_t)self->cfg.max_queue_memory << 20);
     self->stream_seed = self->cfg.seed;
     if (!self->stream_seed && getrandom(&self->stream_seed, sizeof self->stream_seed, 0) != sizeof self->stream_seed)
         self->stream_seed = uv_hrtime();
@@ -928,9 +905,8 @@ int ldd_server_new(const ldd_options_t *opts, ldd_config_t *cfg, ldd_engine_t *e
         rc = ldd_metrics_open(&self->loop, self->cfg.metrics_listen, metrics_snapshot, self, &self->metrics);
     if (rc < 0)
         goto fail;
-    self->sched = (ldd_sched_t){ .workers = self->workers, .capacity = self->cfg.queue_capacity,
-                                 .chain_batch = self->cfg.chain_batch,
-                                 .budget = (int64_t)self->cfg.max_queue_memory << 20 };
+    self->sched = (ldd_sched_t){ .submit = submit_job, .user = self->workers, .capacity = self->cfg.queue_capacity,
+                                 .chain_batch = self->cfg.chain_batch };
     uv_idle_init(&self->loop, &self->resume);
     self->resume.data = self;
     uv_signal_init(&self->loop, &self->sig_term);

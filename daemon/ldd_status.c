@@ -232,6 +232,33 @@ static void add_config(const char *key, const char *value, void *user)
     m->config[i].value = m->config_text[2 * i + 1];
 }
 
+/* Client i's pairs and steps into the reply's arrays. */
+static void fill_request(reply_mem_t *m, int i, const ldd_session_view_t *sv, const ldd_engine_t *e,
+                         Langdaug__V1__ClientStatus *c)
+{
+    const ldd_request_t *req = sv->req;
+    c->has_batch_size = c->has_encoding = c->has_epoch = c->has_keep = 1;
+    c->batch_size = req->batch_size;
+    c->encoding = req->encoding;
+    c->epoch = req->epoch;
+    c->keep = (Langdaug__V1__Keep)(req->keep >= 0 ? req->keep : (int)e->keep);
+    for (int p = 0; p < req->n_pairs; p++) {
+        Langdaug__V1__Pair *pp = &m->pairs[i * LDD_MAX_PAIRS + p];
+        langdaug__v1__pair__init(pp);
+        pp->source = (char *)req->pairs[p].source;
+        pp->target = (char *)req->pairs[p].target;
+        pp->has_weight = 1;
+        pp->weight = req->pairs[p].weight;
+        m->pair_ptr[i * LDD_MAX_PAIRS + p] = pp;
+    }
+    c->n_pairs = (size_t)req->n_pairs;
+    c->pairs = &m->pair_ptr[i * LDD_MAX_PAIRS];
+    for (int k = 0; k < sv->params->n_snapshots; k++)
+        m->steps[i * LD_LANGEVIN_MAX_SNAPSHOTS + k] = (uint32_t)sv->params->snapshots[k];
+    c->n_steps = (size_t)sv->params->n_snapshots;
+    c->steps = &m->steps[i * LD_LANGEVIN_MAX_SNAPSHOTS];
+}
+
 static void fill_clients(reply_mem_t *m, const ldd_status_view_t *v, Langdaug__V1__StatusReply *r)
 {
     int n = ldd_sessions_count(v->sessions);
@@ -242,41 +269,21 @@ static void fill_clients(reply_mem_t *m, const ldd_status_view_t *v, Langdaug__V
     m->pair_ptr = ldd_xcalloc((size_t)n * LDD_MAX_PAIRS, sizeof *m->pair_ptr);
     m->steps = ldd_xcalloc((size_t)n * LD_LANGEVIN_MAX_SNAPSHOTS, sizeof *m->steps);
     for (int i = 0; i < n; i++) {
-        ldd_session_t *s = ldd_sessions_at(v->sessions, i);
+        ldd_session_view_t sv = ldd_session_view(ldd_sessions_at(v->sessions, i));
         Langdaug__V1__ClientStatus *c = &m->clients[i];
         langdaug__v1__client_status__init(c);
-        for (size_t b = 0; b < s->id_len; b++)
-            sprintf(m->client_id[i] + 2 * b, "%02x", s->id[b]);
+        for (size_t b = 0; b < sv.id_len; b++)
+            sprintf(m->client_id[i] + 2 * b, "%02x", sv.id[b]);
         c->id = m->client_id[i];
-        c->name = s->name;
+        c->name = (char *)sv.name;
         c->has_credits = c->has_samples_sent = c->has_batches_sent = c->has_idle_s = c->has_errors = 1;
-        c->credits = s->credits;
-        c->samples_sent = s->samples_sent;
-        c->batches_sent = s->batches_sent;
-        c->idle_s = v->now - s->last_seen;
-        c->errors = s->errors;
-        if (s->has_request) {
-            c->has_batch_size = c->has_encoding = c->has_epoch = c->has_keep = 1;
-            c->batch_size = s->req.batch_size;
-            c->encoding = s->req.encoding;
-            c->epoch = s->req.epoch;
-            c->keep = (Langdaug__V1__Keep)(s->req.keep >= 0 ? s->req.keep : (int)v->engine->keep);
-            for (int p = 0; p < s->req.n_pairs; p++) {
-                Langdaug__V1__Pair *pp = &m->pairs[i * LDD_MAX_PAIRS + p];
-                langdaug__v1__pair__init(pp);
-                pp->source = s->req.pairs[p].source;
-                pp->target = s->req.pairs[p].target;
-                pp->has_weight = 1;
-                pp->weight = s->req.pairs[p].weight;
-                m->pair_ptr[i * LDD_MAX_PAIRS + p] = pp;
-            }
-            c->n_pairs = (size_t)s->req.n_pairs;
-            c->pairs = &m->pair_ptr[i * LDD_MAX_PAIRS];
-            for (int k = 0; k < s->params.n_snapshots; k++)
-                m->steps[i * LD_LANGEVIN_MAX_SNAPSHOTS + k] = (uint32_t)s->params.snapshots[k];
-            c->n_steps = (size_t)s->params.n_snapshots;
-            c->steps = &m->steps[i * LD_LANGEVIN_MAX_SNAPSHOTS];
-        }
+        c->credits = sv.credits;
+        c->samples_sent = sv.samples_sent;
+        c->batches_sent = sv.batches_sent;
+        c->idle_s = v->now - sv.last_seen;
+        c->errors = sv.errors;
+        if (sv.req)
+            fill_request(m, i, &sv, v->engine, c);
         m->client_ptr[i] = c;
     }
     r->n_clients = (size_t)n;
@@ -344,8 +351,9 @@ static void fill_security(const ldd_status_view_t *v, Langdaug__V1__StatusReply 
 static void fill_queue_memory(const ldd_status_view_t *v, Langdaug__V1__StatusReply *r)
 {
     r->has_queue_bytes = r->has_max_queue_bytes = 1;
-    r->queue_bytes = v->queue_bytes > 0 ? (uint64_t)v->queue_bytes : 0;
-    r->max_queue_bytes = (uint64_t)v->max_queue_bytes;
+    int64_t held = ldd_sessions_queue_bytes(v->sessions);
+    r->queue_bytes = held > 0 ? (uint64_t)held : 0;
+    r->max_queue_bytes = (uint64_t)ldd_sessions_budget(v->sessions);
 }
 
 static void free_mem(reply_mem_t *m)

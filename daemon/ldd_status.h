@@ -5,8 +5,8 @@
  * every LDD_RATE_TICK seconds, like the load average) and running energy
  * statistics per (source, target) pair (Welford). Everything is touched by
  * the loop thread only. What other modules own (sessions, the sockets'
- * security and refusal count in ldd_curve, the queue memory the server and
- * scheduler account for) is handed in through ldd_status_view_t. */
+ * security and refusal count in ldd_curve, the queue memory in
+ * ldd_session) is handed in through ldd_status_view_t. */
 #ifndef LDD_STATUS_H
 #define LDD_STATUS_H
 
@@ -44,8 +44,6 @@ typedef struct {
     int data_curve, status_curve;     /* CURVE on each socket */
     int allowed_keys;                 /* with CURVE: client keys loaded */
     uint64_t refused;                 /* with CURVE: handshakes refused since start */
-    int64_t queue_bytes;              /* finished samples held for clients */
-    int64_t max_queue_bytes;          /* max_queue_memory in bytes */
 } ldd_status_view_t;
 
 /* Packs a StatusReply into a malloc'ed buffer (caller frees). */

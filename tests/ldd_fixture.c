@@ -2,6 +2,7 @@
 #include "ldd_fixture.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 #include "ld_error.h"
 #include "ld_log.h"
@@ -80,4 +81,41 @@ Langdaug__V1__PullRequest ldd_fixture_pull(uint32_t credits, uint32_t batch_size
     p.n_steps = n_steps;
     p.steps = (uint32_t *)steps;
     return p;
+}
+
+ldd_request_t ldd_fixture_request(const ldd_fixture_t *f, const Langdaug__V1__PullRequest *p)
+{
+    ldd_request_t req;
+    int code;
+    char text[512];
+    if (ldd_request_parse(&f->cfg, f->engine, p, &req, &code, text, sizeof text) < 0)
+        ck_abort_msg("fixture request refused: %s", text);
+    return req;
+}
+
+float ldd_fixture_tag(uint64_t seq, int chain, int snap)
+{
+    return (float)((seq * 64 + (uint64_t)chain) * 16 + (uint64_t)snap) / 65536.0f;
+}
+
+void ldd_fixture_finish(ldd_job_t *job)
+{
+    const ldd_engine_t *e = job->engine;
+    size_t ss = (size_t)e->size * e->size, css = ss * (size_t)e->channels;
+    int ns = job->params.n_snapshots;
+    job->images = malloc((size_t)ns * job->n * css * sizeof(float));
+    job->energy = malloc((size_t)ns * job->n * sizeof(float));
+    job->masks = malloc((size_t)job->n * ss);
+    ck_assert(job->images && job->energy && job->masks);
+    for (int k = 0; k < ns; k++) {
+        for (int c = 0; c < job->n; c++) {
+            float tag = ldd_fixture_tag(job->seq, c, k);
+            job->energy[(size_t)k * job->n + c] = tag;
+            for (size_t i = 0; i < css; i++)
+                job->images[((size_t)k * job->n + c) * css + i] = tag;
+        }
+    }
+    for (int c = 0; c < job->n; c++)
+        memset(job->masks + (size_t)c * ss, c, ss);
+    job->status = 0;
 }

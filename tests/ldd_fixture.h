@@ -12,6 +12,8 @@
 #include "langdaug.pb-c.h"
 #include "ldd_config.h"
 #include "ldd_engine.h"
+#include "ldd_request.h"
+#include "ldd_workers.h"
 
 #define LDD_FIXTURE_SIZE 16
 #define LDD_FIXTURE_CHANNELS 3
@@ -35,5 +37,15 @@ void ldd_fixture_close(ldd_fixture_t *f);
  * the pair is static storage, so one such request at a time. */
 Langdaug__V1__PullRequest ldd_fixture_pull(uint32_t credits, uint32_t batch_size, const char *source,
                                            const char *target, const uint32_t *steps, size_t n_steps);
+
+/* p parsed and resolved against f's engine, failing the test if refused. */
+ldd_request_t ldd_fixture_request(const ldd_fixture_t *f, const Langdaug__V1__PullRequest *p);
+
+/* A tag naming a sample of a job: (seq, chain, snapshot), increasing in
+ * the order samples must leave a session. */
+float ldd_fixture_tag(uint64_t seq, int chain, int snap);
+/* Fills a job's outputs as a worker would (status 0), every pixel and the
+ * energy of each sample set to its tag, masks to the chain index. */
+void ldd_fixture_finish(ldd_job_t *job);
 
 #endif

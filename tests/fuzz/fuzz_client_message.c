@@ -46,7 +46,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
         fail("config");
     if (ldd_engine_load(&cfg, &engine) < 0)
         fail("engine");
-    sessions = ldd_sessions_new(cfg.max_clients);
+    sessions = ldd_sessions_new(cfg.max_clients, (int64_t)cfg.max_queue_memory << 20);
     fuzz_remove_dir(files.dir); /* everything is in memory now */
     return 0;
 }
@@ -87,8 +87,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t len)
         if (ldd_request_parse(&cfg, engine, m->pull, &req, &code, text, sizeof text) == 0) {
             check_accepted(&req);
             ldd_session_t *s = ldd_sessions_add(sessions, "id", 2, 0);
-            ldd_session_set_request(s, &req, &engine->defaults, 7);
-            s->credits = s->reserved = 1;
+            ldd_session_set_request(s, &req, engine, 7);
+            ldd_session_grant(s, 1);
+            if (!ldd_sessions_reserve(sessions, s))
+                abort();
             if (ldd_session_wanted(s) != req.batch_size)
                 abort();
             ldd_sessions_remove(sessions, s);
