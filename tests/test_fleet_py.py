@@ -6,14 +6,20 @@ followed: samplers that appear serve with the next id and their own seed,
 ones that vanish are dropped, a failing resolution changes nothing, an empty
 answer leaves a timeout that says why; a rewritten hosts file, whose names go
 through the system resolver (localhost), and a malformed one that is kept and
-warned about once. Every wait is bounded.
+warned about once; the Kubernetes example's langdaugd.conf is one the daemon
+accepts, with the paths its volumes mount, and the Slurm script parses.
+Every wait is bounded.
 """
 import logging
 import os
+import re
+import subprocess
+import tempfile
 import time
 import unittest
 
 from langdaug.client import Client, LangDAugError, session_seed
+from ldtest import DAEMON, HERE
 from test_client_py import DOMAINS, WAIT, SamplerTestCase
 
 TARGET = DOMAINS[1]
@@ -151,6 +157,33 @@ class FollowsTheResolverTest(SamplerTestCase):
             said = [m for m in logs.output if "node-7" in m]
             self.assertEqual(len(said), 1, logs.output)
             self.assertIn("hosts:2: 'node-7' is not HOST:PORT; 1 of its samplers kept", said[0])
+
+
+class ExamplesTest(unittest.TestCase):
+    FLEET = os.path.join(os.path.dirname(HERE), "examples", "fleet")
+
+    def test_kubernetes_config_is_accepted_and_matches_the_mounts(self):
+        if not os.access(DAEMON, os.X_OK):
+            self.skipTest("%s is not built yet" % DAEMON)
+        with open(os.path.join(self.FLEET, "kubernetes.yaml")) as f:
+            text = f.read()
+        block = re.search(r"^  langdaugd.conf: \|\n((?:    .*\n|\n)+)", text, re.M).group(1)
+        with tempfile.NamedTemporaryFile("w", suffix=".conf") as conf:
+            conf.write("".join(line[4:] + "\n" for line in block.splitlines()))
+            conf.flush()
+            r = subprocess.run([DAEMON, "--config", conf.name, "--print-config"], capture_output=True, text=True,
+                               timeout=30)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        for key, value in (("bind", "tcp://*:5555"), ("curve_secret_key_file", "/etc/langdaug/server/server.key"),
+                           ("curve_allowed_keys_dir", "/etc/langdaug/clients")):
+            self.assertIn("%s = %s\n" % (key, value), r.stdout)
+        for mount in ("/etc/langdaug/server", "/etc/langdaug/clients", "/models", "/data"):
+            self.assertIn("mountPath: %s," % mount, text)
+
+    def test_slurm_script_parses(self):
+        r = subprocess.run(["bash", "-n", os.path.join(self.FLEET, "slurm-langdaug.sbatch")], capture_output=True,
+                           text=True, timeout=30)
+        self.assertEqual(r.returncode, 0, r.stderr)
 
 
 if __name__ == "__main__":
