@@ -33,6 +33,14 @@ typedef struct {
  * 72: convs at 72, 36 and 18 (F4; several bands on one thread). */
 static const config_t configs[] = { { 36, "4,6,8" }, { 72, "4,4,6,8" } };
 
+/* Runs check on every config with 1 and 2 threads. */
+static void on_every_config(void (*check)(const config_t *cfg, int threads))
+{
+    for (size_t c = 0; c < sizeof configs / sizeof configs[0]; c++)
+        for (int threads = 1; threads <= 2; threads++)
+            check(&configs[c], threads);
+}
+
 typedef struct {
     ld_ebm_t *m;
     ld_ebm_ws_t *ws;
@@ -150,9 +158,7 @@ static void check_input_gradient(const config_t *cfg, int threads)
 
 START_TEST(input_gradient_on_large_images)
 {
-    for (size_t c = 0; c < sizeof configs / sizeof configs[0]; c++)
-        for (int threads = 1; threads <= 2; threads++)
-            check_input_gradient(&configs[c], threads);
+    on_every_config(check_input_gradient);
 }
 END_TEST
 
@@ -212,9 +218,7 @@ static void check_weight_gradient(const config_t *cfg, int threads)
 
 START_TEST(weight_gradient_on_large_images)
 {
-    for (size_t c = 0; c < sizeof configs / sizeof configs[0]; c++)
-        for (int threads = 1; threads <= 2; threads++)
-            check_weight_gradient(&configs[c], threads);
+    on_every_config(check_weight_gradient);
 }
 END_TEST
 
