@@ -7,6 +7,9 @@
 #   make fuzz            libFuzzer pass over every target (FUZZ_SECONDS each, default 20)
 #   make fuzz-long       every target for FUZZ_LONG_SECONDS (default 3600) each, one at a
 #                        time, minimizing what it finds into tests/fuzz/corpus (replayed by make fuzz)
+#   make soak            the daemon under mixed load for SOAK_SECONDS (default 3600), one CSV
+#                        row a minute (build/soak.csv); fails if memory, fds, threads, queue
+#                        memory or first-batch latency grow after warm-up (tests/soak.py)
 #   make install         PREFIX=/usr/local DESTDIR=
 # Options: SANITIZE=address,undefined  WERROR=1  OPT=-O2  V=1
 
@@ -105,7 +108,7 @@ TARGETS += $(B)/liblangdaug.a $(B)/liblangdaug.so
 endif
 VERSION := $(shell sed -n 's/^#define LD_VERSION "\(.*\)"$$/\1/p' common/ld_version.h)
 
-.PHONY: all deps test bench demo fuzz fuzz-long install clean print-deps
+.PHONY: all deps test bench demo fuzz fuzz-long soak install clean print-deps
 # Generated sources are kept (make would delete them as intermediates).
 .SECONDARY: $(PROTO_C) $(PROTO_H)
 all: $(TARGETS) $(TEST_BIN) $(BENCH_BIN) $(EXAMPLE_BIN) $(PY_PROTO)
@@ -239,6 +242,11 @@ fuzz: deps
 FUZZ_LONG_SECONDS ?= 3600
 fuzz-long: deps
 	$(Q)FUZZ_BUILD=$(B)/fuzz FUZZ_KEEP=1 tests/fuzz/run $(FUZZ_LONG_SECONDS)
+
+SOAK_SECONDS ?= 3600
+soak: deps
+	$(Q)$(MAKE) --no-print-directory all
+	$(Q)LD_BUILD=$(abspath $(B)) $(PY) tests/soak.py --seconds $(SOAK_SECONDS) --csv $(B)/soak.csv
 
 # Headers: only the client library's public ones (the engine is not a library users link).
 # The pkg-config file is written here, with the PREFIX of this install.
