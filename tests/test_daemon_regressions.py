@@ -22,7 +22,7 @@ from test_daemon import pb
 
 # A long chain: one job of 2 chains to this step takes seconds (the test's margin
 # between the signal and the end of the running job), never a timing assertion.
-LONG_STEP = 20000
+LONG_STEP = 12000
 
 
 def wait_exit(proc, seconds):
