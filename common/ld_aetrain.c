@@ -149,7 +149,7 @@ struct ld_aetrain_s {
     int diverged;
     size_t numel, img_len, lat_len;
     float *x, *y, *grad_y, *latent; /* [batch, ...] */
-    uint8_t *mask;              /* [batch, S,S] (extracted, unused by the loss) */
+    uint8_t *mask;              /* [S,S]: where crops' masks are extracted to (the loss ignores them) */
     float *grad;                /* [numel] */
     float *eval_img;            /* [D, eval_crops, C,S,S], RGB */
     ld_ckpt_rows_t history;     /* LD_AETRAIN_HISTORY_COLS */
@@ -253,7 +253,7 @@ static int alloc_buffers(ld_aetrain_t *self)
     self->y = malloc(n * self->img_len * sizeof(float));
     self->grad_y = malloc(n * self->img_len * sizeof(float));
     self->latent = malloc(n * self->lat_len * sizeof(float));
-    self->mask = malloc(n * s * s);
+    self->mask = malloc(s * s);
     self->grad = malloc(self->numel * sizeof(float));
     if (!self->x || !self->y || !self->grad_y || !self->latent || !self->mask || !self->grad)
         return ld_seterr(LD_ENOMEM, "autoencoder training: out of memory for a batch of %zu", n);
@@ -394,7 +394,7 @@ static int draw_batch(ld_aetrain_t *self)
         ld_crop_t crop;
         int rc = ld_dataset_random_crop(self->ds, d, item, self->cfg.size, &self->rng, &crop);
         if (!rc)
-            rc = ld_dataset_extract(self->ds, &crop, img, self->mask + (size_t)i * pixels);
+            rc = ld_dataset_extract(self->ds, &crop, img, self->mask);
         if (rc)
             return rc;
         if (self->arch.colour_space == LD_COLOUR_LAB)

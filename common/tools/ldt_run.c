@@ -48,6 +48,15 @@ int ldt_parse_count(const char *cmd, const char *what, const char *value, int64_
     return 0;
 }
 
+int ldt_check_iters(const char *cmd, int64_t iters, int64_t iteration)
+{
+    if (iteration <= iters)
+        return 0;
+    fprintf(stderr, "langdaug %s: --iters %lld is below the checkpoint's iteration %lld\n", cmd, (long long)iters,
+            (long long)iteration);
+    return 2;
+}
+
 char *ldt_join_command(int argc, char **argv)
 {
     size_t len = 16;

@@ -31,6 +31,9 @@ int ldt_setting_option(const char *cmd, const ld_settings_t *t, void *scratch, c
 /* A count option ("--iters") in [min, INT64_MAX/2]; exit status. */
 int ldt_parse_count(const char *cmd, const char *what, const char *value, int64_t min, int64_t *out);
 
+/* 2 with a message when a resumed run is already past --iters, else 0. */
+int ldt_check_iters(const char *cmd, int64_t iters, int64_t iteration);
+
 /* "langdaug <argv...>" with shell quoting where needed; NULL when out of
  * memory. The caller frees it. */
 char *ldt_join_command(int argc, char **argv);

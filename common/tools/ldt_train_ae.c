@@ -269,13 +269,9 @@ static int open_run(const args_t *a, ld_aetrain_t **tr)
         return rc;
     if (a->o.resume && (rc = ld_aetrain_resume(a->o.resume, a->settings, tr)))
         return ldt_fail(CMD, rc);
-    if (ld_aetrain_iteration(*tr) > a->iters) {
-        fprintf(stderr, "langdaug %s: --iters %" PRId64 " is below the checkpoint's iteration %" PRId64 "\n", CMD,
-                a->iters, ld_aetrain_iteration(*tr));
+    if ((rc = ldt_check_iters(CMD, a->iters, ld_aetrain_iteration(*tr))))
         ld_aetrain_destroy(tr);
-        return 2;
-    }
-    return 0;
+    return rc;
 }
 
 static void on_progress(const ld_aetrain_stats_t *st, void *user)
