@@ -181,7 +181,7 @@ static void check_status(void)
     close_all(r, got, 2);
 }
 
-static void data_message(int who, const frames_t *f)
+static void send_data_message(int who, const frames_t *f)
 {
     int sessions_before = ldd_sessions_count(server->sessions);
     size_t total = 0;
@@ -243,7 +243,7 @@ static void data_message(int who, const frames_t *f)
         abort();
 }
 
-static void status_message(const frames_t *f, int with_delimiter)
+static void send_status_message(const frames_t *f, int with_delimiter)
 {
     /* what REP makes of [delimiter?][frames]: the envelope runs up to the
      * first empty frame that has more frames after it */
@@ -313,9 +313,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t len)
             at += l;
         }
         if (who < 2)
-            data_message(who, &f);
+            send_data_message(who, &f);
         else
-            status_message(&f, !(h & 0x20));
+            send_status_message(&f, !(h & 0x20));
     }
     if (ldd_sessions_count(server->sessions) > 0)
         check_status();
