@@ -171,12 +171,6 @@ int ldd_config_range(const char *key, double *min, double *max)
     return 0;
 }
 
-int ldd_config_needs_restart(const char *key)
-{
-    const key_row_t *k = find_key(key);
-    return k && (k->flags & F_RESTART);
-}
-
 static void set_string(char **slot, const char *value)
 {
     free(*slot);
@@ -622,6 +616,25 @@ void ldd_config_visit(const ldd_config_t *cfg, ldd_config_visit_fn fn, void *use
         format_value(cfg, &keys[i], value, sizeof value);
         fn(keys[i].name, value, user);
     }
+}
+
+/* The running value goes back through ldd_config_set as printed text,
+ * which reads back to the same value (the print/read-back invariant). */
+int ldd_config_keep_restart_keys(ldd_config_t *fresh, const ldd_config_t *running)
+{
+    char was[4096], now[4096];
+    int kept = 0;
+    for (size_t i = 0; i < N_KEYS; i++) {
+        if (!(keys[i].flags & F_RESTART))
+            continue;
+        format_value(running, &keys[i], was, sizeof was);
+        format_value(fresh, &keys[i], now, sizeof now);
+        if (!strcmp(was, now))
+            continue;
+        ld_warn("reload: %s = '%s' needs a restart; keeping '%s'", keys[i].name, now, was);
+        kept += ldd_config_set(fresh, keys[i].name, was, "reload") == 0;
+    }
+    return kept;
 }
 
 static void print_pair(const char *key, const char *value, void *user)

@@ -114,7 +114,10 @@ void ldd_config_visit(const ldd_config_t *cfg, ldd_config_visit_fn fn, void *use
  * Returns 0, or LD_EINVAL for a key that is not floating-point. */
 int ldd_config_range(const char *key, double *min, double *max);
 
-/* Whether a key may not change on reload (sockets, worker count). */
-int ldd_config_needs_restart(const char *key);
+/* A reload: every key whose table row says it needs a restart (sockets,
+ * workers, CURVE server key, metrics endpoint) and differs between the
+ * running config and the fresh one gets its running value back in fresh,
+ * with a warning naming it. Returns the number of keys kept. */
+int ldd_config_keep_restart_keys(ldd_config_t *fresh, const ldd_config_t *running);
 
 #endif

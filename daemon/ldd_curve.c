@@ -2,10 +2,9 @@
  * failed handshakes (see ldd_curve.h).
  *
  * Invariants: a ZAP request always gets exactly one reply (libzmq holds
- * the handshake until it does); ZMQ_FD is edge-triggered, so after every
- * callback each socket is drained until ZMQ_EVENTS says it is not
- * readable (at most PUMP_BATCH messages per pass, continued from a
- * uv_idle so that a connection storm cannot starve the loop). */
+ * the handshake until it does). The ZAP socket and the monitors are read
+ * through ldd_zpoll (at most PUMP_BATCH messages per socket and pass, so
+ * that a connection storm cannot starve the loop). */
 #include "ldd_curve.h"
 
 #include <dirent.h>
@@ -19,6 +18,7 @@
 #include "ld_log.h"
 #include "ldd_err.h"
 #include "ldd_mem.h"
+#include "ldd_zpoll.h"
 
 #define PUMP_BATCH 64
 #define MAX_MONITORS 4
@@ -111,18 +111,17 @@ const char *ldd_keyset_find(const ldd_keyset_t *self, const uint8_t key[LD_CURVE
 /* ------------------------------------------------------------ sockets */
 
 typedef struct {
+    struct ldd_curve_s *curve;
     void *sock;        /* PAIR connected to a secured socket's monitor */
     char name[16];     /* "data", "status" */
-    uv_poll_t poll;
 } monitor_t;
 
 struct ldd_curve_s {
     uv_loop_t *loop;
     void *zctx, *zap;
-    uv_poll_t zap_poll;
-    uv_idle_t resume;
+    ldd_zpoll_t *reader;   /* the ZAP socket and the monitors on the loop */
     monitor_t monitors[MAX_MONITORS];
-    int n_monitors, in_pump;
+    int n_monitors;
     uint8_t secret[LD_CURVE_KEY_BYTES];
     char server_public[LD_CURVE_KEY_Z85 + 1];
     ldd_keyset_t *keys;
@@ -154,13 +153,6 @@ static int may_log_refusal(ldd_curve_t *self)
     return 0;
 }
 
-static int readable(void *sock)
-{
-    int events = 0;
-    size_t sz = sizeof events;
-    return zmq_getsockopt(sock, ZMQ_EVENTS, &events, &sz) == 0 && (events & ZMQ_POLLIN);
-}
-
 /* Frame i as printable text (ZAP frames are short ASCII strings). */
 static void frame_text(zmq_msg_t *f, int n, int i, char *out, size_t cap)
 {
@@ -189,8 +181,9 @@ static void send_reply(ldd_curve_t *self, zmq_msg_t *request_id, const char *cod
 /* One ZAP request: [version, request id, domain, address, routing id,
  * mechanism, credentials...] -> [version, request id, status code, status
  * text, user id, metadata]. */
-static void handle_zap(ldd_curve_t *self)
+static void handle_zap(void *curve)
 {
+    ldd_curve_t *self = curve;
     zmq_msg_t f[ZAP_FRAMES];
     int n = 0, more = 1;
     while (more) {
@@ -259,8 +252,10 @@ static const char *handshake_reason(uint16_t event, uint32_t value)
 }
 
 /* One monitor event: [u16 event, u32 value][endpoint]. */
-static void handle_event(ldd_curve_t *self, monitor_t *m)
+static void handle_event(void *monitor)
 {
+    monitor_t *m = monitor;
+    ldd_curve_t *self = m->curve;
     zmq_msg_t head, addr;
     zmq_msg_init(&head);
     zmq_msg_init(&addr);
@@ -285,52 +280,6 @@ static void handle_event(ldd_curve_t *self, monitor_t *m)
     }
     zmq_msg_close(&head);
     zmq_msg_close(&addr);
-}
-
-static void curve_pump(ldd_curve_t *self);
-
-static void resume_cb(uv_idle_t *h)
-{
-    curve_pump(h->data);
-}
-
-static void poll_cb(uv_poll_t *h, int status, int events)
-{
-    (void)status;
-    (void)events;
-    curve_pump(h->data);
-}
-
-static void curve_pump(ldd_curve_t *self)
-{
-    if (self->in_pump)
-        return;
-    self->in_pump = 1;
-    int more = 0, n = 0;
-    for (; readable(self->zap) && n < PUMP_BATCH; n++)
-        handle_zap(self);
-    more |= n == PUMP_BATCH;
-    for (int i = 0; i < self->n_monitors; i++) {
-        monitor_t *m = &self->monitors[i];
-        for (n = 0; readable(m->sock) && n < PUMP_BATCH; n++)
-            handle_event(self, m);
-        more |= n == PUMP_BATCH;
-    }
-    self->in_pump = 0;
-    if (more)
-        uv_idle_start(&self->resume, resume_cb);
-    else
-        uv_idle_stop(&self->resume);
-}
-
-static void start_poll(ldd_curve_t *self, void *sock, uv_poll_t *poll)
-{
-    int fd;
-    size_t sz = sizeof fd;
-    zmq_getsockopt(sock, ZMQ_FD, &fd, &sz);
-    uv_poll_init(self->loop, poll, fd);
-    poll->data = self;
-    uv_poll_start(poll, UV_READABLE, poll_cb);
 }
 
 static int load_server_key(ldd_curve_t *self, const char *path)
@@ -372,9 +321,8 @@ int ldd_curve_new(const ldd_config_t *cfg, void *zctx, uv_loop_t *loop, ldd_curv
         ldd_curve_destroy(&self);
         return rc;
     }
-    uv_idle_init(loop, &self->resume);
-    self->resume.data = self;
-    start_poll(self, self->zap, &self->zap_poll);
+    self->reader = ldd_zpoll_new(loop, PUMP_BATCH);
+    ldd_zpoll_add(self->reader, self->zap, handle_zap, self);
     ld_info("CURVE on: server public key %s; %d allowed client keys in %s", self->server_public,
             ldd_keyset_count(self->keys), self->keys_dir);
     *out = self;
@@ -394,6 +342,7 @@ int ldd_curve_secure(ldd_curve_t *self, void *sock, const char *name)
     char endpoint[64];
     snprintf(endpoint, sizeof endpoint, "inproc://langdaugd-monitor-%s", name);
     snprintf(m->name, sizeof m->name, "%s", name);
+    m->curve = self;
     if (zmq_socket_monitor(sock, endpoint, ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL) !=
             0 ||
         !(m->sock = zmq_socket(self->zctx, ZMQ_PAIR)) || zmq_connect(m->sock, endpoint) != 0) {
@@ -406,8 +355,7 @@ int ldd_curve_secure(ldd_curve_t *self, void *sock, const char *name)
     int linger = 0;
     zmq_setsockopt(m->sock, ZMQ_LINGER, &linger, sizeof linger);
     self->n_monitors++;
-    start_poll(self, m->sock, &m->poll);
-    return 0;
+    return ldd_zpoll_add(self->reader, m->sock, handle_event, m);
 }
 
 void ldd_curve_set_keys(ldd_curve_t *self, ldd_keyset_t **keys)
@@ -443,6 +391,7 @@ void ldd_curve_destroy(ldd_curve_t **self_p)
     if (self->zap)
         zmq_close(self->zap);
     ldd_keyset_destroy(&self->keys);
+    ldd_zpoll_free(&self->reader);
     memset(self->secret, 0, sizeof self->secret);
     free(self);
     *self_p = NULL;

@@ -7,7 +7,7 @@
  * and status sockets are CURVE servers: traffic is encrypted, and every
  * connection's client key is checked by a ZAP handler, a REP socket bound
  * to inproc://zeromq.zap.01 in the daemon's ZeroMQ context and driven by
- * the libuv loop (ZMQ_FD + uv_poll, like the other sockets).
+ * the libuv loop (through ldd_zpoll, like the other sockets).
  *
  *   connection's key      | ZAP reply | effect                     | log (rate-limited)
  *   ----------------------+-----------+----------------------------+------------------------------

@@ -32,8 +32,9 @@
 #include "ldd_session.h"
 #include "ldd_status.h"
 #include "ldd_workers.h"
+#include "ldd_zpoll.h"
 
-#define PUMP_BATCH 256   /* messages per pass before yielding to other events */
+#define PUMP_BATCH 256   /* messages per socket and pass before yielding to other events */
 #define TICK_MS 100
 #define RCV_HWM 64       /* messages queued per connection before ZeroMQ stops reading it */
 
@@ -54,8 +55,7 @@ struct ldd_server_s {
     void *zctx, *data, *status_sock;
     ldd_curve_t *curve;    /* NULL = plain TCP */
     ldd_metrics_t *metrics;  /* NULL = metrics_listen off */
-    uv_poll_t data_poll, status_poll;
-    uv_idle_t resume;
+    ldd_zpoll_t *reader;   /* the data and status sockets on the loop */
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_timer_t tick, watchdog;
     uv_async_t wake;
@@ -65,7 +65,7 @@ struct ldd_server_s {
     ldd_status_t *stats;
     double started, last_rate_tick, last_status_note, drain_deadline;
     uint64_t stream_seed;  /* seeds of clients that send none: cfg.seed, or random when 0 */
-    int draining, stopping, in_pump, exit_code;
+    int draining, stopping, exit_code;
     reload_t *reload;
     char last_reload[1100];
     double last_reload_time;
@@ -448,55 +448,22 @@ static void answer_status(ldd_server_t *self)
 
 /* ------------------------------------------------------------ pumping */
 
-static int readable(void *sock)
+/* The readers of the data and status sockets (ldd_zpoll). */
+static void data_message(void *self)
 {
-    int events = 0;
-    size_t sz = sizeof events;
-    return zmq_getsockopt(sock, ZMQ_EVENTS, &events, &sz) == 0 && (events & ZMQ_POLLIN);
+    recv_client(self);
 }
 
-static void resume_cb(uv_idle_t *h);
+static void status_message(void *self)
+{
+    answer_status(self);
+}
 
-/* Receives until neither socket is readable (ZMQ_FD is edge-triggered), at
- * most PUMP_BATCH messages per socket per pass; more waits for the idle
- * handle so that timers and workers are not starved. */
+/* A pass over both sockets: after every callback that sent (ZMQ_FD is
+ * edge-triggered and reset by a send). */
 static void pump(ldd_server_t *self)
 {
-    if (self->in_pump || !self->data)
-        return;
-    self->in_pump = 1;
-    int more = 0;
-    for (int n = 0; readable(self->data); n++) {
-        if (n == PUMP_BATCH) {
-            more = 1;
-            break;
-        }
-        recv_client(self);
-    }
-    for (int n = 0; readable(self->status_sock); n++) {
-        if (n == PUMP_BATCH) {
-            more = 1;
-            break;
-        }
-        answer_status(self);
-    }
-    self->in_pump = 0;
-    if (more)
-        uv_idle_start(&self->resume, resume_cb);
-    else
-        uv_idle_stop(&self->resume);
-}
-
-static void resume_cb(uv_idle_t *h)
-{
-    pump(h->data);
-}
-
-static void poll_cb(uv_poll_t *h, int status, int events)
-{
-    (void)status;
-    (void)events;
-    pump(h->data);
+    ldd_zpoll_pump(self->reader);
 }
 
 /* ------------------------------------------------------------ workers */
@@ -674,34 +641,6 @@ static void reload_work(uv_work_t *w)
         snprintf(r->detail, sizeof r->detail, "%s: %s", ld_strerror(r->rc), ld_errdetail());
 }
 
-static void swap_strings(char **a, char **b)
-{
-    char *tmp = *a;
-    *a = *b;
-    *b = tmp;
-}
-
-/* Keeps the values of keys that need a restart, with a warning. */
-static void keep_restart_keys(ldd_server_t *self, ldd_config_t *fresh)
-{
-    if (strcmp(fresh->bind, self->cfg.bind) || strcmp(fresh->status, self->cfg.status) ||
-        fresh->workers != self->cfg.workers || strcmp(fresh->curve_secret_key_file, self->cfg.curve_secret_key_file) ||
-        fresh->handshake_timeout != self->cfg.handshake_timeout ||
-        fresh->max_pending_connections != self->cfg.max_pending_connections ||
-        strcmp(fresh->metrics_listen, self->cfg.metrics_listen))
-        ld_warn("reload: bind, status, workers, curve_secret_key_file, handshake_timeout, "
-                "max_pending_connections and metrics_listen changes need a restart; keeping %s, %s, %d, '%s', %g, "
-                "%d, '%s'", self->cfg.bind, self->cfg.status, self->cfg.workers, self->cfg.curve_secret_key_file,
-                self->cfg.handshake_timeout, self->cfg.max_pending_connections, self->cfg.metrics_listen);
-    swap_strings(&fresh->bind, &self->cfg.bind);
-    swap_strings(&fresh->metrics_listen, &self->cfg.metrics_listen);
-    swap_strings(&fresh->status, &self->cfg.status);
-    swap_strings(&fresh->curve_secret_key_file, &self->cfg.curve_secret_key_file);
-    fresh->workers = self->cfg.workers;
-    fresh->handshake_timeout = self->cfg.handshake_timeout;
-    fresh->max_pending_connections = self->cfg.max_pending_connections;
-}
-
 /* Re-resolves every session's request against the new engine. */
 static void rebind_sessions(ldd_server_t *self)
 {
@@ -751,7 +690,7 @@ static void reload_done(uv_work_t *w, int status)
         }
         ldd_keyset_destroy(&r->keys);
     } else {
-        keep_restart_keys(self, &r->cfg);
+        ldd_config_keep_restart_keys(&r->cfg, &self->cfg);
         ldd_config_free(&self->cfg);
         self->cfg = r->cfg;
         ldd_engine_unref(&self->engine);
@@ -806,7 +745,7 @@ static int local_only(const char *endpoint)
     return 0;
 }
 
-static int open_socket(ldd_server_t *self, int type, const char *endpoint, void **out, uv_poll_t *poll)
+static int open_socket(ldd_server_t *self, int type, const char *endpoint, void **out, ldd_zpoll_fn on_message)
 {
     const char *name = type == ZMQ_ROUTER ? "data" : "status";
     void *sock = zmq_socket(self->zctx, type);
@@ -851,12 +790,9 @@ static int open_socket(ldd_server_t *self, int type, const char *endpoint, void 
     }
     if (zmq_bind(sock, endpoint) != 0)
         return zmq_fail("cannot bind", endpoint);
-    int fd;
-    size_t sz = sizeof fd;
-    zmq_getsockopt(sock, ZMQ_FD, &fd, &sz);
-    uv_poll_init(&self->loop, poll, fd);
-    poll->data = self;
-    uv_poll_start(poll, UV_READABLE, poll_cb);
+    int rc = ldd_zpoll_add(self->reader, sock, on_message, self);
+    if (rc < 0)
+        return rc;
     ld_info("listening on %s (%s%s; handshake timeout %g s, at most %d pending connections)", endpoint, name,
             self->curve ? ", CURVE" : "", self->cfg.handshake_timeout, self->cfg.max_pending_connections);
     return 0;
@@ -880,6 +816,7 @@ int ldd_server_new(const ldd_options_t *opts, ldd_config_t *cfg, ldd_engine_t *e
     self->engine = engine;
     uv_loop_init(&self->loop);
     self->loop.data = self;
+    self->reader = ldd_zpoll_new(&self->loop, PUMP_BATCH);
     self->started = self->last_rate_tick = self->last_status_note = now_s(self);
     self->sessions = ldd_sessions_new(self->cfg.max_clients, (int64_t)self->cfg.max_queue_memory << 20);
     self->stream_seed = self->cfg.seed;
@@ -893,9 +830,9 @@ int ldd_server_new(const ldd_options_t *opts, ldd_config_t *cfg, ldd_engine_t *e
     if (rc == 0)
         rc = ldd_curve_new(&self->cfg, self->zctx, &self->loop, &self->curve);
     if (rc == 0)
-        rc = open_socket(self, ZMQ_ROUTER, self->cfg.bind, &self->data, &self->data_poll);
+        rc = open_socket(self, ZMQ_ROUTER, self->cfg.bind, &self->data, data_message);
     if (rc == 0)
-        rc = open_socket(self, ZMQ_REP, self->cfg.status, &self->status_sock, &self->status_poll);
+        rc = open_socket(self, ZMQ_REP, self->cfg.status, &self->status_sock, status_message);
     uv_async_init(&self->loop, &self->wake, wake_cb);
     self->wake.data = self;
     int nworkers = self->cfg.workers ? self->cfg.workers : default_workers();
@@ -907,8 +844,6 @@ int ldd_server_new(const ldd_options_t *opts, ldd_config_t *cfg, ldd_engine_t *e
         goto fail;
     self->sched = (ldd_sched_t){ .submit = submit_job, .user = self->workers, .capacity = self->cfg.queue_capacity,
                                  .chain_batch = self->cfg.chain_batch };
-    uv_idle_init(&self->loop, &self->resume);
-    self->resume.data = self;
     uv_signal_init(&self->loop, &self->sig_term);
     uv_signal_init(&self->loop, &self->sig_int);
     uv_signal_init(&self->loop, &self->sig_hup);
@@ -969,6 +904,7 @@ void ldd_server_destroy(ldd_server_t **self_p)
     close_signals(self);
     uv_run(&self->loop, UV_RUN_DEFAULT);
     uv_loop_close(&self->loop);
+    ldd_zpoll_free(&self->reader);
     ldd_sessions_destroy(&self->sessions);
     ldd_status_destroy(&self->stats);
     ldd_engine_unref(&self->engine);

@@ -3,10 +3,9 @@
  * One libuv loop thread owns every piece of state (sessions, scheduler,
  * counters, the current config and engine); only the sampler workers run
  * elsewhere, and they hand results back through a uv_async_t. ZeroMQ
- * sockets join the loop through ZMQ_FD + uv_poll. That descriptor is
- * edge-triggered and is also reset by zmq_send, so after every callback
- * that sent or received, the loop re-reads ZMQ_EVENTS and receives until the
- * socket is no longer readable (bounded per pass, continued from a uv_idle).
+ * sockets join the loop through ldd_zpoll (edge-triggered ZMQ_FD, bounded
+ * passes, idle resume); the server runs a pass after every callback that
+ * sent.
  *
  *   running  --SIGHUP-->  reloading (config + engine built on a work thread;
  *                         success swaps them, failure keeps the old ones)

@@ -3,7 +3,8 @@
  * the config file (duplicates, sections, syntax errors with their line),
  * --print-config reading back to the same config, command-line options over
  * the file (the model list replaced, not appended), the cross-key rules
- * of a build, and which keys a reload keeps. No engine is loaded. */
+ * of a build, and which keys a reload keeps (those the table marks, and
+ * only those). No engine is loaded. */
 #include "testutil.h"
 
 #include <math.h>
@@ -11,6 +12,7 @@
 #include <string.h>
 
 #include "ld_error.h"
+#include "ld_log.h"
 #include "ldd_config.h"
 
 static void expect_set_refused(ldd_config_t *cfg, const char *key, const char *value, const char *needle)
@@ -208,6 +210,31 @@ START_TEST(build_checks_cross_keys)
 }
 END_TEST
 
+/* A reload keeps the running value of every key that needs a restart and
+ * takes every other key's new value. */
+START_TEST(reload_keeps_restart_keys)
+{
+    ldd_config_t running, fresh;
+    ck_assert_int_eq(load_text("workers = 2\nhandshake_timeout = 0.3\n", &running), 0);
+    ck_assert_int_eq(load_text("workers = 2\nhandshake_timeout = 0.3\n", &fresh), 0);
+    ck_assert_int_eq(ldd_config_keep_restart_keys(&fresh, &running), 0);
+    ldd_config_free(&fresh);
+    static const char text[] = "bind = tcp://*:6000\nstatus = ipc:///tmp/s\nworkers = 3\nhandshake_timeout = 0.7\n"
+                               "max_pending_connections = 7\nmetrics_listen = 127.0.0.1:9000\n"
+                               "curve_secret_key_file = /k\nchain_batch = 9\nmax_clients = 3\n"
+                               "curve_allowed_keys_dir = /keys\n";
+    ck_assert_int_eq(load_text(text, &fresh), 0);
+    ld_log_level = LD_LOG_ERROR; /* the seven warnings */
+    ck_assert_int_eq(ldd_config_keep_restart_keys(&fresh, &running), 7);
+    ck_assert_str_eq(fresh.bind, running.bind);
+    ck_assert(fresh.workers == 2 && fresh.handshake_timeout == 0.3 && fresh.max_pending_connections == 100);
+    ck_assert(!*fresh.metrics_listen && !*fresh.curve_secret_key_file && !strcmp(fresh.status, running.status));
+    ck_assert(fresh.chain_batch == 9 && fresh.max_clients == 3 && !strcmp(fresh.curve_allowed_keys_dir, "/keys"));
+    ldd_config_free(&running);
+    ldd_config_free(&fresh);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("ldd_config");
@@ -219,6 +246,7 @@ int main(void)
     tcase_add_test(tc, print_config_reads_back);
     tcase_add_test(tc, options_override_the_file);
     tcase_add_test(tc, build_checks_cross_keys);
+    tcase_add_test(tc, reload_keeps_restart_keys);
     suite_add_tcase(s, tc);
     return ld_test_run(s);
 }
