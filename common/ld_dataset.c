@@ -9,9 +9,10 @@
  * Conversions: grey -> RGB replicates, RGB -> grey is BT.601 luma, alpha is
  * dropped (ld_image_convert); masks and FOVs use their first channel (16-bit
  * files: high byte); FOV pixels > 127 are inside. Working size: round(w *
- * scale) x round(h * scale), or the shorter side exactly `resize`; images
- * are resized with LD_RESIZE_SMOOTH, masks/FOVs with nearest, after the
- * mask map was applied at the original size.
+ * scale) x round(h * scale), or the shorter side exactly `resize`, or (fit,
+ * whole images) the longer side exactly `fit` after the image was cut to its
+ * FOV's bounding box; images are resized with LD_RESIZE_SMOOTH, masks/FOVs
+ * with nearest, after the mask map was applied at the original size.
  *
  * Invariants after ld_dataset_open(): every domain has >= 1 item; every
  * item has image (h*w*channels bytes), mask (h*w class ids < n_classes) and
@@ -58,6 +59,7 @@ struct ld_dataset_s {
     int n_skipped;
     ld_maskmap_t map;
     float to_unit[256]; /* v -> 2*v/255 - 1, computed once */
+    int fit;            /* opts.fit: whole images of this side */
     const ld_dataset_opts_t *opts; /* only during ld_dataset_open */
 };
 
@@ -275,7 +277,11 @@ static void item_free(item_t *it)
 
 static void working_size(const ld_dataset_opts_t *o, int w, int h, int *ow, int *oh)
 {
-    if (o->resize > 0) {
+    if (o->fit > 0) {
+        double f = (double)o->fit / (w > h ? w : h);
+        *ow = w >= h ? o->fit : (int)lround(w * f);
+        *oh = w >= h ? (int)lround(h * f) : o->fit;
+    } else if (o->resize > 0) {
         int shorter = w < h ? w : h;
         double f = (double)o->resize / shorter;
         *ow = w == shorter ? o->resize : (int)lround(w * f);
@@ -317,6 +323,31 @@ static int map_mask(const ld_maskmap_t *map, const char *path, ld_image_t *mask)
     return LD_OK;
 }
 
+/* Whole images: image, mask and FOV cut to the FOV's bounding box (kept
+ * as they are when the FOV is empty). */
+static int cut_to_fov(ld_image_t *raw, ld_image_t *mask, ld_image_t *fov)
+{
+    int x0 = fov->width, y0 = fov->height, x1 = -1, y1 = -1;
+    for (int y = 0; y < fov->height; y++)
+        for (int x = 0; x < fov->width; x++)
+            if (*ld_image_at(fov, x, y) > 127) {
+                x0 = x < x0 ? x : x0, x1 = x > x1 ? x : x1;
+                y0 = y < y0 ? y : y0, y1 = y > y1 ? y : y1;
+            }
+    if (x1 < 0)
+        return LD_OK;
+    ld_image_t *planes[3] = { raw, mask, fov };
+    for (int p = 0; p < 3; p++) {
+        ld_image_t cut;
+        int rc = ld_image_crop(planes[p], x0, y0, x1 - x0 + 1, y1 - y0 + 1, &cut);
+        if (rc)
+            return rc;
+        ld_image_free(planes[p]);
+        *planes[p] = cut;
+    }
+    return LD_OK;
+}
+
 /* Reads one pair (and FOV) into *it at working scale. */
 static int load_item(ld_dataset_t *ds, const char *img_path, const char *mask_path, const char *fov_path,
                      item_t *it)
@@ -331,6 +362,8 @@ static int load_item(ld_dataset_t *ds, const char *img_path, const char *mask_pa
         rc = map_mask(&ds->map, mask_path, &mask);
     if (!rc && fov_path)
         rc = read_label_plane(fov_path, &raw, &fov);
+    if (!rc && fov.data && ds->opts->fit > 0)
+        rc = cut_to_fov(&raw, &mask, &fov);
     if (rc)
         goto done;
     working_size(ds->opts, raw.width, raw.height, &w, &h);
@@ -726,9 +759,10 @@ static int check_opts(const ld_dataset_opts_t *o)
         return ld_seterr(LD_EINVAL, "dataset: set exactly one of root and manifest");
     if (o->channels != 0 && o->channels != 1 && o->channels != 3)
         return ld_seterr(LD_EINVAL, "dataset: channels must be 0, 1 or 3, not %d", o->channels);
-    if (!(o->scale >= 0) || o->scale > 64 || o->resize < 0 || o->resize > 16384 || o->min_side < 0)
-        return ld_seterr(LD_ERANGE, "dataset: scale %g / resize %d / min_side %d out of range", o->scale,
-                         o->resize, o->min_side);
+    if (!(o->scale >= 0) || o->scale > 64 || o->resize < 0 || o->resize > 16384 || o->min_side < 0 ||
+        o->fit < 0 || o->fit > 16384)
+        return ld_seterr(LD_ERANGE, "dataset: scale %g / resize %d / fit %d / min_side %d out of range", o->scale,
+                         o->resize, o->fit, o->min_side);
     if (o->subdir && (!*o->subdir || o->subdir[0] == '/'))
         return ld_seterr(LD_EINVAL, "dataset: subdir '%s' must be a relative folder", o->subdir);
     return LD_OK;
@@ -746,6 +780,7 @@ int ld_dataset_open(const ld_dataset_opts_t *opts, ld_dataset_t **out)
     if (!ds)
         return ld_seterr(LD_ENOMEM, "dataset: out of memory");
     ds->opts = opts;
+    ds->fit = opts->fit;
     ds->channels = opts->channels;
     for (int v = 0; v < 256; v++)
         ds->to_unit[v] = 2.0f * (float)v / 255.0f - 1.0f;
@@ -876,6 +911,8 @@ int ld_dataset_random_crop(const ld_dataset_t *self, int d, int i, int size, ld_
     if (i < 0)
         i = (int)ld_rng_below(rng, (uint32_t)self->domains[d].n);
     const item_t *it = &self->domains[d].items[i];
+    if (self->fit > 0 && size == self->fit)
+        return ld_dataset_center_crop(self, d, i, size, out);
     *out = (ld_crop_t){ .domain = d, .item = i, .size = size };
     for (int t = 0; t < FOV_TRIES; t++) {
         out->x = draw_offset(it->w, size, rng);

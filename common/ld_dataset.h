@@ -48,6 +48,9 @@ typedef struct {
     int channels;           /* working channels 1 or 3; 0 = from the first image */
     double scale;           /* resize factor for every image; 0 = 1 */
     int resize;             /* >0: resize so the shorter side is this (overrides scale) */
+    int fit;                /* >0: whole images (overrides scale and resize): each image is first cut to
+                               its FOV's bounding box (when it has a FOV), then resized so the longer side
+                               is fit; a crop of side fit is then the whole image, centred and padded */
     int min_side;           /* images whose shorter side ends up below this are skipped (0 = none) */
 } ld_dataset_opts_t;
 
@@ -81,7 +84,8 @@ typedef struct {
 } ld_crop_t;
 
 /* A uniformly random crop of item i of domain d (i < 0: a random item);
- * when a FOV is present, the crop centre is drawn inside it. */
+ * when a FOV is present, the crop centre is drawn inside it. With fit, a
+ * crop of side fit is the item's centred crop (the whole image). */
 int ld_dataset_random_crop(const ld_dataset_t *self, int d, int i, int size, ld_rng_t *rng, ld_crop_t *out);
 /* The centred crop of item i. */
 int ld_dataset_center_crop(const ld_dataset_t *self, int d, int i, int size, ld_crop_t *out);

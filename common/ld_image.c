@@ -92,6 +92,17 @@ int ld_image_extract_channel(const ld_image_t *src, int c, ld_image_t *dst)
     return LD_OK;
 }
 
+int ld_image_crop(const ld_image_t *src, int x, int y, int w, int h, ld_image_t *dst)
+{
+    if (x < 0 || y < 0 || w < 1 || h < 1 || x > src->width - w || y > src->height - h)
+        return ld_seterr(LD_EINVAL, "image: rectangle %dx%d at (%d,%d) is not inside a %dx%d image", w, h, x, y,
+                         src->width, src->height);
+    int rc = ld_image_alloc(dst, w, h, src->channels);
+    for (int r = 0; r < h && !rc; r++)
+        memcpy(ld_image_at(dst, 0, r), ld_image_at(src, x, y + r), (size_t)w * (size_t)src->channels);
+    return rc;
+}
+
 /* Source taps of output index i: first[i] .. first[i]+count[i]-1 with
  * weights w[i*max_taps ...] summing to 1. */
 typedef struct {

@@ -37,6 +37,9 @@ int ld_image_convert(const ld_image_t *src, int channels, ld_image_t *dst);
 /* Copies channel c of src into a 1-channel image. */
 int ld_image_extract_channel(const ld_image_t *src, int c, ld_image_t *dst);
 
+/* Copies the rectangle (x, y, w, h), which must lie inside src, into dst. */
+int ld_image_crop(const ld_image_t *src, int x, int y, int w, int h, ld_image_t *dst);
+
 typedef enum {
     LD_RESIZE_NEAREST, /* for masks and label maps: never invents values */
     LD_RESIZE_BILINEAR,/* half-pixel centres, edge-clamped */

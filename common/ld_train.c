@@ -63,6 +63,8 @@ static const config_key_t config_keys[] = {
     { "colour-space", KEY_COLOUR, FIELD(colour_space), 0, 0, 1,
       "rgb, or lab: the model works in scaled CIE LAB (3-channel data)" },
     { "size", KEY_INT, FIELD(size), 1, LD_EBM_MAX_SIZE, 1, "crop side in working pixels" },
+    { "whole-images", KEY_INT, FIELD(whole_images), 0, 1, 1,
+      "1: every crop is a whole image, cut to its FOV's box, longer side --size, centred and padded (not --scale)" },
     { "latent", KEY_STR, FIELD(latent), 0, 0, 0,
       "autoencoder file (langdaug train-ae): train on its latents of the crops (latent mode)" },
     { "widths", KEY_STR, FIELD(widths), 0, 0, 1, "network widths w0,...,wL (L blocks)" },
@@ -89,6 +91,7 @@ static const struct {
     { "colour-space", "rgb" },
     { "pairs", "" },
     { "latent", "" },
+    { "whole-images", "0" },
 };
 
 void ld_train_config_defaults(ld_train_config_t *cfg)
@@ -359,6 +362,7 @@ static int open_data(ld_train_t *self)
     o.maskmap = cfg->maskmap;
     o.channels = cfg->channels;
     o.scale = cfg->scale;
+    o.fit = cfg->whole_images ? cfg->size : 0;
     int rc = ld_dataset_open(&o, &self->ds);
     if (rc)
         return rc;
@@ -383,7 +387,7 @@ static int open_data(ld_train_t *self)
     if (cfg->colour_space == LD_COLOUR_LAB && cfg->channels != 3)
         return ld_seterr(LD_EINVAL, "--colour-space lab needs 3-channel (RGB) images; the data has %d channel(s)",
                          cfg->channels);
-    for (int d = 0; d < d_count; d++) {
+    for (int d = 0; d < d_count && !cfg->whole_images; d++) {
         int min_side = INT32_MAX;
         for (int i = 0; i < ld_dataset_n_items(self->ds, d); i++) {
             int w, h;

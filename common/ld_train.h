@@ -66,6 +66,7 @@ typedef struct {
     ld_colour_space_t colour_space;     /* what the model sees: RGB, or scaled LAB (3 channels) */
     /* model */
     int size;                           /* crop side S */
+    int whole_images;                   /* 1: every crop is a whole image (ld_dataset_opts_t.fit = size) */
     char latent[LD_TRAIN_PATH_MAX];     /* latent mode: the autoencoder file (ld_latent.h), or "" for pixels;
                                            the path may change on resume, the file (its SHA-256) may not */
     char widths[256];                   /* "w0,...,wL" */

@@ -457,6 +457,71 @@ END_TEST
 START_TEST(crops_centre_inside_tiny_fov) { check_fov_crops(0); }
 END_TEST
 
+/* ---- whole images ---- */
+
+/* A 60 x 40 image whose FOV is the box x 10..39, y 5..24 (30 x 20), grey 200
+ * outside it and 100 inside: with fit 16 the item is that box resized to
+ * 16 x 11 (its longer side 16), and a crop of side 16 is the whole of it,
+ * centred: rows above and below read as padding (-1, class 0). */
+START_TEST(whole_images_are_cut_to_the_fov_and_fitted)
+{
+    char *root = ld_test_tmpdir();
+    mkdirs(root, "d/image");
+    mkdirs(root, "d/mask");
+    mkdirs(root, "d/fov");
+    ld_image_t img, mask, fov;
+    ck_assert_int_eq(ld_image_alloc(&img, 60, 40, 1), 0);
+    ck_assert_int_eq(ld_image_alloc(&mask, 60, 40, 1), 0);
+    ck_assert_int_eq(ld_image_alloc(&fov, 60, 40, 1), 0);
+    for (int y = 0; y < 40; y++)
+        for (int x = 0; x < 60; x++) {
+            int in = x >= 10 && x < 40 && y >= 5 && y < 25;
+            *ld_image_at(&img, x, y) = in ? 100 : 200;
+            *ld_image_at(&fov, x, y) = in ? 255 : 0;
+            *ld_image_at(&mask, x, y) = in && x < 12 ? 255 : 0; /* a thin band at the box's left edge */
+        }
+    const char *names[3] = { "image", "mask", "fov" };
+    ld_image_t *planes[3] = { &img, &mask, &fov };
+    for (int k = 0; k < 3; k++) {
+        char p[1024];
+        snprintf(p, sizeof p, "%s/d/%s/e.png", root, names[k]);
+        ck_assert_int_eq(ld_png_write(p, planes[k]), 0);
+        ld_image_free(planes[k]);
+    }
+    ld_dataset_opts_t o = { .root = root, .fit = 16, .scale = 3 };
+    ld_dataset_t *ds = open_ok(&o);
+    int w, h;
+    ld_dataset_item_size(ds, 0, 0, &w, &h);
+    ck_assert_int_eq(w, 16);
+    ck_assert_int_eq(h, 11);
+    ld_rng_t rng;
+    ld_rng_init(&rng, 1, 0);
+    ld_crop_t cr;
+    ck_assert_int_eq(ld_dataset_random_crop(ds, 0, -1, 16, &rng, &cr), 0);
+    ck_assert_int_eq(cr.x, 0);
+    ck_assert_int_eq(cr.y, -2);
+    float x[16 * 16];
+    uint8_t m[16 * 16];
+    ck_assert_int_eq(ld_dataset_extract(ds, &cr, x, m), 0);
+    const float inside = 2.0f * 100.0f / 255.0f - 1.0f;
+    for (int y = 0; y < 16; y++)
+        for (int c = 0; c < 16; c++) {
+            int pad = y < 2 || y >= 13;
+            ck_assert_msg(fabsf(x[y * 16 + c] - (pad ? -1.0f : inside)) < 1e-6, "pixel (%d,%d) = %g", c, y,
+                          (double)x[y * 16 + c]);
+            ck_assert_int_eq(m[y * 16 + c], !pad && c == 0);
+        }
+    /* other sides are still random crops */
+    ck_assert_int_eq(ld_dataset_random_crop(ds, 0, 0, 8, &rng, &cr), 0);
+    ck_assert_int_eq(cr.size, 8);
+    ld_dataset_destroy(&ds);
+    o.fit = -1;
+    expect_open_error(&o, LD_ERANGE, "fit -1");
+    ld_test_rmtree(root);
+    free(root);
+}
+END_TEST
+
 /* ---- scale and channels ---- */
 
 START_TEST(working_scale_and_channels)
@@ -783,6 +848,7 @@ int main(void)
     tcase_add_test(tc, crops_are_thread_safe);
     tcase_add_test(tc, crops_centre_inside_fov);
     tcase_add_test(tc, crops_centre_inside_tiny_fov);
+    tcase_add_test(tc, whole_images_are_cut_to_the_fov_and_fitted);
     tcase_add_test(tc, working_scale_and_channels);
     tcase_add_test(tc, rgb_images_to_grey_and_rgb_masks);
     tcase_add_test(tc, resized_masks_keep_class_ids);

@@ -77,6 +77,8 @@ static const char usage[] =
     "  --maskmap SPEC      mask value -> class rules (default: the model's, else \"0:0,*:1\")\n"
     "  --scale X           resize every image by X (default 1)\n"
     "  --resize N          or resize so the shorter side is N pixels\n"
+    "  --whole             whole images: each cut to its FOV's box and resized so the\n"
+    "                      longer side is the model's size, centred and padded\n"
     "  --source A          dataset domain the chains start from\n"
     "  --target B          model domain the chains move towards\n"
     "  --crop MODE         random (default; centre inside the FOV) or center\n"
@@ -98,7 +100,7 @@ static const char usage[] =
 typedef struct {
     const char *model, *autoencoder, *data, *manifest, *subdir, *maskmap, *source, *target, *out;
     double scale;
-    int resize, batch, threads, center;
+    int resize, batch, threads, center, whole;
     const char *snapshots;
     ld_langevin_params_t lp;
     ld_keep_t keep;
@@ -175,7 +177,7 @@ static int parse_opts(int argc, char **argv, sample_opts_t *o)
 {
     static const char cmd[] = "sample";
     enum { O_MODEL = 256, O_DATA, O_MANIFEST, O_SUBDIR, O_MASKMAP, O_SCALE, O_RESIZE, O_SOURCE, O_TARGET,
-           O_CROP, O_BATCH, O_STEPS, O_SNAPS, O_ETA, O_NOISE, O_SEED, O_THREADS, O_OUT, O_KEEP, O_AE };
+           O_CROP, O_BATCH, O_STEPS, O_SNAPS, O_ETA, O_NOISE, O_SEED, O_THREADS, O_OUT, O_KEEP, O_AE, O_WHOLE };
     static const struct option longopts[] = {
         { "model", required_argument, NULL, O_MODEL },       { "data", required_argument, NULL, O_DATA },
         { "manifest", required_argument, NULL, O_MANIFEST }, { "subdir", required_argument, NULL, O_SUBDIR },
@@ -187,6 +189,7 @@ static int parse_opts(int argc, char **argv, sample_opts_t *o)
         { "noise", required_argument, NULL, O_NOISE },       { "seed", required_argument, NULL, O_SEED },
         { "threads", required_argument, NULL, O_THREADS },   { "out", required_argument, NULL, O_OUT },
         { "keep", required_argument, NULL, O_KEEP },         { "autoencoder", required_argument, NULL, O_AE },
+        { "whole", no_argument, NULL, O_WHOLE },
         { "help", no_argument, NULL, 'h' },                  { NULL, 0, NULL, 0 },
     };
     *o = (sample_opts_t){ .batch = 8, .threads = 1, .scale = 0 };
@@ -197,6 +200,7 @@ static int parse_opts(int argc, char **argv, sample_opts_t *o)
         switch (c) {
         case O_MODEL: o->model = optarg; break;
         case O_AE: o->autoencoder = optarg; break;
+        case O_WHOLE: o->whole = 1; break;
         case O_DATA: o->data = optarg; break;
         case O_MANIFEST: o->manifest = optarg; break;
         case O_SUBDIR: o->subdir = optarg; break;
@@ -229,8 +233,8 @@ static int parse_opts(int argc, char **argv, sample_opts_t *o)
         return 2;
     if (!o->model || !o->source || !o->target || !o->out || (!o->data == !o->manifest))
         return ldt_usage_error(cmd, "--model, --source, --target, --out and one of --data / --manifest are required");
-    if (o->scale > 0 && o->resize > 0)
-        return ldt_usage_error(cmd, "--scale and --resize exclude each other");
+    if ((o->scale > 0) + (o->resize > 0) + o->whole > 1)
+        return ldt_usage_error(cmd, "--scale, --resize and --whole exclude each other");
     if (o->snapshots) {
         if (ld_langevin_set_snapshots(&o->lp, o->snapshots))
             return ldt_usage_error(cmd, "--snapshots: %s", ld_errdetail());
@@ -285,7 +289,7 @@ static int open_model_and_data(const sample_opts_t *o, sample_run_t *r)
     const char *maskmap = o->maskmap ? o->maskmap : ld_meta_get(r->meta, "maskmap");
     ld_dataset_opts_t dopts = { .root = o->data, .manifest = o->manifest, .subdir = o->subdir,
                                 .domains = o->source, .maskmap = maskmap, .scale = o->scale,
-                                .resize = o->resize };
+                                .resize = o->resize, .fit = o->whole ? r->s : 0 };
     if ((rc = ld_dataset_open(&dopts, &r->ds)))
         return rc;
     if (ld_dataset_channels(r->ds) != r->c)
