@@ -38,7 +38,7 @@ static const ld_setting_t rows[] = {
     LD_TRAINDATA_ROWS(ld_aetrain_config_t, data),
     { "size", LD_SET_INT, F(size), 16, LD_AE_MAX_SIZE, 1, NULL, "crop side S (a multiple of 2 x factor)" },
     { "widths", LD_SET_STR, F(widths), 0, 0, 1, NULL, "widths w0,w1,w2 (factor 4) or w0,...,w3 (factor 8)" },
-    { "latent", LD_SET_INT, F(latent), 1, LD_AE_MAX_LATENT, 1, NULL, "latent channels Z" },
+    { "latent-channels", LD_SET_INT, F(latent), 1, LD_AE_MAX_LATENT, 1, NULL, "latent channels Z" },
     { "val-fraction", LD_SET_DBL, F(val_fraction), 0.01, 0.9, 1, NULL,
       "share of each domain's images held out for evaluation" },
     { "eval-crops", LD_SET_INT, F(eval_crops), 1, 4096, 1, NULL, "fixed held-out crops per domain for evaluation" },

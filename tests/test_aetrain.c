@@ -47,7 +47,7 @@ static void small_config(ld_aetrain_config_t *cfg, const char *root)
     set(cfg, "data", root);
     set(cfg, "size", "16");
     set(cfg, "widths", "8,16,16");
-    set(cfg, "latent", "4");
+    set(cfg, "latent-channels", "4");
     set(cfg, "batch", "4");
     set(cfg, "eval-crops", "6");
     set(cfg, "seed", "7");
@@ -263,7 +263,7 @@ START_TEST(settings_round_trip_and_errors)
         { "lr", "nan", "--lr: nan is not a finite number", LD_ERANGE }, { "grad-diff", "inf", "--grad-diff", LD_ERANGE },
         { "betas", "0.5", "--betas", LD_EINVAL }, { "betas", "0.5,0.9,0.9", "--betas", LD_EINVAL },
         { "batch", "0", "--batch", LD_ERANGE }, { "batch", "99999999999", "--batch", LD_ERANGE },
-        { "latent", "65", "--latent", LD_ERANGE }, { "size", "8", "--size", LD_ERANGE },
+        { "latent-channels", "65", "--latent-channels", LD_ERANGE }, { "size", "8", "--size", LD_ERANGE },
         { "val-fraction", "1", "--val-fraction", LD_ERANGE }, { "seed", "-1", "--seed", LD_EINVAL },
         { "threads", "1.5", "--threads", LD_EINVAL }, { "nonsense", "1", "nonsense", LD_ENOENT },
         { "colour-space", "LAB", "--colour-space: 'LAB' is not rgb or lab", LD_EINVAL },
@@ -323,7 +323,7 @@ START_TEST(hostile_options_name_the_option)
     static const struct { const char *args, *needle; } cases[] = {
         { "--lr fast", "--lr: 'fast' is not a number" },
         { "--batch 0", "--batch" },
-        { "--latent 100000000000000000000", "--latent" },
+        { "--latent-channels 100000000000000000000", "--latent-channels" },
         { "--size 36", "--size: 36 is not a multiple of 8" },
         { "--widths 8,16,16,16,16", "--widths 8,16,16,16,16" },
         { "--val-fraction 0", "--val-fraction" },
@@ -615,7 +615,7 @@ START_TEST(reconstruction_improves_on_synthetic_domains)
     small_config(&cfg, g_synth);
     set(&cfg, "size", "32");
     set(&cfg, "widths", "16,32,32");
-    set(&cfg, "latent", "8");
+    set(&cfg, "latent-channels", "8");
     set(&cfg, "batch", "8");
     set(&cfg, "eval-crops", "12");
     set(&cfg, "grad-diff", "0.5");
