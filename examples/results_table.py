@@ -12,6 +12,10 @@ train_segmenter.py writes its own results.md and results.png through this module
 
     /usr/bin/python3 examples/results_table.py retina-experiment/*/segmenter \\
         --out retina-experiment/results.md --plot retina-experiment/results.png
+
+A folder given as LABEL=FOLDER is another sampler's runs of the same protocol (same seeds, so
+paired with the plain folders' runs): its variants are named VARIANT[LABEL], and each tagged
+LangDAug variant is compared with none, classic and the untagged variant of the same name.
 """
 
 import argparse
@@ -33,15 +37,32 @@ T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2
 
 
 def read_rows(folder):
-    path = os.path.join(folder, "results.csv")
+    """The rows of a results folder; LABEL=FOLDER tags its variants VARIANT[LABEL]."""
+    label, _, path = folder.rpartition("=") if "=" in folder else ("", "", folder)
+    path = os.path.join(path, "results.csv")
     rows = read_csv(path, ("holdout", "variant", "seed", "dice", "iou"))
     if not rows:
         raise SystemExit("%s: no results" % path)
+    for r in rows if label else ():
+        r["variant"] = "%s[%s]" % (r["variant"], label)
     return rows
 
 
+def untagged(variant):
+    return variant.split("[", 1)[0]
+
+
 def order(variant):
-    return VARIANTS.index(variant) if variant in VARIANTS else len(VARIANTS)
+    base = untagged(variant)
+    return (VARIANTS.index(base) if base in VARIANTS else len(VARIANTS), variant != base)
+
+
+def comparisons_of(rows):
+    """COMPARISONS, then for each tagged LangDAug variant: minus none, classic and its untagged self."""
+    tagged = sorted({r["variant"] for r in rows if r["variant"] != untagged(r["variant"])}, key=order)
+    extra = [(v, b) for v in tagged if untagged(v).startswith("langdaug")
+             for b in ("none", "classic", untagged(v)) if b != "none" or untagged(v) == "langdaug"]
+    return COMPARISONS + tuple(extra)
 
 
 def entries(rows):
@@ -106,7 +127,7 @@ def paired_markdown(rows):
     def fmt(m, hw):
         return "%+.2f" % (100 * m) if hw != hw else "%+.2f [%+.2f, %+.2f]" % (100 * m, 100 * (m - hw),
                                                                             100 * (m + hw))
-    entries_ = paired(rows)
+    entries_ = paired(rows, comparisons_of(rows))
     entries_.sort(key=lambda e: (e[0].startswith("mean"), e[0]))
     for h, name, n, dice, iou in entries_:
         lines.append("| %s | %s | %d | %s | %s |" % (h, name, n, fmt(*dice), fmt(*iou)))

@@ -7,6 +7,7 @@ the LAB conversion against reference colours, and the paired 95% intervals of
 examples/results_table.py."""
 import os
 import sys
+import tempfile
 import unittest
 
 import numpy as np
@@ -201,6 +202,24 @@ class PairedIntervalTest(unittest.TestCase):
         self.assertAlmostEqual(hw, 4.303 * d.std(ddof=1) / np.sqrt(3))
         text = results_table.paired_markdown(self.rows())
         self.assertIn("| A | langdaug - none | 3 | +2.00 [", text)
+
+
+    def test_a_tagged_folder_is_another_sampler_paired_with_the_plain_runs(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, rows in (("pixel", self.rows()), ("latent", [dict(r, dice=r["dice"] + 0.01) for r in self.rows()
+                                                                    if r["variant"] == "langdaug"])):
+                os.mkdir(os.path.join(tmp, name))
+                with open(os.path.join(tmp, name, "results.csv"), "w") as f:
+                    f.write("holdout,variant,seed,dice,iou\n")
+                    f.writelines("%(holdout)s,%(variant)s,%(seed)s,%(dice)r,%(iou)r\n" % r for r in rows)
+            rows = results_table.read_rows(os.path.join(tmp, "pixel")) + \
+                results_table.read_rows("latent=" + os.path.join(tmp, "latent"))
+        self.assertEqual({r["variant"] for r in rows}, {"none", "langdaug", "langdaug[latent]"})
+        text = results_table.paired_markdown(rows)
+        self.assertIn("| A | langdaug[latent] - langdaug | 3 | +1.00 [+1.00, +1.00] |", text)
+        self.assertIn("| A | langdaug[latent] - none | 3 | +3.00 [", text)
+        order = [v for h, v, _ in results_table.entries(rows) if h == "A"]
+        self.assertLess(order.index("langdaug"), order.index("langdaug[latent]"))
 
 
 class PlateauTest(unittest.TestCase):
