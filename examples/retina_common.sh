@@ -44,6 +44,14 @@ train_ebm() {
         --out "$model" --threads 2 "$@"
 }
 
+# train_ae OUT_AE SOURCES: the protocol's autoencoder for latent mode (crops as the EBM's; the
+# gradient-difference term keeps the thin vessels; held-out PSNR/SSIM in OUT_AE.eval.csv).
+train_ae() {
+    "$B/langdaug" train-ae --data "$RETINA" --domains "$2" --scale $SCALE --size $SIZE --widths 16,32,64 \
+        --latent-channels 8 --grad-diff 1 --batch 16 --iters "${AE_ITERS:-3000}" --eval-every 500 \
+        --checkpoint-every 500 --eval-curve "$1.eval.csv" --out "$1" --threads 2
+}
+
 # pull_samples MODEL SOURCES FOLDER N STEPS STEP_SIZE NOISE [langdaug pull options]:
 # serves MODEL on loopback with 2 workers, pulls N samples into FOLDER (toward every source,
 # or only the pairs in PULL_PAIRS, e.g. A:B,B:A), stops it.
