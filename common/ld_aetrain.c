@@ -152,8 +152,9 @@ struct ld_aetrain_s {
     uint8_t *mask;              /* [S,S]: where crops' masks are extracted to (the loss ignores them) */
     float *grad;                /* [numel] */
     float *eval_img;            /* [D, eval_crops, C,S,S], RGB */
+    uint8_t *eval_mask;         /* [D, eval_crops, S,S] */
     ld_ckpt_rows_t history;     /* LD_AETRAIN_HISTORY_COLS */
-    ld_ckpt_rows_t evals;       /* iteration, then psnr and ssim per domain */
+    ld_ckpt_rows_t evals;       /* iteration, then psnr, ssim and vessel contrast ratio per domain */
 };
 
 void ld_aetrain_destroy(ld_aetrain_t **self_p)
@@ -175,6 +176,7 @@ void ld_aetrain_destroy(ld_aetrain_t **self_p)
     free(self->mask);
     free(self->grad);
     free(self->eval_img);
+    free(self->eval_mask);
     ld_ckpt_rows_free(&self->history);
     ld_ckpt_rows_free(&self->evals);
     free(self);
@@ -224,8 +226,10 @@ static int split_items(ld_aetrain_t *self)
 static int eval_crops(ld_aetrain_t *self)
 {
     const int e = self->cfg.eval_crops;
+    const size_t pixels = (size_t)self->cfg.size * (size_t)self->cfg.size;
     self->eval_img = malloc((size_t)self->n_domains * e * self->img_len * sizeof(float));
-    if (!self->eval_img)
+    self->eval_mask = malloc((size_t)self->n_domains * e * pixels);
+    if (!self->eval_img || !self->eval_mask)
         return ld_seterr(LD_ENOMEM, "autoencoder training: out of memory for the evaluation crops");
     ld_rng_t rng;
     ld_rng_init(&rng, self->cfg.seed, LD_AETRAIN_STREAM_EVAL);
@@ -236,7 +240,7 @@ static int eval_crops(ld_aetrain_t *self)
             int rc = ld_dataset_random_crop(self->ds, d, item, self->cfg.size, &rng, &crop);
             if (!rc)
                 rc = ld_dataset_extract(self->ds, &crop, self->eval_img + ((size_t)d * e + k) * self->img_len,
-                                        self->mask);
+                                        self->eval_mask + ((size_t)d * e + k) * pixels);
             if (rc)
                 return rc;
         }
@@ -258,7 +262,7 @@ static int alloc_buffers(ld_aetrain_t *self)
     if (!self->x || !self->y || !self->grad_y || !self->latent || !self->mask || !self->grad)
         return ld_seterr(LD_ENOMEM, "autoencoder training: out of memory for a batch of %zu", n);
     self->history.cols = LD_AETRAIN_HISTORY_COLS;
-    self->evals.cols = 1 + 2 * self->n_domains;
+    self->evals.cols = 1 + LD_AETRAIN_EVAL_COLS * self->n_domains;
     return LD_OK;
 }
 
@@ -490,12 +494,13 @@ static int reconstruct_rgb(ld_aetrain_t *self, int n, const float *src, float *y
     return rc;
 }
 
-/* PSNR and SSIM of domain d's evaluation crops. */
-static int evaluate_domain(ld_aetrain_t *self, int d, double *psnr, double *ssim)
+/* PSNR, SSIM and vessel contrast ratio of domain d's evaluation crops. */
+static int evaluate_domain(ld_aetrain_t *self, int d, double out[LD_AETRAIN_EVAL_COLS])
 {
-    const int e = self->cfg.eval_crops, batch = self->cfg.batch;
+    const int e = self->cfg.eval_crops, batch = self->cfg.batch, c = self->arch.image_channels, s = self->cfg.size;
     const float *crops = self->eval_img + (size_t)d * e * self->img_len;
-    double sse = 0, ssim_sum = 0;
+    const uint8_t *masks = self->eval_mask + (size_t)d * e * (size_t)s * (size_t)s;
+    double sse = 0, ssim_sum = 0, orig[4] = { 0 }, rec[4] = { 0 };
     for (int first = 0; first < e; first += batch) {
         int n = e - first < batch ? e - first : batch;
         const float *src = crops + (size_t)first * self->img_len;
@@ -503,15 +508,19 @@ static int evaluate_domain(ld_aetrain_t *self, int d, double *psnr, double *ssim
         for (int i = 0; !rc && i < n; i++) {
             double one;
             const size_t off = (size_t)i * self->img_len;
+            const uint8_t *mask = masks + (size_t)(first + i) * (size_t)s * (size_t)s;
             sse += ld_quality_sse(self->y + off, src + off, self->img_len);
-            rc = ld_quality_ssim(self->y + off, src + off, self->arch.image_channels, self->cfg.size, &one);
+            rc = ld_quality_ssim(self->y + off, src + off, c, s, &one);
             ssim_sum += one;
+            ld_quality_vessel_sums(src + off, mask, c, s, orig);
+            ld_quality_vessel_sums(self->y + off, mask, c, s, rec);
         }
         if (rc)
             return rc;
     }
-    *psnr = ld_quality_psnr(sse / ((double)e * self->img_len));
-    *ssim = ssim_sum / e;
+    out[0] = ld_quality_psnr(sse / ((double)e * self->img_len));
+    out[1] = ssim_sum / e;
+    out[2] = ld_quality_vessel_contrast(rec) / ld_quality_vessel_contrast(orig);
     return LD_OK;
 }
 
@@ -522,8 +531,9 @@ void ld_aetrain_eval_at(const ld_aetrain_t *self, size_t i, ld_aetrain_eval_t *o
     out->iteration = (int64_t)row[0];
     out->n_domains = self->n_domains;
     for (int d = 0; d < self->n_domains; d++) {
-        out->psnr[d] = row[1 + 2 * d];
-        out->ssim[d] = row[2 + 2 * d];
+        out->psnr[d] = row[1 + LD_AETRAIN_EVAL_COLS * d];
+        out->ssim[d] = row[2 + LD_AETRAIN_EVAL_COLS * d];
+        out->contrast[d] = row[3 + LD_AETRAIN_EVAL_COLS * d];
     }
 }
 
@@ -545,15 +555,15 @@ int ld_aetrain_evaluate(ld_aetrain_t *self, ld_aetrain_eval_t *out)
         ld_aetrain_eval_at(self, (size_t)self->evals.n - 1, out);
         return LD_OK;
     }
-    float row[1 + 2 * LD_AETRAIN_MAX_DOMAINS];
+    float row[1 + LD_AETRAIN_EVAL_COLS * LD_AETRAIN_MAX_DOMAINS];
     row[0] = (float)self->iteration;
     for (int d = 0; d < self->n_domains; d++) {
-        double psnr, ssim;
-        int rc = evaluate_domain(self, d, &psnr, &ssim);
+        double v[LD_AETRAIN_EVAL_COLS];
+        int rc = evaluate_domain(self, d, v);
         if (rc)
             return rc;
-        row[1 + 2 * d] = (float)psnr;
-        row[2 + 2 * d] = (float)ssim;
+        for (int k = 0; k < LD_AETRAIN_EVAL_COLS; k++)
+            row[1 + LD_AETRAIN_EVAL_COLS * d + k] = (float)v[k];
     }
     int rc = ld_ckpt_rows_append(&self->evals, row);
     if (rc)
@@ -725,6 +735,10 @@ static int eval_meta(const ld_aetrain_t *self, ld_meta_t *meta)
         snprintf(value, sizeof value, "%.5f", ev.ssim[d]);
         if (!rc)
             rc = ld_meta_set(meta, key, value);
+        snprintf(key, sizeof key, "eval.%s.vessel_contrast", ld_dataset_domain(self->ds, d));
+        snprintf(value, sizeof value, "%.4f", ev.contrast[d]);
+        if (!rc)
+            rc = ld_meta_set(meta, key, value);
     }
     return rc;
 }
@@ -817,9 +831,9 @@ static int op_evaluate(void *obj)
     char line[LD_AETRAIN_MAX_DOMAINS * (LD_NAME_MAX + 32)];
     size_t used = 0;
     for (int d = 0; d < ev.n_domains && used < sizeof line; d++)
-        used += (size_t)snprintf(line + used, sizeof line - used, "%s%s %.2f dB %.4f", d ? ", " : "",
-                                 ld_dataset_domain(self->ds, d), ev.psnr[d], ev.ssim[d]);
-    ld_info("evaluation at iteration %" PRId64 " (PSNR, SSIM): %s", ev.iteration, line);
+        used += (size_t)snprintf(line + used, sizeof line - used, "%s%s %.2f dB %.4f %.3f", d ? ", " : "",
+                                 ld_dataset_domain(self->ds, d), ev.psnr[d], ev.ssim[d], ev.contrast[d]);
+    ld_info("evaluation at iteration %" PRId64 " (PSNR, SSIM, vessel contrast kept): %s", ev.iteration, line);
     return LD_OK;
 }
 

@@ -61,6 +61,7 @@
 #define LD_AETRAIN_STREAM_SPLIT 3
 #define LD_AETRAIN_STREAM_EVAL 4
 #define LD_AETRAIN_MAX_DOMAINS LD_EBM_MAX_DOMAINS
+#define LD_AETRAIN_EVAL_COLS 3 /* per domain: PSNR, SSIM, vessel contrast ratio */
 
 typedef struct {
     ld_traindata_t data;
@@ -110,6 +111,7 @@ typedef struct {
     int n_domains;
     double psnr[LD_AETRAIN_MAX_DOMAINS];
     double ssim[LD_AETRAIN_MAX_DOMAINS];
+    double contrast[LD_AETRAIN_MAX_DOMAINS]; /* vessel contrast of the reconstructions / the originals' (1 = kept) */
 } ld_aetrain_eval_t;
 
 typedef struct ld_aetrain_s ld_aetrain_t;

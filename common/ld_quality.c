@@ -115,3 +115,39 @@ int ld_quality_ssim(const float *a, const float *b, int c, int s, double *out)
     free(x);
     return LD_OK;
 }
+
+/* 1 when (x, y) is unlabelled and a labelled pixel lies within the ring. */
+static int in_ring(const uint8_t *mask, int s, int x, int y)
+{
+    if (mask[y * s + x])
+        return 0;
+    for (int dy = -LD_VESSEL_RING; dy <= LD_VESSEL_RING; dy++)
+        for (int dx = -LD_VESSEL_RING; dx <= LD_VESSEL_RING; dx++) {
+            int u = x + dx, v = y + dy;
+            if (u >= 0 && v >= 0 && u < s && v < s && mask[v * s + u])
+                return 1;
+        }
+    return 0;
+}
+
+void ld_quality_vessel_sums(const float *img, const uint8_t *mask, int c, int s, double sums[4])
+{
+    const size_t hw = (size_t)s * (size_t)s;
+    for (int y = 0; y < s; y++)
+        for (int x = 0; x < s; x++) {
+            size_t i = (size_t)y * (size_t)s + (size_t)x;
+            int where = mask[i] ? 0 : in_ring(mask, s, x, y) ? 2 : -1;
+            if (where < 0)
+                continue;
+            double lum = luma(img, c, hw, i);
+            sums[where] += lum;
+            sums[where + 1] += 1;
+        }
+}
+
+double ld_quality_vessel_contrast(const double sums[4])
+{
+    if (sums[1] == 0 || sums[3] == 0)
+        return NAN;
+    return sums[2] / sums[3] - sums[0] / sums[1];
+}

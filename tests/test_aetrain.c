@@ -228,6 +228,38 @@ END_TEST
 
 /* ---- settings and options ------------------------------------------------------ */
 
+/* A grey 16 x 16 image at 0.8 (luminance) with a vertical dark vessel (0.2)
+ * in column 7: contrast 0.6 exactly; the ring is columns 5-6 and 8-9. A
+ * copy whose vessel and its neighbours are averaged (a blur) keeps less. */
+START_TEST(vessel_contrast)
+{
+    enum { S = 16 };
+    float img[S * S], blur[S * S];
+    uint8_t mask[S * S] = { 0 };
+    for (int y = 0; y < S; y++)
+        for (int x = 0; x < S; x++) {
+            img[y * S + x] = 2.0f * (x == 7 ? 0.2f : 0.8f) - 1.0f;
+            mask[y * S + x] = x == 7;
+        }
+    memcpy(blur, img, sizeof img);
+    for (int y = 0; y < S; y++)
+        for (int x = 6; x <= 8; x++)
+            blur[y * S + x] = 2.0f * 0.6f - 1.0f;
+    double sums[4] = { 0 }, bsums[4] = { 0 };
+    ld_quality_vessel_sums(img, mask, 1, S, sums);
+    ck_assert_double_eq(sums[1], S);
+    ck_assert_double_eq(sums[3], 4 * S);
+    ck_assert_double_eq_tol(ld_quality_vessel_contrast(sums), 0.6, 1e-6);
+    ld_quality_vessel_sums(blur, mask, 1, S, bsums);
+    /* ring: half at 0.6 (columns 6, 8), half at 0.8 -> 0.7; vessel 0.6 */
+    ck_assert_double_eq_tol(ld_quality_vessel_contrast(bsums), 0.1, 1e-6);
+    double none[4] = { 0 };
+    memset(mask, 0, sizeof mask);
+    ld_quality_vessel_sums(img, mask, 1, S, none);
+    ck_assert(isnan(ld_quality_vessel_contrast(none)));
+}
+END_TEST
+
 START_TEST(settings_round_trip_and_errors)
 {
     const ld_settings_t *t = ld_aetrain_settings();
@@ -672,6 +704,7 @@ int main(void)
     tcase_add_test(quick, loss_gradient_matches_finite_differences);
     tcase_add_test(quick, training_gradient_through_the_autoencoder);
     tcase_add_test(quick, psnr_and_ssim);
+    tcase_add_test(quick, vessel_contrast);
     tcase_add_test(quick, settings_round_trip_and_errors);
     tcase_add_test(quick, hostile_options_name_the_option);
     tcase_add_test(quick, held_out_images_are_never_trained_on);

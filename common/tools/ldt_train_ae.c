@@ -55,7 +55,7 @@ static void usage(FILE *f)
             "  --preview-every N      iterations between previews (default 500)\n"
             "  --eval-every N         iterations between held-out evaluations (default 500; one at the end always)\n"
             "  --curve CSV            write the loss curve (iteration,loss,mse,l1,grad_diff) at the end\n"
-            "  --eval-curve CSV       write the evaluations (iteration,<domain>_psnr,<domain>_ssim,...) at the end\n"
+            "  --eval-curve CSV       write the evaluations (iteration,<domain>_psnr,_ssim,_vessel_contrast,...)\n"
             "  --quiet                no progress output or info messages\n"
             "  --help                 this text\n"
             "\nTraining settings (kept in the checkpoint and the model as train_ae.<key>; a resumed run must\n"
@@ -183,9 +183,10 @@ static int write_eval_curve(const ld_aetrain_t *tr, const char *path)
     FILE *f = ld_afile_fp(af);
     fprintf(f, "iteration");
     for (int d = 0; d < ld_dataset_n_domains(ds); d++) {
-        for (int k = 0; k < 2; k++) {
-            char name[LD_NAME_MAX + 8];
-            snprintf(name, sizeof name, "%s_%s", ld_dataset_domain(ds, d), k ? "ssim" : "psnr");
+        static const char *const metric[] = { "psnr", "ssim", "vessel_contrast" };
+        for (int k = 0; k < 3; k++) {
+            char name[LD_NAME_MAX + 24];
+            snprintf(name, sizeof name, "%s_%s", ld_dataset_domain(ds, d), metric[k]);
             fputc(',', f);
             ld_text_csv_field(f, name);
         }
@@ -196,7 +197,7 @@ static int write_eval_curve(const ld_aetrain_t *tr, const char *path)
         ld_aetrain_eval_at(tr, i, &ev);
         fprintf(f, "%" PRId64, ev.iteration);
         for (int d = 0; d < ev.n_domains; d++)
-            fprintf(f, ",%.4f,%.5f", ev.psnr[d], ev.ssim[d]);
+            fprintf(f, ",%.4f,%.5f,%.4f", ev.psnr[d], ev.ssim[d], ev.contrast[d]);
         fputc('\n', f);
     }
     return ld_afile_commit(&af);
@@ -216,8 +217,8 @@ static void print_eval(const ld_aetrain_t *tr, const ld_aetrain_eval_t *ev)
     fprintf(stderr, "langdaug %s: held-out reconstruction at iteration %" PRId64 " (%d crops per domain):\n", CMD,
             ev->iteration, ld_aetrain_config(tr)->eval_crops);
     for (int d = 0; d < ev->n_domains; d++)
-        fprintf(stderr, "  %-16s PSNR %6.2f dB  SSIM %.4f  (%d held-out images)\n", ld_dataset_domain(ds, d),
-                ev->psnr[d], ev->ssim[d], ld_aetrain_n_val(tr, d));
+        fprintf(stderr, "  %-16s PSNR %6.2f dB  SSIM %.4f  vessel contrast kept %.3f  (%d held-out images)\n",
+                ld_dataset_domain(ds, d), ev->psnr[d], ev->ssim[d], ev->contrast[d], ld_aetrain_n_val(tr, d));
 }
 
 static int finish(ld_aetrain_t *tr, const args_t *a, double seconds)
