@@ -69,6 +69,9 @@ static const key_row_t keys[] = {
       "If > 0, resize every image so that its shorter side is this (overrides scale)." },
     { "min_side", T_INT, "0", 0, 65535, OFF(min_side), 0,
       "Skip images whose shorter side is below this after resizing (0 = keep all)." },
+    { "whole_images", T_INT, "0", 0, 1, OFF(whole_images), 0,
+      "1: chains start from whole images instead of crops: each image is cut to its FOV's bounding box, "
+      "resized so its longer side is the models' size, centred and padded (overrides scale and resize)." },
     { "size", T_INT, "0", 0, 1024, OFF(size), 0,
       "Crop side in pixels; 0 = the models' size. Every model must have this size." },
     { "bind", T_STRING, "tcp://*:5555", 0, 0, OFF(bind), F_RESTART,

@@ -43,7 +43,7 @@ typedef struct {
     int n_models;
     char *data, *manifest, *subdir, *domains, *maskmap;
     double scale;
-    int resize, min_side, size;
+    int resize, min_side, size, whole_images;
     char *bind, *status;
     int workers, chain_batch;
     double step_size, noise;       /* NAN = auto */

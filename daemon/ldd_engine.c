@@ -159,6 +159,7 @@ static int load_dataset(const ldd_config_t *cfg, ldd_engine_t *e)
         .channels = e->channels,
         .scale = cfg->scale,
         .resize = cfg->resize,
+        .fit = cfg->whole_images ? e->size : 0,
         .min_side = cfg->min_side,
     };
     int rc = ld_dataset_open(&o, &e->dataset);

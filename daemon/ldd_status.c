@@ -147,10 +147,18 @@ static void model_info(ldd_model_infos_t *mi, const ldd_engine_t *e, int i, Lang
         domains[d] = (char *)a->domains[d];
     info->n_domains = (size_t)a->n_domains;
     info->domains = domains;
+    int channels, side;
+    ldd_model_image(m, &channels, &side);
     info->has_image_channels = info->has_mask_classes = info->has_size = 1;
-    info->image_channels = (uint32_t)a->image_channels;
+    info->image_channels = (uint32_t)channels;
     info->mask_classes = (uint32_t)a->mask_classes;
-    info->size = (uint32_t)a->size;
+    info->size = (uint32_t)side;
+    if (m->ae) {
+        info->autoencoder_hash = (char *)m->ae_hash;
+        info->has_latent_channels = info->has_latent_size = 1;
+        info->latent_channels = (uint32_t)a->image_channels;
+        info->latent_size = (uint32_t)a->size;
+    }
     for (int w = 0; w <= a->n_blocks; w++)
         widths[w] = (uint32_t)a->widths[w];
     info->n_widths = (size_t)a->n_blocks + 1;

@@ -7,6 +7,7 @@ file does not start; a reload that would pair it with another autoencoder fails 
 last good pair. Real daemon on 127.0.0.1 ports (test_daemon.py's helpers); every wait is bounded
 and every daemon started here is stopped here.
 """
+import hashlib
 import os
 import shutil
 import subprocess
@@ -16,7 +17,7 @@ import numpy as np
 
 import test_daemon as td
 import test_daemon_trained as tt
-from ldtest import run_cli_ok
+from ldtest import CLI, run_cli_ok
 
 SIZE, FACTOR = 16, 4
 AE_TRAIN = ["--size", str(SIZE), "--widths", "4,6,8", "--batch", "2", "--iters", "2", "--threads", "1", "--quiet"]
@@ -61,6 +62,14 @@ class LatentModel(tt.SynthData):
         h = d.hello()
         self.assertEqual((h.size, h.image_channels), (SIZE, 3))
         self.assertIn("latent (autoencoder sha256", d.log_text())
+        st = d.status()
+        m = st.models[0]
+        with open(self.ae, "rb") as f:
+            ae_hash = hashlib.sha256(f.read()).hexdigest()
+        self.assertEqual((m.size, m.image_channels), (SIZE, 3))
+        self.assertEqual((m.autoencoder_hash, m.latent_channels, m.latent_size), (ae_hash, 3, SIZE // FACTOR))
+        r = subprocess.run([CLI, "status", d.status_ep], capture_output=True, text=True, timeout=td.WAIT)
+        self.assertIn("latent: 3 channels at 4x4, autoencoder %s" % ae_hash[:12], r.stdout)
         b, images, masks = tt.pull_batch(d, 1, [0, k], n_chains=2, targets=["cam1"])
         self.assertEqual(images.shape[1:], (3, SIZE, SIZE))
         ebm, ae = EBM.load_safetensors(self.model), Autoencoder.load_safetensors(self.ae)
@@ -93,6 +102,30 @@ class LatentModel(tt.SynthData):
             self.assertEqual(tuple(image.shape), (3, SIZE, SIZE))
             self.assertEqual(tuple(mask.shape), (SIZE, SIZE))
             self.assertTrue(bool(((image >= -1) & (image <= 1)).all()))
+
+    def test_whole_images_are_served_fitted_and_padded(self):
+        """whole_images = 1: the step-0 sample is the source image cut to its FOV's box, its longer side
+        resized to the size (16) and centred: padding rows or columns read -1 and class 0, the rest has
+        the box's mean colour."""
+        from PIL import Image
+        d = self.start(model=self.model, langevin=("--step-size", "5", "--noise", "0"),
+                       extra=["--whole-images", "1"])
+        b, images, masks = tt.pull_batch(d, 2, [0, 2], n_chains=2, targets=["cam1"])
+        for i in (0, 2):
+            meta = b.samples[i]
+            name = os.path.basename(meta.source_file)
+            folder = os.path.join(self.data, meta.source_domain)
+            fov = np.asarray(Image.open(os.path.join(folder, "fov", name))) > 127
+            ys, xs = np.nonzero(fov)
+            box = np.asarray(Image.open(os.path.join(folder, "image", name)).convert("RGB"), np.float64)[
+                ys.min():ys.max() + 1, xs.min():xs.max() + 1] / 127.5 - 1
+            h, w = box.shape[:2]
+            fh, fw = (SIZE, round(w * SIZE / h)) if h > w else (round(h * SIZE / w), SIZE)
+            top, left = (SIZE - fh) // 2, (SIZE - fw) // 2
+            inside = np.zeros((SIZE, SIZE), bool)
+            inside[top:top + fh, left:left + fw] = True
+            self.assertTrue(np.all(images[i][:, ~inside] == -1) and np.all(masks[i][~inside] == 0))
+            np.testing.assert_allclose(images[i][:, inside].mean(axis=1), box.mean(axis=(0, 1)), atol=0.03)
 
     def test_missing_or_foreign_autoencoder_is_refused_and_a_reload_keeps_the_pair(self):
         lone = os.path.join(self.tmp, "lone")

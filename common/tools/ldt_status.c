@@ -312,7 +312,11 @@ static void print_models(const Langdaug__V1__StatusReply *r)
                m->has_colour_space ? enum_name(1, m->colour_space, ld_colour_space_name, buf) : "rgb");
         for (size_t k = 0; k < m->n_domains; k++)
             printf("%s%s", k ? "," : "", m->domains[k]);
-        printf("  %s\n    pairs ", str(m->path));
+        printf("  %s\n", str(m->path));
+        if (m->autoencoder_hash)
+            printf("    latent: %u channels at %ux%u, autoencoder %.12s\n", m->latent_channels, m->latent_size,
+                   m->latent_size, m->autoencoder_hash);
+        printf("    pairs ");
         print_pairs(m->pairs, m->n_pairs);
         putchar('\n');
     }
