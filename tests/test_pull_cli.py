@@ -10,6 +10,7 @@ tiny model, tiny dataset) come from test_client_py.
 import csv
 import json
 import os
+import re
 import pty
 import shutil
 import subprocess
@@ -214,6 +215,11 @@ class PullCliTest(test_client_py.SamplerTestCase):
         served = {(a, b) for a in DOMAINS for b in DOMAINS if a != b}
         self.assertEqual(len(pairs), 40)
         self.assertEqual(set(pairs), served)  # both directions, never a domain to itself
+        # the closing line names every pair pulled with its count, as samples.csv has them
+        counts = {p: pairs.count(p) for p in served}
+        said = re.search(r"wrote 40 samples to .* \((.*)\)\n", r.stderr).group(1)
+        self.assertEqual({tuple(name.split(">")): int(n) for name, n in (x.split(" ") for x in said.split(", "))},
+                         counts)
         with Client(self.sampler.endpoint, 8, seed=SEED, timeout=WAIT) as c:
             got = set()
             for _ in range(6):

@@ -39,6 +39,10 @@
 
 enum { OPT_MASK_VALUES = 0x300, OPT_MASKMAP };
 
+#define MAX_PAIRS_SHOWN 64
+#define DOMAIN_SHOWN 64 /* characters of a domain name shown */
+#define PAIRS_LINE 160 /* characters of pair names on the progress line */
+
 typedef struct {
     const char *out;
     uint64_t total, done;
@@ -50,7 +54,43 @@ typedef struct {
     size_t pixels_cap;
     ld_afile_t *csv;
     struct timespec start;
+    char pair[MAX_PAIRS_SHOWN][2 * DOMAIN_SHOWN + 2]; /* "A>B" in order of arrival: what is being pulled */
+    uint64_t pair_samples[MAX_PAIRS_SHOWN];
+    int n_pairs, more_pairs;                         /* more_pairs: pairs beyond the table */
 } pull_t;
+
+/* Counts a sample of (source, target) under its pair, adding the pair when new. */
+static void note_pair(pull_t *p, const char *source, const char *target)
+{
+    char name[2 * DOMAIN_SHOWN + 2];
+    snprintf(name, sizeof name, "%.*s>%.*s", DOMAIN_SHOWN, source, DOMAIN_SHOWN, target);
+    for (int k = 0; k < p->n_pairs; k++)
+        if (strcmp(p->pair[k], name) == 0) {
+            p->pair_samples[k]++;
+            return;
+        }
+    if (p->n_pairs == MAX_PAIRS_SHOWN) {
+        p->more_pairs = 1;
+        return;
+    }
+    memcpy(p->pair[p->n_pairs], name, sizeof name);
+    p->pair_samples[p->n_pairs++] = 1;
+}
+
+/* The pairs so far, "A>B C>D ..." (samples each when counts), cut to fit cap. */
+static void pairs_text(const pull_t *p, int counts, char *buf, size_t cap)
+{
+    size_t used = 0;
+    buf[0] = '\0';
+    for (int k = 0; k < p->n_pairs && used + 1 < cap; k++) {
+        int w = counts ? snprintf(buf + used, cap - used, "%s%s %" PRIu64, k ? ", " : "", p->pair[k],
+                                  p->pair_samples[k])
+                       : snprintf(buf + used, cap - used, "%s%s", k ? " " : "", p->pair[k]);
+        used += w > 0 ? (size_t)w : 0;
+    }
+    if (p->more_pairs && used + 1 < cap)
+        snprintf(buf + used, cap - used, " and more");
+}
 
 static void usage(FILE *f)
 {
@@ -106,9 +146,11 @@ static void progress(const pull_t *p, int final)
     const int width = 30;
     int filled = p->total ? (int)((double)p->done / (double)p->total * width) : width;
     double secs = elapsed_s(&p->start);
-    fprintf(stderr, "\r[%.*s%*s] %" PRIu64 "/%" PRIu64 " samples, %.1f/s", filled,
+    char pairs[PAIRS_LINE];
+    pairs_text(p, 0, pairs, sizeof pairs);
+    fprintf(stderr, "\r[%.*s%*s] %" PRIu64 "/%" PRIu64 " samples, %.1f/s, %d pair%s: %s", filled,
             "##############################", width - filled, "", p->done, p->total,
-            secs > 0 ? (double)p->done / secs : 0.0);
+            secs > 0 ? (double)p->done / secs : 0.0, p->n_pairs, p->n_pairs == 1 ? "" : "s", pairs);
     if (final)
         fputc('\n', stderr);
     fflush(stderr);
@@ -394,6 +436,8 @@ static int run(pull_t *p, const ldt_request_t *req)
         if ((rc = ld_client_next(client, &b)))
             break;
         uint32_t take = p->total - p->done < b->n ? (uint32_t)(p->total - p->done) : b->n;
+        for (uint32_t i = 0; i < take; i++)
+            note_pair(p, b->meta[i].source_domain, b->meta[i].target_domain);
         rc = p->npz ? write_npz_batch(p, b, take) : write_png_batch(p, b, take);
         ld_batch_destroy(&b);
         progress(p, 0);
@@ -428,7 +472,9 @@ int ldt_pull_main(int argc, char **argv)
         } else if (rc) {
             rc = ldt_fail(CMD, rc);
         } else if (!p.quiet) {
-            fprintf(stderr, "langdaug pull: wrote %" PRIu64 " samples to %s\n", p.done, p.out);
+            char pairs[4096];
+            pairs_text(&p, 1, pairs, sizeof pairs);
+            fprintf(stderr, "langdaug pull: wrote %" PRIu64 " samples to %s (%s)\n", p.done, p.out, pairs);
         }
     } else if (rc < 0) {
         rc = 0; /* --help */
