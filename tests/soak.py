@@ -5,20 +5,24 @@ Runs the real daemon on 127.0.0.1 (test_daemon.Daemon, the launcher of the daemo
 suites: a tiny random model and dataset, one worker) for --seconds (SOAK_SECONDS,
 default 3600) under a mixed load, all at once:
 
-  steady    one langdaug.Client pulling batches without pause for the whole run
+  steady    one langdaug.Client pulling batches for the whole run, pausing 3 s every
+            30 s (its granted batches then wait in the daemon: queue memory)
   churn     a Client that connects, takes 1-3 batches and says bye, every 2-5 s;
             its first-batch latency (Client created -> first batch) is recorded
   killed    a client process that pulls until SIGKILLed, every ~10 s
   reloads   SIGHUP after 5 s (the first reload starts libuv's 4 work threads, so it
             belongs to the warm-up), then every 30 s: three reloads of a rewritten model, then one of a
             corrupt file (must fail and keep the running model), then the model back
+  hog       every ~45 s for 10 s, a client that asks for 16 batches of 64 and reads
+            none (tests/ldtest.py's Hog): its batches hold queue memory until it closes
   garbage   every ~5 s, 3 raw TCP connections sending random bytes to each port and
             2 silent half-open connections held until the next round
 
 Every --interval seconds (default 60) one CSV row (--csv) records the daemon's
 resident memory (VmRSS), open file descriptors, threads (/proc/PID), queue memory
-(status socket: queue_bytes), and the median and max first-batch latency of the
-churn clients of that interval, with counters. Progress goes to stderr.
+(status socket: queue_bytes at the row, and the largest of the polls every 2 s
+since the previous row), and the median and max first-batch latency of the churn
+clients of that interval, with counters. Progress goes to stderr.
 
 Pass/fail. The first --warmup seconds (default: a sixth of the run, at least one
 interval) are warm-up. The post-warm-up rows are split into thirds (first, last;
@@ -26,7 +30,8 @@ at least one row each, so at least 3 rows are needed). The run FAILS if
   rss           median(last) > median(first) + max(8 MiB, 10% of median(first))
   fds           median(last) > max(first) + 4   (churn connections come and go)
   threads       max(last)    > max(first)       (the thread count is fixed)
-  queue_bytes   median(last) > median(first) + 1 MiB, or any row > max_queue_bytes
+  queue memory  median(last) > median(first) + 1 MiB of the interval maxima, or
+                any poll > max_queue_bytes
   first batch   median(last) > 2 * median(first) + 0.25 s
 or if the daemon dies, the steady client or a churn client gets an error or waits
 more than 30 s for a batch, a status request goes unanswered, a good reload does
@@ -52,6 +57,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), "client", "python"))
 sys.path.insert(0, HERE)
 
 import test_daemon as td  # noqa: E402  (the daemon launcher and fixtures)
+from ldtest import Hog  # noqa: E402
 from langdaug.client import Client  # noqa: E402
 
 BATCH_WAIT = 30.0   # seconds any client may wait for a batch
@@ -77,7 +83,9 @@ class Soak:
         self.lock = threading.Lock()
         self.errors = []
         self.latencies = []            # first-batch seconds of this interval's churn clients
-        self.counts = dict(steady=0, churn=0, killed=0, reloads_ok=0, reloads_failed=0, garbage=0)
+        self.queue_max = 0             # largest queue_bytes polled in this interval
+        self.queue_over = []           # polls beyond max_queue_bytes
+        self.counts = dict(steady=0, churn=0, killed=0, reloads_ok=0, reloads_failed=0, garbage=0, hogs=0)
         self.tmp = tempfile.mkdtemp(prefix="langdaug-soak-")
         self.data = os.path.join(self.tmp, "data")
         td.write_dataset(self.data, seed=1)
@@ -109,7 +117,11 @@ class Soak:
     def steady(self):
         with Client(self.endpoint, 4, targets=["B"], steps=[0, 2], timeout=BATCH_WAIT, name="soak-steady",
                     seed=1) as c:
+            pause_at = time.monotonic() + 30
             while not self.stop.is_set():
+                if time.monotonic() >= pause_at:
+                    self.stop.wait(3)  # within idle_timeout (10 s): the session stays
+                    pause_at = time.monotonic() + 30
                 b = c.next()
                 if len(b) != 4:
                     self.error("steady: a batch of %d samples" % len(b))
@@ -169,6 +181,16 @@ class Soak:
             with self.lock:
                 self.counts[key] += 1
 
+    def hogs(self):
+        while not self.stop.wait(35):
+            hog = Hog(self.endpoint, "B", 64, credits=16)
+            try:
+                self.stop.wait(10)
+            finally:
+                hog.close()
+            with self.lock:
+                self.counts["hogs"] += 1
+
     def garbage(self):
         rng = random.Random(4)
         held = []
@@ -190,6 +212,14 @@ class Soak:
         for c in held:
             c.close()
 
+    def queue_polls(self):
+        while not self.stop.wait(2):
+            st = self.d.status(timeout=10)
+            with self.lock:
+                self.queue_max = max(self.queue_max, st.queue_bytes)
+                if st.queue_bytes > st.max_queue_bytes:
+                    self.queue_over.append((round(time.monotonic() - self.t0), st.queue_bytes))
+
     # ------------------------------------------------------------ measuring
 
     def sample(self, writer, elapsed):
@@ -201,22 +231,25 @@ class Soak:
             raise
         with self.lock:
             lat, self.latencies = self.latencies, []
+            qmax, self.queue_max = max(self.queue_max, st.queue_bytes), 0
             counts = dict(self.counts)
         row = dict(elapsed_s=round(elapsed, 1), rss_bytes=rss, fds=fds, threads=threads,
-                   queue_bytes=st.queue_bytes, max_queue_bytes=st.max_queue_bytes,
+                   queue_bytes=st.queue_bytes, queue_bytes_max=qmax, max_queue_bytes=st.max_queue_bytes,
                    first_batch_median_s=round(statistics.median(lat), 4) if lat else "",
                    first_batch_max_s=round(max(lat), 4) if lat else "", churn_clients=len(lat),
                    clients_now=len(st.clients), samples_sent=st.samples_sent, protocol_errors=st.protocol_errors,
                    **counts)
         writer.writerow(row)
-        self.log("rss %.1f MiB, %d fds, %d threads, queue %.2f MiB, first batch %s s (%d), %d samples sent" % (
-            rss / MIB, fds, threads, st.queue_bytes / MIB, row["first_batch_median_s"], len(lat), st.samples_sent))
+        self.log("rss %.1f MiB, %d fds, %d threads, queue %.2f MiB (max %.2f), first batch %s s (%d), %d samples "
+                 "sent" % (rss / MIB, fds, threads, st.queue_bytes / MIB, qmax / MIB, row["first_batch_median_s"],
+                           len(lat), st.samples_sent))
         return row
 
     def run(self):
         args = self.args
         self.t0 = time.monotonic()
-        threads = [self.guarded(f) for f in (self.steady, self.churn, self.killed, self.reloads, self.garbage)]
+        threads = [self.guarded(f) for f in (self.steady, self.churn, self.killed, self.reloads, self.garbage, self.hogs,
+                                             self.queue_polls)]
         for t in threads:
             t.start()
         rows = []
@@ -231,7 +264,8 @@ class Soak:
                     self.error("the daemon died (exit %s)" % self.d.proc.returncode)
                     break
                 if writer is None:
-                    fields = ["elapsed_s", "rss_bytes", "fds", "threads", "queue_bytes", "max_queue_bytes",
+                    fields = ["elapsed_s", "rss_bytes", "fds", "threads", "queue_bytes", "queue_bytes_max",
+                              "max_queue_bytes",
                               "first_batch_median_s", "first_batch_max_s", "churn_clients", "clients_now",
                               "samples_sent", "protocol_errors", *self.counts]
                     writer = csv.DictWriter(f, fieldnames=fields)
@@ -243,6 +277,8 @@ class Soak:
             t.join(BATCH_WAIT + 30)
             if t.is_alive():
                 self.error("load thread %s did not end" % t.name)
+        if self.queue_over:
+            self.error("queue memory beyond max_queue_bytes at (s, bytes) %s" % self.queue_over[:5])
         rc = self.d.stop(signal.SIGTERM, timeout=60)
         if rc != 0:
             self.error("the daemon exited %s on SIGTERM" % rc)
@@ -275,12 +311,9 @@ def verdict(rows, warmup, interval):
     a, b = max(col(first, "threads")), max(col(last, "threads"))
     if b > a:
         out.append("threads grew: %d -> %d" % (a, b))
-    a, b = med(col(first, "queue_bytes")), med(col(last, "queue_bytes"))
+    a, b = med(col(first, "queue_bytes_max")), med(col(last, "queue_bytes_max"))
     if b > a + MIB:
-        out.append("queue memory grew: median %.2f -> %.2f MiB" % (a / MIB, b / MIB))
-    over = [r["elapsed_s"] for r in rows if r["queue_bytes"] > r["max_queue_bytes"]]
-    if over:
-        out.append("queue memory beyond max_queue_bytes at %s s" % over)
+        out.append("queue memory grew: median of the interval maxima %.2f -> %.2f MiB" % (a / MIB, b / MIB))
     fa, fb = col(first, "first_batch_median_s"), col(last, "first_batch_median_s")
     if fa and fb and med(fb) > 2 * med(fa) + 0.25:
         out.append("first-batch latency grew: median %.3f -> %.3f s" % (med(fa), med(fb)))
@@ -306,9 +339,9 @@ def main():
             s.d.stop(signal.SIGKILL)
     failures = s.errors + verdict(rows, warmup, args.interval)
     print("soak: %.0f s, %d rows in %s; steady %d batches, %d churn clients, %d killed clients, %d good and %d "
-          "failed reloads, %d garbage rounds" % (args.seconds, len(rows), args.csv, s.counts["steady"],
-                                                 s.counts["churn"], s.counts["killed"], s.counts["reloads_ok"],
-                                                 s.counts["reloads_failed"], s.counts["garbage"]))
+          "failed reloads, %d garbage rounds, %d hogs" % (
+              args.seconds, len(rows), args.csv, s.counts["steady"], s.counts["churn"], s.counts["killed"],
+              s.counts["reloads_ok"], s.counts["reloads_failed"], s.counts["garbage"], s.counts["hogs"]))
     for f in failures:
         print("soak FAILED: " + f)
     if not failures:
