@@ -18,7 +18,7 @@
  * model is the energy network on the autoencoder's latents (its image
  * channels = the latent channels, its side = size / factor); every crop is
  * encoded as it is drawn (in the autoencoder's colour space, which must be
- * cfg.colour_space; the crop side must be the autoencoder's size), masks
+ * cfg.data.colour_space; the crop side must be the autoencoder's size), masks
  * go to the latent grid (ld_latent_mask), chains move latents unclamped,
  * and the checkpoint and the model name the autoencoder by its SHA-256.
  * A non-finite value or an energy beyond max_energy stops the step with
@@ -26,18 +26,19 @@
  *
  * Determinism: the state after N iterations is a pure function of the
  * trajectory keys of the configuration and the data (not of threads, not of
- * how often the run was checkpointed and resumed). A checkpoint holds the
- * weights, Adam moments and step, EMA weights, RNG stream and iteration, and
- * the configuration in its metadata, so a resumed run continues bit-exactly.
+ * how often the run was checkpointed and resumed). A checkpoint (ld_ckpt.h:
+ * tensor sets "params.", "ema.", "adam_m.", "adam_v.", the state.* scalars
+ * of stream LD_TRAIN_STREAM_ITER, "state.history") holds the weights, Adam
+ * moments and step, EMA weights, RNG stream, iteration and curve, and the
+ * configuration in its metadata, so a resumed run continues bit-exactly.
  *
- * Configuration keys double as the `langdaug train` long options and as the
- * checkpoint/model metadata keys "train.<key>" (one table in ld_train.c).
+ * Settings: one table (ld_train_settings(), ld_settings.h) gives the
+ * `langdaug train` long options, their help and checks, and the
+ * checkpoint/model metadata keys "train.<key>".
  *
- * Run loop (ld_train_run), per iteration:
- *   cancel set?   -> checkpoint, LD_ECANCELED
- *   step failed   -> LD_ENUMERIC etc. (previous checkpoint left as it is)
- *   step done     -> progress callback; checkpoint / preview when due
- *   reached iters -> checkpoint, 0
+ * Run loop (ld_train_run): ld_ckpt_run's (checkpoints and previews when
+ * due; a failed step writes nothing; cancel checkpoints and stops).
+ * Previews: ld_trainpreview.h, from their own stream LD_TRAIN_STREAM_PREVIEW.
  *
  * Ownership: ld_train_t owns its dataset, models, optimiser and buffers. */
 #ifndef LD_TRAIN_H
@@ -47,23 +48,20 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ld_ckpt.h"
 #include "ld_ebm.h"
 #include "ld_safetensors.h"
+#include "ld_settings.h"
+#include "ld_traindata.h"
 
-#define LD_TRAIN_PATH_MAX 4096
-#define LD_TRAIN_LIST_MAX (LD_EBM_MAX_DOMAINS * LD_NAME_MAX)
+#define LD_TRAIN_PATH_MAX LD_TRAINDATA_PATH_MAX
+#define LD_TRAIN_STREAM_ITER 1
+#define LD_TRAIN_STREAM_PREVIEW 2
 
 typedef struct {
-    /* data (see ld_dataset_opts_t); data and manifest may change on resume */
-    char data[LD_TRAIN_PATH_MAX];       /* folders-layout root, or "" */
-    char manifest[LD_TRAIN_PATH_MAX];   /* CSV manifest, or "" */
-    char subdir[256];                   /* "" = none */
-    char domains[LD_TRAIN_LIST_MAX];    /* "" = every domain, sorted; resolved by ld_train_new */
+    ld_traindata_t data;                /* data, manifest, ..., colour space; data and manifest may change on
+                                           resume; domains and channels resolved by ld_train_new */
     char pairs[LD_TRAIN_PATH_MAX];      /* "A:B,C:D" ordered source:target; "" = every ordered pair */
-    char maskmap[256];
-    int channels;                       /* 0 = from the data; resolved by ld_train_new */
-    double scale;                       /* working scale (0 < scale <= 16) */
-    ld_colour_space_t colour_space;     /* what the model sees: RGB, or scaled LAB (3 channels) */
     /* model */
     int size;                           /* crop side S */
     int whole_images;                   /* 1: every crop is a whole image (ld_dataset_opts_t.fit = size) */
@@ -84,21 +82,15 @@ typedef struct {
     int threads;                        /* default: the CPUs online */
 } ld_train_config_t;
 
+/* The settings table (rows in a stable order, prefix "train."; threads is
+ * not saved: files do not depend on it). */
+const ld_settings_t *ld_train_settings(void);
 void ld_train_config_defaults(ld_train_config_t *cfg);
-/* Sets one key from text, e.g. ("lr", "1e-3"), ("betas", "0.5,0.999").
- * LD_ENOENT for an unknown key; LD_EINVAL/LD_ERANGE with a detail naming
- * "--<key>" and the value. */
+/* ld_settings_set on the table: one key from text, e.g. ("lr", "1e-3"),
+ * ("betas", "0.5,0.999"). */
 int ld_train_config_set(ld_train_config_t *cfg, const char *key, const char *value);
-/* The value of key as text that ld_train_config_set reads back exactly. */
-int ld_train_config_get(const ld_train_config_t *cfg, const char *key, char *buf, size_t len);
 /* Checks ranges and cross-field rules (exactly one of data/manifest...). */
 int ld_train_config_validate(const ld_train_config_t *cfg);
-/* The table of keys, in a stable order; help is a one-line description. */
-size_t ld_train_config_n_keys(void);
-const char *ld_train_config_key(size_t i, const char **help, int *trajectory);
-/* Adds "train.<key>" to meta for every key but threads (a property of the
- * machine, not of the run: files do not depend on it). */
-int ld_train_config_to_meta(const ld_train_config_t *cfg, ld_meta_t *meta);
 
 typedef struct {
     int64_t iteration;        /* completed iterations, including this one */
@@ -139,14 +131,8 @@ int ld_train_save_checkpoint(ld_train_t *self, const char *path);
 int ld_train_save_model(ld_train_t *self, const char *path, const ld_meta_t *provenance,
                         char hash_out[65]);
 
-/* Writes a preview grid PNG: for one source crop of every domain s that is
- * the source of a trained pair (fixed crops, fixed noise), a row with the
- * crop, then for each target t of a trained pair (s, t), in domain order,
- * the EMA model's Langevin snapshots toward t (K/4, K/2, 3K/4, K) next to a
- * real crop of t (rows with fewer such targets end early); masks outlined
- * on the source and real crops (the snapshots share the source's mask and
- * stay clean to show the vessels).
- * Chains run in the model's colour space and are shown in RGB. */
+/* Writes the preview grid PNG of the EMA weights (ld_trainpreview.h):
+ * fixed crops and noise of the run's preview stream, the trained pairs. */
 int ld_train_preview(ld_train_t *self, const char *path);
 
 /* The training curve: one row per completed iteration, columns
@@ -154,20 +140,13 @@ int ld_train_preview(ld_train_t *self, const char *path);
 #define LD_TRAIN_HISTORY_COLS 3
 const float *ld_train_history(const ld_train_t *self, int64_t *n_rows);
 
-typedef void (*ld_train_progress_fn)(const ld_train_stats_t *stats, void *user);
+/* The run's options are ld_ckpt's: iters, checkpoint and checkpoint_every,
+ * preview_dir and preview_every, cancel; progress (may be NULL) receives
+ * the ld_train_stats_t that each step writes to stats (then required);
+ * evaluate_every is not used. */
+typedef ld_ckpt_run_opts_t ld_train_run_opts_t;
 
-typedef struct {
-    int64_t iters;             /* stop after this many iterations in total */
-    const char *checkpoint;    /* NULL = no checkpoints */
-    int64_t checkpoint_every;  /* 0 = only at the end */
-    const char *preview_dir;   /* NULL = no previews; files preview_<iteration>.png */
-    int64_t preview_every;     /* 0 = none */
-    ld_train_progress_fn progress;
-    void *user;
-    const atomic_int *cancel;
-} ld_train_run_opts_t;
-
-/* Iterates until opts->iters (see the table at the top). */
+/* Iterates until opts->iters (ld_ckpt_run's loop). */
 int ld_train_run(ld_train_t *self, const ld_train_run_opts_t *opts);
 
 #endif

@@ -71,6 +71,12 @@ static int check_counts(const ld_dataset_t *ds, int min_domains, int max_domains
 
 int ld_traindata_open(ld_traindata_t *d, int min_domains, int max_domains, int size, ld_dataset_t **out)
 {
+    return ld_traindata_open_fit(d, min_domains, max_domains, size, 0, out);
+}
+
+int ld_traindata_open_fit(ld_traindata_t *d, int min_domains, int max_domains, int size, int fit,
+                          ld_dataset_t **out)
+{
     ld_dataset_opts_t o;
     memset(&o, 0, sizeof o);
     o.root = d->data[0] ? d->data : NULL;
@@ -80,6 +86,7 @@ int ld_traindata_open(ld_traindata_t *d, int min_domains, int max_domains, int s
     o.maskmap = d->maskmap;
     o.channels = d->channels;
     o.scale = d->scale;
+    o.fit = fit;
     ld_dataset_t *ds = NULL;
     int rc = ld_dataset_open(&o, &ds);
     if (!rc)
@@ -96,7 +103,8 @@ int ld_traindata_open(ld_traindata_t *d, int min_domains, int max_domains, int s
         ld_dataset_destroy(&ds);
         return rc;
     }
-    warn_small_images(d, ds, size);
+    if (!fit)
+        warn_small_images(d, ds, size);
     *out = ds;
     return LD_OK;
 }
@@ -112,4 +120,15 @@ void ld_traindata_fingerprint(const ld_dataset_t *ds, char *buf, size_t len)
             break;
         used += (size_t)n;
     }
+}
+
+void ld_traindata_warn_changed(const ld_dataset_t *ds, const ld_meta_t *meta, const char *label)
+{
+    char now[LD_TRAINDATA_LIST_MAX + 64];
+    const char *was = ld_meta_get(meta, "data_items");
+    ld_traindata_fingerprint(ds, now, sizeof now);
+    if (was && strcmp(was, now) != 0)
+        ld_warn("%s: the data changed since the checkpoint (items then %s, now %s): the run will not repeat "
+                "exactly",
+                label, was, now);
 }

@@ -18,6 +18,7 @@
 #include "ld_colour.h"
 #include "ld_dataset.h"
 #include "ld_ebm.h"
+#include "ld_safetensors.h"
 #include "ld_settings.h"
 
 #define LD_TRAINDATA_PATH_MAX 4096
@@ -35,8 +36,12 @@ typedef struct {
 } ld_traindata_t;
 
 /* The rows of the data settings for config type T whose member m is an
- * ld_traindata_t. */
-#define LD_TRAINDATA_ROWS(T, m)                                                                                       \
+ * ld_traindata_t: where the images are (data, manifest, subdir, domains),
+ * then how they are read (maskmap, channels, scale, colour-space). A
+ * trainer whose files keep a key of its own between the two halves (train's
+ * pairs) puts the halves into its table itself. */
+#define LD_TRAINDATA_ROWS(T, m) LD_TRAINDATA_WHERE_ROWS(T, m), LD_TRAINDATA_HOW_ROWS(T, m)
+#define LD_TRAINDATA_WHERE_ROWS(T, m)                                                                                 \
     { "data", LD_SET_STR, LD_SETTING_FIELD(T, m.data), 0, 0, 0, "manifest",                                           \
       "dataset root: ROOT/<domain>/[SUBDIR/]{image,mask}/*.png" },                                                    \
     { "manifest", LD_SET_STR, LD_SETTING_FIELD(T, m.manifest), 0, 0, 0, "data",                                       \
@@ -44,7 +49,8 @@ typedef struct {
     { "subdir", LD_SET_STR, LD_SETTING_FIELD(T, m.subdir), 0, 0, 1, NULL,                                            \
       "folder inside each domain, e.g. train/ROIs" },                                                                 \
     { "domains", LD_SET_STR, LD_SETTING_FIELD(T, m.domains), 0, 0, 1, NULL,                                          \
-      "domains to train on, comma-separated (default: all)" },                                                        \
+      "domains to train on, comma-separated (default: all)" }
+#define LD_TRAINDATA_HOW_ROWS(T, m)                                                                                   \
     { "maskmap", LD_SET_STR, LD_SETTING_FIELD(T, m.maskmap), 0, 0, 1, NULL,                                          \
       "mask value -> class rules, e.g. 0:0,*:1" },                                                                    \
     { "channels", LD_SET_INT, LD_SETTING_FIELD(T, m.channels), 0, 3, 1, NULL,                                        \
@@ -61,8 +67,16 @@ int ld_traindata_validate(const ld_traindata_t *d);
  * channels into d, refuses LAB on grey data, warns about images smaller
  * than size (crops are padded). Caller owns *out. */
 int ld_traindata_open(ld_traindata_t *d, int min_domains, int max_domains, int size, ld_dataset_t **out);
+/* As ld_traindata_open; fit > 0: whole images, each cut to its FOV's box
+ * and resized so that its longer side is fit (ld_dataset_opts_t.fit; the
+ * scale is not used), and no warning about small images. */
+int ld_traindata_open_fit(ld_traindata_t *d, int min_domains, int max_domains, int size, int fit,
+                          ld_dataset_t **out);
 /* "A:12,B:20": domains and their item counts, to tell whether the data
  * changed between a checkpoint and its resume. */
 void ld_traindata_fingerprint(const ld_dataset_t *ds, char *buf, size_t len);
+/* Warns, naming label, when meta's "data_items" (a checkpoint's
+ * fingerprint) differs from ds's: the resumed run will not repeat exactly. */
+void ld_traindata_warn_changed(const ld_dataset_t *ds, const ld_meta_t *meta, const char *label);
 
 #endif

@@ -154,13 +154,9 @@ static void tiny_config(ld_train_config_t *cfg, const char *root, const char *pa
 START_TEST(pairs_setting_errors_name_the_pair)
 {
     char *dir = ld_test_tmpdir(), *root = synth_data(dir);
-    int trajectory = 0;
-    size_t i = 0;
-    const char *key;
-    while ((key = ld_train_config_key(i, NULL, &trajectory)) && strcmp(key, "pairs") != 0)
-        i++;
-    ck_assert_ptr_nonnull(key);
-    ck_assert_int_eq(trajectory, 1);
+    const ld_setting_t *row = ld_settings_find(ld_train_settings(), "pairs");
+    ck_assert_ptr_nonnull(row);
+    ck_assert_int_eq(row->trajectory, 1);
     static const struct { const char *pairs, *detail; } bad[] = {
         { "cam0:cam9", "--pairs: pair 'cam0:cam9': 'cam9' is not one of the domains cam0,cam1,cam2" },
         { "cam1:cam1", "--pairs: pair 'cam1:cam1': source and target are the same domain" },

@@ -520,13 +520,14 @@ START_TEST(settings_round_trip_and_errors)
     ck_assert_int_eq(ld_train_config_set(&a, "data", "/x"), 0);
     ck_assert_int_eq(ld_train_config_set(&a, "colour-space", "lab"), 0);
     char buf[LD_TRAIN_PATH_MAX];
-    for (size_t i = 0; i < ld_train_config_n_keys(); i++) {
-        const char *key = ld_train_config_key(i, NULL, NULL);
-        ck_assert_int_eq(ld_train_config_get(&a, key, buf, sizeof buf), 0);
+    const ld_settings_t *t = ld_train_settings();
+    for (size_t i = 0; i < t->n; i++) {
+        const char *key = t->rows[i].key;
+        ck_assert_int_eq(ld_settings_get(t, &a, key, buf, sizeof buf), 0);
         ck_assert_msg(ld_train_config_set(&b, key, buf) == 0, "%s=%s: %s", key, buf, ld_errdetail());
     }
     ck_assert_int_eq(memcmp(&a, &b, sizeof a), 0);
-    ck_assert_int_eq(ld_train_config_get(&a, "lr", buf, sizeof buf), 0);
+    ck_assert_int_eq(ld_settings_get(t, &a, "lr", buf, sizeof buf), 0);
     ck_assert_str_eq(buf, "0.0003");
     ck_assert_int_eq(ld_train_config_validate(&a), 0);
 
@@ -552,7 +553,7 @@ START_TEST(settings_round_trip_and_errors)
         ck_assert_msg(strstr(ld_errdetail(), invalid[i].word), "%s: %s", invalid[i].key, ld_errdetail());
     }
     b = a;
-    b.data[0] = '\0';
+    b.data.data[0] = '\0';
     ck_assert_int_ne(ld_train_config_validate(&b), 0);
     ck_assert_ptr_nonnull(strstr(ld_errdetail(), "--data"));
 }
@@ -662,10 +663,10 @@ START_TEST(lab_training_sees_lab)
     char *old = ld_test_path(dir, "old.ckpt");
     ld_test_drop_meta_key(ck, old, "train.colour-space");
     ck_assert_int_eq(ld_train_resume(ck, NULL, &tr), 0);
-    ck_assert_int_eq(ld_train_config(tr)->colour_space, LD_COLOUR_LAB);
+    ck_assert_int_eq(ld_train_config(tr)->data.colour_space, LD_COLOUR_LAB);
     ld_train_destroy(&tr);
     ck_assert_msg(ld_train_resume(old, NULL, &tr) == 0, "%s", ld_errdetail());
-    ck_assert_int_eq(ld_train_config(tr)->colour_space, LD_COLOUR_RGB);
+    ck_assert_int_eq(ld_train_config(tr)->data.colour_space, LD_COLOUR_RGB);
     ld_train_destroy(&tr);
 
     /* LAB needs colour images */
