@@ -5,6 +5,8 @@ bit-identical real batches), base augmentation that keeps image and mask aligned
 the bridge control (colour statistics moved exactly the asked fraction in LAB),
 the LAB conversion against reference colours, and the paired 95% intervals of
 examples/results_table.py."""
+import contextlib
+import io
 import os
 import sys
 import tempfile
@@ -17,6 +19,7 @@ from ldtest import HERE
 
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "examples"))
 import results_table  # noqa: E402
+import sample_shift  # noqa: E402
 import train_segmenter as ts  # noqa: E402
 
 S = 8
@@ -241,3 +244,34 @@ class PlateauTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class SampleShiftTest(unittest.TestCase):
+    """examples/sample_shift.py on hand-made data: domain A is grey 0.2, B grey 0.6 (8x8 images, FOV
+    everywhere); a sample of an A crop at 0.4 has covered half the gap, one at 0.8 one and a half."""
+
+    def test_gap_covered_is_the_projected_colour_shift(self):
+        from PIL import Image
+        with tempfile.TemporaryDirectory() as tmp:
+            data, pulled = os.path.join(tmp, "data"), os.path.join(tmp, "pulled")
+            for d, v in (("A", 0.2), ("B", 0.6)):
+                for sub in ("image", "mask", "fov"):
+                    os.makedirs(os.path.join(data, d, sub))
+                img = np.full((8, 8, 3), round(v * 255), np.uint8)
+                Image.fromarray(img).save(os.path.join(data, d, "image", "x.png"))
+                Image.fromarray(np.zeros((8, 8), np.uint8)).save(os.path.join(data, d, "mask", "x.png"))
+                Image.fromarray(np.full((8, 8), 255, np.uint8)).save(os.path.join(data, d, "fov", "x.png"))
+            os.makedirs(os.path.join(pulled, "A2B", "image"))
+            lines = ["image,source_domain,target_domain,step,source_file,crop_x,crop_y"]
+            for i, v in enumerate((0.4, 0.8)):
+                name = "A2B/image/%d.png" % i
+                Image.fromarray(np.full((4, 4, 3), round(v * 255), np.uint8)).save(os.path.join(pulled, name))
+                lines.append("%s,A,B,30,image/x.png,2,2" % name)
+            with open(os.path.join(pulled, "samples.csv"), "w") as f:
+                f.write("\n".join(lines) + "\n")
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                sample_shift.main([pulled, "--data", data, "--scale", "1", "--step", "30"])
+        row = [line for line in out.getvalue().splitlines() if line.startswith("| A>B")][0]
+        covered = float(row.split("|")[3])
+        self.assertAlmostEqual(covered, ((0.4 - 0.2) + (0.8 - 0.2)) / 2 / 0.4, delta=0.02)
