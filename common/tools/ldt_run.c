@@ -20,18 +20,9 @@
 
 #define PROGRESS_WIDTH 110
 
-struct option *ldt_longopts(const struct option *run, size_t n_run, const ld_settings_t *t, int base)
-{
-    struct option *opts = calloc(n_run + t->n + 1, sizeof *opts);
-    if (!opts)
-        return NULL;
-    memcpy(opts, run, n_run * sizeof *run);
-    for (size_t i = 0; i < t->n; i++)
-        opts[n_run + i] = (struct option){ t->rows[i].key, required_argument, NULL, base + (int)i };
-    return opts;
-}
-
-int ldt_setting_option(const char *cmd, const ld_settings_t *t, void *scratch, const char *key, const char *value,
+/* Checks `value` for settings key `key` on a scratch config and records it
+ * in `given` (key -> value, in order); exit status. */
+static int setting_option(const char *cmd, const ld_settings_t *t, void *scratch, const char *key, const char *value,
                        ld_meta_t *given)
 {
     if (ld_settings_set(t, scratch, key, value))
@@ -57,7 +48,9 @@ int ldt_check_iters(const char *cmd, int64_t iters, int64_t iteration)
     return 2;
 }
 
-char *ldt_join_command(int argc, char **argv)
+/* "langdaug <argv...>" with shell quoting where needed; NULL when out of
+ * memory. The caller frees it. */
+static char *join_command(int argc, char **argv)
 {
     size_t len = 16;
     for (int i = 0; i < argc; i++)
@@ -124,7 +117,9 @@ static int default_checkpoint(const char *cmd, ldt_outputs_t *o)
     return 0;
 }
 
-int ldt_prepare_outputs(const char *cmd, ldt_outputs_t *o)
+/* Fills in the checkpoint path, creates the preview folder and checks that
+ * every output can be written (fails now, not after hours); exit status. */
+static int prepare_outputs(const char *cmd, ldt_outputs_t *o)
 {
     int status = default_checkpoint(cmd, o);
     if (status)
@@ -164,6 +159,151 @@ int ldt_provenance(const char *command, const char *resume, ld_meta_t **out)
     if (!rc && resume)
         rc = ld_meta_set(*out, "resumed_from", resume);
     return rc;
+}
+
+void ldt_outputs_add(ldt_outputs_t *o, const char *opt, const char *path)
+{
+    int i = 0;
+    while (i < 3 && o->files[i] && strcmp(o->file_opts[i], opt) != 0)
+        i++;
+    o->files[i] = path;
+    o->file_opts[i] = opt;
+}
+
+/* ---- the run options ---- */
+
+static const struct option run_opts[] = {
+    { "out", required_argument, NULL, LDT_OPT_OUT },
+    { "iters", required_argument, NULL, LDT_OPT_ITERS },
+    { "resume", required_argument, NULL, LDT_OPT_RESUME },
+    { "checkpoint", required_argument, NULL, LDT_OPT_CHECKPOINT },
+    { "checkpoint-every", required_argument, NULL, LDT_OPT_CHECKPOINT_EVERY },
+    { "preview", required_argument, NULL, LDT_OPT_PREVIEW },
+    { "preview-every", required_argument, NULL, LDT_OPT_PREVIEW_EVERY },
+    { "curve", required_argument, NULL, LDT_OPT_CURVE },
+    { "quiet", no_argument, NULL, LDT_OPT_QUIET },
+    { "help", no_argument, NULL, LDT_OPT_HELP },
+};
+#define N_RUN_OPTS (sizeof run_opts / sizeof run_opts[0])
+
+static void run_usage(const ldt_run_cmd_t *c, FILE *f)
+{
+    fprintf(f,
+            "Usage: langdaug %s --data ROOT --out %s [options]\n"
+            "       langdaug %s --resume CHECKPOINT --out %s --iters N [options]\n%s"
+            "\nRun options:\n"
+            "  --out PATH             %s when training ends (required)\n"
+            "  --iters N              total iterations (default %lld; counts the resumed ones)\n"
+            "  --resume CKPT          continue a run bit-exactly from a checkpoint\n"
+            "  --checkpoint PATH      checkpoint file (default: --resume's, else OUT.ckpt)\n"
+            "  --checkpoint-every N   iterations between checkpoints (default 500; one at the end always)\n"
+            "  --preview DIR          write %s DIR/preview_<iteration>.png\n"
+            "  --preview-every N      iterations between previews (default 500)\n"
+            "  --curve CSV            write %s at the end\n%s"
+            "  --quiet                no progress output or info messages\n"
+            "  --help                 this text\n"
+            "\n%s",
+            c->cmd, c->out_file, c->cmd, c->out_file, c->what, c->out_help, (long long)c->iters, c->preview_help,
+            c->curve_help, c->own_help, c->settings_help);
+    ld_settings_help(c->settings, c->defaults, f);
+}
+
+/* getopt table: the run options, the command's own, then one
+ * required-argument option per settings row (val LDT_OPT_SETTING + row). */
+static struct option *run_longopts(const ldt_run_cmd_t *c)
+{
+    const ld_settings_t *t = c->settings;
+    struct option *opts = calloc(N_RUN_OPTS + c->n_own + t->n + 1, sizeof *opts);
+    if (!opts)
+        return NULL;
+    memcpy(opts, run_opts, sizeof run_opts);
+    if (c->n_own)
+        memcpy(opts + N_RUN_OPTS, c->own, c->n_own * sizeof *c->own);
+    for (size_t i = 0; i < t->n; i++)
+        opts[N_RUN_OPTS + c->n_own + i] = (struct option){ t->rows[i].key, required_argument, NULL,
+                                                           LDT_OPT_SETTING + (int)i };
+    return opts;
+}
+
+static int run_option(const ldt_run_cmd_t *c, int opt, const char *value, ldt_run_args_t *a)
+{
+    switch (opt) {
+    case LDT_OPT_OUT: a->o.out = value; return 0;
+    case LDT_OPT_RESUME: a->o.resume = value; return 0;
+    case LDT_OPT_CHECKPOINT: a->o.checkpoint = value; return 0;
+    case LDT_OPT_PREVIEW: a->o.preview_dir = value; return 0;
+    case LDT_OPT_CURVE: a->curve = value; ldt_outputs_add(&a->o, "--curve", value); return 0;
+    case LDT_OPT_ITERS: return ldt_parse_count(c->cmd, "--iters", value, 1, &a->iters);
+    case LDT_OPT_CHECKPOINT_EVERY: return ldt_parse_count(c->cmd, "--checkpoint-every", value, 0, &a->checkpoint_every);
+    case LDT_OPT_PREVIEW_EVERY: return ldt_parse_count(c->cmd, "--preview-every", value, 1, &a->preview_every);
+    default: return ldt_usage_error(c->cmd, "unexpected option");
+    }
+}
+
+/* One option: -1 after --help, else an exit status. */
+static int parse_one(const ldt_run_cmd_t *c, int opt, ldt_run_args_t *a, void *scratch, ldt_own_option_fn own,
+                     void *user)
+{
+    if (opt == '?')
+        return 2;
+    if (opt == LDT_OPT_HELP) {
+        run_usage(c, stdout);
+        return -1;
+    }
+    if (opt == LDT_OPT_QUIET) {
+        a->quiet = 1;
+        if (ld_log_level > LD_LOG_WARN)
+            ld_log_set(NULL, NULL, LD_LOG_WARN);
+        return 0;
+    }
+    if (opt >= LDT_OPT_SETTING)
+        return setting_option(c->cmd, c->settings, scratch, c->settings->rows[opt - LDT_OPT_SETTING].key, optarg,
+                                  a->settings);
+    if (opt >= LDT_OPT_OWN)
+        return own(opt, optarg, a, user);
+    return run_option(c, opt, optarg, a);
+}
+
+static int parse_args(const ldt_run_cmd_t *c, int argc, char **argv, ldt_run_args_t *a, ldt_own_option_fn own,
+                      void *user)
+{
+    struct option *opts = run_longopts(c);
+    void *scratch = malloc(c->settings->cfg_size);
+    int opt, status = !opts || !scratch || ld_meta_new(&a->settings) ? ldt_fail(c->cmd, LD_ENOMEM) : 0;
+    if (scratch)
+        memcpy(scratch, c->defaults, c->settings->cfg_size);
+    a->iters = c->iters;
+    a->checkpoint_every = a->preview_every = 500;
+    while (!status && (opt = ldt_getopt(c->cmd, argc, argv, "", opts)) != -1)
+        status = parse_one(c, opt, a, scratch, own, user);
+    free(opts);
+    free(scratch);
+    if (status || (status = ldt_no_operands(c->cmd, argc, argv)))
+        return status;
+    if (!a->o.out)
+        return ldt_usage_error(c->cmd, "--out %s is required", c->out_file);
+    if (!a->o.resume && !ld_meta_get(a->settings, "data") && !ld_meta_get(a->settings, "manifest"))
+        return ldt_usage_error(c->cmd, "--data ROOT (or --manifest CSV) is required unless --resume is given");
+    return 0;
+}
+
+int ldt_run_start(const ldt_run_cmd_t *c, int argc, char **argv, ldt_run_args_t *a, ldt_own_option_fn own,
+                  void *user)
+{
+    memset(a, 0, sizeof *a);
+    int status = parse_args(c, argc, argv, a, own, user);
+    if (status == 0 && !(a->command = join_command(argc, argv)))
+        status = ldt_fail(c->cmd, LD_ENOMEM);
+    if (status == 0)
+        status = prepare_outputs(c->cmd, &a->o);
+    return status;
+}
+
+void ldt_run_args_free(ldt_run_args_t *a)
+{
+    ld_meta_destroy(&a->settings);
+    free(a->command);
+    free(a->o.checkpoint_owned);
 }
 
 /* ---- the progress line ---- */

@@ -1,5 +1,7 @@
-/* ldt_run: what the training commands (`langdaug train-ae`, and `train`
- * once it moves over) share around a long run: options built from a
+/* ldt_run: what the training commands (`langdaug train`, `train-ae`) share
+ * around a long run: the run options they both take (--out, --iters,
+ * --resume, --checkpoint, --checkpoint-every, --preview, --preview-every,
+ * --curve, --quiet, --help) with their usage text, options built from a
  * settings table, outputs checked before the first iteration, the progress
  * line, SIGINT/SIGTERM as a cancel flag, and the provenance a model file
  * records.
@@ -18,25 +20,11 @@
 #include "ld_safetensors.h"
 #include "ld_settings.h"
 
-/* getopt table: run[0..n_run) then one required-argument option per
- * settings key, with val = base + row index; NULL when out of memory.
- * The caller frees it. */
-struct option *ldt_longopts(const struct option *run, size_t n_run, const ld_settings_t *t, int base);
-
-/* Checks `value` for settings key `key` on a scratch config and records it
- * in `given` (key -> value, in order); exit status. */
-int ldt_setting_option(const char *cmd, const ld_settings_t *t, void *scratch, const char *key, const char *value,
-                       ld_meta_t *given);
-
 /* A count option ("--iters") in [min, INT64_MAX/2]; exit status. */
 int ldt_parse_count(const char *cmd, const char *what, const char *value, int64_t min, int64_t *out);
 
 /* 2 with a message when a resumed run is already past --iters, else 0. */
 int ldt_check_iters(const char *cmd, int64_t iters, int64_t iteration);
-
-/* "langdaug <argv...>" with shell quoting where needed; NULL when out of
- * memory. The caller frees it. */
-char *ldt_join_command(int argc, char **argv);
 
 /* Makes the settings "data" and "manifest" in given absolute paths (so a
  * resumed run works from anywhere). */
@@ -45,20 +33,66 @@ int ldt_absolute_data_paths(ld_meta_t *given);
 typedef struct {
     const char *out;            /* model file (required) */
     const char *resume;         /* checkpoint resumed, or NULL */
-    const char *checkpoint;     /* NULL: resume's, else OUT.ckpt (set by ldt_prepare_outputs) */
+    const char *checkpoint;     /* NULL: resume's, else OUT.ckpt (set by ldt_run_start) */
     const char *preview_dir;    /* NULL = none; created */
     const char *files[4];       /* more outputs (NULL-terminated), e.g. the curve */
     const char *file_opts[4];   /* their options, for messages */
     char *checkpoint_owned;     /* freed by the caller */
 } ldt_outputs_t;
 
-/* Fills in the checkpoint path, creates the preview folder and checks that
- * every output can be written (fails now, not after hours); exit status. */
-int ldt_prepare_outputs(const char *cmd, ldt_outputs_t *o);
+/* Adds (or, for an option given again, replaces) an output to check. */
+void ldt_outputs_add(ldt_outputs_t *o, const char *opt, const char *path);
 
 /* created (SOURCE_DATE_EPOCH when set, for reproducible files, else now),
  * command and resumed_from (when resume is not NULL). Caller owns *out. */
 int ldt_provenance(const char *command, const char *resume, ld_meta_t **out);
+
+/* ---- the run options ---- */
+
+enum {
+    LDT_OPT_OUT = 1000, LDT_OPT_ITERS, LDT_OPT_RESUME, LDT_OPT_CHECKPOINT, LDT_OPT_CHECKPOINT_EVERY, LDT_OPT_PREVIEW,
+    LDT_OPT_PREVIEW_EVERY, LDT_OPT_CURVE, LDT_OPT_QUIET, LDT_OPT_HELP,
+    LDT_OPT_OWN = 1100,    /* a command's own run options take values from here */
+    LDT_OPT_SETTING = 2000 /* settings row i is LDT_OPT_SETTING + i */
+};
+
+/* What a training command says about itself. */
+typedef struct {
+    const char *cmd;            /* "train" */
+    const char *what;           /* what it does, lines ending in \n (after the usage lines) */
+    const char *out_file;       /* "MODEL.safetensors", in the usage lines and errors */
+    const char *out_help;       /* what --out writes, "model file to write (the EMA weights)" */
+    int64_t iters;              /* default --iters */
+    const char *preview_help;   /* what --preview writes, "preview grids" */
+    const char *curve_help;     /* what --curve writes, "the training curve (iteration,...)" */
+    const struct option *own;   /* the command's own run options (val >= LDT_OPT_OWN), n_own of them */
+    size_t n_own;
+    const char *own_help;       /* their help lines ("" when none) */
+    const char *settings_help;  /* the heading of the settings' help lines */
+    const ld_settings_t *settings;
+    const void *defaults;       /* a config with the defaults (help text; scratch for checks) */
+} ldt_run_cmd_t;
+
+typedef struct {
+    ldt_outputs_t o;
+    const char *curve;          /* --curve, or NULL */
+    int64_t iters, checkpoint_every, preview_every;
+    int quiet;
+    ld_meta_t *settings;        /* settings keys as given, in order */
+    char *command;              /* the command line, for provenance */
+} ldt_run_args_t;
+
+/* One of the command's own options (c from its `own` table); exit status. */
+typedef int (*ldt_own_option_fn)(int c, const char *value, ldt_run_args_t *a, void *user);
+
+/* Parses argv into a (own options go to own(..., user)), checks that --out
+ * and, unless --resume, the data are given, records the command line and
+ * prepares the outputs (checkpoint path filled in, preview folder created,
+ * every output probed: fails now, not after hours). Returns 0, an exit status,
+ * or -1 after --help (exit 0). */
+int ldt_run_start(const ldt_run_cmd_t *c, int argc, char **argv, ldt_run_args_t *a, ldt_own_option_fn own,
+                  void *user);
+void ldt_run_args_free(ldt_run_args_t *a);
 
 /* ---- the progress line ---- */
 

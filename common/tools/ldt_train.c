@@ -1,7 +1,7 @@
 /* ldt_train: `langdaug train`, contrastive-divergence training (ld_train).
  *
  * The training settings are the keys of ld_train_settings() (one long
- * option each); the options below are about this run only. Everything that
+ * option each); the run options are ldt_run's. Everything that
  * can be checked (values, data, output paths) is checked before the first
  * iteration. SIGINT/SIGTERM stop the run between Langevin steps, save a
  * checkpoint of the last finished iteration (and the curve so far) and
@@ -16,129 +16,28 @@
 
 #include "ld_afile.h"
 #include "ld_error.h"
-#include "ld_log.h"
 #include "ld_train.h"
 
 #define CMD "train"
 
-enum {
-    OPT_OUT = 1000, OPT_ITERS, OPT_RESUME, OPT_CHECKPOINT, OPT_CHECKPOINT_EVERY, OPT_PREVIEW,
-    OPT_PREVIEW_EVERY, OPT_CURVE, OPT_QUIET, OPT_HELP, OPT_CONFIG_BASE = 2000
-};
-
-typedef struct {
-    ldt_outputs_t o;
-    const char *curve;
-    int64_t iters, checkpoint_every, preview_every;
-    int quiet;
-    ld_meta_t *settings;      /* training keys as given, in order */
-    char *command;            /* the command line, for provenance */
-} args_t;
-
-static void usage(FILE *f)
+static int run_start(int argc, char **argv, ldt_run_args_t *a)
 {
-    fprintf(f,
-            "Usage: langdaug train --data ROOT --out MODEL.safetensors [options]\n"
-            "       langdaug train --resume CHECKPOINT --out MODEL.safetensors --iters N [options]\n"
-            "Trains the conditional energy model E(image | mask, target domain) by contrastive divergence.\n"
-            "\nRun options:\n"
-            "  --out PATH             model file to write (the EMA weights) when training ends (required)\n"
-            "  --iters N              total iterations (default 10000; counts the resumed ones)\n"
-            "  --resume CKPT          continue a run bit-exactly from a checkpoint\n"
-            "  --checkpoint PATH      checkpoint file (default: --resume's, else OUT.ckpt)\n"
-            "  --checkpoint-every N   iterations between checkpoints (default 500; one at the end always)\n"
-            "  --preview DIR          write preview grids DIR/preview_<iteration>.png\n"
-            "  --preview-every N      iterations between previews (default 500)\n"
-            "  --curve CSV            write the training curve (iteration,loss,e_pos,e_neg) at the end\n"
-            "  --quiet                no progress output or info messages\n"
-            "  --help                 this text\n"
-            "\nTraining settings (kept in the checkpoint; a resumed run must not change those marked *):\n");
     ld_train_config_t def;
     ld_train_config_defaults(&def);
-    ld_settings_help(ld_train_settings(), &def, f);
-}
-
-static int parse_run_option(int c, const char *value, args_t *a)
-{
-    switch (c) {
-    case OPT_OUT: a->o.out = value; return 0;
-    case OPT_RESUME: a->o.resume = value; return 0;
-    case OPT_CHECKPOINT: a->o.checkpoint = value; return 0;
-    case OPT_PREVIEW: a->o.preview_dir = value; return 0;
-    case OPT_CURVE: a->curve = value; return 0;
-    case OPT_ITERS: return ldt_parse_count(CMD, "--iters", value, 1, &a->iters);
-    case OPT_CHECKPOINT_EVERY: return ldt_parse_count(CMD, "--checkpoint-every", value, 0, &a->checkpoint_every);
-    case OPT_PREVIEW_EVERY: return ldt_parse_count(CMD, "--preview-every", value, 1, &a->preview_every);
-    default: return ldt_usage_error(CMD, "unexpected option");
-    }
-}
-
-static struct option *longopts(void)
-{
-    static const struct option run_opts[] = {
-        { "out", required_argument, NULL, OPT_OUT },
-        { "iters", required_argument, NULL, OPT_ITERS },
-        { "resume", required_argument, NULL, OPT_RESUME },
-        { "checkpoint", required_argument, NULL, OPT_CHECKPOINT },
-        { "checkpoint-every", required_argument, NULL, OPT_CHECKPOINT_EVERY },
-        { "preview", required_argument, NULL, OPT_PREVIEW },
-        { "preview-every", required_argument, NULL, OPT_PREVIEW_EVERY },
-        { "curve", required_argument, NULL, OPT_CURVE },
-        { "quiet", no_argument, NULL, OPT_QUIET },
-        { "help", no_argument, NULL, OPT_HELP },
+    const ldt_run_cmd_t cmd = {
+        .cmd = CMD,
+        .what = "Trains the conditional energy model E(image | mask, target domain) by contrastive divergence.\n",
+        .out_file = "MODEL.safetensors",
+        .out_help = "model file to write (the EMA weights)",
+        .iters = 10000,
+        .preview_help = "preview grids",
+        .curve_help = "the training curve (iteration,loss,e_pos,e_neg)",
+        .own_help = "",
+        .settings_help = "Training settings (kept in the checkpoint; a resumed run must not change those marked *):\n",
+        .settings = ld_train_settings(),
+        .defaults = &def,
     };
-    return ldt_longopts(run_opts, sizeof run_opts / sizeof run_opts[0], ld_train_settings(), OPT_CONFIG_BASE);
-}
-
-static int parse_one(int c, args_t *a, ld_train_config_t *scratch)
-{
-    if (c == '?')
-        return 2;
-    if (c == OPT_HELP) {
-        usage(stdout);
-        return -1;
-    }
-    if (c == OPT_QUIET) {
-        a->quiet = 1;
-        if (ld_log_level > LD_LOG_WARN)
-            ld_log_set(NULL, NULL, LD_LOG_WARN);
-        return 0;
-    }
-    if (c >= OPT_CONFIG_BASE) {
-        const ld_settings_t *t = ld_train_settings();
-        return ldt_setting_option(CMD, t, scratch, t->rows[c - OPT_CONFIG_BASE].key, optarg, a->settings);
-    }
-    return parse_run_option(c, optarg, a);
-}
-
-/* Parses argv into a; returns 0, or the exit status (2 usage error, or -1
- * after --help). */
-static int parse_args(int argc, char **argv, args_t *a)
-{
-    struct option *opts = longopts();
-    ld_train_config_t scratch;
-    ld_train_config_defaults(&scratch);
-    if (!opts || ld_meta_new(&a->settings)) {
-        free(opts);
-        return ldt_fail(CMD, LD_ENOMEM);
-    }
-    a->iters = 10000;
-    a->checkpoint_every = a->preview_every = 500;
-    int c, status = 0;
-    while (!status && (c = ldt_getopt(CMD, argc, argv, "", opts)) != -1)
-        status = parse_one(c, a, &scratch);
-    free(opts);
-    if (status)
-        return status;
-    if ((status = ldt_no_operands(CMD, argc, argv)))
-        return status;
-    if (!a->o.out)
-        return ldt_usage_error(CMD, "--out MODEL.safetensors is required");
-    if (!a->o.resume && !ld_meta_get(a->settings, "data") && !ld_meta_get(a->settings, "manifest"))
-        return ldt_usage_error(CMD, "--data ROOT (or --manifest CSV) is required unless --resume is given");
-    a->o.files[0] = a->curve;
-    a->o.file_opts[0] = "--curve";
-    return 0;
+    return ldt_run_start(&cmd, argc, argv, a, NULL, NULL);
 }
 
 /* ---- outputs ---------------------------------------------------------------------- */
@@ -160,7 +59,7 @@ static int write_curve(const ld_train_t *train, const char *path)
     return ld_afile_commit(&af);
 }
 
-static int finish(ld_train_t *train, const args_t *a, double seconds)
+static int finish(ld_train_t *train, const ldt_run_args_t *a, double seconds)
 {
     ld_meta_t *prov = NULL;
     char hash[65];
@@ -183,7 +82,7 @@ static int finish(ld_train_t *train, const args_t *a, double seconds)
 
 /* ---- the run ------------------------------------------------------------------------ */
 
-static int new_run(const args_t *a, ld_train_t **train)
+static int new_run(const ldt_run_args_t *a, ld_train_t **train)
 {
     ld_train_config_t cfg;
     ld_train_config_defaults(&cfg);
@@ -193,7 +92,7 @@ static int new_run(const args_t *a, ld_train_t **train)
     return rc ? rc : ld_train_new(&cfg, train);
 }
 
-static int open_run(const args_t *a, ld_train_t **train)
+static int open_run(const ldt_run_args_t *a, ld_train_t **train)
 {
     int rc = ldt_absolute_data_paths(a->settings);
     if (!rc)
@@ -221,7 +120,7 @@ static void on_progress(const void *stats, void *user)
     ldt_progress_print(&p->prog, st->iteration, what);
 }
 
-static int train_loop(ld_train_t *train, const args_t *a)
+static int train_loop(ld_train_t *train, const ldt_run_args_t *a)
 {
     progress_t p = { .arch = ld_ebm_arch(ld_train_model(train)) };
     ldt_progress_begin(&p.prog, CMD, a->quiet, ld_train_iteration(train), a->iters);
@@ -242,21 +141,14 @@ static int train_loop(ld_train_t *train, const args_t *a)
 
 int ldt_train_main(int argc, char **argv)
 {
-    args_t a;
-    memset(&a, 0, sizeof a);
+    ldt_run_args_t a;
     ld_train_t *train = NULL;
-    int status = parse_args(argc, argv, &a);
-    if (status == 0 && !(a.command = ldt_join_command(argc, argv)))
-        status = ldt_fail(CMD, LD_ENOMEM);
-    if (status == 0)
-        status = ldt_prepare_outputs(CMD, &a.o);
+    int status = run_start(argc, argv, &a);
     if (status == 0)
         status = open_run(&a, &train);
     if (status == 0)
         status = train_loop(train, &a);
     ld_train_destroy(&train);
-    ld_meta_destroy(&a.settings);
-    free(a.command);
-    free(a.o.checkpoint_owned);
+    ldt_run_args_free(&a);
     return status < 0 ? 0 : status;
 }

@@ -1,7 +1,8 @@
 /* ldt_train_ae: `langdaug train-ae`, training the autoencoder (ld_aetrain).
  *
  * The training settings are the keys of ld_aetrain_settings() (one long
- * option each); the options below are about this run only. Everything that
+ * option each); the run options are ldt_run's, plus --eval-every and
+ * --eval-curve. Everything that
  * can be checked (values, data, output paths) is checked before the first
  * iteration. The run ends with an evaluation on the held-out images,
  * printed per domain and kept in the model file. SIGINT/SIGTERM stop the
@@ -19,139 +20,58 @@
 #include "ld_aetrain.h"
 #include "ld_afile.h"
 #include "ld_error.h"
-#include "ld_log.h"
 #include "ld_text.h"
 
 #define CMD "train-ae"
 
-enum {
-    OPT_OUT = 1000, OPT_ITERS, OPT_RESUME, OPT_CHECKPOINT, OPT_CHECKPOINT_EVERY, OPT_PREVIEW, OPT_PREVIEW_EVERY,
-    OPT_EVAL_EVERY, OPT_CURVE, OPT_EVAL_CURVE, OPT_QUIET, OPT_HELP, OPT_CONFIG_BASE = 2000
-};
+enum { OPT_EVAL_EVERY = LDT_OPT_OWN, OPT_EVAL_CURVE };
 
 typedef struct {
-    ldt_outputs_t o;
-    const char *curve, *eval_curve;
-    int64_t iters, checkpoint_every, preview_every, eval_every;
-    int quiet;
-    ld_meta_t *settings;      /* training keys as given, in order */
-    char *command;            /* the command line, for provenance */
+    ldt_run_args_t r;           /* the run options train shares */
+    const char *eval_curve;
+    int64_t eval_every;
 } args_t;
 
-static void usage(FILE *f)
+static int own_option(int c, const char *value, ldt_run_args_t *a, void *user)
 {
-    fprintf(f,
-            "Usage: langdaug train-ae --data ROOT --out AE.safetensors [options]\n"
-            "       langdaug train-ae --resume CHECKPOINT --out AE.safetensors --iters N [options]\n"
-            "Trains the autoencoder (aeconv) to reconstruct crops of the source domains; reports PSNR and SSIM\n"
-            "(luminance, 11x11 Gaussian window, sigma 1.5) per domain on held-out images.\n"
-            "\nRun options:\n"
-            "  --out PATH             autoencoder file to write when training ends (required)\n"
-            "  --iters N              total iterations (default 5000; counts the resumed ones)\n"
-            "  --resume CKPT          continue a run bit-exactly from a checkpoint\n"
-            "  --checkpoint PATH      checkpoint file (default: --resume's, else OUT.ckpt)\n"
-            "  --checkpoint-every N   iterations between checkpoints (default 500; one at the end always)\n"
-            "  --preview DIR          write grids (original | reconstruction) DIR/preview_<iteration>.png\n"
-            "  --preview-every N      iterations between previews (default 500)\n"
-            "  --eval-every N         iterations between held-out evaluations (default 500; one at the end always)\n"
-            "  --curve CSV            write the loss curve (iteration,loss,mse,l1,grad_diff) at the end\n"
-            "  --eval-curve CSV       write the evaluations (iteration,<domain>_psnr,_ssim,_vessel_contrast,...)\n"
-            "  --quiet                no progress output or info messages\n"
-            "  --help                 this text\n"
-            "\nTraining settings (kept in the checkpoint and the model as train_ae.<key>; a resumed run must\n"
-            "not change those marked *):\n");
+    args_t *ae = user;
+    if (c == OPT_EVAL_EVERY)
+        return ldt_parse_count(CMD, "--eval-every", value, 0, &ae->eval_every);
+    ae->eval_curve = value;
+    ldt_outputs_add(&a->o, "--eval-curve", value);
+    return 0;
+}
+
+static int run_start(int argc, char **argv, args_t *ae)
+{
+    static const struct option own[] = {
+        { "eval-every", required_argument, NULL, OPT_EVAL_EVERY },
+        { "eval-curve", required_argument, NULL, OPT_EVAL_CURVE },
+    };
     ld_aetrain_config_t def;
     ld_aetrain_config_defaults(&def);
-    ld_settings_help(ld_aetrain_settings(), &def, f);
-}
-
-static int parse_run_option(int c, const char *value, args_t *a)
-{
-    switch (c) {
-    case OPT_OUT: a->o.out = value; return 0;
-    case OPT_RESUME: a->o.resume = value; return 0;
-    case OPT_CHECKPOINT: a->o.checkpoint = value; return 0;
-    case OPT_PREVIEW: a->o.preview_dir = value; return 0;
-    case OPT_CURVE: a->curve = value; return 0;
-    case OPT_EVAL_CURVE: a->eval_curve = value; return 0;
-    case OPT_ITERS: return ldt_parse_count(CMD, "--iters", value, 1, &a->iters);
-    case OPT_CHECKPOINT_EVERY: return ldt_parse_count(CMD, "--checkpoint-every", value, 0, &a->checkpoint_every);
-    case OPT_PREVIEW_EVERY: return ldt_parse_count(CMD, "--preview-every", value, 1, &a->preview_every);
-    case OPT_EVAL_EVERY: return ldt_parse_count(CMD, "--eval-every", value, 0, &a->eval_every);
-    default: return ldt_usage_error(CMD, "unexpected option");
-    }
-}
-
-static struct option *longopts(void)
-{
-    static const struct option run_opts[] = {
-        { "out", required_argument, NULL, OPT_OUT },
-        { "iters", required_argument, NULL, OPT_ITERS },
-        { "resume", required_argument, NULL, OPT_RESUME },
-        { "checkpoint", required_argument, NULL, OPT_CHECKPOINT },
-        { "checkpoint-every", required_argument, NULL, OPT_CHECKPOINT_EVERY },
-        { "preview", required_argument, NULL, OPT_PREVIEW },
-        { "preview-every", required_argument, NULL, OPT_PREVIEW_EVERY },
-        { "eval-every", required_argument, NULL, OPT_EVAL_EVERY },
-        { "curve", required_argument, NULL, OPT_CURVE },
-        { "eval-curve", required_argument, NULL, OPT_EVAL_CURVE },
-        { "quiet", no_argument, NULL, OPT_QUIET },
-        { "help", no_argument, NULL, OPT_HELP },
+    const ldt_run_cmd_t cmd = {
+        .cmd = CMD,
+        .what = "Trains the autoencoder (aeconv) to reconstruct crops of the source domains; reports PSNR and SSIM\n"
+                "(luminance, 11x11 Gaussian window, sigma 1.5) per domain on held-out images.\n",
+        .out_file = "AE.safetensors",
+        .out_help = "autoencoder file to write",
+        .iters = 5000,
+        .preview_help = "grids (original | reconstruction)",
+        .curve_help = "the loss curve (iteration,loss,mse,l1,grad_diff)",
+        .own = own,
+        .n_own = sizeof own / sizeof own[0],
+        .own_help =
+            "  --eval-every N         iterations between held-out evaluations (default 500; one at the end always)\n"
+            "  --eval-curve CSV       write the evaluations (iteration,<domain>_psnr,_ssim,_vessel_contrast,...)\n",
+        .settings_help = "Training settings (kept in the checkpoint and the model as train_ae.<key>; a resumed run must\n"
+                         "not change those marked *):\n",
+        .settings = ld_aetrain_settings(),
+        .defaults = &def,
     };
-    return ldt_longopts(run_opts, sizeof run_opts / sizeof run_opts[0], ld_aetrain_settings(), OPT_CONFIG_BASE);
-}
-
-static int parse_one(int c, args_t *a, ld_aetrain_config_t *scratch)
-{
-    if (c == '?')
-        return 2;
-    if (c == OPT_HELP) {
-        usage(stdout);
-        return -1;
-    }
-    if (c == OPT_QUIET) {
-        a->quiet = 1;
-        if (ld_log_level > LD_LOG_WARN)
-            ld_log_set(NULL, NULL, LD_LOG_WARN);
-        return 0;
-    }
-    if (c >= OPT_CONFIG_BASE) {
-        const ld_settings_t *t = ld_aetrain_settings();
-        return ldt_setting_option(CMD, t, scratch, t->rows[c - OPT_CONFIG_BASE].key, optarg, a->settings);
-    }
-    return parse_run_option(c, optarg, a);
-}
-
-/* Parses argv into a; returns 0, or the exit status (2 usage error, or -1
- * after --help). */
-static int parse_args(int argc, char **argv, args_t *a)
-{
-    struct option *opts = longopts();
-    ld_aetrain_config_t scratch;
-    ld_aetrain_config_defaults(&scratch);
-    if (!opts || ld_meta_new(&a->settings)) {
-        free(opts);
-        return ldt_fail(CMD, LD_ENOMEM);
-    }
-    a->iters = 5000;
-    a->checkpoint_every = a->preview_every = a->eval_every = 500;
-    int c, status = 0;
-    while (!status && (c = ldt_getopt(CMD, argc, argv, "", opts)) != -1)
-        status = parse_one(c, a, &scratch);
-    free(opts);
-    if (status)
-        return status;
-    if ((status = ldt_no_operands(CMD, argc, argv)))
-        return status;
-    if (!a->o.out)
-        return ldt_usage_error(CMD, "--out AE.safetensors is required");
-    if (!a->o.resume && !ld_meta_get(a->settings, "data") && !ld_meta_get(a->settings, "manifest"))
-        return ldt_usage_error(CMD, "--data ROOT (or --manifest CSV) is required unless --resume is given");
-    a->o.files[0] = a->curve;
-    a->o.file_opts[0] = "--curve";
-    a->o.files[a->curve != NULL] = a->eval_curve;
-    a->o.file_opts[a->curve != NULL] = "--eval-curve";
-    return 0;
+    ae->eval_curve = NULL;
+    ae->eval_every = 500;
+    return ldt_run_start(&cmd, argc, argv, &ae->r, own_option, ae);
 }
 
 /* ---- outputs ---------------------------------------------------------------------- */
@@ -205,7 +125,7 @@ static int write_eval_curve(const ld_aetrain_t *tr, const char *path)
 
 static int write_curves(const ld_aetrain_t *tr, const args_t *a)
 {
-    int rc = a->curve ? write_curve(tr, a->curve) : LD_OK;
+    int rc = a->r.curve ? write_curve(tr, a->r.curve) : LD_OK;
     if (!rc && a->eval_curve)
         rc = write_eval_curve(tr, a->eval_curve);
     return rc;
@@ -228,20 +148,20 @@ static int finish(ld_aetrain_t *tr, const args_t *a, double seconds)
     char hash[65];
     int rc = ld_aetrain_evaluate(tr, &ev);
     if (!rc)
-        rc = ldt_provenance(a->command, a->o.resume, &prov);
+        rc = ldt_provenance(a->r.command, a->r.o.resume, &prov);
     if (!rc)
-        rc = ld_aetrain_save_model(tr, a->o.out, prov, hash);
+        rc = ld_aetrain_save_model(tr, a->r.o.out, prov, hash);
     ld_meta_destroy(&prov);
     if (!rc)
         rc = write_curves(tr, a);
     if (rc)
         return ldt_fail(CMD, rc);
-    if (a->quiet)
+    if (a->r.quiet)
         return 0;
     char dur[32];
     ldt_format_duration(seconds, dur, sizeof dur);
     print_eval(tr, &ev);
-    fprintf(stderr, "langdaug %s: wrote %s (sha256 %.16s...) after %" PRId64 " iterations in %s\n", CMD, a->o.out,
+    fprintf(stderr, "langdaug %s: wrote %s (sha256 %.16s...) after %" PRId64 " iterations in %s\n", CMD, a->r.o.out,
             hash, ld_aetrain_iteration(tr), dur);
     return 0;
 }
@@ -253,8 +173,8 @@ static int new_run(const args_t *a, ld_aetrain_t **tr)
 {
     ld_aetrain_config_t cfg;
     ld_aetrain_config_defaults(&cfg);
-    for (size_t i = 0; i < ld_meta_count(a->settings); i++)
-        ld_settings_set(ld_aetrain_settings(), &cfg, ld_meta_key(a->settings, i), ld_meta_value(a->settings, i));
+    for (size_t i = 0; i < ld_meta_count(a->r.settings); i++)
+        ld_settings_set(ld_aetrain_settings(), &cfg, ld_meta_key(a->r.settings, i), ld_meta_value(a->r.settings, i));
     if (ld_aetrain_config_validate(&cfg))
         return ldt_usage_error(CMD, "%s", ld_errdetail());
     int rc = ld_aetrain_new(&cfg, tr);
@@ -263,14 +183,14 @@ static int new_run(const args_t *a, ld_aetrain_t **tr)
 
 static int open_run(const args_t *a, ld_aetrain_t **tr)
 {
-    int rc = ldt_absolute_data_paths(a->settings);
+    int rc = ldt_absolute_data_paths(a->r.settings);
     if (rc)
         return ldt_fail(CMD, rc);
-    if (!a->o.resume && (rc = new_run(a, tr)))
+    if (!a->r.o.resume && (rc = new_run(a, tr)))
         return rc;
-    if (a->o.resume && (rc = ld_aetrain_resume(a->o.resume, a->settings, tr)))
+    if (a->r.o.resume && (rc = ld_aetrain_resume(a->r.o.resume, a->r.settings, tr)))
         return ldt_fail(CMD, rc);
-    if ((rc = ldt_check_iters(CMD, a->iters, ld_aetrain_iteration(*tr))))
+    if ((rc = ldt_check_iters(CMD, a->r.iters, ld_aetrain_iteration(*tr))))
         ld_aetrain_destroy(tr);
     return rc;
 }
@@ -286,10 +206,10 @@ static void on_progress(const ld_aetrain_stats_t *st, void *user)
 static int train_loop(ld_aetrain_t *tr, const args_t *a)
 {
     ldt_progress_t prog;
-    ldt_progress_begin(&prog, CMD, a->quiet, ld_aetrain_iteration(tr), a->iters);
-    ld_aetrain_run_opts_t ro = { .iters = a->iters, .checkpoint = a->o.checkpoint,
-                                 .checkpoint_every = a->checkpoint_every, .preview_dir = a->o.preview_dir,
-                                 .preview_every = a->preview_every, .eval_every = a->eval_every,
+    ldt_progress_begin(&prog, CMD, a->r.quiet, ld_aetrain_iteration(tr), a->r.iters);
+    ld_aetrain_run_opts_t ro = { .iters = a->r.iters, .checkpoint = a->r.o.checkpoint,
+                                 .checkpoint_every = a->r.checkpoint_every, .preview_dir = a->r.o.preview_dir,
+                                 .preview_every = a->r.preview_every, .eval_every = a->eval_every,
                                  .progress = on_progress, .user = &prog, .cancel = ldt_cancel_catch() };
     int rc = ld_aetrain_run(tr, &ro);
     ldt_cancel_release();
@@ -305,20 +225,13 @@ static int train_loop(ld_aetrain_t *tr, const args_t *a)
 int ldt_train_ae_main(int argc, char **argv)
 {
     args_t a;
-    memset(&a, 0, sizeof a);
     ld_aetrain_t *tr = NULL;
-    int status = parse_args(argc, argv, &a);
-    if (status == 0 && !(a.command = ldt_join_command(argc, argv)))
-        status = ldt_fail(CMD, LD_ENOMEM);
-    if (status == 0)
-        status = ldt_prepare_outputs(CMD, &a.o);
+    int status = run_start(argc, argv, &a);
     if (status == 0)
         status = open_run(&a, &tr);
     if (status == 0)
         status = train_loop(tr, &a);
     ld_aetrain_destroy(&tr);
-    ld_meta_destroy(&a.settings);
-    free(a.command);
-    free(a.o.checkpoint_owned);
+    ldt_run_args_free(&a.r);
     return status < 0 ? 0 : status;
 }
