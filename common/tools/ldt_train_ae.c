@@ -64,8 +64,9 @@ static int run_start(int argc, char **argv, args_t *ae)
         .own_help =
             "  --eval-every N         iterations between held-out evaluations (default 500; one at the end always)\n"
             "  --eval-curve CSV       write the evaluations (iteration,<domain>_psnr,_ssim,_vessel_contrast,...)\n",
-        .settings_help = "Training settings (kept in the checkpoint and the model as train_ae.<key>; a resumed run must\n"
-                         "not change those marked *):\n",
+        .settings_help =
+            "Training settings (kept in the checkpoint and the model as train_ae.<key>; a resumed run must\n"
+            "not change those marked *):\n",
         .settings = ld_aetrain_settings(),
         .defaults = &def,
     };
