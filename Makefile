@@ -203,7 +203,7 @@ $(B)/examples/%: examples/%.c $(B)/liblangdaug.a $(FLAGS_STAMP)
 $(B)/tests/%: tests/%.c $(B)/tests/testutil.o $(CORE_LIB) $(CLIENTLIB_OBJ) $(PROTO_H) $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	@echo "  TEST $@"
-	$(Q)$(CC) $(CFLAGS) -Itests -o $@ $< $(B)/tests/testutil.o $(CLIENTLIB_OBJ) $(CORE_LIB) \
+	$(Q)$(CC) $(CFLAGS) -MMD -MP -Itests -o $@ $< $(B)/tests/testutil.o $(CLIENTLIB_OBJ) $(CORE_LIB) \
 	  $(LDFLAGS) $(LDLIBS) $(shell pkg-config --libs check 2>/dev/null)
 
 # The daemon's suites: the daemon library and the shared daemon fixture.
@@ -211,16 +211,16 @@ $(B)/tests/test_ldd_%: tests/test_ldd_%.c $(B)/tests/testutil.o $(B)/tests/ldd_f
 		$(PROTO_H) $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	@echo "  TEST $@"
-	$(Q)$(CC) $(CFLAGS) -Itests -Idaemon -o $@ $< $(B)/tests/testutil.o $(B)/tests/ldd_fixture.o $(DAEMON_LIB) \
+	$(Q)$(CC) $(CFLAGS) -MMD -MP -Itests -Idaemon -o $@ $< $(B)/tests/testutil.o $(B)/tests/ldd_fixture.o $(DAEMON_LIB) \
 	  $(CORE_LIB) $(LDFLAGS) $(LDLIBS) $(shell pkg-config --libs check 2>/dev/null)
 
 $(B)/tests/ldd_fixture.o: tests/ldd_fixture.c tests/ldd_fixture.h $(PROTO_H) $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
-	$(Q)$(CC) $(CFLAGS) -Itests -Idaemon -c $< -o $@
+	$(Q)$(CC) $(CFLAGS) -MMD -MP -Itests -Idaemon -c $< -o $@
 
 $(B)/tests/testutil.o: tests/testutil.c tests/testutil.h $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
-	$(Q)$(CC) $(CFLAGS) -Itests -c $< -o $@
+	$(Q)$(CC) $(CFLAGS) -MMD -MP -Itests -c $< -o $@
 
 test: deps
 	$(Q)$(MAKE) --no-print-directory all
