@@ -25,9 +25,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#define CHECKPOINT_FORMAT "langdaug-ae-train-checkpoint"
-#define CHECKPOINT_VERSION "1"
-#define CHECKPOINT_WHAT "langdaug autoencoder training checkpoint"
 #define PREVIEW_PAIRS 4
 #define TILE_GAP 2
 
@@ -43,9 +40,7 @@ static const ld_setting_t rows[] = {
       "share of each domain's images held out for evaluation" },
     { "eval-crops", LD_SET_INT, F(eval_crops), 1, 4096, 1, NULL, "fixed held-out crops per domain for evaluation" },
     { "batch", LD_SET_INT, F(batch), 1, 4096, 1, NULL, "crops per iteration" },
-    { "lr", LD_SET_DBL, F(lr), 1e-12, 1e9, 1, NULL, "Adam learning rate" },
-    { "betas", LD_SET_PAIR, F(betas), 0, 1, 1, NULL, "Adam beta1,beta2" },
-    { "eps", LD_SET_DBL, F(eps), 1e-30, 1, 1, NULL, "Adam epsilon" },
+    LD_SETTINGS_ADAM_ROWS(ld_aetrain_config_t, adam),
     { "mse", LD_SET_DBL, F(mse), 0, 1e6, 1, NULL, "weight of the mean squared error" },
     { "l1", LD_SET_DBL, F(l1), 0, 1e6, 1, NULL, "weight of the mean absolute error" },
     { "grad-diff", LD_SET_DBL, F(grad_diff), 0, 1e6, 1, NULL,
@@ -78,23 +73,12 @@ void ld_aetrain_config_defaults(ld_aetrain_config_t *cfg)
     cfg->val_fraction = 0.2;
     cfg->eval_crops = 16;
     cfg->batch = 8;
-    cfg->lr = 1e-3;
-    cfg->betas[0] = 0.9;
-    cfg->betas[1] = 0.999;
-    cfg->eps = 1e-8;
+    cfg->adam = (ld_settings_adam_t){ 1e-3, { 0.9, 0.999 }, 1e-8 };
     cfg->mse = 1;
     cfg->l1 = 1;
     cfg->seed = 1;
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     cfg->threads = cpus < 1 ? 1 : cpus > 64 ? 64 : (int)cpus;
-}
-
-static void adam_params(const ld_aetrain_config_t *cfg, ld_adam_params_t *p)
-{
-    p->lr = cfg->lr;
-    p->beta1 = cfg->betas[0];
-    p->beta2 = cfg->betas[1];
-    p->eps = cfg->eps;
 }
 
 /* The architecture of cfg; channels as resolved (for checks made before
@@ -123,8 +107,7 @@ int ld_aetrain_config_validate(const ld_aetrain_config_t *cfg)
     if ((rc = config_arch(cfg, &a)))
         return rc;
     ld_adam_params_t ap;
-    adam_params(cfg, &ap);
-    if ((rc = ld_adam_validate(&ap)))
+    if ((rc = ld_settings_adam_params(&cfg->adam, &ap)))
         return rc;
     if (!(cfg->mse > 0 || cfg->l1 > 0))
         return ld_seterr(LD_EINVAL, "--mse and --l1 are both 0: the reconstruction would not be trained");
@@ -278,7 +261,7 @@ static int setup(const ld_aetrain_config_t *cfg, ld_aetrain_t **out)
         return ld_seterr(LD_ENOMEM, "autoencoder training: out of memory");
     self->cfg = *cfg;
     ld_adam_params_t ap;
-    adam_params(cfg, &ap);
+    ld_settings_adam_params(&cfg->adam, &ap); /* validated above */
     if ((rc = ld_traindata_open(&self->cfg.data, 1, LD_AETRAIN_MAX_DOMAINS, cfg->size, &self->ds)))
         goto fail;
     self->n_domains = ld_dataset_n_domains(self->ds);
@@ -582,34 +565,36 @@ static int refuse_if_diverged(const ld_aetrain_t *self, const char *what)
                      what, self->iteration);
 }
 
-static void param_sets(ld_aetrain_t *self, ld_ckpt_set_t sets[3])
+static void config_defaults(void *cfg)
 {
-    sets[0] = (ld_ckpt_set_t){ "params.", ld_ae_params(self->model)->params };
-    sets[1] = (ld_ckpt_set_t){ "adam_m.", ld_adam_m(self->adam) };
-    sets[2] = (ld_ckpt_set_t){ "adam_v.", ld_adam_v(self->adam) };
+    ld_aetrain_config_defaults(cfg);
 }
 
-static int checkpoint_meta(ld_aetrain_t *self, ld_st_writer_t *w)
+static const ld_ckpt_kind_t kind = {
+    .format = "langdaug-ae-train-checkpoint",
+    .version = "1",
+    .what = "langdaug autoencoder training checkpoint",
+    .settings = &settings,
+    .defaults = config_defaults,
+    .stream = LD_AETRAIN_STREAM_ITER,
+};
+
+static void ckpt_parts(ld_aetrain_t *self, ld_ckpt_parts_t *p)
 {
-    ld_meta_t *meta = NULL;
-    char buf[LD_TRAINDATA_LIST_MAX + 64];
-    int rc = ld_meta_new(&meta);
-    if (!rc)
-        rc = ld_meta_set(meta, "format", CHECKPOINT_FORMAT);
-    if (!rc)
-        rc = ld_meta_set(meta, "version", CHECKPOINT_VERSION);
-    snprintf(buf, sizeof buf, "%" PRId64, self->iteration);
-    if (!rc)
-        rc = ld_meta_set(meta, "iteration", buf);
-    ld_traindata_fingerprint(self->ds, buf, sizeof buf);
-    if (!rc)
-        rc = ld_meta_set(meta, "data_items", buf);
-    if (!rc)
-        rc = ld_settings_to_meta(&settings, &self->cfg, meta);
-    if (!rc)
-        rc = ld_st_writer_merge_meta(w, meta);
-    ld_meta_destroy(&meta);
-    return rc;
+    *p = (ld_ckpt_parts_t){
+        .table = ld_ae_params(self->model),
+        .sets = { { "params.", ld_ae_params(self->model)->params }, { "adam_m.", ld_adam_m(self->adam) },
+                  { "adam_v.", ld_adam_v(self->adam) } },
+        .n_sets = 3,
+        .iteration = &self->iteration,
+        .adam = self->adam,
+        .rng = &self->rng,
+        .seed = self->cfg.seed,
+        .history = &self->history,
+        .evals = &self->evals,
+        .cfg = &self->cfg,
+        .ds = self->ds,
+    };
 }
 
 int ld_aetrain_save_checkpoint(ld_aetrain_t *self, const char *path)
@@ -617,101 +602,25 @@ int ld_aetrain_save_checkpoint(ld_aetrain_t *self, const char *path)
     int rc = refuse_if_diverged(self, path);
     if (rc)
         return rc;
-    ld_ckpt_set_t sets[3];
-    param_sets(self, sets);
-    ld_ckpt_state_t state;
-    ld_ckpt_state_get(&state, self->iteration, self->adam, &self->rng);
-    ld_st_writer_t *w = NULL;
-    rc = ld_st_writer_new(&w);
-    if (!rc)
-        rc = checkpoint_meta(self, w);
-    if (!rc)
-        rc = ld_ckpt_add_sets(w, ld_ae_params(self->model), sets, 3);
-    if (!rc)
-        rc = ld_ckpt_add_state(w, &state);
-    if (!rc)
-        rc = ld_ckpt_add_rows(w, "state.history", &self->history);
-    if (!rc)
-        rc = ld_ckpt_add_rows(w, "state.eval", &self->evals);
-    if (!rc)
-        rc = ld_st_writer_write(w, path, NULL);
-    ld_st_writer_destroy(&w);
-    return rc;
-}
-
-/* Evaluations are rows of increasing iterations up to the checkpoint's. */
-static int load_evals(ld_aetrain_t *self, const ld_st_t *st)
-{
-    const ld_st_tensor_t *t = ld_st_find(st, "state.eval");
-    if (!t || t->ndim != 2 || t->shape[1] != self->evals.cols)
-        return ld_seterr(LD_EFORMAT, "%s: tensor 'state.eval' is missing or not [n, %d]", ld_st_path(st),
-                         self->evals.cols);
-    int rc = ld_ckpt_load_rows(st, "state.eval", t->shape[0], &self->evals);
-    for (int64_t i = 0; !rc && i < self->evals.n; i++) {
-        float at = self->evals.v[(size_t)i * self->evals.cols];
-        float before = i ? self->evals.v[(size_t)(i - 1) * self->evals.cols] : -1;
-        if (!(at > before && at <= (float)self->iteration))
-            rc = ld_seterr(LD_EFORMAT, "%s: evaluation %" PRId64 " is at iteration %g", ld_st_path(st), i, at);
-    }
-    return rc;
-}
-
-static int load_checkpoint(ld_aetrain_t *self, const ld_st_t *st)
-{
-    ld_ckpt_set_t sets[3];
-    param_sets(self, sets);
-    int rc = ld_ckpt_load_sets(st, ld_ae_params(self->model), sets, 3);
-    if (!rc)
-        rc = ld_ckpt_load_state(st, self->cfg.seed, LD_AETRAIN_STREAM_ITER, &self->iteration, self->adam, &self->rng);
-    if (!rc)
-        rc = ld_ckpt_load_rows(st, "state.history", self->iteration, &self->history);
-    if (!rc)
-        rc = load_evals(self, st);
-    return rc;
-}
-
-static int resume_config(const ld_st_t *st, const ld_meta_t *overrides, ld_aetrain_config_t *cfg)
-{
-    int rc = ld_ckpt_check_format(st, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CHECKPOINT_WHAT);
-    if (rc)
-        return rc;
-    ld_aetrain_config_defaults(cfg);
-    rc = ld_settings_from_meta(&settings, cfg, ld_st_meta(st), ld_st_path(st));
-    if (!rc)
-        rc = ld_settings_override(&settings, cfg, overrides);
-    return rc;
-}
-
-static void warn_data_changed(const ld_aetrain_t *self, const ld_st_t *st)
-{
-    char now[LD_TRAINDATA_LIST_MAX + 64];
-    const char *was = ld_meta_get(ld_st_meta(st), "data_items");
-    ld_traindata_fingerprint(self->ds, now, sizeof now);
-    if (was && strcmp(was, now) != 0)
-        ld_warn("%s: the data changed since the checkpoint (items then %s, now %s): the run will not repeat "
-                "exactly",
-                ld_st_path(st), was, now);
+    ld_ckpt_parts_t p;
+    ckpt_parts(self, &p);
+    return ld_ckpt_save(path, &kind, &p);
 }
 
 int ld_aetrain_resume(const char *checkpoint, const ld_meta_t *overrides, ld_aetrain_t **out)
 {
     *out = NULL;
     ld_st_t *st = NULL;
-    ld_aetrain_t *self = NULL;
     ld_aetrain_config_t cfg;
-    int rc = ld_st_open(checkpoint, &st);
+    ld_ckpt_parts_t p;
+    int rc = ld_ckpt_open(checkpoint, &kind, overrides, &cfg, &st);
     if (!rc)
-        rc = resume_config(st, overrides, &cfg);
+        rc = setup(&cfg, out);
     if (!rc)
-        rc = setup(&cfg, &self);
-    if (!rc)
-        rc = load_checkpoint(self, st);
-    if (!rc)
-        warn_data_changed(self, st);
+        ckpt_parts(*out, &p);
+    if (!rc && (rc = ld_ckpt_load(st, &kind, &p)))
+        ld_aetrain_destroy(out);
     ld_st_close(&st);
-    if (rc)
-        ld_aetrain_destroy(&self);
-    *out = self;
     return rc;
 }
 
@@ -793,37 +702,21 @@ int ld_aetrain_preview(ld_aetrain_t *self, const char *path)
 
 /* ---- run loop ----------------------------------------------------------------------- */
 
-typedef struct {
-    ld_aetrain_t *self;
-    const ld_aetrain_run_opts_t *opts;
-    ld_aetrain_stats_t stats;
-} run_ctx_t;
-
 static int op_step(void *obj, void *stats, const atomic_int *cancel)
 {
     (void)cancel; /* an iteration is short: the loop checks between them */
-    return ld_aetrain_step(((run_ctx_t *)obj)->self, stats);
-}
-
-static int64_t op_iteration(const void *obj)
-{
-    return ((const run_ctx_t *)obj)->self->iteration;
-}
-
-static int op_checkpoint(void *obj, const char *path)
-{
-    return ld_aetrain_save_checkpoint(((run_ctx_t *)obj)->self, path);
+    return ld_aetrain_step(obj, stats);
 }
 
 static int op_preview(void *obj, const char *path)
 {
-    return ld_aetrain_preview(((run_ctx_t *)obj)->self, path);
+    return ld_aetrain_preview(obj, path);
 }
 
 /* Evaluates and logs "evaluation at iteration N: A 31.20 dB 0.9120, ...". */
 static int op_evaluate(void *obj)
 {
-    ld_aetrain_t *self = ((run_ctx_t *)obj)->self;
+    ld_aetrain_t *self = obj;
     ld_aetrain_eval_t ev;
     int rc = ld_aetrain_evaluate(self, &ev);
     if (rc)
@@ -837,16 +730,20 @@ static int op_evaluate(void *obj)
     return LD_OK;
 }
 
+/* user: the ld_aetrain_run_opts_t, whose progress takes its own user. */
 static void op_progress(const void *stats, void *user)
 {
-    const run_ctx_t *ctx = user;
-    ctx->opts->progress(stats, ctx->opts->user);
+    const ld_aetrain_run_opts_t *opts = user;
+    opts->progress(stats, opts->user);
 }
 
 int ld_aetrain_run(ld_aetrain_t *self, const ld_aetrain_run_opts_t *opts)
 {
-    static const ld_ckpt_ops_t ops = { op_step, op_iteration, op_checkpoint, op_preview, op_evaluate };
-    run_ctx_t ctx = { .self = self, .opts = opts };
+    static const ld_ckpt_ops_t ops = { &kind, op_step, op_preview, op_evaluate };
+    ld_aetrain_run_opts_t own = *opts; /* op_progress's user (not const) */
+    ld_aetrain_stats_t stats;
+    ld_ckpt_parts_t p;
+    ckpt_parts(self, &p);
     ld_ckpt_run_opts_t ro = {
         .iters = opts->iters,
         .checkpoint = opts->checkpoint,
@@ -855,9 +752,9 @@ int ld_aetrain_run(ld_aetrain_t *self, const ld_aetrain_run_opts_t *opts)
         .preview_every = opts->preview_every,
         .evaluate_every = opts->eval_every,
         .progress = opts->progress ? op_progress : NULL,
-        .user = &ctx,
-        .stats = &ctx.stats,
+        .user = &own,
+        .stats = &stats,
         .cancel = opts->cancel,
     };
-    return ld_ckpt_run(&ops, &ctx, &ro);
+    return ld_ckpt_run(&ops, self, &p, &ro);
 }

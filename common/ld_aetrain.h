@@ -74,7 +74,7 @@ typedef struct {
     int eval_crops;          /* fixed crops per domain for evaluation */
     /* optimisation */
     int batch;
-    double lr, betas[2], eps;
+    ld_settings_adam_t adam; /* lr, betas, eps */
     double mse, l1, grad_diff; /* loss weights */
     uint64_t seed;
     /* not part of the trajectory */

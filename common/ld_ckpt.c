@@ -9,6 +9,7 @@
 #include "ld_ckpt.h"
 #include "ld_error.h"
 #include "ld_log.h"
+#include "ld_traindata.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -189,26 +190,131 @@ int ld_ckpt_load_rows(const ld_st_t *st, const char *name, int64_t n_rows, ld_ck
     return LD_OK;
 }
 
-/* ---- run loop ---- */
+/* ---- a trainer's checkpoints ---- */
 
-static int checkpoint_if(const ld_ckpt_ops_t *ops, void *obj, const ld_ckpt_run_opts_t *opts, int64_t *saved_at)
+#define HISTORY "state.history"
+#define EVALS "state.eval"
+
+static int checkpoint_meta(const ld_ckpt_kind_t *k, const ld_ckpt_parts_t *p, ld_st_writer_t *w)
 {
-    int64_t it = ops->iteration(obj);
-    if (!opts->checkpoint || *saved_at == it)
-        return LD_OK;
-    int rc = ops->checkpoint(obj, opts->checkpoint);
+    ld_meta_t *meta = NULL;
+    char buf[LD_TRAINDATA_LIST_MAX + 64];
+    int rc = ld_meta_new(&meta);
+    if (!rc)
+        rc = ld_meta_set(meta, "format", k->format);
+    if (!rc)
+        rc = ld_meta_set(meta, "version", k->version);
+    snprintf(buf, sizeof buf, "%" PRId64, *p->iteration);
+    if (!rc)
+        rc = ld_meta_set(meta, "iteration", buf);
+    ld_traindata_fingerprint(p->ds, buf, sizeof buf);
+    if (!rc)
+        rc = ld_meta_set(meta, "data_items", buf);
+    if (!rc)
+        rc = ld_settings_to_meta(k->settings, p->cfg, meta);
+    if (!rc && p->more_meta)
+        rc = p->more_meta(p->trainer, meta);
+    if (!rc)
+        rc = ld_st_writer_merge_meta(w, meta);
+    ld_meta_destroy(&meta);
+    return rc;
+}
+
+int ld_ckpt_save(const char *path, const ld_ckpt_kind_t *k, const ld_ckpt_parts_t *p)
+{
+    ld_ckpt_state_t state;
+    ld_ckpt_state_get(&state, *p->iteration, p->adam, p->rng);
+    ld_st_writer_t *w = NULL;
+    int rc = ld_st_writer_new(&w);
+    if (!rc)
+        rc = checkpoint_meta(k, p, w);
+    if (!rc)
+        rc = ld_ckpt_add_sets(w, p->table, p->sets, p->n_sets);
+    if (!rc)
+        rc = ld_ckpt_add_state(w, &state);
+    if (!rc)
+        rc = ld_ckpt_add_rows(w, HISTORY, p->history);
+    if (!rc && p->evals)
+        rc = ld_ckpt_add_rows(w, EVALS, p->evals);
+    if (!rc)
+        rc = ld_st_writer_write(w, path, NULL);
+    ld_st_writer_destroy(&w);
+    return rc;
+}
+
+int ld_ckpt_open(const char *path, const ld_ckpt_kind_t *k, const ld_meta_t *overrides, void *cfg, ld_st_t **out)
+{
+    int rc = ld_st_open(path, out);
+    if (!rc)
+        rc = ld_ckpt_check_format(*out, k->format, k->version, k->what);
     if (rc)
         return rc;
-    *saved_at = it;
-    ld_info("checkpoint %s at iteration %" PRId64, opts->checkpoint, it);
+    k->defaults(cfg);
+    rc = ld_settings_from_meta(k->settings, cfg, ld_st_meta(*out), ld_st_path(*out));
+    if (!rc)
+        rc = ld_settings_override(k->settings, cfg, overrides);
+    return rc;
+}
+
+/* Evaluations are rows of increasing iterations up to the checkpoint's. */
+static int load_evals(const ld_st_t *st, int64_t iteration, ld_ckpt_rows_t *evals)
+{
+    const ld_st_tensor_t *t = ld_st_find(st, EVALS);
+    if (!t || t->ndim != 2 || t->shape[1] != evals->cols)
+        return ld_seterr(LD_EFORMAT, "%s: tensor '" EVALS "' is missing or not [n, %d]", ld_st_path(st),
+                         evals->cols);
+    int rc = ld_ckpt_load_rows(st, EVALS, t->shape[0], evals);
+    for (int64_t i = 0; !rc && i < evals->n; i++) {
+        float at = evals->v[(size_t)i * evals->cols];
+        float before = i ? evals->v[(size_t)(i - 1) * evals->cols] : -1;
+        if (!(at > before && at <= (float)iteration))
+            rc = ld_seterr(LD_EFORMAT, "%s: evaluation %" PRId64 " is at iteration %g", ld_st_path(st), i, at);
+    }
+    return rc;
+}
+
+int ld_ckpt_load(const ld_st_t *st, const ld_ckpt_kind_t *k, const ld_ckpt_parts_t *p)
+{
+    int rc = ld_ckpt_load_sets(st, p->table, p->sets, p->n_sets);
+    if (!rc)
+        rc = ld_ckpt_load_state(st, p->seed, k->stream, p->iteration, p->adam, p->rng);
+    if (!rc)
+        rc = ld_ckpt_load_rows(st, HISTORY, *p->iteration, p->history);
+    if (!rc && p->evals)
+        rc = load_evals(st, *p->iteration, p->evals);
+    if (!rc)
+        ld_traindata_warn_changed(p->ds, ld_st_meta(st), ld_st_path(st));
+    return rc;
+}
+
+/* ---- run loop ---- */
+
+typedef struct {
+    const ld_ckpt_ops_t *ops;
+    void *obj;
+    const ld_ckpt_parts_t *p;
+    const ld_ckpt_run_opts_t *opts;
+    int64_t saved_at;  /* the iteration of the last checkpoint written or loaded */
+} run_t;
+
+static int checkpoint_if(run_t *r)
+{
+    int64_t it = *r->p->iteration;
+    if (!r->opts->checkpoint || r->saved_at == it)
+        return LD_OK;
+    int rc = ld_ckpt_save(r->opts->checkpoint, r->ops->kind, r->p);
+    if (rc)
+        return rc;
+    r->saved_at = it;
+    ld_info("checkpoint %s at iteration %" PRId64, r->opts->checkpoint, it);
     return LD_OK;
 }
 
-static int preview_now(const ld_ckpt_ops_t *ops, void *obj, const ld_ckpt_run_opts_t *opts)
+static int preview_now(const run_t *r)
 {
     char path[PATH_MAX_LEN];
-    snprintf(path, sizeof path, "%s/preview_%08" PRId64 ".png", opts->preview_dir, ops->iteration(obj));
-    int rc = ops->preview(obj, path);
+    snprintf(path, sizeof path, "%s/preview_%08" PRId64 ".png", r->opts->preview_dir, *r->p->iteration);
+    int rc = r->ops->preview(r->obj, path);
     if (rc)
         return rc;
     ld_info("preview %s", path);
@@ -221,24 +327,24 @@ static int due(int64_t iteration, int64_t every)
 }
 
 /* Evaluation, checkpoint and preview due after the iteration just done. */
-static int after_step(const ld_ckpt_ops_t *ops, void *obj, const ld_ckpt_run_opts_t *opts, int64_t *saved_at)
+static int after_step(run_t *r)
 {
-    int64_t it = ops->iteration(obj);
+    int64_t it = *r->p->iteration;
     int rc = LD_OK;
-    if (ops->evaluate && due(it, opts->evaluate_every))
-        rc = ops->evaluate(obj);
-    if (!rc && due(it, opts->checkpoint_every))
-        rc = checkpoint_if(ops, obj, opts, saved_at);
-    if (!rc && opts->preview_dir && due(it, opts->preview_every))
-        rc = preview_now(ops, obj, opts);
+    if (r->ops->evaluate && due(it, r->opts->evaluate_every))
+        rc = r->ops->evaluate(r->obj);
+    if (!rc && due(it, r->opts->checkpoint_every))
+        rc = checkpoint_if(r);
+    if (!rc && r->opts->preview_dir && due(it, r->opts->preview_every))
+        rc = preview_now(r);
     return rc;
 }
 
-int ld_ckpt_run(const ld_ckpt_ops_t *ops, void *obj, const ld_ckpt_run_opts_t *opts)
+int ld_ckpt_run(const ld_ckpt_ops_t *ops, void *obj, const ld_ckpt_parts_t *p, const ld_ckpt_run_opts_t *opts)
 {
-    int64_t saved_at = ops->iteration(obj);
+    run_t r = { ops, obj, p, opts, *p->iteration };
     int rc = LD_OK;
-    while (ops->iteration(obj) < opts->iters) {
+    while (*p->iteration < opts->iters) {
         if (opts->cancel && atomic_load(opts->cancel)) {
             rc = LD_ECANCELED;
             break;
@@ -248,16 +354,16 @@ int ld_ckpt_run(const ld_ckpt_ops_t *ops, void *obj, const ld_ckpt_run_opts_t *o
             break;
         if (opts->progress)
             opts->progress(opts->stats, opts->user);
-        if ((rc = after_step(ops, obj, opts, &saved_at)))
+        if ((rc = after_step(&r)))
             return rc;
     }
     if (rc && rc != LD_ECANCELED)
         return rc; /* divergence or failure: the last checkpoint stays as it is */
-    int save_rc = checkpoint_if(ops, obj, opts, &saved_at);
+    int save_rc = checkpoint_if(&r);
     if (save_rc)
         return save_rc;
     if (rc == LD_ECANCELED)
-        return ld_seterr(LD_ECANCELED, "interrupted after iteration %" PRId64 "%s%s", ops->iteration(obj),
+        return ld_seterr(LD_ECANCELED, "interrupted after iteration %" PRId64 "%s%s", *p->iteration,
                          opts->checkpoint ? "; checkpoint " : "", opts->checkpoint ? opts->checkpoint : "");
     return LD_OK;
 }

@@ -10,6 +10,9 @@
  *   state.rng_u32     U32[5]   its current block and words used
  *   <rows name>       F32[n, cols] tables of per-iteration values (history)
  *   __metadata__      format, version, iteration, data_items, settings
+ * A trainer describes its checkpoints once (ld_ckpt_kind_t) and its state
+ * as pointers into itself (ld_ckpt_parts_t); ld_ckpt_save, ld_ckpt_open
+ * and ld_ckpt_load then write, open and read them.
  * Loading checks every tensor's dtype and size and that the RNG state is
  * the run's own stream, so a checkpoint of another run or a damaged one is
  * LD_EFORMAT naming the file and the tensor.
@@ -28,8 +31,10 @@
 
 #include "ld_adam.h"
 #include "ld_convnet.h"
+#include "ld_dataset.h"
 #include "ld_rng.h"
 #include "ld_safetensors.h"
+#include "ld_settings.h"
 
 /* ---- parameter sets ---- */
 
@@ -83,12 +88,56 @@ int ld_ckpt_tensor(const ld_st_t *st, const char *name, ld_dtype_t dt, size_t nu
  * LD_ENOTSUP unless its version is `version`. */
 int ld_ckpt_check_format(const ld_st_t *st, const char *format, const char *version, const char *what);
 
+/* ---- a trainer's checkpoints ---- */
+
+#define LD_CKPT_MAX_SETS 4
+
+/* What a trainer's checkpoints are. */
+typedef struct {
+    const char *format, *version;  /* metadata "format" and "version" */
+    const char *what;              /* the file's kind in errors, e.g. "langdaug training checkpoint" */
+    const ld_settings_t *settings; /* kept as "<prefix><key>" metadata */
+    void (*defaults)(void *cfg);   /* what a resumed run's settings start from */
+    uint64_t stream;               /* the trajectory's RNG stream of the seed */
+} ld_ckpt_kind_t;
+
+/* A trainer's checkpointed state, as pointers into the trainer. */
+typedef struct {
+    const ld_cn_params_t *table;   /* the network's tensors */
+    ld_ckpt_set_t sets[LD_CKPT_MAX_SETS];
+    int n_sets;
+    int64_t *iteration;
+    ld_adam_t *adam;
+    ld_rng_t *rng;                 /* stream kind->stream of seed */
+    uint64_t seed;
+    ld_ckpt_rows_t *history;       /* "state.history": one row per iteration */
+    ld_ckpt_rows_t *evals;         /* "state.eval": rows at increasing iterations (column 0), or NULL */
+    const void *cfg;               /* the run's settings (the kind's table) */
+    const ld_dataset_t *ds;        /* the run's data: "data_items" */
+    /* metadata written after the settings (may be NULL), e.g. latent mode's autoencoder */
+    int (*more_meta)(const void *trainer, ld_meta_t *meta);
+    const void *trainer;
+} ld_ckpt_parts_t;
+
+/* Writes p's checkpoint to path: metadata format, version, iteration,
+ * data_items (ld_traindata_fingerprint), the settings and more_meta's keys;
+ * then the sets, the state, history and evals. */
+int ld_ckpt_save(const char *path, const ld_ckpt_kind_t *k, const ld_ckpt_parts_t *p);
+/* Opens a checkpoint of kind k (ld_ckpt_check_format) and fills cfg from
+ * k's defaults, the checkpoint's settings and the overrides
+ * (ld_settings_override). Caller closes *out. */
+int ld_ckpt_open(const char *path, const ld_ckpt_kind_t *k, const ld_meta_t *overrides, void *cfg, ld_st_t **out);
+/* Reads p's sets, state, history and evals back from st, and warns when
+ * the data changed since (ld_traindata_warn_changed). */
+int ld_ckpt_load(const ld_st_t *st, const ld_ckpt_kind_t *k, const ld_ckpt_parts_t *p);
+
 /* ---- run loop ---- */
 
+/* A trainer's run: its checkpoints (written by ld_ckpt_save) and what the
+ * loop calls on obj. */
 typedef struct {
+    const ld_ckpt_kind_t *kind;
     int (*step)(void *obj, void *stats, const atomic_int *cancel); /* one iteration */
-    int64_t (*iteration)(const void *obj);
-    int (*checkpoint)(void *obj, const char *path);
     int (*preview)(void *obj, const char *path);
     int (*evaluate)(void *obj);                                    /* may be NULL */
 } ld_ckpt_ops_t;
@@ -106,7 +155,8 @@ typedef struct {
     const atomic_int *cancel;
 } ld_ckpt_run_opts_t;
 
-/* Iterates obj until opts->iters (see the table at the top). */
-int ld_ckpt_run(const ld_ckpt_ops_t *ops, void *obj, const ld_ckpt_run_opts_t *opts);
+/* Iterates obj, whose checkpointed state p is, until opts->iters (see the
+ * table at the top). */
+int ld_ckpt_run(const ld_ckpt_ops_t *ops, void *obj, const ld_ckpt_parts_t *p, const ld_ckpt_run_opts_t *opts);
 
 #endif

@@ -208,3 +208,12 @@ void ld_settings_help(const ld_settings_t *t, const void *cfg, FILE *f)
                 value[0] ? " (default " : "", value, value[0] ? ")" : "");
     }
 }
+
+int ld_settings_adam_params(const ld_settings_adam_t *a, ld_adam_params_t *p)
+{
+    p->lr = a->lr;
+    p->beta1 = a->betas[0];
+    p->beta2 = a->betas[1];
+    p->eps = a->eps;
+    return ld_adam_validate(p);
+}

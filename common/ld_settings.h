@@ -21,6 +21,7 @@
 #include <stddef.h>
 #include <stdio.h>
 
+#include "ld_adam.h"
 #include "ld_safetensors.h"
 
 typedef enum {
@@ -81,5 +82,21 @@ int ld_settings_override(const ld_settings_t *t, void *cfg, const ld_meta_t *ove
 /* One help line per key: "  --key  * help (default value)", * marking
  * trajectory keys; defaults from cfg. */
 void ld_settings_help(const ld_settings_t *t, const void *cfg, FILE *f);
+
+/* ---- Adam's settings, shared by the trainers ---- */
+
+typedef struct {
+    double lr, betas[2], eps;
+} ld_settings_adam_t;
+
+/* The rows lr, betas, eps of config type T whose member m is an
+ * ld_settings_adam_t (all fixed for a run). */
+#define LD_SETTINGS_ADAM_ROWS(T, m)                                                                     \
+    { "lr", LD_SET_DBL, LD_SETTING_FIELD(T, m.lr), 1e-12, 1e9, 1, NULL, "Adam learning rate" },        \
+    { "betas", LD_SET_PAIR, LD_SETTING_FIELD(T, m.betas), 0, 1, 1, NULL, "Adam beta1,beta2" },         \
+    { "eps", LD_SET_DBL, LD_SETTING_FIELD(T, m.eps), 1e-30, 1, 1, NULL, "Adam epsilon" }
+
+/* a's values as Adam's parameters, checked (ld_adam_validate). */
+int ld_settings_adam_params(const ld_settings_adam_t *a, ld_adam_params_t *p);
 
 #endif

@@ -33,12 +33,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#define CHECKPOINT_FORMAT "langdaug-train-checkpoint"
-#define CHECKPOINT_VERSION "1"
-#define CHECKPOINT_WHAT "langdaug training checkpoint"
-#define HISTORY "state.history"
-#define N_SETS 4
-
 /* ---- settings ---------------------------------------------------------------- */
 
 /* Rows in the order files have always listed them (pairs between the data
@@ -56,9 +50,7 @@ static const ld_setting_t rows[] = {
       "autoencoder file (langdaug train-ae): train on its latents of the crops (latent mode)" },
     { "widths", LD_SET_STR, F(widths), 0, 0, 1, NULL, "network widths w0,...,wL (L blocks)" },
     { "batch", LD_SET_INT, F(batch), 1, 4096, 1, NULL, "positives (and negatives) per iteration" },
-    { "lr", LD_SET_DBL, F(lr), 1e-12, 1e9, 1, NULL, "Adam learning rate" },
-    { "betas", LD_SET_PAIR, F(betas), 0, 1, 1, NULL, "Adam beta1,beta2" },
-    { "eps", LD_SET_DBL, F(eps), 1e-30, 1, 1, NULL, "Adam epsilon" },
+    LD_SETTINGS_ADAM_ROWS(ld_train_config_t, adam),
     { "alpha", LD_SET_DBL, F(alpha), 0, 1e6, 1, NULL, "energy regularisation weight" },
     { "ema", LD_SET_DBL, F(ema), 0, 1, 1, NULL, "EMA decay of the served weights (0: none)" },
     { "langevin-steps", LD_SET_INT, F(langevin_steps), 1, 100000, 1, NULL, "Langevin steps K for negatives" },
@@ -101,10 +93,7 @@ void ld_train_config_defaults(ld_train_config_t *cfg)
     cfg->size = 64;
     snprintf(cfg->widths, sizeof cfg->widths, "32,64,128");
     cfg->batch = 16;
-    cfg->lr = 1e-3;
-    cfg->betas[0] = 0.5;
-    cfg->betas[1] = 0.999;
-    cfg->eps = 1e-8;
+    cfg->adam = (ld_settings_adam_t){ 1e-3, { 0.5, 0.999 }, 1e-8 };
     cfg->alpha = 0.1;
     cfg->ema = 0.999;
     cfg->langevin_steps = 40;
@@ -119,14 +108,6 @@ void ld_train_config_defaults(ld_train_config_t *cfg)
 int ld_train_config_set(ld_train_config_t *cfg, const char *key, const char *value)
 {
     return ld_settings_set(&settings, cfg, key, value);
-}
-
-static void adam_params(const ld_train_config_t *cfg, ld_adam_params_t *p)
-{
-    p->lr = cfg->lr;
-    p->beta1 = cfg->betas[0];
-    p->beta2 = cfg->betas[1];
-    p->eps = cfg->eps;
 }
 
 static void langevin_params(const ld_train_config_t *cfg, ld_langevin_params_t *p)
@@ -151,8 +132,7 @@ int ld_train_config_validate(const ld_train_config_t *cfg)
         return ld_seterr(LD_ERANGE, "--size: %d is not a multiple of 2^%d (one halving per block of --widths %s)",
                          cfg->size, arch.n_blocks, cfg->widths);
     ld_adam_params_t ap;
-    adam_params(cfg, &ap);
-    rc = ld_adam_validate(&ap);
+    rc = ld_settings_adam_params(&cfg->adam, &ap);
     if (rc)
         return rc;
     if (!(cfg->ema < 1))
@@ -314,7 +294,7 @@ static int train_setup(const ld_train_config_t *cfg, ld_train_t **out)
     self->cfg = *cfg;
     self->history.cols = LD_TRAIN_HISTORY_COLS;
     ld_adam_params_t ap;
-    adam_params(cfg, &ap);
+    ld_settings_adam_params(&cfg->adam, &ap); /* validated above */
     if ((rc = open_data(self)) || (rc = open_autoencoder(self)) || (rc = build_arch(self)) ||
         (rc = resolve_pairs(self)) ||
         (rc = ld_ebm_new(&self->arch, &self->model)) || (rc = ld_ebm_new(&self->arch, &self->ema)))
@@ -537,95 +517,54 @@ undo:
     return rc;
 }
 
-
 /* ---- checkpoints ---------------------------------------------------------------- */
 
-static void param_sets(ld_train_t *self, ld_ckpt_set_t sets[N_SETS])
+static void config_defaults(void *cfg)
 {
-    sets[0] = (ld_ckpt_set_t){ "params.", ld_ebm_params(self->model) };
-    sets[1] = (ld_ckpt_set_t){ "ema.", ld_ebm_params(self->ema) };
-    sets[2] = (ld_ckpt_set_t){ "adam_m.", ld_adam_m(self->adam) };
-    sets[3] = (ld_ckpt_set_t){ "adam_v.", ld_adam_v(self->adam) };
+    ld_train_config_defaults(cfg);
 }
 
-/* The "train.<key>" settings and, in latent mode, the autoencoder's name
- * and SHA-256: what checkpoints and model files both record. */
-static int settings_meta(const ld_train_t *self, ld_meta_t *meta)
+static const ld_ckpt_kind_t kind = {
+    .format = "langdaug-train-checkpoint",
+    .version = "1",
+    .what = "langdaug training checkpoint",
+    .settings = &settings,
+    .defaults = config_defaults,
+    .stream = LD_TRAIN_STREAM_ITER,
+};
+
+/* Latent mode: the autoencoder's name and SHA-256, which checkpoints and
+ * model files record after the settings. */
+static int latent_meta(const void *trainer, ld_meta_t *meta)
 {
-    int rc = ld_settings_to_meta(&settings, &self->cfg, meta);
-    if (!rc && self->ae)
-        rc = ld_latent_set_meta(meta, self->cfg.latent, self->ae_hash);
-    return rc;
+    const ld_train_t *self = trainer;
+    return self->ae ? ld_latent_set_meta(meta, self->cfg.latent, self->ae_hash) : LD_OK;
 }
 
-static int checkpoint_meta(ld_train_t *self, ld_st_writer_t *w)
+static void ckpt_parts(ld_train_t *self, ld_ckpt_parts_t *p)
 {
-    ld_meta_t *meta = NULL;
-    char buf[LD_TRAINDATA_LIST_MAX + 64];
-    int rc = ld_meta_new(&meta);
-    if (!rc)
-        rc = ld_meta_set(meta, "format", CHECKPOINT_FORMAT);
-    if (!rc)
-        rc = ld_meta_set(meta, "version", CHECKPOINT_VERSION);
-    snprintf(buf, sizeof buf, "%" PRId64, self->iteration);
-    if (!rc)
-        rc = ld_meta_set(meta, "iteration", buf);
-    ld_traindata_fingerprint(self->ds, buf, sizeof buf);
-    if (!rc)
-        rc = ld_meta_set(meta, "data_items", buf);
-    if (!rc)
-        rc = settings_meta(self, meta);
-    if (!rc)
-        rc = ld_st_writer_merge_meta(w, meta);
-    ld_meta_destroy(&meta);
-    return rc;
+    *p = (ld_ckpt_parts_t){
+        .table = ld_ebm_parameters_const(self->model),
+        .sets = { { "params.", ld_ebm_params(self->model) }, { "ema.", ld_ebm_params(self->ema) },
+                  { "adam_m.", ld_adam_m(self->adam) }, { "adam_v.", ld_adam_v(self->adam) } },
+        .n_sets = 4,
+        .iteration = &self->iteration,
+        .adam = self->adam,
+        .rng = &self->rng,
+        .seed = self->cfg.seed,
+        .history = &self->history,
+        .cfg = &self->cfg,
+        .ds = self->ds,
+        .more_meta = latent_meta,
+        .trainer = self,
+    };
 }
 
 int ld_train_save_checkpoint(ld_train_t *self, const char *path)
 {
-    ld_ckpt_set_t sets[N_SETS];
-    param_sets(self, sets);
-    ld_ckpt_state_t state;
-    ld_ckpt_state_get(&state, self->iteration, self->adam, &self->rng);
-    ld_st_writer_t *w = NULL;
-    int rc = ld_st_writer_new(&w);
-    if (!rc)
-        rc = checkpoint_meta(self, w);
-    if (!rc)
-        rc = ld_ckpt_add_sets(w, ld_ebm_parameters_const(self->model), sets, N_SETS);
-    if (!rc)
-        rc = ld_ckpt_add_state(w, &state);
-    if (!rc)
-        rc = ld_ckpt_add_rows(w, HISTORY, &self->history);
-    if (!rc)
-        rc = ld_st_writer_write(w, path, NULL);
-    ld_st_writer_destroy(&w);
-    return rc;
-}
-
-static int load_checkpoint(ld_train_t *self, const ld_st_t *st)
-{
-    ld_ckpt_set_t sets[N_SETS];
-    param_sets(self, sets);
-    int rc = ld_ckpt_load_sets(st, ld_ebm_parameters_const(self->model), sets, N_SETS);
-    if (!rc)
-        rc = ld_ckpt_load_state(st, self->cfg.seed, LD_TRAIN_STREAM_ITER, &self->iteration, self->adam, &self->rng);
-    if (!rc)
-        rc = ld_ckpt_load_rows(st, HISTORY, self->iteration, &self->history);
-    return rc;
-}
-
-/* The checkpoint's configuration with the command line's overrides. */
-static int resume_config(const ld_st_t *st, const ld_meta_t *overrides, ld_train_config_t *cfg)
-{
-    int rc = ld_ckpt_check_format(st, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CHECKPOINT_WHAT);
-    if (rc)
-        return rc;
-    ld_train_config_defaults(cfg);
-    rc = ld_settings_from_meta(&settings, cfg, ld_st_meta(st), ld_st_path(st));
-    if (!rc)
-        rc = ld_settings_override(&settings, cfg, overrides);
-    return rc;
+    ld_ckpt_parts_t p;
+    ckpt_parts(self, &p);
+    return ld_ckpt_save(path, &kind, &p);
 }
 
 /* A resumed latent run goes on with the very autoencoder it started with. */
@@ -643,27 +582,25 @@ static int same_autoencoder(const ld_train_t *self, const ld_st_t *st)
     return LD_OK;
 }
 
+static int load_checkpoint(ld_train_t *self, const ld_st_t *st)
+{
+    ld_ckpt_parts_t p;
+    ckpt_parts(self, &p);
+    int rc = same_autoencoder(self, st);
+    return rc ? rc : ld_ckpt_load(st, &kind, &p);
+}
+
 int ld_train_resume(const char *checkpoint, const ld_meta_t *overrides, ld_train_t **out)
 {
     *out = NULL;
     ld_st_t *st = NULL;
-    ld_train_t *self = NULL;
     ld_train_config_t cfg;
-    int rc = ld_st_open(checkpoint, &st);
+    int rc = ld_ckpt_open(checkpoint, &kind, overrides, &cfg, &st);
     if (!rc)
-        rc = resume_config(st, overrides, &cfg);
-    if (!rc)
-        rc = train_setup(&cfg, &self);
-    if (!rc)
-        rc = same_autoencoder(self, st);
-    if (!rc)
-        rc = load_checkpoint(self, st);
-    if (!rc)
-        ld_traindata_warn_changed(self->ds, ld_st_meta(st), checkpoint);
+        rc = train_setup(&cfg, out);
+    if (!rc && (rc = load_checkpoint(*out, st)))
+        ld_train_destroy(out);
     ld_st_close(&st);
-    if (rc)
-        ld_train_destroy(&self);
-    *out = self;
     return rc;
 }
 
@@ -683,7 +620,9 @@ int ld_train_save_model(ld_train_t *self, const char *path, const ld_meta_t *pro
     if (!rc)
         rc = ld_meta_set(meta, "seed", buf);
     if (!rc)
-        rc = settings_meta(self, meta);
+        rc = ld_settings_to_meta(&settings, &self->cfg, meta);
+    if (!rc)
+        rc = latent_meta(self, meta);
     if (!rc)
         rc = ld_model_save(path, self->ema, meta, hash_out);
     ld_meta_destroy(&meta);
@@ -719,16 +658,6 @@ static int op_step(void *obj, void *stats, const atomic_int *cancel)
     return ld_train_step(obj, stats, cancel);
 }
 
-static int64_t op_iteration(const void *obj)
-{
-    return ld_train_iteration(obj);
-}
-
-static int op_checkpoint(void *obj, const char *path)
-{
-    return ld_train_save_checkpoint(obj, path);
-}
-
 static int op_preview(void *obj, const char *path)
 {
     return ld_train_preview(obj, path);
@@ -736,6 +665,8 @@ static int op_preview(void *obj, const char *path)
 
 int ld_train_run(ld_train_t *self, const ld_train_run_opts_t *opts)
 {
-    static const ld_ckpt_ops_t ops = { op_step, op_iteration, op_checkpoint, op_preview, NULL };
-    return ld_ckpt_run(&ops, self, opts);
+    static const ld_ckpt_ops_t ops = { &kind, op_step, op_preview, NULL };
+    ld_ckpt_parts_t p;
+    ckpt_parts(self, &p);
+    return ld_ckpt_run(&ops, self, &p, opts);
 }

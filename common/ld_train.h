@@ -70,7 +70,7 @@ typedef struct {
     char widths[256];                   /* "w0,...,wL" */
     /* optimisation */
     int batch;                          /* n positives and n negatives */
-    double lr, betas[2], eps;           /* Adam */
+    ld_settings_adam_t adam;            /* lr, betas, eps */
     double alpha;                       /* energy regularisation */
     double ema;                         /* EMA decay in [0, 1); 0 = EMA equals the weights */
     /* negatives */
