@@ -37,6 +37,7 @@
 #define LD_EBM_MAX_DOMAINS 32
 #define LD_EBM_MAX_CLASSES 16
 #define LD_EBM_MAX_CHANNELS 64 /* latent models: the latent channels of an autoencoder (LD_AE_MAX_LATENT) */
+#define LD_EBM_MAX_IMAGE_CHANNELS 4 /* pixel models: the channels of an image */
 #define LD_EBM_MAX_WIDTH 4096
 #define LD_EBM_MAX_SIZE 1024
 #define LD_NAME_MAX 64

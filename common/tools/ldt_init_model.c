@@ -78,7 +78,7 @@ static int apply(init_settings_t *s, int key, const char *value, const char *wha
     ld_ebm_arch_t *a = &s->arch;
     int rc;
     switch (key) {
-    case 0: return ld_text_parse_int(what, value, 1, LD_EBM_MAX_CHANNELS, &a->image_channels);
+    case 0: return ld_text_parse_int(what, value, 1, LD_EBM_MAX_IMAGE_CHANNELS, &a->image_channels);
     case 1: return ld_text_parse_int(what, value, 1, LD_EBM_MAX_CLASSES, &a->mask_classes);
     case 2: return ld_text_parse_int(what, value, 1, LD_EBM_MAX_SIZE, &a->size);
     case 3: rc = ld_ebm_arch_set_widths(a, value); break;
