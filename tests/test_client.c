@@ -849,17 +849,6 @@ static void write_key(const char *path, const char *z85, int secret)
     ck_assert_int_eq(chmod(path, secret ? 0600 : 0644), 0);
 }
 
-/* LeakSanitizer: libzmq 4.3 can lose a connection engine's buffers when a
- * security handshake fails while the context terminates (the no-CURVE case
- * of curve_keys below; the stacks lie wholly inside libzmq and it happens in
- * some runs only; cf. zeromq/libzmq#954). Suppressed for this program alone:
- * the daemon and every other suite keep the full leak check. */
-const char *__lsan_default_suppressions(void);
-const char *__lsan_default_suppressions(void)
-{
-    return "leak:libzmq.so.5\n";
-}
-
 START_TEST(curve_keys)
 {
     NEED_DAEMON();
