@@ -51,40 +51,42 @@ void ld_latent_mask(const ld_ae_arch_t *ae, int n, const uint8_t *mask, uint8_t 
     }
 }
 
-int ld_latent_encode_rgb(const ld_ae_t *ae, ld_ae_ws_t *ws, int n, const float *rgb, float *tmp, float *latent)
+typedef int (*ae_pass_fn)(const ld_ae_t *, ld_ae_ws_t *, int, const float *, float *);
+
+/* Runs an encoder or decoder pass over n samples (in_len / out_len floats
+ * each) in pieces of at most the workspace's batch. */
+static int in_pieces(ae_pass_fn pass, const ld_ae_t *ae, ld_ae_ws_t *ws, int n, const float *in, size_t in_len,
+                     float *out, size_t out_len)
 {
-    const ld_ae_arch_t *a = ld_ae_arch(ae);
-    const size_t hw = (size_t)a->size * (size_t)a->size, per = (size_t)a->image_channels * hw;
-    const size_t lat = ld_ae_arch_latent_numel(a);
     const int piece = ld_ae_ws_max_batch(ws);
-    for (int j = 0; j < n; j++) {
-        if (a->colour_space == LD_COLOUR_LAB)
-            ld_colour_rgb_to_lab(rgb + (size_t)j * per, tmp + (size_t)j * per, hw);
-        else if (tmp != rgb)
-            memcpy(tmp + (size_t)j * per, rgb + (size_t)j * per, per * sizeof *tmp);
-    }
     for (int first = 0; first < n; first += piece) {
         int m = n - first < piece ? n - first : piece;
-        int rc = ld_ae_encode(ae, ws, m, tmp + (size_t)first * per, latent + (size_t)first * lat);
+        int rc = pass(ae, ws, m, in + (size_t)first * in_len, out + (size_t)first * out_len);
         if (rc)
             return rc;
     }
     return LD_OK;
 }
 
+int ld_latent_encode_rgb(const ld_ae_t *ae, ld_ae_ws_t *ws, int n, const float *rgb, float *tmp, float *latent)
+{
+    const ld_ae_arch_t *a = ld_ae_arch(ae);
+    const size_t hw = (size_t)a->size * (size_t)a->size, per = (size_t)a->image_channels * hw;
+    const size_t lat = ld_ae_arch_latent_numel(a);
+    for (int j = 0; j < n; j++) {
+        if (a->colour_space == LD_COLOUR_LAB)
+            ld_colour_rgb_to_lab(rgb + (size_t)j * per, tmp + (size_t)j * per, hw);
+        else if (tmp != rgb)
+            memcpy(tmp + (size_t)j * per, rgb + (size_t)j * per, per * sizeof *tmp);
+    }
+    return in_pieces(ld_ae_encode, ae, ws, n, tmp, per, latent, lat);
+}
+
 int ld_latent_decode(const ld_ae_t *ae, ld_ae_ws_t *ws, int n, const float *latent, float *image)
 {
     const ld_ae_arch_t *a = ld_ae_arch(ae);
     const size_t per = (size_t)a->image_channels * (size_t)a->size * (size_t)a->size;
-    const size_t lat = ld_ae_arch_latent_numel(a);
-    const int piece = ld_ae_ws_max_batch(ws);
-    for (int first = 0; first < n; first += piece) {
-        int m = n - first < piece ? n - first : piece;
-        int rc = ld_ae_decode(ae, ws, m, latent + (size_t)first * lat, image + (size_t)first * per);
-        if (rc)
-            return rc;
-    }
-    return LD_OK;
+    return in_pieces(ld_ae_decode, ae, ws, n, latent, ld_ae_arch_latent_numel(a), image, per);
 }
 
 int ld_latent_is_latent(const ld_meta_t *model_meta)
