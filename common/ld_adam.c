@@ -74,6 +74,35 @@ void ld_adam_step(ld_adam_t *self, float *params, const float *grad)
     }
 }
 
+static double l2_norm(const float *v, size_t n)
+{
+    double sq = 0;
+    for (size_t i = 0; i < n; i++)
+        sq += (double)v[i] * v[i];
+    return sqrt(sq);
+}
+
+static int all_finite(const float *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(v[i]))
+            return 0;
+    return 1;
+}
+
+int ld_adam_step_checked(ld_adam_t *self, float *params, const float *grad, double *grad_norm)
+{
+    /* The norm is finite exactly when every element is: a float's square
+     * is below 2^256, so no sum of them that fits in memory overflows. */
+    *grad_norm = l2_norm(grad, self->n);
+    if (!isfinite(*grad_norm))
+        return ld_seterr(LD_ENUMERIC, "the parameter gradient is not finite");
+    ld_adam_step(self, params, grad);
+    if (!all_finite(params, self->n))
+        return ld_seterr(LD_ENUMERIC, "a weight became NaN/Inf after the Adam step");
+    return LD_OK;
+}
+
 size_t ld_adam_size(const ld_adam_t *self)
 {
     return self->n;

@@ -7,6 +7,10 @@
  * Every element is updated by the same float operations in the same order,
  * so a run restored from (m, v, t) continues bit-identically.
  *
+ * Divergence: a trainer steps with ld_adam_step_checked, which measures the
+ * gradient it is given and refuses a non-finite one, and checks the weights
+ * it produced, so every trainer stops on the same conditions.
+ *
  * Ownership: ld_adam_t owns m and v (n floats each, zero at creation); the
  * caller owns the parameters and gradients it passes in. */
 #ifndef LD_ADAM_H
@@ -33,6 +37,11 @@ void ld_adam_destroy(ld_adam_t **self_p);
 
 /* One update of params[0..n) from grad[0..n). */
 void ld_adam_step(ld_adam_t *self, float *params, const float *grad);
+/* ld_adam_step guarded: *grad_norm = the L2 norm of grad (summed in
+ * double); LD_ENUMERIC and nothing updated when it is not finite (a NaN or
+ * Inf in grad); LD_ENUMERIC when a weight is NaN/Inf after the update (which
+ * stays applied: a diverged run's weights are not to be used). */
+int ld_adam_step_checked(ld_adam_t *self, float *params, const float *grad, double *grad_norm);
 
 size_t ld_adam_size(const ld_adam_t *self);
 /* The moment estimates (n floats each), for checkpoints. */

@@ -399,30 +399,14 @@ static int reconstruct(ld_aetrain_t *self, int n, const float *x, float *y)
     return rc;
 }
 
-static int all_finite(const float *v, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (!isfinite(v[i]))
-            return 0;
-    return 1;
-}
-
 static int update(ld_aetrain_t *self, int64_t it, ld_aetrain_stats_t *st)
 {
     memset(self->grad, 0, self->numel * sizeof *self->grad);
     int rc = ld_ae_backward_params(self->model, self->ws, self->cfg.batch, self->x, self->grad_y, self->grad);
     if (rc)
         return rc;
-    double sq = 0;
-    for (size_t i = 0; i < self->numel; i++)
-        sq += (double)self->grad[i] * self->grad[i];
-    st->grad_norm = sqrt(sq);
-    if (!isfinite(st->grad_norm))
-        return diverged(self, it, "the parameter gradient is not finite");
-    float *p = ld_ae_params(self->model)->params;
-    ld_adam_step(self->adam, p, self->grad);
-    if (!all_finite(p, self->numel))
-        return diverged(self, it, "a weight became NaN/Inf after the Adam step");
+    if (ld_adam_step_checked(self->adam, ld_ae_params(self->model)->params, self->grad, &st->grad_norm))
+        return diverged(self, it, ld_errdetail());
     return LD_OK;
 }
 
@@ -657,14 +641,10 @@ int ld_aetrain_save_model(ld_aetrain_t *self, const char *path, const ld_meta_t 
     int rc = refuse_if_diverged(self, path);
     if (rc)
         return rc;
+    ld_ckpt_parts_t p;
+    ckpt_parts(self, &p);
     ld_meta_t *meta = NULL;
-    char buf[32];
-    rc = provenance ? ld_meta_clone(provenance, &meta) : ld_meta_new(&meta);
-    snprintf(buf, sizeof buf, "%" PRId64, self->iteration);
-    if (!rc)
-        rc = ld_meta_set(meta, "iterations", buf);
-    if (!rc)
-        rc = ld_settings_to_meta(&settings, &self->cfg, meta);
+    rc = ld_ckpt_model_meta(&kind, &p, provenance, NULL, NULL, &meta);
     if (!rc)
         rc = eval_meta(self, meta);
     if (!rc)

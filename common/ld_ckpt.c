@@ -1,5 +1,5 @@
-/* ld_ckpt: checkpoint contents shared by the trainers, and their run loop
- * (see ld_ckpt.h).
+/* ld_ckpt: checkpoint contents and model-file metadata shared by the
+ * trainers, and their run loop (see ld_ckpt.h).
  *
  * Invariants: a checkpoint is written in one atomic file write (by the
  * caller's ld_st_writer_write), so a reader sees the old checkpoint or the
@@ -195,6 +195,15 @@ int ld_ckpt_load_rows(const ld_st_t *st, const char *name, int64_t n_rows, ld_ck
 #define HISTORY "state.history"
 #define EVALS "state.eval"
 
+/* The run's record after a file's own keys: the settings, more_meta's. */
+static int run_meta(const ld_ckpt_kind_t *k, const ld_ckpt_parts_t *p, ld_meta_t *meta)
+{
+    int rc = ld_settings_to_meta(k->settings, p->cfg, meta);
+    if (!rc && p->more_meta)
+        rc = p->more_meta(p->trainer, meta);
+    return rc;
+}
+
 static int checkpoint_meta(const ld_ckpt_kind_t *k, const ld_ckpt_parts_t *p, ld_st_writer_t *w)
 {
     ld_meta_t *meta = NULL;
@@ -211,9 +220,7 @@ static int checkpoint_meta(const ld_ckpt_kind_t *k, const ld_ckpt_parts_t *p, ld
     if (!rc)
         rc = ld_meta_set(meta, "data_items", buf);
     if (!rc)
-        rc = ld_settings_to_meta(k->settings, p->cfg, meta);
-    if (!rc && p->more_meta)
-        rc = p->more_meta(p->trainer, meta);
+        rc = run_meta(k, p, meta);
     if (!rc)
         rc = ld_st_writer_merge_meta(w, meta);
     ld_meta_destroy(&meta);
@@ -239,6 +246,29 @@ int ld_ckpt_save(const char *path, const ld_ckpt_kind_t *k, const ld_ckpt_parts_
     if (!rc)
         rc = ld_st_writer_write(w, path, NULL);
     ld_st_writer_destroy(&w);
+    return rc;
+}
+
+/* Sets the pairs of kv: key, value, ..., NULL (kv may be NULL). */
+static int set_pairs(ld_meta_t *meta, const char *const *kv)
+{
+    int rc = LD_OK;
+    for (; kv && kv[0] && !rc; kv += 2)
+        rc = ld_meta_set(meta, kv[0], kv[1]);
+    return rc;
+}
+
+int ld_ckpt_model_meta(const ld_ckpt_kind_t *k, const ld_ckpt_parts_t *p, const ld_meta_t *provenance,
+                       const char *const *before, const char *const *after, ld_meta_t **out)
+{
+    char iterations[32];
+    snprintf(iterations, sizeof iterations, "%" PRId64, *p->iteration);
+    int rc = provenance ? ld_meta_clone(provenance, out) : ld_meta_new(out);
+    if (rc)
+        return rc;
+    if ((rc = set_pairs(*out, before)) || (rc = ld_meta_set(*out, "iterations", iterations)) ||
+        (rc = set_pairs(*out, after)) || (rc = run_meta(k, p, *out)))
+        ld_meta_destroy(out);
     return rc;
 }
 

@@ -1,5 +1,6 @@
-/* ld_ckpt: what every trainer's checkpoint holds and how a trainer's run
- * loop checkpoints, previews and evaluates.
+/* ld_ckpt: what every trainer's checkpoint holds, the training record its
+ * model file carries, and how a trainer's run loop checkpoints, previews
+ * and evaluates.
  *
  * Checkpoint contents (safetensors, written atomically by the writer):
  *   <prefix><tensor>  for each parameter set (weights, Adam m and v, EMA...)
@@ -12,7 +13,9 @@
  *   __metadata__      format, version, iteration, data_items, settings
  * A trainer describes its checkpoints once (ld_ckpt_kind_t) and its state
  * as pointers into itself (ld_ckpt_parts_t); ld_ckpt_save, ld_ckpt_open
- * and ld_ckpt_load then write, open and read them.
+ * and ld_ckpt_load then write, open and read them, and ld_ckpt_model_meta
+ * gives the metadata of its model file: provenance, "iterations" and then
+ * the settings and more_meta's keys as its checkpoints hold them.
  * Loading checks every tensor's dtype and size and that the RNG state is
  * the run's own stream, so a checkpoint of another run or a damaged one is
  * LD_EFORMAT naming the file and the tensor.
@@ -123,6 +126,13 @@ typedef struct {
  * data_items (ld_traindata_fingerprint), the settings and more_meta's keys;
  * then the sets, the state, history and evals. */
 int ld_ckpt_save(const char *path, const ld_ckpt_kind_t *k, const ld_ckpt_parts_t *p);
+/* The metadata of p's model file, in this order: a copy of provenance (may
+ * be NULL), the trainer's keys `before`, "iterations" (*p->iteration), its
+ * keys `after`, then the settings and more_meta's keys as in checkpoints.
+ * before and after are key, value, ..., NULL (may be NULL). Caller
+ * destroys *out. */
+int ld_ckpt_model_meta(const ld_ckpt_kind_t *k, const ld_ckpt_parts_t *p, const ld_meta_t *provenance,
+                       const char *const *before, const char *const *after, ld_meta_t **out);
 /* Opens a checkpoint of kind k (ld_ckpt_check_format) and fills cfg from
  * k's defaults, the checkpoint's settings and the overrides
  * (ld_settings_override). Caller closes *out. */

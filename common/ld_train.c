@@ -388,14 +388,6 @@ static int draw_crops(ld_train_t *self, int domain, int first, int n)
     return ld_latent_encode_rgb(self->ae, self->ae_ws, n, img, img, self->img + (size_t)first * self->img_len);
 }
 
-static int all_finite(const float *v, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (!isfinite(v[i]))
-            return 0;
-    return 1;
-}
-
 /* Negatives: crops of s walked toward t under the current weights. */
 static int make_negatives(ld_train_t *self, int n, const atomic_int *cancel)
 {
@@ -451,16 +443,9 @@ static int update_weights(ld_train_t *self, int n, int64_t it, ld_train_stats_t 
                                     self->coef, NULL, self->grad);
     if (rc)
         return rc;
-    double sq = 0;
-    for (size_t i = 0; i < self->numel; i++)
-        sq += (double)self->grad[i] * self->grad[i];
-    st->grad_norm = sqrt(sq);
-    if (!isfinite(st->grad_norm))
-        return diverged(it, "the parameter gradient is not finite");
     float *p = ld_ebm_params(self->model);
-    ld_adam_step(self->adam, p, self->grad);
-    if (!all_finite(p, self->numel))
-        return diverged(it, "a weight became NaN/Inf after the Adam step");
+    if (ld_adam_step_checked(self->adam, p, self->grad, &st->grad_norm))
+        return diverged(it, ld_errdetail());
     /* EMA warm-up as in TensorFlow's ExponentialMovingAverage(num_updates):
      * early averages do not drag the random initialisation along. */
     double warm = (1.0 + (double)it) / (10.0 + (double)it);
@@ -608,21 +593,13 @@ int ld_train_resume(const char *checkpoint, const ld_meta_t *overrides, ld_train
 
 int ld_train_save_model(ld_train_t *self, const char *path, const ld_meta_t *provenance, char hash_out[65])
 {
+    char seed[32];
+    snprintf(seed, sizeof seed, "%" PRIu64, self->cfg.seed);
+    const char *const before[] = { "maskmap", self->cfg.data.maskmap, NULL }, *const after[] = { "seed", seed, NULL };
+    ld_ckpt_parts_t p;
+    ckpt_parts(self, &p);
     ld_meta_t *meta = NULL;
-    char buf[64];
-    int rc = provenance ? ld_meta_clone(provenance, &meta) : ld_meta_new(&meta);
-    if (!rc)
-        rc = ld_meta_set(meta, "maskmap", self->cfg.data.maskmap);
-    snprintf(buf, sizeof buf, "%" PRId64, self->iteration);
-    if (!rc)
-        rc = ld_meta_set(meta, "iterations", buf);
-    snprintf(buf, sizeof buf, "%" PRIu64, self->cfg.seed);
-    if (!rc)
-        rc = ld_meta_set(meta, "seed", buf);
-    if (!rc)
-        rc = ld_settings_to_meta(&settings, &self->cfg, meta);
-    if (!rc)
-        rc = latent_meta(self, meta);
+    int rc = ld_ckpt_model_meta(&kind, &p, provenance, before, after, &meta);
     if (!rc)
         rc = ld_model_save(path, self->ema, meta, hash_out);
     ld_meta_destroy(&meta);

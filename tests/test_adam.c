@@ -1,7 +1,9 @@
 /* Adam against PyTorch's torch.optim.Adam on the same gradients, exact
- * continuation from saved (m, v, t), parameter validation, and the EMA. */
+ * continuation from saved (m, v, t), parameter validation, the guarded
+ * step's gradient norm and divergence stops, and the EMA. */
 #include "testutil.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -134,6 +136,73 @@ START_TEST(rejects_bad_params)
 }
 END_TEST
 
+/* The guarded step: the gradient's L2 norm, the very update of
+ * ld_adam_step, a stop with nothing changed on a NaN or Inf gradient, and a
+ * stop after an update that leaves a weight NaN or Inf. */
+START_TEST(checked_step_measures_and_stops)
+{
+    static float p0[N_PARAMS], grads[N_STEPS * N_PARAMS];
+    make_problem(p0, grads);
+    const ld_adam_params_t ap = { .lr = 1e-3, .beta1 = 0.5, .beta2 = 0.999, .eps = 1e-8 };
+    ld_adam_t *checked, *plain;
+    ck_assert_int_eq(ld_adam_new(N_PARAMS, &ap, &checked), 0);
+    ck_assert_int_eq(ld_adam_new(N_PARAMS, &ap, &plain), 0);
+    float pc[N_PARAMS], pp[N_PARAMS], g[N_PARAMS] = { 0 };
+    memcpy(pc, p0, sizeof pc);
+    memcpy(pp, p0, sizeof pp);
+    /* sqrt(3^2 + 4^2 + 12^2) = 13, with the last element counted */
+    g[0] = 3, g[N_PARAMS / 2] = -4, g[N_PARAMS - 1] = 12;
+    double norm = -1;
+    ck_assert_int_eq(ld_adam_step_checked(checked, pc, g, &norm), 0);
+    ck_assert(norm == 13.0);
+    ld_adam_step(plain, pp, g);
+    /* gradients over seven orders of magnitude: summed in double */
+    long double sq = 0;
+    for (int i = 0; i < N_PARAMS; i++)
+        sq += (long double)grads[i] * grads[i];
+    ck_assert_int_eq(ld_adam_step_checked(checked, pc, grads, &norm), 0);
+    ck_assert_double_eq_tol(norm, (double)sqrtl(sq), 1e-12 * (double)sqrtl(sq));
+    ld_adam_step(plain, pp, grads);
+    ck_assert_int_eq(memcmp(pc, pp, sizeof pc), 0);
+    ck_assert_uint_eq(ld_adam_steps(checked), 2);
+
+    /* a NaN or an Inf anywhere in the gradient: refused, nothing updated */
+    static float m[N_PARAMS], v[N_PARAMS];
+    memcpy(m, ld_adam_m(checked), sizeof m);
+    memcpy(v, ld_adam_v(checked), sizeof v);
+    const float bad[2] = { NAN, -INFINITY };
+    for (int k = 0; k < 2; k++) {
+        g[N_PARAMS - 1] = bad[k];
+        ck_assert_int_eq(ld_adam_step_checked(checked, pc, g, &norm), LD_ENUMERIC);
+        ck_assert(!isfinite(norm));
+        ck_assert_ptr_nonnull(strstr(ld_errdetail(), "gradient is not finite"));
+        ck_assert_int_eq(memcmp(pc, pp, sizeof pc), 0);
+        ck_assert_int_eq(memcmp(ld_adam_m(checked), m, sizeof m), 0);
+        ck_assert_int_eq(memcmp(ld_adam_v(checked), v, sizeof v), 0);
+        ck_assert_uint_eq(ld_adam_steps(checked), 2);
+    }
+    /* a finite gradient but a weight that is NaN after the update */
+    g[N_PARAMS - 1] = 12;
+    pc[N_PARAMS - 1] = NAN;
+    ck_assert_int_eq(ld_adam_step_checked(checked, pc, g, &norm), LD_ENUMERIC);
+    ck_assert(norm == 13.0);
+    ck_assert_ptr_nonnull(strstr(ld_errdetail(), "weight became NaN/Inf"));
+    ck_assert_uint_eq(ld_adam_steps(checked), 3);
+    ld_adam_destroy(&checked);
+    ld_adam_destroy(&plain);
+
+    /* a weight that overflows to Inf in the update itself */
+    const ld_adam_params_t huge = { .lr = 1e38, .beta1 = 0.5, .beta2 = 0.999, .eps = 1e-8 };
+    ck_assert_int_eq(ld_adam_new(2, &huge, &checked), 0);
+    float w[2] = { 0, FLT_MAX };
+    ck_assert_int_eq(ld_adam_step_checked(checked, w, (const float[2]){ 0, -1 }, &norm), LD_ENUMERIC);
+    ck_assert(norm == 1.0);
+    ck_assert(isinf(w[1]));
+    ck_assert_ptr_nonnull(strstr(ld_errdetail(), "weight became NaN/Inf"));
+    ld_adam_destroy(&checked);
+}
+END_TEST
+
 START_TEST(ema_tracks_weights)
 {
     float ema[3] = { 0, 1, -2 }, w[3] = { 1, 1, 2 };
@@ -157,6 +226,7 @@ int main(void)
     tcase_add_test(tc, matches_pytorch);
     tcase_add_test(tc, restored_state_continues_exactly);
     tcase_add_test(tc, rejects_bad_params);
+    tcase_add_test(tc, checked_step_measures_and_stops);
     tcase_add_test(tc, ema_tracks_weights);
     suite_add_tcase(s, tc);
     return ld_test_run(s);

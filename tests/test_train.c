@@ -1,7 +1,8 @@
 /* Training: settings and their errors, learning on synthetic multi-domain
  * data (held-out ranking by energy, Langevin moving colour statistics toward
  * the target with the mask kept), bit-exact resume, checkpoints that survive
- * a killed or failed write, divergence detection, preview grids.
+ * a killed or failed write, divergence detection, preview grids, and
+ * ld_ckpt's model-file metadata (key order and values).
  *
  * Knobs (env): LD_TEST_TRAIN_ITERS (iterations of the learning run, default
  * 600), LD_TEST_TRAIN_SEED (its seed, default 7), LD_TEST_TRAIN_SET
@@ -20,6 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "ld_ckpt.h"
 #include "ld_colour.h"
 #include "ld_dataset.h"
 #include "ld_ebm.h"
@@ -708,6 +710,62 @@ START_TEST(bad_data_fails_before_training)
 }
 END_TEST
 
+static int more_meta(const void *trainer, ld_meta_t *meta)
+{
+    return ld_meta_set(meta, "more", trainer);
+}
+
+static void assert_key(const ld_meta_t *m, size_t i, const char *key, const char *value)
+{
+    ck_assert_msg(i < ld_meta_count(m), "%zu keys, wanted '%s' at %zu", ld_meta_count(m), key, i);
+    ck_assert_str_eq(ld_meta_key(m, i), key);
+    ck_assert_str_eq(ld_meta_value(m, i), value);
+}
+
+/* ld_ckpt_model_meta: provenance, the trainer's keys around "iterations",
+ * the settings and more_meta's keys, in that order (a model file's bytes,
+ * and so its SHA-256, follow the order). */
+START_TEST(model_meta_order_and_values)
+{
+    ld_train_config_t cfg;
+    ld_train_config_defaults(&cfg);
+    ck_assert_int_eq(ld_train_config_set(&cfg, "seed", "77"), 0);
+    const ld_settings_t *t = ld_train_settings();
+    ld_meta_t *settings, *prov, *meta;
+    ck_assert_int_eq(ld_meta_new(&settings), 0);
+    ck_assert_int_eq(ld_settings_to_meta(t, &cfg, settings), 0);
+    const size_t n_set = ld_meta_count(settings);
+    ck_assert_str_eq(ld_meta_get(settings, "train.seed"), "77");
+    ck_assert_int_eq(ld_meta_new(&prov), 0);
+    ck_assert_int_eq(ld_meta_set(prov, "command", "langdaug train"), 0);
+    int64_t iteration = 5000000000; /* beyond 32 bits */
+    const ld_ckpt_kind_t kind = { .settings = t };
+    const ld_ckpt_parts_t p = { .iteration = &iteration, .cfg = &cfg, .more_meta = more_meta, .trainer = "last" };
+    const char *const before[] = { "b1", "x", "b2", "y", NULL }, *const after[] = { "a1", "z", NULL };
+    ck_assert_int_eq(ld_ckpt_model_meta(&kind, &p, prov, before, after, &meta), 0);
+    assert_key(meta, 0, "command", "langdaug train");
+    assert_key(meta, 1, "b1", "x");
+    assert_key(meta, 2, "b2", "y");
+    assert_key(meta, 3, "iterations", "5000000000");
+    assert_key(meta, 4, "a1", "z");
+    for (size_t i = 0; i < n_set; i++)
+        assert_key(meta, 5 + i, ld_meta_key(settings, i), ld_meta_value(settings, i));
+    assert_key(meta, 5 + n_set, "more", "last");
+    ck_assert_uint_eq(ld_meta_count(meta), 6 + n_set);
+    ld_meta_destroy(&meta);
+    /* no provenance, no trainer's keys, no more_meta */
+    iteration = 0;
+    const ld_ckpt_parts_t bare = { .iteration = &iteration, .cfg = &cfg };
+    ck_assert_int_eq(ld_ckpt_model_meta(&kind, &bare, NULL, NULL, NULL, &meta), 0);
+    assert_key(meta, 0, "iterations", "0");
+    ck_assert_uint_eq(ld_meta_count(meta), 1 + n_set);
+    assert_key(meta, n_set, ld_meta_key(settings, n_set - 1), ld_meta_value(settings, n_set - 1));
+    ld_meta_destroy(&meta);
+    ld_meta_destroy(&prov);
+    ld_meta_destroy(&settings);
+}
+END_TEST
+
 int main(void)
 {
     const char *base = getenv("TMPDIR");
@@ -720,6 +778,7 @@ int main(void)
     Suite *s = suite_create("train");
     TCase *quick = ld_tcase("train", 120);
     tcase_add_test(quick, settings_round_trip_and_errors);
+    tcase_add_test(quick, model_meta_order_and_values);
     tcase_add_test(quick, bad_data_fails_before_training);
     tcase_add_test(quick, resume_is_bit_exact);
     tcase_add_test(quick, resume_rejects_changed_settings);
