@@ -1,9 +1,9 @@
 #!/usr/bin/python3
 """Soak test of langdaugd (`make soak`; not part of `make test`).
 
-Runs the real daemon on 127.0.0.1 (test_daemon.Daemon, the launcher of the daemon
-suites: a tiny random model and dataset, one worker) for --seconds (SOAK_SECONDS,
-default 3600) under a mixed load, all at once:
+Runs the real daemon on 127.0.0.1 (tests/ldtest.py's Daemon, the launcher of the
+test suites, on its tiny random model and dataset, one worker) for --seconds
+(SOAK_SECONDS, default 3600) under a mixed load, all at once:
 
   steady    one langdaug.Client pulling batches for the whole run, pausing 3 s every
             30 s (its granted batches then wait in the daemon: queue memory)
@@ -56,8 +56,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "client", "python"))
 sys.path.insert(0, HERE)
 
-import test_daemon as td  # noqa: E402  (the daemon launcher and fixtures)
-from ldtest import Hog  # noqa: E402
+from ldtest import Daemon, Hog, write_dataset, write_model  # noqa: E402  (the daemon launcher and fixtures)
 from langdaug.client import Client  # noqa: E402
 
 BATCH_WAIT = 30.0   # seconds any client may wait for a batch
@@ -88,13 +87,12 @@ class Soak:
         self.counts = dict(steady=0, churn=0, killed=0, reloads_ok=0, reloads_failed=0, garbage=0, hogs=0)
         self.tmp = tempfile.mkdtemp(prefix="langdaug-soak-")
         self.data = os.path.join(self.tmp, "data")
-        td.write_dataset(self.data, seed=1)
+        write_dataset(self.data, seed=1)
         self.model = os.path.join(self.tmp, "model.safetensors")
-        td.write_model(self.model, seed=2)
-        self.d = td.Daemon(self.tmp, self.model, self.data,
-                           extra=["--log-level", "info", "--idle-timeout", "10", "--drain-timeout", "10"])
-        self.d.status()
-        self.endpoint = self.d.bind
+        write_model(self.model, seed=2)
+        self.d = Daemon(self.tmp, self.model, self.data, log_level="info", drain_timeout=10,
+                        extra=["--idle-timeout", "10"]).ready()
+        self.endpoint = self.d.endpoint
 
     def error(self, what):
         with self.lock:
@@ -171,10 +169,10 @@ class Soak:
                 with open(self.model, "r+b") as f:
                     f.write(b"\xff" * 8)
                 self.d.reload("failed")
-                td.write_model(self.model, seed=100 + k)
+                write_model(self.model, seed=100 + k)
                 key = "reloads_failed"
             else:
-                td.write_model(self.model + ".tmp", seed=100 + k)
+                write_model(self.model + ".tmp", seed=100 + k)
                 os.replace(self.model + ".tmp", self.model)
                 self.d.reload("ok")
                 key = "reloads_ok"
@@ -198,7 +196,7 @@ class Soak:
             for c in held:
                 c.close()
             held = []
-            for port in (self.d.port, self.d.sport):
+            for port in (self.d.port, self.d.status_port):
                 for _ in range(3):
                     try:
                         with socket.create_connection(("127.0.0.1", port), timeout=2) as c:

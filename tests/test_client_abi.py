@@ -16,9 +16,7 @@ import subprocess
 import tempfile
 import unittest
 
-from ldtest import BUILD, HERE
-
-ROOT = os.path.dirname(HERE)
+from ldtest import BUILD, ROOT
 
 # The documented API of liblangdaug (client/ld_client.h, common/ld_error.h, common/ld_log.h).
 API = {

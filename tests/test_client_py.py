@@ -3,11 +3,10 @@
 
 Each test class starts its own daemon(s) on free 127.0.0.1 ports with a tiny
 model written by `langdaug init-model` and a tiny two-domain dataset written
-by `langdaug synth`, and stops them; a daemon also dies with the test
-process (PR_SET_PDEATHSIG). Every wait is bounded in time.
-Also the fixtures of tests/test_pull_cli.py.
+by `langdaug synth` (tests/ldtest.py's Fixture), and stops them; a daemon
+also dies with the test process (PR_SET_PDEATHSIG). Every wait is bounded in
+time.
 """
-import ctypes
 import os
 import re
 import signal
@@ -19,18 +18,12 @@ import time
 import unittest
 
 import numpy as np
+import zmq
 
 from langdaug.client import (Client, LangDAugError, ProtocolError, RequestRejected, parse_pairs, read_key_file,
                              session_seed, status)
-from ldtest import CLI, DAEMON, HERE, Hog, free_port, run_cli
-from stallwatch import StallWatch
-from test_daemon_trained import luminance_change
-
-WAIT = 20.0   # seconds any single expected event may take
-C, K, S = 3, 2, 16
-DOMAINS = ["cam0", "cam1"]  # langdaug synth's names
-SOURCE, TARGET = DOMAINS
-STEPS = [0, 2, 4]  # the daemon's default snapshots in these tests
+from ldtest import (DOMAINS, HERE, SOURCE, STEPS, TARGET, WAIT, C, CurveFixture, Fixture, Hog, K, S,
+                    SamplerTestCase, StallWatch, free_port, luminance_change, pb, run_cli)
 
 try:
     import torch
@@ -38,69 +31,6 @@ try:
     from langdaug.torch_data import LangDAugDataset
 except ImportError:  # pragma: no cover - Debian's python3-torch is a build dependency
     torch = None
-
-
-def _die_with_parent():
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-class Sampler:
-    """A langdaugd process on 127.0.0.1; stop() always ends it."""
-
-    def __init__(self, workdir, model, data, port=None, extra=(), steps=STEPS):
-        self.port = port or free_port()
-        self.endpoint = "tcp://127.0.0.1:%d" % self.port
-        self.status_endpoint = "tcp://127.0.0.1:%d" % free_port()
-        self.log_path = os.path.join(workdir, "daemon-%d.log" % self.port)
-        args = [DAEMON, "--bind", self.endpoint, "--status", self.status_endpoint, "--model", model, "--data", data,
-                "--workers", "1", "--chain-batch", "2", "--steps", ",".join(map(str, steps)),
-                "--step-size", "0.01", "--noise", "0.005", "--drain-timeout", "2"] + list(extra)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
-
-    def log(self):
-        with open(self.log_path, errors="replace") as f:
-            return f.read()[-3000:]
-
-    def stop(self, kill=False):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-            try:
-                self.proc.wait(WAIT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
-
-
-class Fixture:
-    """Temporary folder with the model and the dataset; `missing` says why tests must skip."""
-
-    def __init__(self):
-        self.missing = None
-        for path in (DAEMON, CLI):
-            if not os.access(path, os.X_OK):
-                self.missing = "%s is not built yet" % path
-                return
-        self.dir = tempfile.mkdtemp(prefix="langdaug-client-test-")
-        self.model = os.path.join(self.dir, "m.safetensors")
-        self.data = os.path.join(self.dir, "data")
-        r = run_cli("init-model", "--out", self.model, "--size", S, "--widths", "4,8", "--domains", ",".join(DOMAINS),
-                    "--mask-classes", K, "--image-channels", C, "--seed", 3, timeout=60)
-        if r.returncode != 0:
-            raise AssertionError("langdaug init-model failed: " + r.stderr)
-        r = run_cli("synth", "--out", self.data, "--domains", 2, "--per-domain", 2, "--size", 32, "--seed", 7,
-                    timeout=60)
-        if r.returncode != 0:
-            raise AssertionError("langdaug synth failed: " + r.stderr)
-
-    def sampler(self, port=None, extra=(), steps=STEPS):
-        return Sampler(self.dir, self.model, self.data, port, extra, steps)
-
-    def close(self):
-        if not self.missing:
-            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def check_batch(test, b, n, dtype, target=TARGET, steps=STEPS):
@@ -177,8 +107,6 @@ class FakeSampler:
     """A ROUTER socket the test drives by hand, to send what a real daemon never would."""
 
     def __init__(self, test):
-        import zmq
-        from langdaug import langdaug_pb2 as pb
         self.test, self.pb, self.zmq = test, pb, zmq
         self.ctx = zmq.Context()
         test.addCleanup(self.ctx.destroy, 0)
@@ -224,33 +152,6 @@ class FakeSampler:
         for i in range(n if samples is None else samples):
             b.samples.add(source_domain="A", target_domain="B", step=2, chain_id=i, seed=9)
         return b
-
-
-class SamplerTestCase(unittest.TestCase):
-    """Base of test classes that share one daemon (self.sampler) and fixture (self.fx)."""
-
-    skip_reason = None
-
-    @classmethod
-    def setUpClass(cls):
-        # a reason to skip is given to each test (setUp), so that tests/run counts them as skipped
-        cls.fx = cls.sampler = None
-        if cls.skip_reason is None:
-            cls.fx = Fixture()
-            cls.skip_reason = cls.fx.missing
-        if cls.skip_reason is None:
-            cls.sampler = cls.fx.sampler()
-
-    @classmethod
-    def tearDownClass(cls):
-        if cls.sampler:
-            cls.sampler.stop()
-        if cls.fx:
-            cls.fx.close()
-
-    def setUp(self):
-        if self.skip_reason:
-            self.skipTest(self.skip_reason)
 
 
 class PackageTest(unittest.TestCase):
@@ -435,11 +336,11 @@ class MultiSamplerTest(unittest.TestCase):
             pull_until_from(self, c, 1)
             pull_until_from(self, c, 0)
             port = self.samplers[1].port
-            self.samplers[1].stop(kill=True)
+            self.samplers[1].stop(signal.SIGKILL)
             from_live = sum(c.next().endpoint == 0 for _ in range(12))
             self.assertGreaterEqual(from_live, 12 - 2 * 2, "the live sampler should carry on alone")
             self.assertEqual(c.stats()[1]["state"], "down")
-            self.samplers[1] = self.fx.sampler(port)
+            self.samplers[1] = self.fx.sampler(port=port)
             pull_until_from(self, c, 1)
             b = pull_until_from(self, c, 1)
             self.assertEqual(b.meta[0]["seed"], session_seed(5, 1, 1))
@@ -521,64 +422,38 @@ class MultiSamplerTest(unittest.TestCase):
             st = c.stats()[0]
             if (st["state"], st["sessions"]) != ("live", 1):
                 lost = lost or "client state %s after %d sessions" % (st["state"], st["sessions"])
-        if "(%s): idle timeout" % name in sampler.log():
+        if "(%s): idle timeout" % name in sampler.log_tail():
             lost = lost or "the daemon logged its idle timeout"
         sampler.stop()
         hog.close()
         return lost, watch
-
-def write_key(path, z85, secret=False):
-    """A key file as `langdaug keygen` writes it (common/ld_curvekey.h)."""
-    with open(path, "wb") as f:
-        f.write(b"# test key\n" + z85 + b"\n")
-    os.chmod(path, 0o600 if secret else 0o644)
-
-
-class CurveFixture:
-    """Key pairs (server, client, other) and a daemon that only serves the client's key."""
-
-    def __init__(self, test):
-        import zmq
-        test.fx = Fixture()
-        if test.fx.missing:
-            test.skipTest(test.fx.missing)
-        test.addCleanup(test.fx.close)
-        self.server, self.client, self.other = (zmq.curve_keypair() for _ in range(3))
-        d = test.fx.dir
-        self.server_pub, self.server_sec = os.path.join(d, "server.pub"), os.path.join(d, "server.key")
-        self.client_sec, allowed = os.path.join(d, "client.key"), os.path.join(d, "allowed")
-        os.mkdir(allowed)
-        write_key(self.server_pub, self.server[0])
-        write_key(self.server_sec, self.server[1], secret=True)
-        write_key(self.client_sec, self.client[1], secret=True)
-        write_key(os.path.join(allowed, "client.pub"), self.client[0])
-        self.sampler = test.fx.sampler(extra=["--curve-secret-key-file", self.server_sec,
-                                              "--curve-allowed-keys-dir", allowed])
-        test.addCleanup(self.sampler.stop)
 
 
 class CurveTest(unittest.TestCase):
     def test_keys(self):
         keys = CurveFixture(self)
         server_pub = read_key_file(keys.server_pub)
-        self.assertEqual(server_pub, keys.server[0])
+        self.assertEqual(server_pub, keys.server.public)
         ep = keys.sampler.endpoint
         with Client(ep, 2, targets=[TARGET], timeout=WAIT, curve_server_key=server_pub,
                     curve_secret_key=read_key_file(keys.client_sec)) as c:
             check_batch(self, c.next(), 2, "<f4")
         reply = status(keys.sampler.status_endpoint, WAIT, curve_server_key=server_pub,
-                       curve_secret_key=keys.client[1])
+                       curve_secret_key=keys.client.secret)
         self.assertEqual(list(reply.models[0].domains), DOMAINS)
-        for kwargs, word in [(dict(curve_server_key=server_pub, curve_secret_key=keys.other[1]), "refused our CURVE key"),
+        for kwargs, word in [(dict(curve_server_key=server_pub, curve_secret_key=keys.other.secret),
+                              "refused our CURVE key"),
                              ({}, "security handshake failed")]:
             with Client(ep, 2, targets=[TARGET], timeout=1.5, **kwargs) as c:
                 with self.assertRaises(TimeoutError) as cm:
                     c.next()
                 self.assertIn(word, str(cm.exception))
         with self.assertRaises(TimeoutError):
-            status(keys.sampler.status_endpoint, 0.5, curve_server_key=server_pub, curve_secret_key=keys.other[1])
+            status(keys.sampler.status_endpoint, 0.5, curve_server_key=server_pub,
+                   curve_secret_key=keys.other.secret)
         for kwargs, word in [(dict(curve_server_key=server_pub), "secret key"),
-                             (dict(curve_server_key=b"x" * 39, curve_secret_key=keys.client[1]), "curve_server_key")]:
+                             (dict(curve_server_key=b"x" * 39, curve_secret_key=keys.client.secret),
+                              "curve_server_key")]:
             with self.assertRaises(ValueError) as cm:
                 Client(ep, 2, targets=[TARGET], **kwargs)
             self.assertIn(word, str(cm.exception))
@@ -605,7 +480,7 @@ class TorchModelTest(unittest.TestCase):
                 p.mul_(3.0)
         path = os.path.join(fx.dir, "torch.safetensors")
         ebm.save_safetensors(path)
-        sampler = Sampler(fx.dir, path, fx.data)
+        sampler = fx.sampler(model=path)
         self.addCleanup(sampler.stop)
         with Client(sampler.endpoint, 6, pairs=[(SOURCE, TARGET), (TARGET, SOURCE)], steps=[0, 3],
                     seed=4, timeout=WAIT) as c:

@@ -1,288 +1,26 @@
 """Tests of the sampler daemon `langdaugd` against the real binary.
 
 Each test starts its own daemon on free 127.0.0.1 ports with a tiny random
-model and a tiny synthetic dataset made here (numpy + PIL, written in the
-model-file format of common/ld_model.h), talks to it with pyzmq and the
-generated protobuf classes, and stops it. Every wait is bounded in time.
+model and a tiny synthetic dataset (tests/ldtest.py's fixtures: numpy + PIL,
+written in the model-file format of common/ld_model.h), talks to it with pyzmq
+and the generated protobuf classes, and stops it. Every wait is bounded in time.
 """
-import hashlib
-import importlib
-import json
 import os
 import random
-import re
 import shutil
 import signal
 import socket
 import struct
 import subprocess
-import sys
 import tempfile
 import time
 import unittest
 
 import numpy as np
 import zmq
-from PIL import Image
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-BUILD = os.environ.get("LD_BUILD", os.path.join(ROOT, "build"))
-DAEMON = os.path.join(BUILD, "langdaugd")
-WAIT = 20.0  # seconds any single expected event may take
-
-
-def load_pb2():
-    """The generated classes: from the package if built, else from protoc."""
-    try:
-        return importlib.import_module("langdaug.langdaug_pb2")
-    except ImportError:
-        pass
-    out = tempfile.mkdtemp(prefix="ldpb-")
-    subprocess.run(["protoc", "--python_out=" + out, "-I" + os.path.join(ROOT, "proto"), "langdaug.proto"],
-                   check=True)
-    sys.path.insert(0, out)
-    return importlib.import_module("langdaug_pb2")
-
-
-pb = load_pb2()
-
-# ---------------------------------------------------------------- fixtures
-
-C, K, S = 3, 2, 16
-WIDTHS = [4, 8]
-DOMAINS = ["A", "B"]
-
-
-def arch_tensors(rng, scale=0.3):
-    """Parameters in the PyTorch state_dict order of common/ld_ebm.h."""
-    t = [("stem.weight", (WIDTHS[0], C + K, 1, 1)), ("stem.bias", (WIDTHS[0],))]
-    for i in range(len(WIDTHS) - 1):
-        a, b = WIDTHS[i], WIDTHS[i + 1]
-        t += [(f"blocks.{i}.conv1.weight", (b, a, 3, 3)), (f"blocks.{i}.conv1.bias", (b,)),
-              (f"blocks.{i}.conv2.weight", (b, b, 3, 3)), (f"blocks.{i}.conv2.bias", (b,)),
-              (f"blocks.{i}.skip.weight", (b, a, 1, 1)), (f"blocks.{i}.skip.bias", (b,))]
-    t += [("head.weight", (1, WIDTHS[-1])), ("head.bias", (1,)), ("domain_embed.weight", (len(DOMAINS), WIDTHS[-1]))]
-    return [(name, shape, (rng.standard_normal(shape) * scale).astype("<f4")) for name, shape in t]
-
-
-def write_model(path, seed, meta=None):
-    """A random model (weights fixed by seed); meta adds metadata keys, e.g.
-    {"train.step-size": "5"}, as `langdaug train` writes them."""
-    rng = np.random.default_rng(seed)
-    header, blobs, off = {}, [], 0
-    for name, shape, arr in arch_tensors(rng):
-        b = arr.tobytes()
-        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [off, off + len(b)]}
-        blobs.append(b)
-        off += len(b)
-    header["__metadata__"] = {"format": "langdaug-ebm", "version": "1", "arch": "resdown",
-                              "image_channels": str(C), "mask_classes": str(K), "size": str(S),
-                              "widths": ",".join(map(str, WIDTHS)), "domains": ",".join(DOMAINS), **(meta or {})}
-    h = json.dumps(header).encode()
-    h += b" " * (-len(h) % 8)
-    data = struct.pack("<Q", len(h)) + h + b"".join(blobs)
-    with open(path, "wb") as f:
-        f.write(data)
-    return hashlib.sha256(data).hexdigest()
-
-
-def write_dataset(root, seed):
-    """Two domains of three RGB images (24x20, 20x24, 16x16) with 0/255 masks."""
-    rng = np.random.default_rng(seed)
-    sizes = [(24, 20), (20, 24), (16, 16)]
-    for d, dom in enumerate(DOMAINS):
-        os.makedirs(os.path.join(root, dom, "image"))
-        os.makedirs(os.path.join(root, dom, "mask"))
-        for i, (w, h) in enumerate(sizes):
-            img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-            img[..., d] //= 2  # a per-domain colour cast
-            mask = np.where(rng.random((h, w)) < 0.4, 255, 0).astype(np.uint8)
-            Image.fromarray(img).save(os.path.join(root, dom, "image", f"img{i}.png"))
-            Image.fromarray(mask).save(os.path.join(root, dom, "mask", f"img{i}.png"))
-
-
-def reference_crop(root, domain, name, x, y):
-    """The crop the daemon should have started from: image as 2v/255-1,
-    mask class ids (0:0,*:1), pixels outside read as -1 / class 0.
-    name is the image path relative to the domain folder (image/x.png)."""
-    img = np.asarray(Image.open(os.path.join(root, domain, name)).convert("RGB"), dtype=np.float32)
-    mask_name = os.path.join("mask", os.path.basename(name))
-    mask = np.asarray(Image.open(os.path.join(root, domain, mask_name)))
-    h, w = mask.shape
-    out_img = np.full((C, S, S), -1.0, np.float32)
-    out_mask = np.zeros((S, S), np.uint8)
-    for yy in range(S):
-        for xx in range(S):
-            sy, sx = y + yy, x + xx
-            if 0 <= sy < h and 0 <= sx < w:
-                out_img[:, yy, xx] = img[sy, sx, :] * np.float32(2.0 / 255.0) - 1.0
-                out_mask[yy, xx] = 1 if mask[sy, sx] != 0 else 0
-    return out_img, out_mask
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-# ---------------------------------------------------------------- daemon + client helpers
-
-# Explicit Langevin settings, so that tests do not depend on what auto finds.
-LANGEVIN = ("--step-size", "0.01", "--noise", "0.005")
-
-
-class Daemon:
-    """A langdaugd process on free loopback ports; stop() always ends it.
-    langevin: the step size and noise options (() = the config's or auto)."""
-
-    def __init__(self, workdir, model, data, extra=(), env=None, config=None, langevin=LANGEVIN):
-        self.port, self.sport = free_port(), free_port()
-        self.bind = f"tcp://127.0.0.1:{self.port}"
-        self.status_ep = f"tcp://127.0.0.1:{self.sport}"
-        self.log_path = os.path.join(workdir, f"daemon-{self.port}.log")
-        args = [DAEMON, "--bind", self.bind, "--status", self.status_ep, "--data", data,
-                "--workers", "1", "--chain-batch", "2", "--steps", "0,2,4", *langevin,
-                "--drain-timeout", "5", "--log-level", "debug"]
-        if config:
-            args += ["--config", config]
-        if model:
-            args += ["--model", model]
-        args += list(extra)
-        full_env = dict(os.environ)
-        full_env.pop("NOTIFY_SOCKET", None)
-        full_env.update(env or {})
-        self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=full_env)
-        self.ctx = zmq.Context()
-
-    def log_text(self):
-        if not self.log.closed:
-            self.log.flush()
-        with open(self.log_path, "rb") as f:
-            return f.read().decode(errors="replace")
-
-    def status(self, timeout=WAIT):
-        """One status round trip (a fresh REQ socket each time)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            s = self.ctx.socket(zmq.REQ)
-            s.setsockopt(zmq.LINGER, 0)
-            s.connect(self.status_ep)
-            s.send(pb.StatusRequest(version=1).SerializeToString())
-            ok = s.poll(500)
-            if ok:
-                r = pb.StatusReply()
-                r.ParseFromString(s.recv())
-                s.close()
-                return r
-            s.close()
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError("no status reply; daemon log:\n" + self.log_text())
-
-    def client(self):
-        d = self.ctx.socket(zmq.DEALER)
-        d.setsockopt(zmq.LINGER, 0)
-        d.connect(self.bind)
-        return d
-
-    def reload(self, expect):
-        """Sends SIGHUP, waits (bounded) for the reload to end, i.e. for its "reload ok|failed" log
-        line, and returns the status then; AssertionError unless its last_reload starts with
-        expect ("ok" or "failed")."""
-        def reloads():
-            return len(re.findall(r"\breload (?:ok|failed)\b", self.log_text()))
-        before = reloads()
-        self.proc.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + WAIT
-        while reloads() == before:
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise AssertionError("the reload did not end; log:\n" + self.log_text())
-            time.sleep(0.05)
-        st = self.status()
-        if not st.last_reload.startswith(expect):
-            raise AssertionError("reload '%s', expected %s; log:\n%s" % (st.last_reload, expect, self.log_text()))
-        return st
-
-    def hello(self):
-        """The HelloReply to a Hello from a fresh client."""
-        c = self.client()
-        c.send(cmsg(hello=pb.Hello(min_version=1, max_version=1, client_name="test-hello")))
-        m, _ = recv_msg(c)
-        c.close()
-        if m.WhichOneof("body") != "hello":
-            raise AssertionError("expected a HelloReply, got %s" % m)
-        return m.hello
-
-    def stop(self, sig=signal.SIGTERM, timeout=WAIT):
-        """Signals the daemon and returns its exit status (killed if hung)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-                raise AssertionError("daemon did not stop; log:\n" + self.log_text())
-        self.ctx.destroy(linger=0)
-        return self.proc.returncode
-
-
-def cmsg(**kw):
-    m = pb.ClientMessage(version=kw.pop("version", 1))
-    for k, v in kw.items():
-        getattr(m, k).CopyFrom(v)
-    return m.SerializeToString()
-
-
-def pull(sock, **kw):
-    sock.send(cmsg(pull=pb.PullRequest(**kw)))
-
-
-def recv_msg(sock, timeout=WAIT):
-    """Next ServerMessage (heartbeats skipped) and its extra frames."""
-    deadline = time.monotonic() + timeout
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0 or not sock.poll(int(left * 1000)):
-            raise AssertionError("no message within %.0f s" % timeout)
-        frames = sock.recv_multipart()
-        m = pb.ServerMessage()
-        m.ParseFromString(frames[0])
-        if m.WhichOneof("body") != "heartbeat":
-            return m, frames[1:]
-
-
-DTYPES = {pb.ENCODING_FLOAT32: np.float32, pb.ENCODING_FLOAT16: np.float16, pb.ENCODING_UINT8: np.uint8}
-
-
-def recv_batch(sock, timeout=WAIT):
-    m, extra = recv_msg(sock, timeout)
-    if m.WhichOneof("body") != "batch":
-        raise AssertionError("expected a batch, got %s" % m)
-    b = m.batch
-    assert len(extra) == 2, "a batch has exactly two pixel frames"
-    assert len(extra[0]) == b.images_bytes and len(extra[1]) == b.masks_bytes
-    images = np.frombuffer(extra[0], dtype=DTYPES[b.encoding]).reshape(b.n, b.channels, b.size, b.size)
-    masks = np.frombuffer(extra[1], dtype=np.uint8).reshape(b.n, b.size, b.size)
-    return b, images, masks
-
-
-def expect_error(sock, code, timeout=WAIT):
-    m, _ = recv_msg(sock, timeout)
-    assert m.WhichOneof("body") == "error", "expected an error, got %s" % m
-    assert m.error.code == code, "expected code %d, got %d (%s)" % (code, m.error.code, m.error.text)
-    return m.error.text
-
-
-def nothing_within(sock, seconds):
-    """True if no non-heartbeat message arrives within `seconds`."""
-    try:
-        recv_msg(sock, seconds)
-        return False
-    except AssertionError:
-        return True
+from ldtest import (DAEMON, RANDOM_DOMAINS, ROOT, WAIT, WIDTHS, C, DaemonTestCase, S, cmsg, expect_error,
+                    nothing_within, pb, pull, recv_batch, recv_msg, reference_crop, run_daemon, write_model)
 
 
 def decode(images, encoding):
@@ -291,50 +29,12 @@ def decode(images, encoding):
     return images.astype(np.float32)
 
 
-@unittest.skipUnless(os.access(DAEMON, os.X_OK), "langdaugd not built")
-class DaemonTestCase(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.tmp = tempfile.mkdtemp(prefix="langdaugd-test-")
-        cls.data = os.path.join(cls.tmp, "data")
-        write_dataset(cls.data, seed=1)
-        cls.model = os.path.join(cls.tmp, "model.safetensors")
-        cls.model_hash = write_model(cls.model, seed=2)
-
-    @classmethod
-    def tearDownClass(cls):
-        shutil.rmtree(cls.tmp, ignore_errors=True)
-
-    def setUp(self):
-        self.daemons = []
-
-    def tearDown(self):
-        for d in self.daemons:
-            if d.proc.poll() is None:
-                d.stop(signal.SIGKILL)
-            d.ctx.destroy(linger=0)
-            d.log.close()
-            log = d.log_text()
-            self.assertNotIn("Sanitizer", log, log)
-            self.assertNotIn("runtime error:", log, log)
-
-    def start(self, **kw):
-        kw.setdefault("model", self.model)
-        d = Daemon(self.tmp, data=self.data, **kw)
-        self.daemons.append(d)
-        d.status()  # ready
-        return d
-
-
 # ---------------------------------------------------------------- config and units
 
 @unittest.skipUnless(os.access(DAEMON, os.X_OK), "langdaugd not built")
 class ConfigTest(unittest.TestCase):
-    def run_daemon(self, *args):
-        return subprocess.run([DAEMON, *args], capture_output=True, text=True, timeout=WAIT)
-
     def test_example_config_is_generated_from_the_table(self):
-        r = self.run_daemon("--print-example-config")
+        r = run_daemon("--print-example-config")
         self.assertEqual(r.returncode, 0, r.stderr)
         with open(os.path.join(ROOT, "examples", "langdaugd.conf")) as f:
             self.assertEqual(r.stdout, f.read(), "examples/langdaugd.conf is stale: regenerate it with "
@@ -342,7 +42,7 @@ class ConfigTest(unittest.TestCase):
 
     def test_print_config_reads_back_identically(self):
         with tempfile.TemporaryDirectory() as tmp:
-            r = self.run_daemon("--config", os.path.join(ROOT, "examples", "langdaugd.conf"), "--model", "/m1",
+            r = run_daemon("--config", os.path.join(ROOT, "examples", "langdaugd.conf"), "--model", "/m1",
                                 "--model", "/m2", "--data", "/d", "--max-clients", "7", "--noise", "0.25",
                                 "--print-config")
             self.assertEqual(r.returncode, 0, r.stderr)
@@ -352,7 +52,7 @@ class ConfigTest(unittest.TestCase):
             path = os.path.join(tmp, "in-force.conf")
             with open(path, "w") as f:
                 f.write(r.stdout)
-            again = self.run_daemon("--config", path, "--print-config")
+            again = run_daemon("--config", path, "--print-config")
             self.assertEqual(again.returncode, 0, again.stderr)
             self.assertEqual(again.stdout, r.stdout)
 
@@ -375,7 +75,7 @@ class ConfigTest(unittest.TestCase):
             for text, line, word in cases:
                 with open(path, "w") as f:
                     f.write(text)
-                r = self.run_daemon("--config", path, "--print-config")
+                r = run_daemon("--config", path, "--print-config")
                 self.assertEqual(r.returncode, 2, text)
                 self.assertIn(f"{path}:{line}:", r.stderr, text)
                 self.assertIn(word, r.stderr, text)
@@ -389,10 +89,10 @@ class ConfigTest(unittest.TestCase):
                            (["--data", " /d", "--model", "m", "--print-config"], "data"),
                            (["--data", "/" + "d" * 200, "--model", "m", "--print-config"], "longer than"),
                            (["stray"], "stray")]:
-            r = self.run_daemon(*args)
+            r = run_daemon(*args)
             self.assertEqual(r.returncode, 2, args)
             self.assertIn(word, r.stderr, args)
-        self.assertEqual(self.run_daemon("--help").returncode, 0)
+        self.assertEqual(run_daemon("--help").returncode, 0)
 
 
 class SystemdUnitTest(unittest.TestCase):
@@ -425,12 +125,12 @@ class ProtocolTest(DaemonTestCase):
         self.assertEqual(m.WhichOneof("body"), "hello")
         h = m.hello
         self.assertEqual(h.version, 1)
-        self.assertEqual(list(h.source_domains), DOMAINS)
+        self.assertEqual(list(h.source_domains), RANDOM_DOMAINS)
         self.assertEqual((h.image_channels, h.mask_classes, h.size), (C, 2, S))
         self.assertEqual(list(h.default_steps), [0, 2, 4])
         self.assertEqual(len(h.models), 1)
         self.assertEqual(h.models[0].hash, self.model_hash)
-        self.assertEqual(list(h.models[0].domains), DOMAINS)
+        self.assertEqual(list(h.models[0].domains), RANDOM_DOMAINS)
         self.assertEqual(list(h.models[0].widths), WIDTHS)
         c.send(cmsg(hello=pb.Hello(min_version=2, max_version=5)))
         expect_error(c, pb.ERROR_UNSUPPORTED_VERSION)
@@ -618,7 +318,7 @@ class OperationsTest(DaemonTestCase):
         self.assertGreater(st.uptime_s, 0)
         self.assertEqual([m.hash for m in st.models], [self.model_hash])
         cfg = {e.key: e.value for e in st.config}
-        self.assertEqual(cfg["bind"], d.bind)
+        self.assertEqual(cfg["bind"], d.endpoint)
         self.assertEqual(cfg["workers"], "1")
         self.assertEqual(st.workers, 1)
         self.assertEqual(st.samples_sent, 8)
@@ -639,7 +339,7 @@ class OperationsTest(DaemonTestCase):
         # a malformed status request gets an error reply, and the socket keeps working
         s = d.ctx.socket(zmq.REQ)
         s.setsockopt(zmq.LINGER, 0)
-        s.connect(d.status_ep)
+        s.connect(d.status_endpoint)
         s.send(b"\xff\xff\xff")
         self.assertTrue(s.poll(int(WAIT * 1000)))
         r = pb.StatusReply()

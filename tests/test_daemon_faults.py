@@ -1,5 +1,5 @@
 """Fault tests of langdaugd against the real daemon (fixtures and helpers of
-test_daemon.py): clients killed mid-stream, 50 concurrent clients, a slow
+tests/ldtest.py): clients killed mid-stream, 50 concurrent clients, a slow
 client next to a fast one, SIGHUP storms, and a model file replaced under
 the daemon while it reloads. Everything on 127.0.0.1, bounded in count and
 time; every process started here is stopped here.
@@ -14,26 +14,25 @@ import time
 
 import zmq
 
-import test_daemon as td
-from test_daemon import pb
+from ldtest import HERE, WAIT, DaemonTestCase, cmsg, pb, pull, recv_batch, recv_msg, write_model
 
 # A client in its own process, so that it can be killed with SIGKILL: it
 # grants credits and prints the frame count of every message received.
 def client_process(endpoint):
     code = (
         "import sys, zmq\n"
-        "from test_daemon import pb, cmsg\n"
+        "from ldtest import pb, cmsg\n"
         "ctx = zmq.Context(); s = ctx.socket(zmq.DEALER); s.connect(sys.argv[1])\n"
         "s.send(cmsg(pull=pb.PullRequest(credits=8, batch_size=8, targets=['B'], steps=[0, 1])))\n"
         "while True:\n"
         "    frames = s.recv_multipart()\n"
         "    print(len(frames), flush=True)\n"
         "    s.send(cmsg(pull=pb.PullRequest(credits=1)))\n")
-    return subprocess.Popen([sys.executable, "-c", code, endpoint], cwd=td.HERE, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-c", code, endpoint], cwd=HERE, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL)
 
 
-class FaultTest(td.DaemonTestCase):
+class FaultTest(DaemonTestCase):
     def setUp(self):
         super().setUp()
         self.procs = []
@@ -47,7 +46,7 @@ class FaultTest(td.DaemonTestCase):
                 p.stdout.close()
         super().tearDown()
 
-    def wait_clients(self, d, n, timeout=td.WAIT):
+    def wait_clients(self, d, n, timeout=WAIT):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             st = d.status()
@@ -62,7 +61,7 @@ class FaultTest(td.DaemonTestCase):
         d = self.start(extra=["--idle-timeout", "1", "--heartbeat-interval", "0.1"], env={"ASAN_OPTIONS": asan})
         rss = []
         for cycle in range(8):
-            p = client_process(d.bind)
+            p = client_process(d.endpoint)
             self.procs.append(p)
             for _ in range(3):  # mid-stream: batches are flowing and credits outstanding
                 line = p.stdout.readline()
@@ -75,24 +74,24 @@ class FaultTest(td.DaemonTestCase):
         self.assertLess(rss[1] - rss[0], 8 << 20, "resident memory grew from %d to %d bytes" % tuple(rss))
         self.assertRegex(d.log_text(), r"(unreachable|idle timeout); \d+ credits expire")
         ok = d.client()
-        td.pull(ok, credits=1, batch_size=2, targets=["B"], steps=[0])
-        td.recv_batch(ok)
+        pull(ok, credits=1, batch_size=2, targets=["B"], steps=[0])
+        recv_batch(ok)
         self.assertEqual(d.stop(), 0)
 
     def test_fifty_concurrent_clients(self):
         d = self.start(extra=["--workers", "2", "--chain-batch", "4"])
         socks = [d.client() for _ in range(50)]
         for i, s in enumerate(socks):
-            s.send(td.cmsg(hello=pb.Hello(client_name="c%d" % i)))
-            td.pull(s, credits=2, batch_size=2, targets=["A" if i % 2 else "B"], steps=[0, 1], seed=i)
+            s.send(cmsg(hello=pb.Hello(client_name="c%d" % i)))
+            pull(s, credits=2, batch_size=2, targets=["A" if i % 2 else "B"], steps=[0, 1], seed=i)
         poller = zmq.Poller()
         for s in socks:
             poller.register(s, zmq.POLLIN)
         got = {id(s): 0 for s in socks}
-        deadline = time.monotonic() + 3 * td.WAIT
+        deadline = time.monotonic() + 3 * WAIT
         while min(got.values()) < 2 and time.monotonic() < deadline:
             for s, _ in poller.poll(200):
-                m, extra = td.recv_msg(s)
+                m, extra = recv_msg(s)
                 if m.WhichOneof("body") == "batch":
                     self.assertEqual((m.batch.n, len(extra)), (2, 2))
                     got[id(s)] += 1
@@ -106,15 +105,15 @@ class FaultTest(td.DaemonTestCase):
         d = self.start(extra=["--max-credits", "16"])
         slow = d.client()
         slow.setsockopt(zmq.RCVHWM, 1)
-        td.pull(slow, credits=16, batch_size=16, targets=["B"], steps=[0])  # and never reads
+        pull(slow, credits=16, batch_size=16, targets=["B"], steps=[0])  # and never reads
         fast = d.client()
         start = time.monotonic()
-        td.pull(fast, credits=2, batch_size=2, targets=["A"], steps=[0])
+        pull(fast, credits=2, batch_size=2, targets=["A"], steps=[0])
         for k in range(30):
-            b, _, _ = td.recv_batch(fast)
+            b, _, _ = recv_batch(fast)
             self.assertEqual(b.sequence, k)
-            td.pull(fast, credits=1)
-        self.assertLess(time.monotonic() - start, 2 * td.WAIT)
+            pull(fast, credits=1)
+        self.assertLess(time.monotonic() - start, 2 * WAIT)
         st = d.status()
         by_batch = {c.batch_size: c for c in st.clients}
         self.assertIn(by_batch[2].batches_sent, range(30, 33), "2 + 30 credits granted, 30 received")
@@ -124,26 +123,26 @@ class FaultTest(td.DaemonTestCase):
     def test_sighup_storm(self):
         d = self.start()
         c = d.client()
-        td.pull(c, credits=2, batch_size=2, targets=["B"], steps=[0, 2])
+        pull(c, credits=2, batch_size=2, targets=["B"], steps=[0, 2])
         received = 0
         for i in range(60):
             d.proc.send_signal(signal.SIGHUP)
             time.sleep(0.01)
             while c.poll(0):
-                m, _ = td.recv_msg(c)
+                m, _ = recv_msg(c)
                 self.assertEqual(m.WhichOneof("body"), "batch", m)
                 received += 1
-                td.pull(c, credits=1)
+                pull(c, credits=1)
         self.assertIsNone(d.proc.poll(), "the daemon died in a SIGHUP storm")
-        deadline = time.monotonic() + td.WAIT
+        deadline = time.monotonic() + WAIT
         st = d.status()
         while not st.last_reload.startswith("ok") and time.monotonic() < deadline:
             time.sleep(0.05)
             st = d.status()
         self.assertTrue(st.last_reload.startswith("ok"), st.last_reload)
         for _ in range(3):  # still serving, and the session survived every reload
-            td.recv_batch(c)
-            td.pull(c, credits=1)
+            recv_batch(c)
+            pull(c, credits=1)
         self.assertGreater(st.samples_sent, 0)
         self.assertEqual(d.stop(), 0)
         self.assertIn("SIGHUP", d.log_text())
@@ -154,7 +153,7 @@ class FaultTest(td.DaemonTestCase):
         model = os.path.join(self.tmp, "racing.safetensors")
         hashes = []
         for k in range(2):
-            hashes.append(td.write_model(os.path.join(self.tmp, "version%d" % k), seed=10 + k))
+            hashes.append(write_model(os.path.join(self.tmp, "version%d" % k), seed=10 + k))
         shutil.copy(os.path.join(self.tmp, "version0"), model)
         d = self.start(model=model)
         stop = threading.Event()
@@ -171,12 +170,12 @@ class FaultTest(td.DaemonTestCase):
         t.start()
         try:
             c = d.client()
-            td.pull(c, credits=1, batch_size=2, targets=["B"], steps=[0])
+            pull(c, credits=1, batch_size=2, targets=["B"], steps=[0])
             seen = set()
             for _ in range(15):
                 sent = time.monotonic()
                 d.proc.send_signal(signal.SIGHUP)
-                while time.monotonic() < sent + td.WAIT:
+                while time.monotonic() < sent + WAIT:
                     st = d.status()
                     if st.last_reload and st.last_reload_age_s < time.monotonic() - sent:
                         break  # a reload that finished after this SIGHUP
@@ -184,9 +183,9 @@ class FaultTest(td.DaemonTestCase):
                 self.assertTrue(st.last_reload.startswith("ok"), st.last_reload)
                 self.assertIn(st.models[0].hash, hashes)
                 seen.add(st.models[0].hash)
-                b, _, _ = td.recv_batch(c)
+                b, _, _ = recv_batch(c)
                 self.assertTrue(all(s.model_hash in hashes for s in b.samples))
-                td.pull(c, credits=1)
+                pull(c, credits=1)
         finally:
             stop.set()
             t.join(10)

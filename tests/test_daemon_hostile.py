@@ -17,9 +17,8 @@ import unittest
 
 import zmq
 
-from langdaug import langdaug_pb2 as pb
 from langdaug.client import Client
-from test_client_py import SOURCE, TARGET, Fixture
+from ldtest import SOURCE, TARGET, Fixture, pb
 
 ROUNDS = 12            # garbage rounds, each followed by a clean round
 STATUS_TIMEOUT = 2.0   # seconds; a healthy daemon answers in milliseconds
@@ -78,7 +77,7 @@ class HostilePeersTest(unittest.TestCase):
         rng = random.Random(1)
         data_port = int(self.sampler.endpoint.rsplit(":", 1)[1])
         status_port = int(self.sampler.status_endpoint.rsplit(":", 1)[1])
-        self.assertIsNotNone(status_answered(self.ctx, self.sampler.status_endpoint), self.sampler.log())
+        self.assertIsNotNone(status_answered(self.ctx, self.sampler.status_endpoint), self.sampler.log_tail())
         missed, first = [], {"garbage": [], "clean": []}
         for r in range(2 * ROUNDS):
             kind = "garbage" if r % 2 == 0 else "clean"
@@ -90,9 +89,9 @@ class HostilePeersTest(unittest.TestCase):
                 missed.append(r)
             first[kind].append(first_batch_seconds(self.sampler.endpoint))
         self.assertEqual(missed, [], "status requests not answered within %.0f s in rounds %s\n%s" % (
-            STATUS_TIMEOUT, missed, self.sampler.log()))
+            STATUS_TIMEOUT, missed, self.sampler.log_tail()))
         self.assertLessEqual(max(first["garbage"]), 2 * max(first["clean"]) + 0.5, first)
-        self.assertIsNone(self.sampler.proc.poll(), "the daemon died:\n" + self.sampler.log())
+        self.assertIsNone(self.sampler.proc.poll(), "the daemon died:\n" + self.sampler.log_tail())
 
 
 class SlowPeersTest(unittest.TestCase):
@@ -123,14 +122,14 @@ class SlowPeersTest(unittest.TestCase):
     def test_real_clients_are_served_and_slow_peers_dropped(self):
         data_port = int(self.sampler.endpoint.rsplit(":", 1)[1])
         status_port = int(self.sampler.status_endpoint.rsplit(":", 1)[1])
-        self.assertIsNotNone(status_answered(self.ctx, self.sampler.status_endpoint), self.sampler.log())  # up
+        self.assertIsNotNone(status_answered(self.ctx, self.sampler.status_endpoint), self.sampler.log_tail())  # up
         silent = [self.connect(p) for p in (data_port, status_port) for _ in range(self.SILENT // 2)]
         dribbling = [self.connect(data_port) for _ in range(self.DRIBBLING)]
         greeting = b"\xff" + b"\x00" * 8 + b"\x7f\x03\x01NULL"
         for c in dribbling:
             c.sendall(greeting[:1])
-        self.assertLess(first_batch_seconds(self.sampler.endpoint), 10, self.sampler.log())
-        self.assertIsNotNone(status_answered(self.ctx, self.sampler.status_endpoint), self.sampler.log())
+        self.assertLess(first_batch_seconds(self.sampler.endpoint), 10, self.sampler.log_tail())
+        self.assertIsNotNone(status_answered(self.ctx, self.sampler.status_endpoint), self.sampler.log_tail())
         for i in range(1, 4):  # a byte now and then, slower than the handshake allows
             time.sleep(self.HANDSHAKE / 2)
             for c in dribbling:
@@ -150,8 +149,8 @@ class SlowPeersTest(unittest.TestCase):
             except socket.timeout:
                 self.fail("a peer that never completed its handshake is still connected after %.1f s" %
                           (10 * self.HANDSHAKE + 5))
-        self.assertIsNotNone(status_answered(self.ctx, self.sampler.status_endpoint), self.sampler.log())
-        self.assertIsNone(self.sampler.proc.poll(), "the daemon died:\n" + self.sampler.log())
+        self.assertIsNotNone(status_answered(self.ctx, self.sampler.status_endpoint), self.sampler.log_tail())
+        self.assertIsNone(self.sampler.proc.poll(), "the daemon died:\n" + self.sampler.log_tail())
 
 
 if __name__ == "__main__":

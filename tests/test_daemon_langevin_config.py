@@ -6,17 +6,15 @@ the fallback 1 / 0.005; an unreadable value is an error naming file and key.
 
 What a daemon uses is observed in its samples: chains from the same seed are
 identical exactly when step size and noise are. Real daemon on 127.0.0.1
-ports, fixtures and helpers of test_daemon.py; every wait is bounded and
+ports, fixtures and helpers of tests/ldtest.py; every wait is bounded and
 every daemon started here is stopped here.
 """
 import os
-import subprocess
 import unittest
 
 import numpy as np
 
-import test_daemon as td
-from test_daemon import pb
+from ldtest import DAEMON, DaemonTestCase, pb, pull, recv_batch, run_daemon, write_model
 
 TRAINED = {"train.step-size": "0.02", "train.noise": "0.003"}
 AUTO = ("--step-size", "auto", "--noise", "auto")
@@ -26,39 +24,36 @@ def explicit(step_size, noise):
     return ("--step-size", str(step_size), "--noise", str(noise))
 
 
-@unittest.skipUnless(os.access(td.DAEMON, os.X_OK), "langdaugd not built")
+@unittest.skipUnless(os.access(DAEMON, os.X_OK), "langdaugd not built")
 class ConfigTest(unittest.TestCase):
-    def run_daemon(self, *args):
-        return subprocess.run([td.DAEMON, *args], capture_output=True, text=True, timeout=td.WAIT)
-
     def test_auto_is_the_default_and_prints_back(self):
         base = ["--model", "/m", "--data", "/d", "--print-config"]
-        r = self.run_daemon(*base)
+        r = run_daemon(*base)
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("\nstep_size = auto\nnoise = auto\n", r.stdout)
-        r = self.run_daemon(*base, "--step-size", "5", "--noise", "0")
+        r = run_daemon(*base, "--step-size", "5", "--noise", "0")
         self.assertIn("\nstep_size = 5\nnoise = 0\n", r.stdout)
-        r = self.run_daemon(*base, "--step-size", "5", "--step-size", "auto")
+        r = run_daemon(*base, "--step-size", "5", "--step-size", "auto")
         self.assertIn("\nstep_size = auto\n", r.stdout)
-        example = self.run_daemon("--print-example-config").stdout
+        example = run_daemon("--print-example-config").stdout
         self.assertIn("# Number, 1e-09..1000000, or auto.\n#step_size = auto\n", example)
         self.assertIn("# Number, 0..100, or auto.\n#noise = auto\n", example)
 
     def test_bad_values_are_named(self):
         for value, word in [("Auto", "neither auto nor a number"), ("", "neither auto nor a number"),
                             ("0", "out of range"), ("nan", "finite"), ("2e6", "out of range")]:
-            r = self.run_daemon("--model", "/m", "--data", "/d", "--step-size", value, "--print-config")
+            r = run_daemon("--model", "/m", "--data", "/d", "--step-size", value, "--print-config")
             self.assertEqual(r.returncode, 2, value)
             self.assertIn("step_size", r.stderr, value)
             self.assertIn(word, r.stderr, value)
 
 
-class TrainedLangevinTest(td.DaemonTestCase):
+class TrainedLangevinTest(DaemonTestCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
         cls.trained = cls.path("trained.safetensors")
-        td.write_model(cls.trained, seed=2, meta=TRAINED)  # the weights of cls.model, plus TRAINED
+        write_model(cls.trained, seed=2, meta=TRAINED)  # the weights of cls.model, plus TRAINED
 
     @classmethod
     def path(cls, name):
@@ -67,20 +62,14 @@ class TrainedLangevinTest(td.DaemonTestCase):
     def samples(self, d, seed=7):
         """Final snapshots of 4 chains A -> B (a fresh client each time)."""
         c = d.client()
-        td.pull(c, credits=1, batch_size=4, pairs=[pb.Pair(source="A", target="B")], steps=[4], seed=seed)
-        _, images, _ = td.recv_batch(c)
+        pull(c, credits=1, batch_size=4, pairs=[pb.Pair(source="A", target="B")], steps=[4], seed=seed)
+        _, images, _ = recv_batch(c)
         c.close()
         return images.copy()
 
     def failed_start(self, **kw):
         """A daemon that must refuse to start: exit status 1; its log."""
-        kw.setdefault("model", self.model)
-        d = td.Daemon(self.tmp, data=self.data, **kw)
-        self.daemons.append(d)
-        try:
-            d.proc.wait(td.WAIT)
-        except subprocess.TimeoutExpired:
-            self.fail("the daemon started; log:\n" + d.log_text())
+        d = self.refused("", **kw)
         self.assertEqual(d.proc.returncode, 1, d.log_text())
         return d.log_text()
 
@@ -106,10 +95,7 @@ class TrainedLangevinTest(td.DaemonTestCase):
         self.assertIn("step_size = 0.01, from the config", other_step.log_text())
 
     def test_a_config_file_value_wins_over_the_model(self):
-        conf = self.path("step.conf")
-        with open(conf, "w") as f:
-            f.write("step_size = 0.01\n")
-        from_file = self.start(model=self.trained, config=conf, langevin=())
+        from_file = self.start(model=self.trained, config=[("step_size", "0.01")], langevin=())
         ref = self.start(model=self.model, langevin=explicit(0.01, 0.003))
         self.assert_same(self.samples(from_file), self.samples(ref))
         self.assertIn("step_size = 0.01, from the config", from_file.log_text())
@@ -128,9 +114,9 @@ class TrainedLangevinTest(td.DaemonTestCase):
 
     def test_models_that_disagree_are_refused(self):
         other = self.path("other-step.safetensors")
-        td.write_model(other, seed=3, meta={"train.step-size": "0.03", "train.noise": "0.003"})
+        write_model(other, seed=3, meta={"train.step-size": "0.03", "train.noise": "0.003"})
         without = self.path("without.safetensors")
-        td.write_model(without, seed=4)
+        write_model(without, seed=4)
         log = self.failed_start(model=self.trained, extra=["--model", without, "--model", other], langevin=())
         self.assertIn("step_size = auto, but the models were trained with different values: %s has "
                       "train.step-size = 0.02, %s has 0.03; set step_size" % (self.trained, other), log)
@@ -146,7 +132,7 @@ class TrainedLangevinTest(td.DaemonTestCase):
                                                 ("train.noise", "1e9", "out of range"),
                                                 ("train.step-size", "-1", "out of range")]):
             bad = self.path("bad%d.safetensors" % i)
-            td.write_model(bad, seed=2, meta={**TRAINED, key: value})
+            write_model(bad, seed=2, meta={**TRAINED, key: value})
             log = self.failed_start(model=bad, langevin=())
             self.assertIn("%s: metadata '%s': " % (bad, key), log)
             self.assertIn(word, log)
@@ -155,23 +141,18 @@ class TrainedLangevinTest(td.DaemonTestCase):
 
     def test_every_reload_resolves_auto_and_a_failed_one_keeps_the_running_values(self):
         model = self.path("reload.safetensors")
-        td.write_model(model, seed=2, meta=TRAINED)
+        write_model(model, seed=2, meta=TRAINED)
         other = self.path("reload-other.safetensors")
-        td.write_model(other, seed=3, meta={"train.step-size": "0.03"})
-        conf = self.path("reload.conf")
-        with open(conf, "w") as f:
-            f.write("model = %s\n" % model)
-        d = self.start(model=None, config=conf, langevin=())
+        write_model(other, seed=3, meta={"train.step-size": "0.03"})
+        d = self.start(model=None, config=[("model", model)], langevin=())
         before = self.samples(d)
-        with open(conf, "w") as f:
-            f.write("model = %s\nmodel = %s\n" % (model, other))
+        d.configure([("model", model), ("model", other)])
         st = d.reload("failed")
         for word in (model, other, "0.02", "0.03", "set step_size"):
             self.assertIn(word, st.last_reload)
         self.assert_same(self.samples(d), before)
-        with open(conf, "w") as f:
-            f.write("model = %s\n" % model)
-        td.write_model(model + ".tmp", seed=2, meta={**TRAINED, "train.step-size": "0.03"})
+        d.configure([("model", model)])
+        write_model(model + ".tmp", seed=2, meta={**TRAINED, "train.step-size": "0.03"})
         os.replace(model + ".tmp", model)
         d.reload("ok")
         self.assertIn("step_size = 0.03 (auto): train.step-size of model " + model, d.log_text())

@@ -4,20 +4,17 @@ autoencoder next to the model, serves images of the autoencoder's size, and its 
 equal the same chain computed here with the PyTorch twins (encode, gradient steps on the latent
 under the mask taken to the latent grid, decode). A model whose autoencoder is missing or another
 file does not start; a reload that would pair it with another autoencoder fails and keeps the
-last good pair. Real daemon on 127.0.0.1 ports (test_daemon.py's helpers); every wait is bounded
+last good pair. Real daemon on 127.0.0.1 ports (tests/ldtest.py's helpers); every wait is bounded
 and every daemon started here is stopped here.
 """
 import hashlib
 import os
 import shutil
-import subprocess
 import unittest
 
 import numpy as np
 
-import test_daemon as td
-import test_daemon_trained as tt
-from ldtest import CLI, run_cli_ok
+from ldtest import WAIT, SynthData, chains, pull_batch, run_cli, run_cli_ok
 
 SIZE, FACTOR = 16, 4
 AE_TRAIN = ["--size", str(SIZE), "--widths", "4,6,8", "--batch", "2", "--iters", "2", "--threads", "1", "--quiet"]
@@ -37,7 +34,7 @@ def latent_mask(mask, f=FACTOR):
     return out
 
 
-class LatentModel(tt.SynthData):
+class LatentModel(SynthData):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
@@ -68,17 +65,17 @@ class LatentModel(tt.SynthData):
             ae_hash = hashlib.sha256(f.read()).hexdigest()
         self.assertEqual((m.size, m.image_channels), (SIZE, 3))
         self.assertEqual((m.autoencoder_hash, m.latent_channels, m.latent_size), (ae_hash, 3, SIZE // FACTOR))
-        r = subprocess.run([CLI, "status", d.status_ep], capture_output=True, text=True, timeout=td.WAIT)
+        r = run_cli("status", d.status_endpoint, timeout=WAIT)
         self.assertIn("latent: 3 channels at 4x4, autoencoder %s" % ae_hash[:12], r.stdout)
-        b, images, masks = tt.pull_batch(d, 1, [0, k], n_chains=2, targets=["cam1"])
+        b, images, masks = pull_batch(d, 1, [0, k], n_chains=2, targets=["cam1"])
         self.assertEqual(images.shape[1:], (3, SIZE, SIZE))
         ebm, ae = EBM.load_safetensors(self.model), Autoencoder.load_safetensors(self.ae)
         moved = 0.0
-        for ch in tt.chains(b, images, masks, 2):
+        for ch in chains(b, images, masks, 2):
             src, mask, meta = ch[0]
             out = ch[k][0]
             m = torch.tensor(latent_mask(mask)[None])
-            t = torch.tensor([tt.DOMAINS.index(meta.target_domain)])
+            t = torch.tensor([self.DOMAINS.index(meta.target_domain)])
             with torch.no_grad():
                 z = ae.encode(torch.tensor(src, dtype=torch.float32)[None])
             for _ in range(k):
@@ -95,7 +92,7 @@ class LatentModel(tt.SynthData):
     def test_python_dataset_streams_latent_samples(self):
         from langdaug.torch import LangDAugDataset
         d = self.start(model=self.model, langevin=("--step-size", "5", "--noise", "0"))
-        ds = LangDAugDataset(d.bind, targets=["cam2"], steps=[0, 2], seed=3, num_samples=4, request_batch=4)
+        ds = LangDAugDataset(d.endpoint, targets=["cam2"], steps=[0, 2], seed=3, num_samples=4, request_batch=4)
         got = list(ds)
         self.assertEqual(len(got), 4)
         for image, mask, meta in got:
@@ -110,7 +107,7 @@ class LatentModel(tt.SynthData):
         from PIL import Image
         d = self.start(model=self.model, langevin=("--step-size", "5", "--noise", "0"),
                        extra=["--whole-images", "1"])
-        b, images, masks = tt.pull_batch(d, 2, [0, 2], n_chains=2, targets=["cam1"])
+        b, images, masks = pull_batch(d, 2, [0, 2], n_chains=2, targets=["cam1"])
         for i in (0, 2):
             meta = b.samples[i]
             name = os.path.basename(meta.source_file)
@@ -132,24 +129,19 @@ class LatentModel(tt.SynthData):
         os.makedirs(lone, exist_ok=True)
         model = os.path.join(lone, "latent.safetensors")
         shutil.copy(self.model, model)
-        d = td.Daemon(self.tmp, model=model, data=self.data, langevin=())
-        self.daemons.append(d)
-        try:
-            d.proc.wait(td.WAIT)
-        except subprocess.TimeoutExpired:
-            self.fail("the daemon started without the autoencoder; log:\n" + d.log_text())
+        d = self.refused("without the autoencoder", model=model, langevin=())
         self.assertEqual(d.proc.returncode, 1)
         self.assertIn("the autoencoder of latent model %s" % model, d.log_text())
 
         ae = os.path.join(lone, "ae.safetensors")
         shutil.copy(self.ae, ae)
         d = self.start(model=model, langevin=("--step-size", "5", "--noise", "0"))
-        before = tt.pull_batch(d, 7, [0, 2], targets=["cam1"])[1]
+        before = pull_batch(d, 7, [0, 2], targets=["cam1"])[1]
         shutil.copy(self.other_ae, ae + ".tmp")
         os.replace(ae + ".tmp", ae)
         d.reload("failed")
         self.assertIn("was trained on", d.log_text())
-        np.testing.assert_array_equal(tt.pull_batch(d, 7, [0, 2], targets=["cam1"])[1], before)
+        np.testing.assert_array_equal(pull_batch(d, 7, [0, 2], targets=["cam1"])[1], before)
 
 
 if __name__ == "__main__":

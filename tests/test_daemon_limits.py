@@ -1,53 +1,51 @@
 """Configured limits of langdaugd that test_daemon.py does not cover:
 max_clients, max_queue_memory (batch admission and progress under a tight
 budget) and oversized messages on the status socket. Real daemon on
-loopback ports, fixtures and helpers of test_daemon.py.
+loopback ports, fixtures and helpers of tests/ldtest.py.
 """
-import os
 import time
 import unittest
 
 import zmq
 
-import test_daemon as td
-from test_daemon import pb
+from ldtest import WAIT, C, DaemonTestCase, S, cmsg, expect_error, nothing_within, pb, pull, recv_batch
 
 # Memory of one sample while the daemon holds it (ldd_server.c sample_bytes):
 # float32 pixels + mask + energy.
-SAMPLE_BYTES = td.C * td.S * td.S * 4 + td.S * td.S + 4
+SAMPLE_BYTES = C * S * S * 4 + S * S + 4
 
 
-class LimitsTest(td.DaemonTestCase):
+class LimitsTest(DaemonTestCase):
     def test_max_clients(self):
         d = self.start(extra=["--max-clients", "2"])
         a, b, c = d.client(), d.client(), d.client()
         for sock in (a, b):
-            td.pull(sock, credits=1, batch_size=1, targets=["B"], steps=[0])
-            td.recv_batch(sock)
-        td.pull(c, credits=1, batch_size=1, targets=["B"], steps=[0])
-        self.assertIn("max_clients = 2", td.expect_error(c, pb.ERROR_LIMIT))
-        c.send(td.cmsg(hello=pb.Hello(client_name="third")))
-        td.expect_error(c, pb.ERROR_LIMIT)
+            pull(sock, credits=1, batch_size=1, targets=["B"], steps=[0])
+            recv_batch(sock)
+        pull(c, credits=1, batch_size=1, targets=["B"], steps=[0])
+        self.assertIn("max_clients = 2", expect_error(c, pb.ERROR_LIMIT))
+        c.send(cmsg(hello=pb.Hello(client_name="third")))
+        expect_error(c, pb.ERROR_LIMIT)
         self.assertEqual(len(d.status().clients), 2)
-        a.send(td.cmsg(bye=pb.Bye()))
-        deadline = time.monotonic() + td.WAIT
+        a.send(cmsg(bye=pb.Bye()))
+        deadline = time.monotonic() + WAIT
         while len(d.status().clients) != 1 and time.monotonic() < deadline:
             time.sleep(0.05)
-        td.pull(c, credits=1, batch_size=1, targets=["B"], steps=[0])
-        td.recv_batch(c)  # a freed place is taken
+        pull(c, credits=1, batch_size=1, targets=["B"], steps=[0])
+        recv_batch(c)  # a freed place is taken
         pull_b = d.client()
-        td.pull(pull_b, credits=1, batch_size=1, targets=["B"], steps=[0])
-        td.expect_error(pull_b, pb.ERROR_LIMIT)
+        pull(pull_b, credits=1, batch_size=1, targets=["B"], steps=[0])
+        expect_error(pull_b, pb.ERROR_LIMIT)
 
     def test_a_batch_beyond_the_queue_memory_is_refused(self):
         d = self.start(extra=["--max-queue-memory", "1", "--max-batch", "4096"])
         fits = (1 << 20) // SAMPLE_BYTES
         c = d.client()
-        td.pull(c, credits=1, batch_size=fits + 1, targets=["B"], steps=[0])
-        text = td.expect_error(c, pb.ERROR_LIMIT)
+        pull(c, credits=1, batch_size=fits + 1, targets=["B"], steps=[0])
+        text = expect_error(c, pb.ERROR_LIMIT)
         self.assertIn("max_queue_memory = 1 MiB", text)
-        td.pull(c, credits=1, batch_size=fits, targets=["B"], steps=[0])
-        b, _, _ = td.recv_batch(c)
+        pull(c, credits=1, batch_size=fits, targets=["B"], steps=[0])
+        b, _, _ = recv_batch(c)
         self.assertEqual(b.n, fits)
 
     def test_clients_share_a_tight_queue_memory_without_deadlock(self):
@@ -60,14 +58,14 @@ class LimitsTest(td.DaemonTestCase):
         a, b = d.client(), d.client()
         for sock in (a, b):
             sock.setsockopt(zmq.RCVHWM, 2)
-            td.pull(sock, credits=3, batch_size=batch, targets=["B"], steps=[0])
+            pull(sock, credits=3, batch_size=batch, targets=["B"], steps=[0])
         got = {id(a): 0, id(b): 0}
-        deadline = time.monotonic() + 3 * td.WAIT
+        deadline = time.monotonic() + 3 * WAIT
         most_ahead = 0
         while min(got.values()) < 3 and time.monotonic() < deadline:
             for sock in (a, b):
                 if got[id(sock)] < 3 and sock.poll(20):
-                    bt, _, _ = td.recv_batch(sock)
+                    bt, _, _ = recv_batch(sock)
                     self.assertEqual(bt.n, batch)
                     got[id(sock)] += 1
             st = d.status()
@@ -81,7 +79,7 @@ class LimitsTest(td.DaemonTestCase):
         for size in (2000, 1 << 20):  # answered with an error; dropped by ZeroMQ (> 4x + 4 KiB)
             s = d.ctx.socket(zmq.REQ)
             s.setsockopt(zmq.LINGER, 0)
-            s.connect(d.status_ep)
+            s.connect(d.status_endpoint)
             s.send(b"\x08\x01" + b"\x00" * size)
             if s.poll(2000):
                 r = pb.StatusReply()
@@ -93,11 +91,11 @@ class LimitsTest(td.DaemonTestCase):
         self.assertEqual(d.status().version, 1)
         c = d.client()  # the data socket drops a peer sending beyond 4x + 4 KiB
         c.send(b"\x0a" + b"\xff" * (1 << 20))
-        self.assertTrue(td.nothing_within(c, 1.0))
+        self.assertTrue(nothing_within(c, 1.0))
         self.assertIsNone(d.proc.poll())
         ok = d.client()
-        td.pull(ok, credits=1, batch_size=1, targets=["B"], steps=[0])
-        td.recv_batch(ok)
+        pull(ok, credits=1, batch_size=1, targets=["B"], steps=[0])
+        recv_batch(ok)
 
 
 if __name__ == "__main__":

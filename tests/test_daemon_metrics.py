@@ -5,35 +5,16 @@ against the status reply taken around it; other paths and methods; off by defaul
 daemon listens on nothing but its two ZeroMQ ports); bad metrics_listen values refused
 naming the key; a silent HTTP peer and oversized headers cost the sampler nothing.
 """
-import http.client
 import json
 import os
 import re
 import socket
-import subprocess
-import time
 import unittest
 
-from prometheus_client.parser import text_string_to_metric_families
-
-import test_daemon as td
-from ldtest import CLI, DAEMON, HERE, free_port, run_cli
+from ldtest import (CLI, DAEMON, HERE, WAIT, DaemonTestCase, cmsg, families, free_port, http_get, pb, pull,
+                    recv_batch, recv_msg, run_cli, run_daemon, value)
 
 NAME = 'quote " backslash \\ newline \n end'  # a client name that needs every label escape
-
-
-def families(text):
-    """{family name: [Sample]} of an exposition text (the parser fails on a malformed one)."""
-    return {f.name + ("_total" if f.type == "counter" else ""): f.samples
-            for f in text_string_to_metric_families(text)}
-
-
-def value(fams, family, /, **labels):
-    """The one sample of family whose labels include labels."""
-    hits = [s.value for s in fams[family] if all(s.labels.get(k) == v for k, v in labels.items())]
-    if len(hits) != 1:
-        raise AssertionError("%s%s: %d samples in %s" % (family, labels, len(hits), fams.get(family)))
-    return hits[0]
 
 
 def listening_ports(pid):
@@ -57,27 +38,16 @@ def listening_ports(pid):
     return ports
 
 
-def http_get(port, path="/metrics", method="GET", headers=None):
-    """(status, headers, body text) of one request to 127.0.0.1:port."""
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=td.WAIT)
-    try:
-        c.request(method, path, headers=headers or {})
-        r = c.getresponse()
-        return r.status, dict(r.getheaders()), r.read().decode()
-    finally:
-        c.close()
-
-
-class MetricsTestCase(td.DaemonTestCase):
+class MetricsTestCase(DaemonTestCase):
     def client_with_samples(self, d, batches=3):
         """A client named NAME that pulled `batches` batches of 2 samples; returns its socket."""
         c = d.client()
         self.addCleanup(c.close)
-        c.send(td.cmsg(hello=td.pb.Hello(min_version=1, max_version=1, client_name=NAME)))
-        td.recv_msg(c)
-        td.pull(c, credits=batches, batch_size=2, targets=["B"], steps=[0, 2])
+        c.send(cmsg(hello=pb.Hello(min_version=1, max_version=1, client_name=NAME)))
+        recv_msg(c)
+        pull(c, credits=batches, batch_size=2, targets=["B"], steps=[0, 2])
         for _ in range(batches):
-            td.recv_batch(c)
+            recv_batch(c)
         return c
 
     def check_against_status(self, fams, before, after):
@@ -113,15 +83,15 @@ class CliPrometheusTest(MetricsTestCase):
         d = self.start()
         self.client_with_samples(d)
         before = d.status()
-        r = run_cli("status", "--prometheus", d.status_ep, timeout=td.WAIT)
+        r = run_cli("status", "--prometheus", d.status_endpoint, timeout=WAIT)
         after = d.status()
         self.assertEqual(r.returncode, 0, r.stderr)
         self.check_against_status(families(r.stdout), before, after)
         st = d.reload("ok")
-        fams = families(run_cli("status", "--prometheus", d.status_ep, timeout=td.WAIT).stdout)
+        fams = families(run_cli("status", "--prometheus", d.status_endpoint, timeout=WAIT).stdout)
         self.assertEqual(value(fams, "langdaug_last_reload_success"), 1)
         self.assertGreaterEqual(value(fams, "langdaug_last_reload_age_seconds"), st.last_reload_age_s)
-        both = run_cli("status", "--prometheus", "--json", d.status_ep, timeout=td.WAIT)
+        both = run_cli("status", "--prometheus", "--json", d.status_endpoint, timeout=WAIT)
         self.assertEqual(both.returncode, 2)
         self.assertIn("--json and --prometheus", both.stderr)
         self.assertEqual(d.stop(), 0)
@@ -145,7 +115,7 @@ class EndpointTest(MetricsTestCase):
         after = d.status()
         self.assertEqual(status, 200)
         self.check_against_status(families(text), before, after)
-        self.assertEqual(listening_ports(d.proc.pid), {d.port, d.sport, port})
+        self.assertEqual(listening_ports(d.proc.pid), {d.port, d.status_port, port})
         with open(os.path.join(HERE, "..", "examples", "grafana-langdaug.json")) as f:
             exprs = [t["expr"] for p in json.load(f)["panels"] for t in p["targets"]]
         used = set(re.findall(r"\blangdaug_\w+", " ".join(exprs)))
@@ -171,7 +141,7 @@ class EndpointTest(MetricsTestCase):
         d, port = self.start_with_metrics()
         peers = []
         for i in range(8):  # connect and send nothing, or half a request line
-            s = socket.create_connection(("127.0.0.1", port), timeout=td.WAIT)
+            s = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
             if i % 2:
                 s.sendall(b"GET /metr")
             peers.append(s)
@@ -190,31 +160,29 @@ class EndpointTest(MetricsTestCase):
     def test_off_by_default(self):
         d = self.start()
         self.assertIn(("metrics_listen", ""), [(c.key, c.value) for c in d.status().config])
-        self.assertEqual(listening_ports(d.proc.pid), {d.port, d.sport})
+        self.assertEqual(listening_ports(d.proc.pid), {d.port, d.status_port})
         self.assertEqual(d.stop(), 0)
 
 
 @unittest.skipUnless(os.access(DAEMON, os.X_OK), "langdaugd not built")
-class BadListenTest(td.DaemonTestCase):
+class BadListenTest(DaemonTestCase):
     def test_bad_values_are_refused_naming_the_key(self):
         for bad in ("9464", "localhost:9464", "127.0.0.1:", "127.0.0.1:0", "127.0.0.1:65536", "127.0.0.1:94x",
                     "[::1:9464", "::1:9464", "1.2.3:9464", ":9464"):
-            r = subprocess.run([DAEMON, "--metrics-listen", bad, "--print-config"], capture_output=True, text=True,
-                               timeout=td.WAIT)
+            r = run_daemon("--metrics-listen", bad, "--print-config")
             self.assertNotEqual(r.returncode, 0, bad)
             self.assertIn("metrics_listen: '%s'" % bad, r.stderr, bad)
-        good = subprocess.run([DAEMON, "--metrics-listen", "[::1]:9464", "--model", self.model, "--data", self.data,
-                               "--print-config"], capture_output=True, text=True, timeout=td.WAIT)
+        good = run_daemon("--metrics-listen", "[::1]:9464", "--model", self.model, "--data", self.data,
+                          "--print-config")
         self.assertIn("metrics_listen = [::1]:9464\n", good.stdout, good.stderr)
 
     def test_a_port_in_use_is_refused_naming_the_key(self):
         with socket.socket() as taken:
             taken.bind(("127.0.0.1", 0))
             taken.listen()
-            d = td.Daemon(self.tmp, self.model, self.data,
-                          extra=["--metrics-listen", "127.0.0.1:%d" % taken.getsockname()[1]])
-            self.daemons.append(d)
-            self.assertNotEqual(d.proc.wait(td.WAIT), 0)
+            d = self.refused("on a metrics port in use",
+                             extra=["--metrics-listen", "127.0.0.1:%d" % taken.getsockname()[1]])
+            self.assertNotEqual(d.proc.returncode, 0)
         self.assertRegex(d.log_text(), r"metrics_listen: cannot listen on 127\.0\.0\.1:\d+: Address already in use")
 
 

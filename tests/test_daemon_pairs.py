@@ -19,13 +19,10 @@ import hashlib
 import json
 import os
 import re
-import subprocess
 import unittest
 
-import test_daemon as td
-import test_daemon_trained as tt
-from ldtest import run_cli, run_cli_ok, safetensors_meta, write_with_meta
-from test_daemon import pb
+from ldtest import (WAIT, SynthData, expect_error, pb, pull, recv_batch, run_cli, run_cli_ok, safetensors_meta,
+                    write_with_meta)
 
 TRAIN = ["--size", "32", "--widths", "4,8", "--batch", "2", "--langevin-steps", "2", "--threads", "1", "--iters", "2",
          "--checkpoint-every", "0", "--quiet"]
@@ -39,8 +36,8 @@ def sha256(path):
 def pull_samples(d, n, seed=1, **kw):
     """n step-0 samples (n chains) of one request, as SampleMeta."""
     c = d.client()
-    td.pull(c, credits=1, batch_size=n, steps=[0], seed=seed, **kw)
-    b, _, _ = td.recv_batch(c)
+    pull(c, credits=1, batch_size=n, steps=[0], seed=seed, **kw)
+    b, _, _ = recv_batch(c)
     c.close()
     return list(b.samples)
 
@@ -48,8 +45,8 @@ def pull_samples(d, n, seed=1, **kw):
 def refusal(d, **kw):
     """The text of the ERROR_UNKNOWN_DOMAIN a request gets."""
     c = d.client()
-    td.pull(c, credits=1, batch_size=2, **kw)
-    text = td.expect_error(c, pb.ERROR_UNKNOWN_DOMAIN)
+    pull(c, credits=1, batch_size=2, **kw)
+    text = expect_error(c, pb.ERROR_UNKNOWN_DOMAIN)
     c.close()
     return text
 
@@ -58,7 +55,7 @@ def pairs_of(model_info):
     return [(p.source, p.target) for p in model_info.pairs]
 
 
-class PerPairModels(tt.SynthData):
+class PerPairModels(SynthData):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
@@ -104,13 +101,13 @@ class PerPairModels(tt.SynthData):
         st = d.status()
         self.assertEqual([(m.hash, pairs_of(m)) for m in st.models], want)
         self.assertEqual({(e.source, e.target) for e in st.energies}, {("cam0", "cam1"), ("cam1", "cam0")})
-        r = run_cli("status", d.status_ep, timeout=td.WAIT)
+        r = run_cli("status", d.status_endpoint, timeout=WAIT)
         self.assertEqual(r.returncode, 0, r.stderr)
         for model, pair in ((self.ab, "cam0>cam1"), (self.ba, "cam1>cam0")):
             line = r"%s[^\n]*%s\n    pairs %s\n" % (self.hash[model][:12], re.escape(model), pair)
             self.assertRegex(r.stdout, line)
         self.assertIn("cam1>cam0", r.stdout.split("energies:")[1])
-        r = run_cli("status", d.status_ep, "--json", timeout=td.WAIT)
+        r = run_cli("status", d.status_endpoint, "--json", timeout=WAIT)
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual([m["pairs"] for m in json.loads(r.stdout)["models"]],
                          [[{"source": "cam0", "target": "cam1"}], [{"source": "cam1", "target": "cam0"}]])
@@ -140,37 +137,33 @@ class PerPairModels(tt.SynthData):
         self.assertEqual({s.model_hash for s in pull_samples(d2, 4, targets=["cam1"])}, {self.hash[self.every]})
 
     def test_reload_swaps_the_routes_and_a_failed_one_keeps_them(self):
-        conf = os.path.join(self.tmp, "pairs.conf")
+        def models(*paths):
+            return [("model", m) for m in paths]
 
-        def configure(*models):
-            with open(conf, "w") as f:
-                f.write("".join("model = %s\n" % m for m in models))
-
-        configure(self.ab)
-        d = self.start(model=None, config=conf)
+        d = self.start(model=None, config=models(self.ab))
         back = [pb.Pair(source="cam1", target="cam0")]
         self.assertIn("pair 'cam1:cam0' is served by no loaded model", refusal(d, pairs=back))
-        configure(self.ab, self.ba)
+        d.configure(models(self.ab, self.ba))
         st = d.reload("ok")
         self.assertEqual([pairs_of(m) for m in st.models], [[("cam0", "cam1")], [("cam1", "cam0")]])
         c = d.client()
-        td.pull(c, credits=1, batch_size=2, pairs=back, steps=[0])
-        b, _, _ = td.recv_batch(c)
+        pull(c, credits=1, batch_size=2, pairs=back, steps=[0])
+        b, _, _ = recv_batch(c)
         self.assertEqual({s.model_hash for s in b.samples}, {self.hash[self.ba]})
         # a model with a hostile train.pairs fails the reload: the routes stay
         hostile = os.path.join(self.tmp, "hostile-reload.safetensors")
         write_with_meta(self.ba, hostile, **{"train.pairs": "cam1:cam0,cam1:cam0"})
-        configure(self.ab, hostile)
+        d.configure(models(self.ab, hostile))
         st = d.reload("failed")
         self.assertIn("%s: metadata 'train.pairs': pair 'cam1:cam0' is listed twice" % hostile, st.last_reload)
         self.assertEqual([pairs_of(m) for m in st.models], [[("cam0", "cam1")], [("cam1", "cam0")]])
-        td.pull(c, credits=1)
-        b, _, _ = td.recv_batch(c)
+        pull(c, credits=1)
+        b, _, _ = recv_batch(c)
         self.assertEqual({s.model_hash for s in b.samples}, {self.hash[self.ba]})
         # without the cam1:cam0 model, the session's request is no longer served and it is told which pair
-        configure(self.ab)
+        d.configure(models(self.ab))
         d.reload("ok")
-        text = td.expect_error(c, pb.ERROR_UNKNOWN_DOMAIN)
+        text = expect_error(c, pb.ERROR_UNKNOWN_DOMAIN)
         self.assertIn("after a reload, pair 'cam1:cam0' is served by no loaded model", text)
         c.close()
         self.assertEqual(d.stop(), 0)
@@ -183,12 +176,7 @@ class PerPairModels(tt.SynthData):
         for k, (value, why) in enumerate(cases):
             bad = os.path.join(self.tmp, "hostile-%d.safetensors" % k)
             write_with_meta(self.ab, bad, **{"train.pairs": value})
-            d = td.Daemon(self.tmp, model=bad, data=self.data)
-            self.daemons.append(d)
-            try:
-                d.proc.wait(td.WAIT)
-            except subprocess.TimeoutExpired:
-                self.fail("the daemon started with train.pairs = %r; log:\n%s" % (value, d.log_text()))
+            d = self.refused("with train.pairs = %r" % value, model=bad)
             self.assertEqual(d.proc.returncode, 1, d.log_text())
             self.assertIn("%s: metadata 'train.pairs': %s" % (bad, why), d.log_text())
 

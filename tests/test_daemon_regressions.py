@@ -1,5 +1,5 @@
 """Behaviour the daemon promises and that a regression would quietly break, checked
-against the real langdaugd (fixtures of test_daemon.py; 127.0.0.1, bounded waits):
+against the real langdaugd (fixtures of tests/ldtest.py; 127.0.0.1, bounded waits):
 
 - the drain on SIGTERM: a client mid-stream gets the batch whose chains are running
   when the signal comes, a new pull during the drain is refused as UNAVAILABLE, and
@@ -17,8 +17,7 @@ import unittest
 
 import numpy as np
 
-import test_daemon as td
-from test_daemon import pb
+from ldtest import WAIT, DaemonTestCase, S, expect_error, nothing_within, pb, pull, recv_batch, reference_crop
 
 # A long chain: one job of 2 chains to this step takes seconds (the test's margin
 # between the signal and the end of the running job), never a timing assertion.
@@ -33,7 +32,7 @@ def wait_exit(proc, seconds):
         return None
 
 
-class DrainTest(td.DaemonTestCase):
+class DrainTest(DaemonTestCase):
     DRAIN_TIMEOUT = 120  # seconds: never reached here; the drain ends when the running job does
 
     def start_long(self):
@@ -41,7 +40,7 @@ class DrainTest(td.DaemonTestCase):
                                  "--chain-batch", "2"])
 
     def wait_draining(self, d):
-        deadline = time.monotonic() + td.WAIT
+        deadline = time.monotonic() + WAIT
         while not d.status().draining:
             if time.monotonic() > deadline:
                 self.fail("the daemon never reported draining; log:\n" + d.log_text())
@@ -51,40 +50,40 @@ class DrainTest(td.DaemonTestCase):
         d = self.start_long()
         c = d.client()
         # one worker, chain_batch 2, batch_size 2: one job is one batch; 4 credits queue 4 jobs
-        td.pull(c, credits=4, batch_size=2, pairs=[pb.Pair(source="A", target="B")], steps=[LONG_STEP], seed=5)
-        first, _, _ = td.recv_batch(c, timeout=300)
+        pull(c, credits=4, batch_size=2, pairs=[pb.Pair(source="A", target="B")], steps=[LONG_STEP], seed=5)
+        first, _, _ = recv_batch(c, timeout=300)
         self.assertEqual(first.sequence, 0)
         # the worker took the next job as soon as it handed in the first
         d.proc.send_signal(signal.SIGTERM)
         self.wait_draining(d)
         self.assertIsNone(d.proc.poll(), "the daemon exited while its job was running:\n" + d.log_text())
         late = d.client()
-        td.pull(late, credits=1, batch_size=2, targets=["B"], steps=[0])
-        text = td.expect_error(late, pb.ERROR_UNAVAILABLE)
+        pull(late, credits=1, batch_size=2, targets=["B"], steps=[0])
+        text = expect_error(late, pb.ERROR_UNAVAILABLE)
         self.assertIn("shutting down", text)
-        b, images, masks = td.recv_batch(c, timeout=300)
+        b, images, masks = recv_batch(c, timeout=300)
         self.assertEqual((b.sequence, b.n), (1, 2), "the batch in flight, whole")
         self.assertEqual([s.step for s in b.samples], [LONG_STEP] * 2)
         self.assertTrue(np.all(np.isfinite(images)))
-        self.assertEqual(masks.shape, (2, td.S, td.S))
-        rc = wait_exit(d.proc, td.WAIT + 30)
+        self.assertEqual(masks.shape, (2, S, S))
+        rc = wait_exit(d.proc, WAIT + 30)
         self.assertEqual(rc, 0, "the daemon must exit 0 once the running job is sent; log:\n" + d.log_text())
         # the queued jobs were dropped: nothing else came
-        self.assertTrue(td.nothing_within(c, 0.2))
+        self.assertTrue(nothing_within(c, 0.2))
         self.assertNotIn("drain timeout", d.log_text(), "the drain ended by itself, not by its timeout")
 
     def test_second_sigterm_stops_at_once(self):
         d = self.start_long()
         c = d.client()
-        td.pull(c, credits=2, batch_size=2, pairs=[pb.Pair(source="A", target="B")], steps=[LONG_STEP], seed=5)
-        td.recv_batch(c, timeout=300)
+        pull(c, credits=2, batch_size=2, pairs=[pb.Pair(source="A", target="B")], steps=[LONG_STEP], seed=5)
+        recv_batch(c, timeout=300)
         d.proc.send_signal(signal.SIGTERM)
         self.wait_draining(d)
         d.proc.send_signal(signal.SIGTERM)
         # a job of LONG_STEP steps is still running: the second signal does not wait for it
-        rc = wait_exit(d.proc, td.WAIT + 30)
+        rc = wait_exit(d.proc, WAIT + 30)
         self.assertEqual(rc, 0, d.log_text())
-        self.assertTrue(td.nothing_within(c, 0.2), "no batch after the second signal")
+        self.assertTrue(nothing_within(c, 0.2), "no batch after the second signal")
 
 
 def tiles(length, size):
@@ -107,18 +106,18 @@ def expected_tiles(root, domain, size):
     return out
 
 
-class EpochTest(td.DaemonTestCase):
+class EpochTest(DaemonTestCase):
     def test_every_tile_exactly_once_per_epoch_with_its_pixels(self):
-        want = expected_tiles(self.data, "A", td.S)
+        want = expected_tiles(self.data, "A", S)
         self.assertEqual(len(want), 9, "the fixture: 24x20 and 20x24 images give 4 tiles each, 16x16 one")
         d = self.start()
         c = d.client()
         n_batches, batch = 5, 8  # 40 chains: four whole epochs of 9 tiles and part of a fifth
-        td.pull(c, credits=n_batches, batch_size=batch, pairs=[pb.Pair(source="A", target="B")], steps=[0],
+        pull(c, credits=n_batches, batch_size=batch, pairs=[pb.Pair(source="A", target="B")], steps=[0],
                 epoch=True, seed=3, encoding=pb.ENCODING_FLOAT32)
         samples = []
         for _ in range(n_batches):
-            b, images, masks = td.recv_batch(c)
+            b, images, masks = recv_batch(c)
             for i, s in enumerate(b.samples):
                 samples.append((s.chain_id, s.epoch, (s.source_file, s.crop_x, s.crop_y), images[i], masks[i]))
         samples.sort(key=lambda t: t[0])
@@ -137,7 +136,7 @@ class EpochTest(td.DaemonTestCase):
         partial = [t[2] for t in samples if t[1] == 5]
         self.assertEqual(len(partial), len(set(partial)), "the fifth epoch repeats a tile")
         for _, _, (name, x, y), image, mask in samples:  # step 0: the crop itself
-            ref_img, ref_mask = td.reference_crop(self.data, "A", name, x, y)
+            ref_img, ref_mask = reference_crop(self.data, "A", name, x, y)
             np.testing.assert_allclose(image, ref_img, atol=1e-6, err_msg="pixels of %s at (%d, %d)" % (name, x, y))
             np.testing.assert_array_equal(mask, ref_mask)
 

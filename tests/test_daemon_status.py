@@ -1,5 +1,5 @@
 """What an operator reads in langdaugd's status reply, against real daemons
-on loopback ports (fixtures of test_daemon.py and test_daemon_curve.py):
+on loopback ports (fixtures of tests/ldtest.py):
 whether CURVE is on for each socket, how many client keys are allowed and
 how many handshakes were refused since start; the bytes of finished samples
 held in the queue next to max_queue_memory; the precise idle timeout in
@@ -16,9 +16,7 @@ import unittest
 import zmq
 from prometheus_client.parser import text_string_to_metric_families
 
-import test_daemon as td
-import test_daemon_curve as tc
-from ldtest import CLI, Hog, run_cli
+from ldtest import CLI, WAIT, CurveTestCase, DaemonTestCase, Hog, Keys, pull, run_cli, write_key
 
 MIB = 1 << 20
 BATCH = 32  # samples per batch of the queue tests: ~100 KiB, a tenth of a 1 MiB max_queue_memory
@@ -26,22 +24,22 @@ BATCH = 32  # samples per batch of the queue tests: ~100 KiB, a tenth of a 1 MiB
 
 def cli_status(d, *args):
     """`langdaug status` of daemon d as (text, JSON object)."""
-    text = run_cli("status", d.status_ep, *args, timeout=td.WAIT)
+    text = run_cli("status", d.status_endpoint, *args, timeout=WAIT)
     assert text.returncode == 0, text.stderr
-    js = run_cli("status", "--json", d.status_ep, *args, timeout=td.WAIT)
+    js = run_cli("status", "--json", d.status_endpoint, *args, timeout=WAIT)
     assert js.returncode == 0, js.stderr
     return text.stdout, json.loads(js.stdout)
 
 
 def wait_for(status, ready, what):
     """Polls status() until ready(reply) (bounded); returns the reply."""
-    deadline = time.monotonic() + td.WAIT
+    deadline = time.monotonic() + WAIT
     while True:
         st = status()
         if ready(st):
             return st
         if time.monotonic() > deadline:
-            raise AssertionError("%s: not within %.0f s; last status:\n%s" % (what, td.WAIT, st))
+            raise AssertionError("%s: not within %.0f s; last status:\n%s" % (what, WAIT, st))
         time.sleep(0.05)
 
 
@@ -52,13 +50,13 @@ def one_attempt_client(d, keys, server_public=None):
     s.setsockopt(zmq.LINGER, 0)
     s.setsockopt(zmq.RECONNECT_IVL, -1)
     d.secure(s, keys, server_public)
-    s.connect(d.bind)
-    td.pull(s, credits=1, batch_size=1, targets=["B"], steps=[0])
+    s.connect(d.endpoint)
+    pull(s, credits=1, batch_size=1, targets=["B"], steps=[0])
     return s
 
 
 @unittest.skipUnless(os.access(CLI, os.X_OK), "langdaug not built")
-class PlainSecurityTest(td.DaemonTestCase):
+class PlainSecurityTest(DaemonTestCase):
     def test_plain_daemon_says_curve_is_off(self):
         d = self.start()
         st = d.status()
@@ -74,15 +72,15 @@ class PlainSecurityTest(td.DaemonTestCase):
 
 
 @unittest.skipUnless(os.access(CLI, os.X_OK), "langdaug not built")
-class CurveSecurityTest(tc.CurveTestCase):
+class CurveSecurityTest(CurveTestCase):
     def setUp(self):
         super().setUp()
-        self.carol = tc.Keys()
-        tc.write_key(os.path.join(self.allowed, "carol.pub"), self.carol.public)
+        self.carol = Keys()
+        write_key(os.path.join(self.allowed, "carol.pub"), self.carol.public)
         self.server_pub = os.path.join(self.tmp, "server.pub")
-        tc.write_key(self.server_pub, self.server.public)
+        write_key(self.server_pub, self.server.public)
         self.alice_key = os.path.join(self.tmp, "alice.key")
-        tc.write_key(self.alice_key, self.alice.secret, secret=True)
+        write_key(self.alice_key, self.alice.secret, secret=True)
 
     def test_curve_daemon_counts_allowed_keys_and_refused_handshakes(self):
         d = self.start_curve()
@@ -95,7 +93,7 @@ class CurveSecurityTest(tc.CurveTestCase):
         wait_for(d.status, lambda r: r.refused_handshakes >= 3, "3 unknown keys refused")
         refused.append(one_attempt_client(d, None))  # no CURVE at all
         wait_for(d.status, lambda r: r.refused_handshakes >= 4, "a plain client refused")
-        refused.append(one_attempt_client(d, self.alice, server_public=tc.Keys().public))  # wrong server key
+        refused.append(one_attempt_client(d, self.alice, server_public=Keys().public))  # wrong server key
         wait_for(d.status, lambda r: r.refused_handshakes >= 5, "a wrong server key refused")
         time.sleep(1.0)  # a second count for any of them would show by now
         self.assertEqual(d.status().refused_handshakes, 5, "each refused client counts exactly once")
@@ -106,7 +104,7 @@ class CurveSecurityTest(tc.CurveTestCase):
                       "5 refused handshakes\n", text)
         self.assertEqual((js["data_curve"], js["status_curve"], js["allowed_keys"], js["refused_handshakes"]),
                          (True, True, 2, 5))
-        prom = run_cli("status", "--prometheus", d.status_ep, *curve_args, timeout=td.WAIT)
+        prom = run_cli("status", "--prometheus", d.status_endpoint, *curve_args, timeout=WAIT)
         self.assertEqual(prom.returncode, 0, prom.stderr)
         fams = {f.name: f for f in text_string_to_metric_families(prom.stdout)}
         self.assertEqual((fams["langdaug_refused_handshakes"].type, fams["langdaug_refused_handshakes"].samples[0].value,
@@ -121,12 +119,12 @@ class CurveSecurityTest(tc.CurveTestCase):
 
 
 @unittest.skipUnless(os.access(CLI, os.X_OK), "langdaug not built")
-class QueueMemoryTest(td.DaemonTestCase):
+class QueueMemoryTest(DaemonTestCase):
     def test_queue_bytes_idle_held_within_the_limit_and_released(self):
         d = self.start(extra=["--max-queue-memory", "1", "--max-credits", "1000"])
         st = d.status()
         self.assertEqual((st.queue_bytes, st.max_queue_bytes), (0, MIB))
-        hog = Hog(d.bind, "B", BATCH)
+        hog = Hog(d.endpoint, "B", BATCH)
         self.addCleanup(hog.close)
         seen = []
 
@@ -152,7 +150,7 @@ class QueueMemoryTest(td.DaemonTestCase):
         self.assertEqual(st.max_queue_bytes, MIB)
 
 
-class HelloIdleTimeoutTest(td.DaemonTestCase):
+class HelloIdleTimeoutTest(DaemonTestCase):
     def test_hello_reply_has_the_precise_idle_timeout(self):
         for seconds, whole in (("0.3", 1), ("2.5", 3), ("60", 60)):
             d = self.start(extra=["--idle-timeout", seconds])

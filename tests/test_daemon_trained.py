@@ -5,94 +5,22 @@ and noise-free chains (--noise 0, taken up by the daemon's noise = auto).
 
 The models are trained here for a few iterations on a `langdaug synth` set
 of 32x32 images (one 32x32 crop per image, so epoch mode visits fixed
-crops). Luminance is checked with this file's own numpy sRGB -> CIE LAB
-(D65), not the C library's. Real daemon on 127.0.0.1 ports, helpers of
-test_daemon.py; every wait is bounded and every daemon started here is
-stopped here.
+crops). Luminance is checked with tests/ldtest.py's own numpy sRGB -> CIE
+LAB (D65), not the C library's. Real daemon on 127.0.0.1 ports, fixtures and
+helpers of tests/ldtest.py; every wait is bounded and every daemon started
+here is stopped here.
 """
 import os
-import subprocess
 import time
 import unittest
 
 import numpy as np
 
-import test_daemon as td
-from ldtest import CLI, run_cli_ok, safetensors_meta, write_with_meta
-from test_daemon import pb
+from ldtest import (WAIT, SynthData, chains, expect_error, lab, lab_to_rgb, luminance_change, pb, pull, pull_batch,
+                    run_cli, run_cli_ok, run_daemon, safetensors_meta, write_with_meta)
 
 TRAIN = ["--size", "32", "--widths", "8,16", "--batch", "4", "--langevin-steps", "3", "--threads", "1", "--iters", "3",
          "--checkpoint-every", "0", "--quiet"]
-DOMAINS = ["cam0", "cam1", "cam2"]
-
-
-# ---------------------------------------------------------------- an independent sRGB -> CIE LAB
-
-_M = np.array([[0.4124564, 0.3575761, 0.1804375],
-               [0.2126729, 0.7151522, 0.0721750],
-               [0.0193339, 0.1191920, 0.9503041]])
-_WHITE = np.array([0.95047, 1.0, 1.08883])
-
-
-def lab(img):
-    """[3,H,W] sRGB values in [-1,1] -> (L*, a*, b*) arrays in CIE units (D65)."""
-    c = (np.asarray(img, np.float64) + 1.0) / 2.0
-    lin = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
-    xyz = np.tensordot(_M, lin, axes=1) / _WHITE[:, None, None]
-    d = 6.0 / 29.0
-    f = np.where(xyz > d ** 3, np.cbrt(xyz), xyz / (3 * d * d) + 4.0 / 29.0)
-    return 116.0 * f[1] - 16.0, 500.0 * (f[0] - f[1]), 200.0 * (f[1] - f[2])
-
-
-def lab_to_rgb(L, a, b):
-    """The inverse, clamped into [-1,1] (for a chain computed here)."""
-    d = 6.0 / 29.0
-    fy = (L + 16.0) / 116.0
-    f = np.stack([fy + a / 500.0, fy, fy - b / 200.0])
-    xyz = np.where(f > d, f ** 3, 3 * d * d * (f - 4.0 / 29.0)) * _WHITE[:, None, None]
-    lin = np.clip(np.tensordot(np.linalg.inv(_M), xyz, axes=1), 0.0, 1.0)
-    c = np.where(lin <= 0.0031308, 12.92 * lin, 1.055 * lin ** (1 / 2.4) - 0.055)
-    return 2.0 * c - 1.0
-
-
-def luminance_change(src, out):
-    """How far sample `out` [3,H,W] is from its source crop `src` in CIE L* and in a*, b*
-    (largest absolute difference of each) over the pixels where no RGB component of out is
-    at -1 or 1 (where keep = luminance promises L*), and how many such pixels there are."""
-    (ls, as_, bs), (lo, ao, bo) = lab(src), lab(out)
-    inside = np.all((out > -1) & (out < 1), axis=0)
-    dl = np.abs(lo - ls)[inside].max(initial=0)
-    dab = max(np.abs(ao - as_)[inside].max(initial=0), np.abs(bo - bs)[inside].max(initial=0))
-    return dl, int(inside.sum()), dab
-
-
-def chains(batch, images, masks, n_steps):
-    """Per chain (in batch order): {step: (image, mask, meta)}; samples come
-    chain by chain, each chain's snapshots in step order."""
-    out = []
-    for i in range(0, batch.n, n_steps):
-        out.append({batch.samples[i + k].step: (images[i + k], masks[i + k], batch.samples[i + k])
-                    for k in range(n_steps)})
-    return out
-
-
-def pull_batch(d, seed, steps, n_chains=4, **kw):
-    c = d.client()
-    td.pull(c, credits=1, batch_size=n_chains * len(steps), steps=steps, seed=seed, **kw)
-    b, images, masks = td.recv_batch(c)
-    c.close()
-    return b, images.copy(), masks.copy()
-
-
-@unittest.skipUnless(os.access(CLI, os.X_OK) and os.access(td.DAEMON, os.X_OK), "langdaug / langdaugd not built")
-class SynthData(td.DaemonTestCase):
-    """Daemon tests on a `langdaug synth` set (cls.data) of DOMAINS, two 32x32 images each."""
-
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls.data = os.path.join(cls.tmp, "synth")
-        run_cli_ok("synth", "--out", cls.data, "--domains", len(DOMAINS), "--per-domain", "2", "--size", "32")
 
 
 class TrainedModels(SynthData):
@@ -147,13 +75,13 @@ class TrainedModels(SynthData):
         np.testing.assert_array_equal(kept[1][0::2], free[1][0::2])
         # status shows what a client has in force
         c = d.client()
-        td.pull(c, credits=0, batch_size=2, targets=["cam1"], keep=pb.KEEP_LUMINANCE)
-        deadline = time.monotonic() + td.WAIT
+        pull(c, credits=0, batch_size=2, targets=["cam1"], keep=pb.KEEP_LUMINANCE)
+        deadline = time.monotonic() + WAIT
         while not [cl for cl in d.status().clients if cl.keep == pb.KEEP_LUMINANCE]:
             self.assertLess(time.monotonic(), deadline, "no client with keep LUMINANCE in the status")
             time.sleep(0.05)
         c.close()
-        r = subprocess.run([CLI, "status", d.status_ep], capture_output=True, text=True, timeout=td.WAIT)
+        r = run_cli("status", d.status_endpoint, timeout=WAIT)
         self.assertIn("colour space lab", r.stdout)
         self.assertIn("luminance", r.stdout)
 
@@ -168,11 +96,9 @@ class TrainedModels(SynthData):
                          extra=["--keep", "luminance"])
         self.assertEqual(rgb.hello().models[0].colour_space, pb.COLOUR_SPACE_RGB)
         self.assert_keeps_luminance(*pull_batch(rgb, 5, [0, 3], targets=targets), kept=True)
-        r = subprocess.run([td.DAEMON, "--model", "/m", "--data", "/d", "--keep", "luminance", "--print-config"],
-                           capture_output=True, text=True, timeout=td.WAIT)
+        r = run_daemon("--model", "/m", "--data", "/d", "--keep", "luminance", "--print-config")
         self.assertIn("\nkeep = luminance\n", r.stdout)
-        r = subprocess.run([td.DAEMON, "--model", "/m", "--data", "/d", "--keep", "L", "--print-config"],
-                           capture_output=True, text=True, timeout=td.WAIT)
+        r = run_daemon("--model", "/m", "--data", "/d", "--keep", "L", "--print-config")
         self.assertEqual(r.returncode, 2)
         self.assertIn("keep: 'L' is not none or luminance", r.stderr)
 
@@ -204,7 +130,7 @@ class TrainedModels(SynthData):
         for ch in chains(b, images, masks, 2):
             src, mask, meta = ch[0]
             out = ch[k][0]
-            t = DOMAINS.index(meta.target_domain)
+            t = self.DOMAINS.index(meta.target_domain)
             L, a, bb = lab(src)
             walked = walk(np.stack([L / 50 - 1, a / 128, bb / 128]), mask, t)
             expect = lab_to_rgb((walked[0] + 1) * 50, walked[1] * 128, walked[2] * 128)
@@ -217,12 +143,7 @@ class TrainedModels(SynthData):
     def test_bad_colour_space_and_keep_values_are_refused(self):
         bad = os.path.join(self.tmp, "bad-colour.safetensors")
         write_with_meta(self.lab_model, bad, colour_space="Lab")
-        d = td.Daemon(self.tmp, model=bad, data=self.data, langevin=())
-        self.daemons.append(d)
-        try:
-            d.proc.wait(td.WAIT)
-        except subprocess.TimeoutExpired:
-            self.fail("the daemon started with a corrupt colour_space; log:\n" + d.log_text())
+        d = self.refused("with a corrupt colour_space", model=bad, langevin=())
         self.assertEqual(d.proc.returncode, 1)
         self.assertIn("%s: metadata 'colour_space': 'Lab' is not rgb or lab" % bad, d.log_text())
         # a file without the key (written before it existed) is an RGB model
@@ -233,25 +154,23 @@ class TrainedModels(SynthData):
         d = self.start(model=self.lab_model, langevin=())
         c = d.client()
         # KEEP has two values: 7 can only be sent as raw bytes (field 9, varint)
-        pull = pb.PullRequest(credits=1, batch_size=2, targets=["cam1"]).SerializeToString() + b"\x48\x07"
-        c.send(b"\x08\x01" + b"\x1a" + bytes([len(pull)]) + pull)
-        text = td.expect_error(c, pb.ERROR_INVALID_REQUEST)
+        request = pb.PullRequest(credits=1, batch_size=2, targets=["cam1"]).SerializeToString() + b"\x48\x07"
+        c.send(b"\x08\x01" + b"\x1a" + bytes([len(request)]) + request)
+        text = expect_error(c, pb.ERROR_INVALID_REQUEST)
         self.assertIn("keep: unknown value 7", text)
         c.close()
 
     def test_grey_models_cannot_keep_luminance(self):
         grey = os.path.join(self.tmp, "grey.safetensors")
         run_cli_ok("init-model", "--out", grey, "--image-channels", "1", "--size", "32", "--widths", "4,8",
-                    "--domains", ",".join(DOMAINS))
-        d = td.Daemon(self.tmp, model=grey, data=self.data, extra=["--keep", "luminance"])
-        self.daemons.append(d)
-        d.proc.wait(td.WAIT)
+                    "--domains", ",".join(self.DOMAINS))
+        d = self.refused("with keep = luminance and 1 channel", model=grey, extra=["--keep", "luminance"])
         self.assertEqual(d.proc.returncode, 1)
         self.assertIn("keep = luminance needs 3-channel images; the models have 1 channel(s)", d.log_text())
         d = self.start(model=grey)
         c = d.client()
-        td.pull(c, credits=1, batch_size=2, targets=["cam1"], keep=pb.KEEP_LUMINANCE)
-        self.assertIn("keep: luminance needs 3-channel images", td.expect_error(c, pb.ERROR_INVALID_REQUEST))
+        pull(c, credits=1, batch_size=2, targets=["cam1"], keep=pb.KEEP_LUMINANCE)
+        self.assertIn("keep: luminance needs 3-channel images", expect_error(c, pb.ERROR_INVALID_REQUEST))
         c.close()
 
     def test_pytorch_twin_writes_the_colour_space(self):
@@ -260,7 +179,7 @@ class TrainedModels(SynthData):
         except ImportError:
             self.skipTest("python3-torch is not installed")
         path = os.path.join(self.tmp, "torch-lab.safetensors")
-        EBM(3, 2, 32, [8, 16], DOMAINS, colour_space="lab").save_safetensors(path)
+        EBM(3, 2, 32, [8, 16], self.DOMAINS, colour_space="lab").save_safetensors(path)
         self.assertEqual(safetensors_meta(path)["colour_space"], "lab")
         self.assertEqual(EBM.load_safetensors(path).colour_space, "lab")
         d = self.start(model=path, langevin=())
@@ -269,7 +188,7 @@ class TrainedModels(SynthData):
                                                                          "needs 3 image channels")):
             args = {"image_channels": 3, **bad}
             with self.assertRaisesRegex(ValueError, word):
-                EBM(args["image_channels"], 2, 32, [8, 16], DOMAINS, colour_space=args["colour_space"])
+                EBM(args["image_channels"], 2, 32, [8, 16], self.DOMAINS, colour_space=args["colour_space"])
 
     # ------------------------------------------------------------ noise-free chains
 

@@ -6,16 +6,13 @@ import re
 import subprocess
 import unittest
 
-import test_client_py
-from langdaug.client import status
-from ldtest import BUILD
-from test_client_py import DOMAINS, WAIT
+from ldtest import BUILD, DOMAINS, WAIT, SamplerTestCase
 
 EXAMPLE = os.path.join(BUILD, "examples", "pull_batches")
 BATCH = 8  # the example's batch size
 
 
-class PullBatchesTest(test_client_py.SamplerTestCase):
+class PullBatchesTest(SamplerTestCase):
     @classmethod
     def setUpClass(cls):
         if not os.access(EXAMPLE, os.X_OK):
@@ -24,7 +21,7 @@ class PullBatchesTest(test_client_py.SamplerTestCase):
         cls.second = cls.fx.sampler() if cls.sampler else None
         for sampler in (cls.sampler, cls.second):
             if sampler:  # both up before the example starts, so that both can serve it
-                status(sampler.status_endpoint, timeout=WAIT)
+                sampler.ready()
 
     @classmethod
     def tearDownClass(cls):

@@ -1,5 +1,5 @@
 """Sampler fleets in the Python client (langdaug.client.Client), against real
-langdaugd daemons on 127.0.0.1 (the fixtures of test_client_py): malformed
+langdaugd daemons on 127.0.0.1 (the fixtures of tests/ldtest.py): malformed
 names and hosts files refused naming what is wrong; a name whose injected
 resolver answers with changing sets of daemons (told apart by port) is
 followed: samplers that appear serve with the next id and their own seed,
@@ -19,8 +19,7 @@ import time
 import unittest
 
 from langdaug.client import Client, LangDAugError, session_seed
-from ldtest import DAEMON, HERE
-from test_client_py import DOMAINS, WAIT, SamplerTestCase
+from ldtest import DAEMON, DOMAINS, HERE, WAIT, SamplerTestCase
 
 TARGET = DOMAINS[1]
 INTERVAL = 0.2  # seconds between resolutions in these tests

@@ -5,7 +5,7 @@ receives for the same seed (the daemon's stream is a function of the seed),
 so the images, and the masks with and without --mask-values, must match
 exactly; --format npz likewise. Also: the CSV, usage errors, status as a
 table, as JSON and in --watch mode, and bench's report. Fixtures (daemon,
-tiny model, tiny dataset) come from test_client_py.
+tiny model, tiny dataset) come from tests/ldtest.py.
 """
 import csv
 import json
@@ -21,9 +21,8 @@ import unittest
 import numpy as np
 from PIL import Image
 
-import test_client_py
-from ldtest import CLI, free_port, interrupt_when, run_cli
-from test_client_py import C, DOMAINS, S, TARGET, WAIT
+from ldtest import (CLI, DOMAINS, TARGET, WAIT, C, CurveFixture, S, SamplerTestCase, free_port, interrupt_when,
+                    run_cli)
 
 from langdaug.client import Client
 
@@ -43,7 +42,7 @@ def commands_missing():
     return None
 
 
-class PullCliTest(test_client_py.SamplerTestCase):
+class PullCliTest(SamplerTestCase):
     @classmethod
     def setUpClass(cls):
         cls.skip_reason = commands_missing()
@@ -279,7 +278,7 @@ class CurveCliTest(unittest.TestCase):
         missing = commands_missing()
         if missing:
             self.skipTest(missing)
-        keys = test_client_py.CurveFixture(self)
+        keys = CurveFixture(self)
         out = os.path.join(self.fx.dir, "out")
         key_args = ["--curve-server-key", keys.server_pub, "--curve-secret-key", keys.client_sec]
         r = cli("pull", "--from", keys.sampler.endpoint, "--targets", TARGET, "-n", 2, "--out", out,

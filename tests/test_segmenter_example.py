@@ -19,8 +19,7 @@ import unittest
 import numpy as np
 from PIL import Image
 
-from ldtest import CLI, DAEMON, HERE, run_cli
-from test_client_py import Sampler
+from ldtest import CLI, DAEMON, HERE, run_cli, sampler_daemon
 
 EXAMPLES = os.path.join(os.path.dirname(HERE), "examples")
 CHAINS = os.path.join(EXAMPLES, "langdaug_chains.py")
@@ -270,14 +269,14 @@ class SegmenterOnPulledSamplesTest(unittest.TestCase):
             r = run_cli(*args, timeout=60)
             if r.returncode:
                 raise AssertionError("langdaug %s failed: %s" % (args[0], r.stderr))
-        sampler = Sampler(cls.dir, model, cls.data, extra=["--domains", "cam0,cam1"])
+        sampler = sampler_daemon(cls.dir, model, cls.data, extra=["--domains", "cam0,cam1"])
         try:
             r = run_cli("pull", "--from", sampler.endpoint, "-n", 24, "--batch", 12, "--targets", "cam0,cam1", "--steps", "0,2,4",
                         "--seed", 5, "--timeout", 30, "-q", "--out", cls.pulled, timeout=WAIT)
         finally:
             sampler.stop()
         if r.returncode:
-            raise AssertionError("langdaug pull failed: %s\n%s" % (r.stderr, sampler.log()))
+            raise AssertionError("langdaug pull failed: %s\n%s" % (r.stderr, sampler.log_tail()))
 
     @classmethod
     def tearDownClass(cls):
