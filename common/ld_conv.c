@@ -15,8 +15,10 @@
 /* The hot kernels are compiled for AVX-512, AVX2 and baseline x86-64 and
  * the best one for the CPU is picked at load time (GCC function
  * multi-versioning). With no contraction to FMA the three compute the same
- * IEEE operations, and one machine always runs the same version. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+ * IEEE operations, and one machine always runs the same version. Not under
+ * ThreadSanitizer: the loader runs the version resolvers before the TSan
+ * runtime is up, and their instrumented entry crashes the program. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_THREAD__)
 #define HOT __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define HOT
