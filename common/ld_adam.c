@@ -33,19 +33,18 @@ int ld_adam_new(size_t n, const ld_adam_params_t *p, ld_adam_t **out)
     if (rc)
         return rc;
     ld_adam_t *self = calloc(1, sizeof *self);
-    if (!self)
-        return LD_ENOMEM;
-    self->p = *p;
-    self->n = n;
-    self->m = calloc(n ? n : 1, sizeof *self->m);
-    self->v = calloc(n ? n : 1, sizeof *self->v);
-    if (!self->m || !self->v)
-        goto fail;
+    if (self) {
+        self->p = *p;
+        self->n = n;
+        self->m = calloc(n ? n : 1, sizeof *self->m);
+        self->v = calloc(n ? n : 1, sizeof *self->v);
+    }
+    if (!self || !self->m || !self->v) {
+        ld_adam_destroy(&self);
+        return ld_seterr(LD_ENOMEM, "adam: out of memory for the moments of %zu parameters", n);
+    }
     *out = self;
     return LD_OK;
-fail:
-    ld_adam_destroy(&self);
-    return LD_ENOMEM;
 }
 
 void ld_adam_destroy(ld_adam_t **self_p)

@@ -29,7 +29,7 @@ int ld_afile_open(const char *path, ld_afile_t **out)
         return ld_seterr(LD_EINVAL, "atomic write: empty path");
     ld_afile_t *self = calloc(1, sizeof *self);
     if (!self)
-        return LD_ENOMEM;
+        return ld_seterr(LD_ENOMEM, "%s: out of memory", path);
     size_t n = strlen(path);
     self->path = strdup(path);
     self->tmp = malloc(n + 32);
@@ -61,7 +61,7 @@ int ld_afile_open(const char *path, ld_afile_t **out)
     return LD_OK;
 fail_nomem:
     ld_afile_abort(&self);
-    return LD_ENOMEM;
+    return ld_seterr(LD_ENOMEM, "%s: out of memory", path);
 }
 
 FILE *ld_afile_fp(ld_afile_t *self)

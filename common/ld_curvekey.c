@@ -203,7 +203,7 @@ int ld_curvekey_write_keypair(const char *prefix, int overwrite, char public_z85
     if (!key_path || !pub_path) {
         free(key_path);
         free(pub_path);
-        return LD_ENOMEM;
+        return ld_seterr(LD_ENOMEM, "%s: out of memory", prefix);
     }
     snprintf(key_path, n, "%s.key", prefix);
     snprintf(pub_path, n, "%s.pub", prefix);

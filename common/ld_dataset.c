@@ -202,12 +202,12 @@ static int names_add(names_t *l, const char *name, size_t len)
         int cap = l->cap ? 2 * l->cap : 16;
         char **p = realloc(l->names, sizeof *p * (size_t)cap);
         if (!p)
-            return LD_ENOMEM;
+            return ld_seterr(LD_ENOMEM, "dataset: out of memory for %d names", cap);
         l->names = p;
         l->cap = cap;
     }
     if (!(l->names[l->n] = strndup(name, len)))
-        return LD_ENOMEM;
+        return ld_seterr(LD_ENOMEM, "dataset: out of memory for the name '%.*s'", (int)len, name);
     l->n++;
     return LD_OK;
 }
@@ -231,7 +231,7 @@ static int list_dir(const char *dir, int want_dirs, names_t *out)
             continue;
         char *p = path_join(dir, e->d_name);
         if (!p) {
-            rc = LD_ENOMEM;
+            rc = ld_seterr(LD_ENOMEM, "dataset: out of memory");
             break;
         }
         if (is_dir(p) == !!want_dirs)
@@ -415,7 +415,7 @@ static int domain_push(domain_t *dom, item_t *it)
         int cap = dom->cap ? 2 * dom->cap : 16;
         item_t *p = realloc(dom->items, sizeof *p * (size_t)cap);
         if (!p)
-            return LD_ENOMEM;
+            return ld_seterr(LD_ENOMEM, "dataset: domain '%s': out of memory for %d items", dom->name, cap);
         dom->items = p;
         dom->cap = cap;
     }
@@ -464,7 +464,7 @@ static int load_folder_domain(ld_dataset_t *ds, const char *base, domain_t *dom)
     names_t images = { 0 }, masks = { 0 }, fovs = { 0 };
     char *idir = path_join(base, "image"), *mdir = path_join(base, "mask"), *fdir = path_join(base, "fov");
     const char *sub = ds->opts->subdir;
-    int rc = idir && mdir && fdir ? LD_OK : LD_ENOMEM;
+    int rc = idir && mdir && fdir ? LD_OK : ld_seterr(LD_ENOMEM, "dataset: domain '%s': out of memory", dom->name);
     if (!rc && !is_dir(idir))
         rc = ld_seterr(LD_ENOENT, "domain '%s': no folder %s", dom->name, idir);
     if (!rc)
@@ -605,7 +605,7 @@ static int parse_manifest_row(const char *path, int line_no, char **f, int nf, i
         r->fov = f[3][0] == '/' ? strdup(f[3]) : path_join(m->dir, f[3]);
     m->n++;
     if (!r->domain || !r->name || !r->image || !r->mask || (want == 4 && *f[3] && !r->fov))
-        return LD_ENOMEM;
+        return ld_seterr(LD_ENOMEM, "%s: line %d: out of memory", path, line_no);
     return LD_OK;
 }
 
@@ -623,7 +623,7 @@ static int parse_manifest(const char *path, manifest_t *m)
     m->dir = slash ? strndup(path, (size_t)(slash - path + (slash == path))) : strdup(".");
     m->rows = calloc(lines, sizeof *m->rows);
     if (!m->dir || !m->rows)
-        rc = LD_ENOMEM;
+        rc = ld_seterr(LD_ENOMEM, "%s: out of memory for %zu lines", path, lines);
     int want = 0, line_no = 0;
     for (char *line = text, *next; !rc && line; line = next) {
         next = strchr(line, '\n');
@@ -653,8 +653,6 @@ static int parse_manifest(const char *path, manifest_t *m)
     if (!rc && !want)
         rc = ld_seterr(LD_EFORMAT, "%s: empty manifest (no header line)", path);
     free(text);
-    if (rc == LD_ENOMEM)
-        ld_seterr(rc, "%s: out of memory reading the manifest", path);
     if (rc)
         manifest_free(m);
     return rc;

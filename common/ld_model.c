@@ -232,7 +232,7 @@ int ld_model_join_ints(char *buf, size_t cap, const int *v, int n)
     for (int i = 0; i < n; i++) {
         len += (size_t)snprintf(buf + len, cap - len, "%s%d", i ? "," : "", v[i]);
         if (len >= cap)
-            return LD_ERANGE;
+            return ld_seterr(LD_ERANGE, "model: %d integers do not fit in %zu characters", n, cap - 1);
     }
     return LD_OK;
 }
@@ -312,7 +312,8 @@ static int join_domains(char *buf, size_t cap, const ld_ebm_arch_t *a)
     for (int i = 0; i < a->n_domains; i++) {
         len += (size_t)snprintf(buf + len, cap - len, "%s%s", i ? "," : "", a->domains[i]);
         if (len >= cap)
-            return LD_ERANGE;
+            return ld_seterr(LD_ERANGE, "model: %d domain names do not fit in %zu characters", a->n_domains,
+                             cap - 1);
     }
     return LD_OK;
 }

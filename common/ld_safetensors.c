@@ -33,7 +33,7 @@ struct ld_meta_s {
 int ld_meta_new(ld_meta_t **out)
 {
     *out = calloc(1, sizeof **out);
-    return *out ? LD_OK : LD_ENOMEM;
+    return *out ? LD_OK : ld_seterr(LD_ENOMEM, "metadata: out of memory");
 }
 
 void ld_meta_destroy(ld_meta_t **self_p)
@@ -59,16 +59,21 @@ static long meta_index(const ld_meta_t *self, const char *key)
     return -1;
 }
 
-static int meta_grow(ld_meta_t *self)
+static int meta_nomem(const char *key)
+{
+    return ld_seterr(LD_ENOMEM, "metadata: out of memory for key '%.64s'", key);
+}
+
+static int meta_grow(ld_meta_t *self, const char *key)
 {
     size_t cap = self->cap ? 2 * self->cap : 8;
     char **k = realloc(self->keys, cap * sizeof *k);
     if (!k)
-        return LD_ENOMEM;
+        return meta_nomem(key);
     self->keys = k;
     char **v = realloc(self->values, cap * sizeof *v);
     if (!v)
-        return LD_ENOMEM;
+        return meta_nomem(key);
     self->values = v;
     self->cap = cap;
     return LD_OK;
@@ -80,7 +85,7 @@ int ld_meta_set(ld_meta_t *self, const char *key, const char *value)
         return ld_seterr(LD_EINVAL, "metadata: NULL key or value");
     char *v = strdup(value);
     if (!v)
-        return LD_ENOMEM;
+        return meta_nomem(key);
     long i = meta_index(self, key);
     if (i >= 0) {
         free(self->values[i]);
@@ -88,10 +93,11 @@ int ld_meta_set(ld_meta_t *self, const char *key, const char *value)
         return LD_OK;
     }
     char *k = strdup(key);
-    if (!k || (self->n == self->cap && meta_grow(self) != LD_OK)) {
+    int rc = !k ? meta_nomem(key) : self->n == self->cap ? meta_grow(self, key) : LD_OK;
+    if (rc) {
         free(k);
         free(v);
-        return LD_ENOMEM;
+        return rc;
     }
     self->keys[self->n] = k;
     self->values[self->n] = v;
@@ -259,8 +265,9 @@ static int parse_meta(ld_st_t *st, json_t *obj)
     json_object_foreach(obj, key, v) {
         if (!json_is_string(v))
             return bad(st, "__metadata__ '%s' is not a string", shown(key).s);
-        if (ld_meta_set(st->meta, key, json_string_value(v)) != LD_OK)
-            return LD_ENOMEM;
+        int rc = ld_meta_set(st->meta, key, json_string_value(v));
+        if (rc)
+            return ld_seterr(rc, "%s: %s", st->path, ld_errdetail());
     }
     return LD_OK;
 }
@@ -342,7 +349,7 @@ static int parse_tensor(ld_st_t *st, const char *name, json_t *entry, const unsi
         return rc;
     t->data = data + begin;
     t->name = strdup(name);
-    return t->name ? LD_OK : LD_ENOMEM;
+    return t->name ? LD_OK : ld_seterr(LD_ENOMEM, "%s: out of memory for tensor '%s'", st->path, shown(name).s);
 }
 
 static int by_offset(const void *pa, const void *pb)
@@ -409,7 +416,7 @@ static int parse_header(ld_st_t *st)
     if (!json_is_object(root))
         rc = bad(st, "header is not a JSON object");
     else if (!(st->tensors = calloc(json_object_size(root) + 1, sizeof *st->tensors)))
-        rc = LD_ENOMEM;
+        rc = ld_seterr(LD_ENOMEM, "%s: out of memory for %zu tensors", st->path, json_object_size(root));
     const char *key;
     json_t *v;
     if (rc == LD_OK) {
@@ -433,20 +440,21 @@ static int st_from_buffer(const char *label, unsigned char *buf, size_t len, ld_
     ld_st_t *st = calloc(1, sizeof *st);
     if (!st) {
         free(buf);
-        return LD_ENOMEM;
+        return ld_seterr(LD_ENOMEM, "%s: out of memory", label);
     }
     st->buf = buf;
     st->len = len;
-    int rc = LD_ENOMEM;
+    int rc;
     if (!(st->path = strdup(label)) || ld_meta_new(&st->meta) != LD_OK)
-        goto fail;
-    if ((rc = parse_header(st)) != LD_OK)
-        goto fail;
+        rc = ld_seterr(LD_ENOMEM, "%s: out of memory", label);
+    else
+        rc = parse_header(st);
+    if (rc) {
+        ld_st_close(&st);
+        return rc;
+    }
     *out = st;
     return LD_OK;
-fail:
-    ld_st_close(&st);
-    return rc == LD_ENOMEM ? ld_seterr(LD_ENOMEM, "%s: out of memory", label) : rc;
 }
 
 int ld_st_open(const char *path, ld_st_t **out)
@@ -463,7 +471,7 @@ int ld_st_open_mem(const void *bytes, size_t len, const char *label, ld_st_t **o
     *out = NULL;
     unsigned char *buf = malloc(len ? len : 1);
     if (!buf)
-        return LD_ENOMEM;
+        return ld_seterr(LD_ENOMEM, "%s: cannot allocate %zu bytes", label ? label : "(memory)", len);
     if (len)
         memcpy(buf, bytes, len);
     return st_from_buffer(label ? label : "(memory)", buf, len, out);
@@ -540,7 +548,7 @@ int ld_st_writer_new(ld_st_writer_t **out)
     if (!w || ld_meta_new(&w->meta) != LD_OK) {
         free(w);
         *out = NULL;
-        return LD_ENOMEM;
+        return ld_seterr(LD_ENOMEM, "safetensors writer: out of memory");
     }
     *out = w;
     return LD_OK;
@@ -597,14 +605,14 @@ int ld_st_writer_add(ld_st_writer_t *self, const char *name, ld_dtype_t dtype, i
         size_t cap = self->cap ? 2 * self->cap : 16;
         entry_t *v = realloc(self->v, cap * sizeof *v);
         if (!v)
-            return LD_ENOMEM;
+            return ld_seterr(LD_ENOMEM, "safetensors writer: tensor '%s': out of memory", name);
         self->v = v;
         self->cap = cap;
     }
     entry_t *e = &self->v[self->n];
     memset(e, 0, sizeof *e);
     if (!(e->name = strdup(name)))
-        return LD_ENOMEM;
+        return ld_seterr(LD_ENOMEM, "safetensors writer: tensor '%s': out of memory", name);
     e->dtype = dtype;
     e->ndim = ndim;
     for (int d = 0; d < ndim; d++)
@@ -657,7 +665,7 @@ static int build_header(const ld_st_writer_t *self, char **out, size_t *len_out)
 {
     json_t *root = json_object();
     if (!root)
-        return LD_ENOMEM;
+        return ld_seterr(LD_ENOMEM, "safetensors writer: out of memory for the header");
     int rc = LD_OK;
     if (self->meta->n) {
         json_t *m = json_object();
@@ -682,7 +690,7 @@ static int build_header(const ld_st_writer_t *self, char **out, size_t *len_out)
     if (rc)
         return rc;
     if (!text)
-        return LD_ENOMEM;
+        return ld_seterr(LD_ENOMEM, "safetensors writer: out of memory for the header");
     size_t n = strlen(text), padded = (n + 7) & ~(size_t)7;
     if (padded > LD_ST_MAX_HEADER) {
         free(text);
@@ -691,7 +699,7 @@ static int build_header(const ld_st_writer_t *self, char **out, size_t *len_out)
     char *p = realloc(text, padded + 1);
     if (!p) {
         free(text);
-        return LD_ENOMEM;
+        return ld_seterr(LD_ENOMEM, "safetensors writer: out of memory for the header");
     }
     memset(p + n, ' ', padded - n);
     p[padded] = '\0';

@@ -24,12 +24,10 @@ const ld_setting_t *ld_settings_find(const ld_settings_t *t, const char *key)
     return NULL;
 }
 
-static const ld_setting_t *find_or_fail(const ld_settings_t *t, const char *key)
+static int find_or_fail(const ld_settings_t *t, const char *key, const ld_setting_t **row)
 {
-    const ld_setting_t *row = ld_settings_find(t, key);
-    if (!row)
-        ld_seterr(LD_ENOENT, "unknown %s '%s'", t->what, key);
-    return row;
+    *row = ld_settings_find(t, key);
+    return *row ? LD_OK : ld_seterr(LD_ENOENT, "unknown %s '%s'", t->what, key);
 }
 
 static int set_pair(const char *what, const char *value, double min, double max, double out[2])
@@ -54,9 +52,10 @@ static int set_pair(const char *what, const char *value, double min, double max,
 
 int ld_settings_set(const ld_settings_t *t, void *cfg, const char *key, const char *value)
 {
-    const ld_setting_t *k = find_or_fail(t, key);
-    if (!k)
-        return LD_ENOENT;
+    const ld_setting_t *k;
+    int rc = find_or_fail(t, key, &k);
+    if (rc)
+        return rc;
     char what[80];
     snprintf(what, sizeof what, "--%s", key);
     void *field = (char *)cfg + k->off;
@@ -92,9 +91,10 @@ static void format_double(double v, char *buf, size_t len)
 
 int ld_settings_get(const ld_settings_t *t, const void *cfg, const char *key, char *buf, size_t len)
 {
-    const ld_setting_t *k = find_or_fail(t, key);
-    if (!k)
-        return LD_ENOENT;
+    const ld_setting_t *k;
+    int rc = find_or_fail(t, key, &k);
+    if (rc)
+        return rc;
     const void *field = (const char *)cfg + k->off;
     char a[32], b[32];
     switch (k->type) {

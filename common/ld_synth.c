@@ -14,8 +14,8 @@
 #include "ld_error.h"
 #include "ld_png.h"
 #include "ld_rng.h"
+#include "ld_text.h"
 
-#include <stdarg.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -286,34 +286,23 @@ int ld_synth_render(const ld_synth_opts_t *opts, int d, int i, ld_image_t *image
 
 /* ---- writing ---- */
 
-/* A formatted path, or NULL (out of memory, with the detail set). */
-__attribute__((format(printf, 1, 2))) static char *pathf(const char *fmt, ...)
+/* Creates the folder dir/sub (dir must exist). */
+static int make_dir(const char *dir, const char *sub)
 {
-    char *p = NULL;
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vasprintf(&p, fmt, ap);
-    va_end(ap);
-    if (n < 0) {
-        ld_seterr(LD_ENOMEM, "synth: out of memory");
-        return NULL;
-    }
-    return p;
-}
-
-/* Creates the folder path (its parent must exist) and frees path. */
-static int make_dir(char *path)
-{
-    int rc = path ? ld_afile_mkdir(path) : LD_ENOMEM;
+    char *path;
+    int rc = ld_text_format(&path, "%s/%s", dir, sub);
+    if (!rc)
+        rc = ld_afile_mkdir(path);
     free(path);
     return rc;
 }
 
 static int write_readme(const char *root, const ld_synth_opts_t *o)
 {
-    char text[2048], *path = pathf("%s/README.txt", root);
-    if (!path)
-        return LD_ENOMEM;
+    char text[2048], *path;
+    int rc = ld_text_format(&path, "%s/README.txt", root);
+    if (rc)
+        return rc;
     int n = snprintf(text, sizeof text,
                      "Synthetic fundus-like multi-domain data written by langdaug (ld_synth).\n"
                      "domains=%d per_domain=%d size=%d seed=%llu disc=%d\n"
@@ -323,7 +312,7 @@ static int write_readme(const char *root, const ld_synth_opts_t *o)
                      "contrast, gamma, blur, noise and vignetting.\n",
                      o->n_domains, o->per_domain, o->size, (unsigned long long)o->seed, o->disc,
                      o->disc ? ", 128 = optic disc" : "", ld_synth_maskmap(o));
-    int rc = ld_afile_write_all(path, text, (size_t)n);
+    rc = ld_afile_write_all(path, text, (size_t)n);
     free(path);
     return rc;
 }
@@ -335,8 +324,9 @@ static int write_one(const char *dom_dir, const ld_synth_opts_t *o, int d, int i
     const char *sub[3] = { "image", "mask", "fov" };
     const ld_image_t *pic[3] = { &img, &mask, &fov };
     for (int k = 0; k < 3 && !rc; k++) {
-        char *path = pathf("%s/%s/%03d.png", dom_dir, sub[k], i);
-        rc = path ? ld_png_write(path, pic[k]) : LD_ENOMEM;
+        char *path;
+        if (!(rc = ld_text_format(&path, "%s/%s/%03d.png", dom_dir, sub[k], i)))
+            rc = ld_png_write(path, pic[k]);
         free(path);
     }
     ld_image_free(&img);
@@ -351,13 +341,14 @@ int ld_synth_write(const char *root, const ld_synth_opts_t *opts)
     if (!rc && (!root || !*root))
         rc = ld_seterr(LD_EINVAL, "synth: empty output folder");
     if (!rc)
-        rc = make_dir(pathf("%s", root));
+        rc = ld_afile_mkdir(root);
     for (int d = 0; d < opts->n_domains && !rc; d++) {
-        char *dir = pathf("%s/%s", root, cameras[d].name);
+        char *dir;
         static const char *subs[3] = { "image", "mask", "fov" };
-        rc = dir ? make_dir(pathf("%s", dir)) : LD_ENOMEM;
+        if (!(rc = ld_text_format(&dir, "%s/%s", root, cameras[d].name)))
+            rc = ld_afile_mkdir(dir);
         for (int k = 0; k < 3 && !rc; k++)
-            rc = make_dir(pathf("%s/%s", dir, subs[k]));
+            rc = make_dir(dir, subs[k]);
         for (int i = 0; i < opts->per_domain && !rc; i++)
             rc = write_one(dir, opts, d, i);
         free(dir);

@@ -1,5 +1,5 @@
-/* ld_text: strict whole-string parsing of option and config values, and CSV
- * field quoting (see ld_text.h). strtoll/strtod do the conversion; these
+/* ld_text: strict whole-string parsing of option and config values, CSV
+ * field quoting and formatted strings (see ld_text.h). strtoll/strtod do the conversion; these
  * wrappers add the checks they leave out: empty text, leading space or sign
  * tricks, trailing junk, overflow, NaN/Inf, and range. */
 #include "ld_text.h"
@@ -8,6 +8,8 @@
 #include <ctype.h>
 #include <errno.h>
 #include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -130,4 +132,16 @@ void ld_text_csv_field(FILE *f, const char *s)
         fputc(*s, f);
     }
     fputc('"', f);
+}
+
+int ld_text_format(char **out, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vasprintf(out, fmt, ap);
+    va_end(ap);
+    if (n >= 0)
+        return LD_OK;
+    *out = NULL;
+    return ld_seterr(LD_ENOMEM, "out of memory");
 }

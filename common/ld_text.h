@@ -1,5 +1,6 @@
-/* ld_text: strict parsing of command-line and config values, and the CSV
- * quoting the commands use for the tables they write.
+/* ld_text: strict parsing of command-line and config values, the CSV
+ * quoting the commands use for the tables they write, and formatted
+ * strings with the error convention.
  *
  * Each parser takes `what` (the option or key being parsed, e.g. "--threads"
  * or "model.conf:3: size") and the text; it accepts the whole string or
@@ -30,5 +31,9 @@ int ld_text_parse_int_list(const char *what, const char *s, int min, int max,
 /* Writes s to f as one CSV field (RFC 4180): as is, or in double quotes with
  * inner quotes doubled when it holds a comma, quote, CR or LF. */
 void ld_text_csv_field(FILE *f, const char *s);
+
+/* A printf-formatted string (a path, a name) into *out, malloc'ed; on
+ * failure *out = NULL and LD_ENOMEM with the detail "out of memory". */
+int ld_text_format(char **out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #endif

@@ -290,7 +290,7 @@ static int train_setup(const ld_train_config_t *cfg, ld_train_t **out)
         return rc;
     ld_train_t *self = calloc(1, sizeof *self);
     if (!self)
-        return LD_ENOMEM;
+        return ld_seterr(LD_ENOMEM, "training: out of memory");
     self->cfg = *cfg;
     self->history.cols = LD_TRAIN_HISTORY_COLS;
     ld_adam_params_t ap;

@@ -224,7 +224,8 @@ static int evaluate(const ld_ebm_t *m, const energy_opts_t *o, const batch_in_t 
     int max_batch = in->n < o->batch ? (in->n > 0 ? in->n : 1) : o->batch;
     ld_ebm_ws_t *ws = NULL;
     float *ones = malloc((size_t)max_batch * sizeof *ones);
-    int rc = ones ? ld_ebm_ws_new(ld_ebm_arch(m), max_batch, o->threads, &ws) : LD_ENOMEM;
+    int rc = ones ? ld_ebm_ws_new(ld_ebm_arch(m), max_batch, o->threads, &ws)
+                  : ld_seterr(LD_ENOMEM, "out of memory for a batch of %d", max_batch);
     for (int i = 0; ones && i < max_batch; i++)
         ones[i] = 1.0f;
     for (int i0 = 0; rc == LD_OK && i0 < in->n; i0 += max_batch) {

@@ -146,8 +146,8 @@ static int read_config(const char *path, init_settings_t *s)
 {
     config_t c = {.path = path, .s = s};
     if (!(c.f = fopen(path, "r"))) {
-        ld_seterr(errno == ENOENT ? LD_ENOENT : LD_EIO, "%s: cannot open: %s", path, strerror(errno));
-        return ldt_fail(CMD, errno == ENOENT ? LD_ENOENT : LD_EIO);
+        int e = errno;
+        return ldt_fail(CMD, ld_seterr(e == ENOENT ? LD_ENOENT : LD_EIO, "%s: cannot open: %s", path, strerror(e)));
     }
     ini_allow_multiline = false; /* an indented line is a line of its own, not a continuation */
     ini_stop_on_first_error = true;

@@ -445,7 +445,7 @@ static int run(pull_t *p, const ldt_request_t *req)
     progress(p, 1);
     ld_client_destroy(&client);
     if (rc == LD_ECANCELED || (!rc && interrupted))
-        return (rc = ld_afile_commit(&p->csv)) ? rc : LD_ECANCELED;
+        return (rc = ld_afile_commit(&p->csv)) ? rc : ld_seterr(LD_ECANCELED, "interrupted");
     if (rc) {
         ld_afile_abort(&p->csv);
         return rc;

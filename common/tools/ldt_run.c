@@ -27,8 +27,9 @@ static int setting_option(const char *cmd, const ld_settings_t *t, void *scratch
 {
     if (ld_settings_set(t, scratch, key, value))
         return ldt_usage_error(cmd, "%s", ld_errdetail());
-    if (ld_meta_set(given, key, value))
-        return ldt_fail(cmd, LD_ENOMEM);
+    int rc = ld_meta_set(given, key, value);
+    if (rc)
+        return ldt_fail(cmd, rc);
     return 0;
 }
 
@@ -111,7 +112,7 @@ static int default_checkpoint(const char *cmd, ldt_outputs_t *o)
     }
     size_t n = strlen(o->out) + 6;
     if (!(o->checkpoint_owned = malloc(n)))
-        return ldt_fail(cmd, LD_ENOMEM);
+        return ldt_fail(cmd, ld_seterr(LD_ENOMEM, "out of memory for the checkpoint path"));
     snprintf(o->checkpoint_owned, n, "%s.ckpt", o->out);
     o->checkpoint = o->checkpoint_owned;
     return 0;
@@ -269,7 +270,9 @@ static int parse_args(const ldt_run_cmd_t *c, int argc, char **argv, ldt_run_arg
 {
     struct option *opts = run_longopts(c);
     void *scratch = malloc(c->settings->cfg_size);
-    int opt, status = !opts || !scratch || ld_meta_new(&a->settings) ? ldt_fail(c->cmd, LD_ENOMEM) : 0;
+    int opt, status = !opts || !scratch || ld_meta_new(&a->settings)
+                          ? ldt_fail(c->cmd, ld_seterr(LD_ENOMEM, "out of memory for the options"))
+                          : 0;
     if (scratch)
         memcpy(scratch, c->defaults, c->settings->cfg_size);
     a->iters = c->iters;
@@ -293,7 +296,7 @@ int ldt_run_start(const ldt_run_cmd_t *c, int argc, char **argv, ldt_run_args_t 
     memset(a, 0, sizeof *a);
     int status = parse_args(c, argc, argv, a, own, user);
     if (status == 0 && !(a->command = join_command(argc, argv)))
-        status = ldt_fail(c->cmd, LD_ENOMEM);
+        status = ldt_fail(c->cmd, ld_seterr(LD_ENOMEM, "out of memory for the command line"));
     if (status == 0)
         status = prepare_outputs(c->cmd, &a->o);
     return status;

@@ -393,12 +393,13 @@ static int write_pair(const char *out, const sample_run_t *r, const uint8_t *val
         ld_image_put_float(&pic, 0, 0, img, r->c, r->s);
         for (size_t p = 0; p < ms; p++)
             mask.data[p] = value_of[r->masks[(size_t)j * ms + p]];
-        rc = asprintf(&path, "%s/image/%s.png", out, name) < 0 ? LD_ENOMEM : ld_png_write(path, &pic);
+        if (!(rc = ld_text_format(&path, "%s/image/%s.png", out, name)))
+            rc = ld_png_write(path, &pic);
         free(path);
         path = NULL;
     }
-    if (!rc)
-        rc = asprintf(&path, "%s/mask/%s.png", out, name) < 0 ? LD_ENOMEM : ld_png_write(path, &mask);
+    if (!rc && !(rc = ld_text_format(&path, "%s/mask/%s.png", out, name)))
+        rc = ld_png_write(path, &mask);
     free(path);
     ld_image_free(&pic);
     ld_image_free(&mask);
@@ -409,9 +410,10 @@ static int write_csv(const sample_opts_t *o, const sample_run_t *r)
 {
     char *path = NULL;
     ld_afile_t *af = NULL;
-    if (asprintf(&path, "%s/samples.csv", o->out) < 0)
-        return LD_ENOMEM;
-    int rc = ld_afile_open(path, &af);
+    int rc = ld_text_format(&path, "%s/samples.csv", o->out);
+    if (rc)
+        return rc;
+    rc = ld_afile_open(path, &af);
     free(path);
     if (rc)
         return rc;
@@ -481,8 +483,8 @@ static int write_grid(const sample_opts_t *o, const sample_run_t *r)
         }
     }
     char *path = NULL;
-    if (!rc)
-        rc = asprintf(&path, "%s/grid.png", o->out) < 0 ? LD_ENOMEM : ld_png_write(path, &grid);
+    if (!rc && !(rc = ld_text_format(&path, "%s/grid.png", o->out)))
+        rc = ld_png_write(path, &grid);
     free(path);
     ld_image_free(&tile);
     ld_image_free(&mask);
@@ -510,8 +512,10 @@ static int write_outputs(const sample_opts_t *o, const sample_run_t *r)
 {
     char *img_dir = NULL, *mask_dir = NULL;
     int rc = ld_afile_mkdir(o->out);
-    if (!rc && (asprintf(&img_dir, "%s/image", o->out) < 0 || asprintf(&mask_dir, "%s/mask", o->out) < 0))
-        rc = ld_seterr(LD_ENOMEM, "out of memory");
+    if (!rc)
+        rc = ld_text_format(&img_dir, "%s/image", o->out);
+    if (!rc)
+        rc = ld_text_format(&mask_dir, "%s/mask", o->out);
     if (!rc)
         rc = ld_afile_mkdir(img_dir);
     if (!rc)
