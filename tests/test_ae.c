@@ -193,48 +193,48 @@ START_TEST(arch_parsing_and_validation)
     ck_assert_int_eq(ld_ae_arch_validate(&b), 0);
     ck_assert(!ld_ae_arch_same_shape(&a, &b));
     ck_assert_uint_eq(ld_ae_arch_latent_numel(&b), 8 * 8 * 8);
-    ck_assert_int_eq(ld_ae_arch_set_widths(&b, "32,64"), LD_ERANGE);
+    ld_expect_err(ld_ae_arch_set_widths(&b, "32,64"), LD_ERANGE);
     ck_assert_msg(strstr(ld_errdetail(), "need 3 (factor 4) or 4 (factor 8)"), "%s", ld_errdetail());
-    ck_assert_int_eq(ld_ae_arch_set_widths(&b, "8,8,8,8,8"), LD_ERANGE);
-    ck_assert_int_eq(ld_ae_arch_set_widths(&b, "8,x,8"), LD_EINVAL);
-    ck_assert_int_eq(ld_ae_arch_set_widths(&b, "8,0,8"), LD_ERANGE);
+    ld_expect_err(ld_ae_arch_set_widths(&b, "8,8,8,8,8"), LD_ERANGE);
+    ld_expect_err(ld_ae_arch_set_widths(&b, "8,x,8"), LD_EINVAL);
+    ld_expect_err(ld_ae_arch_set_widths(&b, "8,0,8"), LD_ERANGE);
     ck_assert_int_eq(b.factor, 8); /* failures leave the architecture alone */
 
     b = a;
     b.factor = 2;
-    ck_assert_int_eq(ld_ae_arch_validate(&b), LD_ERANGE);
+    ld_expect_err(ld_ae_arch_validate(&b), LD_ERANGE);
     ck_assert_str_eq(ld_errdetail(), "autoencoder architecture: factor 2 is not 4 or 8");
     b = a;
     b.size = 68; /* a multiple of 4 but not of 8: the latent side would be odd */
-    ck_assert_int_eq(ld_ae_arch_validate(&b), LD_ERANGE);
+    ld_expect_err(ld_ae_arch_validate(&b), LD_ERANGE);
     ck_assert_msg(strstr(ld_errdetail(), "size 68 is not a multiple of 2 x factor = 8"), "%s", ld_errdetail());
     b.size = 2048;
-    ck_assert_int_eq(ld_ae_arch_validate(&b), LD_ERANGE);
+    ld_expect_err(ld_ae_arch_validate(&b), LD_ERANGE);
     b = a;
     b.latent_channels = 0;
-    ck_assert_int_eq(ld_ae_arch_validate(&b), LD_ERANGE);
+    ld_expect_err(ld_ae_arch_validate(&b), LD_ERANGE);
     ck_assert_msg(strstr(ld_errdetail(), "latent_channels 0"), "%s", ld_errdetail());
     b.latent_channels = LD_AE_MAX_LATENT + 1;
-    ck_assert_int_eq(ld_ae_arch_validate(&b), LD_ERANGE);
+    ld_expect_err(ld_ae_arch_validate(&b), LD_ERANGE);
     b = a;
     b.widths[2] = 0;
-    ck_assert_int_eq(ld_ae_arch_validate(&b), LD_ERANGE);
+    ld_expect_err(ld_ae_arch_validate(&b), LD_ERANGE);
     ck_assert_msg(strstr(ld_errdetail(), "widths[2]"), "%s", ld_errdetail());
     b = a;
     b.image_channels = 5;
-    ck_assert_int_eq(ld_ae_arch_validate(&b), LD_ERANGE);
+    ld_expect_err(ld_ae_arch_validate(&b), LD_ERANGE);
     b = a;
     b.colour_space = LD_COLOUR_LAB;
     ck_assert_int_eq(ld_ae_arch_validate(&b), 0);
     ck_assert(ld_ae_arch_same_shape(&a, &b)); /* one workspace serves both */
     b.image_channels = 1;
-    ck_assert_int_eq(ld_ae_arch_validate(&b), LD_EINVAL);
+    ld_expect_err(ld_ae_arch_validate(&b), LD_EINVAL);
     ck_assert_str_eq(ld_errdetail(), "autoencoder architecture: colour space lab needs 3 image channels, not 1");
     b = a;
     b.colour_space = (ld_colour_space_t)7;
-    ck_assert_int_eq(ld_ae_arch_validate(&b), LD_EINVAL);
+    ld_expect_err(ld_ae_arch_validate(&b), LD_EINVAL);
     ld_ae_t *m = (ld_ae_t *)1;
-    ck_assert_int_eq(ld_ae_new(&b, &m), LD_EINVAL);
+    ld_expect_err(ld_ae_new(&b, &m), LD_EINVAL);
     ck_assert_ptr_null(m);
 }
 END_TEST
@@ -659,29 +659,29 @@ START_TEST(invalid_calls_rejected)
     ld_ae_ws_t *ws = make_ws(&a, 2, 1);
     size_t pi = img_numel(&a), pz = lat_numel(&a);
     float *x = rand_floats(3 * pi, 91), *z = rand_floats(3 * pz, 92), g = 0;
-    ck_assert_int_eq(ld_ae_encode(m, ws, 3, x, z), LD_EINVAL);
+    ld_expect_err(ld_ae_encode(m, ws, 3, x, z), LD_EINVAL);
     ck_assert_str_eq(ld_errdetail(), "encode: batch of 3 samples outside 0..max_batch 2");
-    ck_assert_int_eq(ld_ae_decode(m, ws, -1, z, x), LD_EINVAL);
-    ck_assert_int_eq(ld_ae_decode(m, ws, 2, z, NULL), LD_EINVAL);
+    ld_expect_err(ld_ae_decode(m, ws, -1, z, x), LD_EINVAL);
+    ld_expect_err(ld_ae_decode(m, ws, 2, z, NULL), LD_EINVAL);
     ck_assert_str_eq(ld_errdetail(), "decode: NULL input or output buffer");
-    ck_assert_int_eq(ld_ae_encode_vjp(m, ws, 2, x, NULL, x), LD_EINVAL);
-    ck_assert_int_eq(ld_ae_decode_vjp(NULL, ws, 2, z, x, z), LD_EINVAL);
-    ck_assert_int_eq(ld_ae_backward_params(m, ws, 1, x, x, NULL), LD_EINVAL);
+    ld_expect_err(ld_ae_encode_vjp(m, ws, 2, x, NULL, x), LD_EINVAL);
+    ld_expect_err(ld_ae_decode_vjp(NULL, ws, 2, z, x, z), LD_EINVAL);
+    ld_expect_err(ld_ae_backward_params(m, ws, 1, x, x, NULL), LD_EINVAL);
     ck_assert_ptr_nonnull(strstr(ld_errdetail(), "backward_params"));
     ck_assert_int_eq(ld_ae_encode(m, ws, 0, NULL, NULL), 0);
     ck_assert_int_eq(ld_ae_backward_params(m, ws, 0, NULL, NULL, &g), 0);
 
     ld_ae_arch_t other = make_arch(3, 16, "4,6,9", 3);
     ld_ae_ws_t *ws2 = make_ws(&other, 2, 1);
-    ck_assert_int_eq(ld_ae_encode(m, ws2, 1, x, z), LD_EINVAL);
+    ld_expect_err(ld_ae_encode(m, ws2, 1, x, z), LD_EINVAL);
     ck_assert_str_eq(ld_errdetail(), "encode: workspace architecture (C=3 S=16 f=4 Z=3 widths=4,6,9) differs from the "
                                      "autoencoder's (C=3 S=16 f=4 Z=3 widths=4,6,8)");
     ld_ae_ws_t *bad = (ld_ae_ws_t *)1;
-    ck_assert_int_eq(ld_ae_ws_new(&a, 0, 1, &bad), LD_EINVAL);
+    ld_expect_err(ld_ae_ws_new(&a, 0, 1, &bad), LD_EINVAL);
     ck_assert_ptr_null(bad);
-    ck_assert_int_eq(ld_ae_ws_new(&a, 1, 0, &bad), LD_EINVAL);
+    ld_expect_err(ld_ae_ws_new(&a, 1, 0, &bad), LD_EINVAL);
     other.size = 20;
-    ck_assert_int_eq(ld_ae_ws_new(&other, 1, 1, &bad), LD_ERANGE);
+    ld_expect_err(ld_ae_ws_new(&other, 1, 1, &bad), LD_ERANGE);
     ck_assert_int_eq(ld_ae_ws_max_batch(ws), 2);
     ck_assert_int_eq(ld_ae_ws_threads(ws), 1);
     free(x), free(z);
@@ -760,10 +760,10 @@ START_TEST(save_refuses_bad_input)
     ld_meta_t *extra;
     ck_assert_int_eq(ld_meta_new(&extra), 0);
     ck_assert_int_eq(ld_meta_set(extra, "factor", "8"), 0);
-    ck_assert_int_eq(ld_ae_save(p, m, extra, NULL), LD_EINVAL);
+    ld_expect_err(ld_ae_save(p, m, extra, NULL), LD_EINVAL);
     ck_assert_ptr_nonnull(strstr(ld_errdetail(), "'factor'"));
     ld_ae_params(m)->params[ld_ae_params(m)->t[31].offset + 1] = INFINITY;
-    ck_assert_int_eq(ld_ae_save(p, m, NULL, NULL), LD_ENUMERIC);
+    ld_expect_err(ld_ae_save(p, m, NULL, NULL), LD_ENUMERIC);
     ck_assert_msg(strstr(ld_errdetail(), "tensor 'decoder.out.bias' element 1 is not finite"), "%s", ld_errdetail());
     ck_assert_int_eq(ld_test_count_entries(dir), 0);
     ld_meta_destroy(&extra);
@@ -834,7 +834,7 @@ START_TEST(load_rejects_defects)
 
     /* an energy model is not an autoencoder, and the other way round */
     ld_ebm_t *ebm;
-    ck_assert_int_eq(ld_model_load(good, &ebm, NULL, NULL), LD_EFORMAT);
+    ld_expect_err(ld_model_load(good, &ebm, NULL, NULL), LD_EFORMAT);
     ck_assert_msg(strstr(ld_errdetail(), "metadata 'format' is 'langdaug-ae', expected 'langdaug-ebm'"), "%s",
                   ld_errdetail());
     ld_ebm_arch_t ea;
@@ -844,13 +844,13 @@ START_TEST(load_rejects_defects)
     ck_assert_int_eq(ld_ebm_arch_set_domains(&ea, "A,B"), 0);
     ck_assert_int_eq(ld_ebm_new(&ea, &ebm), 0);
     ck_assert_int_eq(ld_model_save(bad, ebm, NULL, NULL), 0);
-    ck_assert_int_eq(ld_ae_load(bad, &back, NULL, NULL), LD_EFORMAT);
+    ld_expect_err(ld_ae_load(bad, &back, NULL, NULL), LD_EFORMAT);
     ck_assert_msg(strstr(ld_errdetail(), "metadata 'format' is 'langdaug-ebm', expected 'langdaug-ae'"), "%s",
                   ld_errdetail());
     ld_test_write_file(bad, "hello, world", 12);
-    ck_assert_int_eq(ld_ae_load(bad, &back, NULL, NULL), LD_EFORMAT);
+    ld_expect_err(ld_ae_load(bad, &back, NULL, NULL), LD_EFORMAT);
     ck_assert_ptr_nonnull(strstr(ld_errdetail(), bad));
-    ck_assert_int_eq(ld_ae_load("/nonexistent-langdaug/ae.safetensors", &back, NULL, NULL), LD_ENOENT);
+    ld_expect_err(ld_ae_load("/nonexistent-langdaug/ae.safetensors", &back, NULL, NULL), LD_ENOENT);
     ck_assert_ptr_null(back);
     ld_ebm_destroy(&ebm);
     ld_ae_destroy(&m);

@@ -220,12 +220,12 @@ START_TEST(names_parse_and_print)
     ck_assert_int_eq(cs, LD_COLOUR_LAB);
     ck_assert_int_eq(ld_colour_space_parse("colour-space", "rgb", &cs), 0);
     ck_assert_int_eq(cs, LD_COLOUR_RGB);
-    ck_assert_int_eq(ld_colour_space_parse("--colour-space", "LAB", &cs), LD_EINVAL);
+    ld_expect_err(ld_colour_space_parse("--colour-space", "LAB", &cs), LD_EINVAL);
     ck_assert_str_eq(ld_errdetail(), "--colour-space: 'LAB' is not rgb or lab");
     ck_assert_int_eq(cs, LD_COLOUR_RGB);
     ck_assert_int_eq(ld_keep_parse("keep", "luminance", &keep), 0);
     ck_assert_int_eq(keep, LD_KEEP_LUMINANCE);
-    ck_assert_int_eq(ld_keep_parse("keep", "", &keep), LD_EINVAL);
+    ld_expect_err(ld_keep_parse("keep", "", &keep), LD_EINVAL);
     ck_assert_str_eq(ld_errdetail(), "keep: '' is not none or luminance");
     ck_assert_str_eq(ld_colour_space_name(LD_COLOUR_LAB), "lab");
     ck_assert_str_eq(ld_keep_name(LD_KEEP_NONE), "none");

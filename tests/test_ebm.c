@@ -172,50 +172,50 @@ START_TEST(arch_parsing_and_validation)
     ck_assert_int_eq(ld_ebm_arch_domain(&a, "HRF"), -1);
 
     ld_ebm_arch_t b = a;
-    ck_assert_int_eq(ld_ebm_arch_set_widths(&b, "32,,64"), LD_EINVAL);
-    ck_assert_int_eq(ld_ebm_arch_set_widths(&b, "32"), LD_ERANGE);
-    ck_assert_int_eq(ld_ebm_arch_set_widths(&b, "32,0"), LD_ERANGE);
-    ck_assert_int_eq(ld_ebm_arch_set_widths(&b, "32,64,"), LD_EINVAL);
-    ck_assert_int_eq(ld_ebm_arch_set_widths(&b, "1,2,3,4,5,6,7,8,9,10"), LD_ERANGE);
-    ck_assert_int_eq(ld_ebm_arch_set_widths(&b, "32, 64"), LD_EINVAL);
+    ld_expect_err(ld_ebm_arch_set_widths(&b, "32,,64"), LD_EINVAL);
+    ld_expect_err(ld_ebm_arch_set_widths(&b, "32"), LD_ERANGE);
+    ld_expect_err(ld_ebm_arch_set_widths(&b, "32,0"), LD_ERANGE);
+    ld_expect_err(ld_ebm_arch_set_widths(&b, "32,64,"), LD_EINVAL);
+    ld_expect_err(ld_ebm_arch_set_widths(&b, "1,2,3,4,5,6,7,8,9,10"), LD_ERANGE);
+    ld_expect_err(ld_ebm_arch_set_widths(&b, "32, 64"), LD_EINVAL);
     ck_assert_int_eq(b.n_blocks, 4); /* failures leave the architecture alone */
-    ck_assert_int_eq(ld_ebm_arch_set_domains(&b, "A,A"), LD_EINVAL);
+    ld_expect_err(ld_ebm_arch_set_domains(&b, "A,A"), LD_EINVAL);
     ck_assert_ptr_nonnull(strstr(ld_errdetail(), "twice"));
-    ck_assert_int_eq(ld_ebm_arch_set_domains(&b, "A,,B"), LD_EINVAL);
-    ck_assert_int_eq(ld_ebm_arch_set_domains(&b, "A B"), LD_EINVAL);
+    ld_expect_err(ld_ebm_arch_set_domains(&b, "A,,B"), LD_EINVAL);
+    ld_expect_err(ld_ebm_arch_set_domains(&b, "A B"), LD_EINVAL);
     ck_assert_int_eq(b.n_domains, 3);
 
     b = a;
     b.size = 40; /* not a multiple of 2^4 */
-    ck_assert_int_eq(ld_ebm_arch_validate(&b), LD_ERANGE);
+    ld_expect_err(ld_ebm_arch_validate(&b), LD_ERANGE);
     ck_assert_ptr_nonnull(strstr(ld_errdetail(), "size"));
     b = a;
     b.mask_classes = 17;
-    ck_assert_int_eq(ld_ebm_arch_validate(&b), LD_ERANGE);
+    ld_expect_err(ld_ebm_arch_validate(&b), LD_ERANGE);
     ck_assert_ptr_nonnull(strstr(ld_errdetail(), "mask_classes"));
     b = a;
     b.image_channels = 0;
-    ck_assert_int_eq(ld_ebm_arch_validate(&b), LD_ERANGE);
+    ld_expect_err(ld_ebm_arch_validate(&b), LD_ERANGE);
     b = a;
     b.widths[2] = 0;
-    ck_assert_int_eq(ld_ebm_arch_validate(&b), LD_ERANGE);
+    ld_expect_err(ld_ebm_arch_validate(&b), LD_ERANGE);
     ck_assert_ptr_nonnull(strstr(ld_errdetail(), "widths[2]"));
     b = a;
     strcpy(b.domains[2], "DRIVE");
-    ck_assert_int_eq(ld_ebm_arch_validate(&b), LD_EINVAL);
+    ld_expect_err(ld_ebm_arch_validate(&b), LD_EINVAL);
     b = a;
     strcpy(b.domains[1], "bad/name");
-    ck_assert_int_eq(ld_ebm_arch_validate(&b), LD_EINVAL);
+    ld_expect_err(ld_ebm_arch_validate(&b), LD_EINVAL);
     b = a;
     b.colour_space = LD_COLOUR_LAB;
     ck_assert_int_eq(ld_ebm_arch_validate(&b), 0);
     ck_assert(ld_ebm_arch_same_shape(&a, &b)); /* one workspace serves both */
     b.image_channels = 1;
-    ck_assert_int_eq(ld_ebm_arch_validate(&b), LD_EINVAL);
+    ld_expect_err(ld_ebm_arch_validate(&b), LD_EINVAL);
     ck_assert_str_eq(ld_errdetail(), "architecture: colour space lab needs 3 image channels, not 1");
     b = a;
     b.colour_space = (ld_colour_space_t)2;
-    ck_assert_int_eq(ld_ebm_arch_validate(&b), LD_EINVAL);
+    ld_expect_err(ld_ebm_arch_validate(&b), LD_EINVAL);
     ck_assert_ptr_nonnull(strstr(ld_errdetail(), "colour space 2"));
 }
 END_TEST
@@ -801,34 +801,34 @@ START_TEST(invalid_inputs_rejected)
     size_t q = (size_t)a.size * (size_t)a.size;
     float g = 0;
     b.mask[q + 37] = 2; /* sample 1, y 2, x 5 */
-    ck_assert_int_eq(ld_ebm_energy(m, ws, 3, b.image, b.mask, b.target, b.energy, NULL), LD_EINVAL);
+    ld_expect_err(ld_ebm_energy(m, ws, 3, b.image, b.mask, b.target, b.energy, NULL), LD_EINVAL);
     ck_assert_msg(strstr(ld_errdetail(), "sample 1") && strstr(ld_errdetail(), "mask value 2"), "%s", ld_errdetail());
-    ck_assert_int_eq(ld_ebm_backward_params(m, ws, 3, b.image, b.mask, b.target, b.energy, NULL, &g), LD_EINVAL);
+    ld_expect_err(ld_ebm_backward_params(m, ws, 3, b.image, b.mask, b.target, b.energy, NULL, &g), LD_EINVAL);
     b.mask[q + 37] = 1;
     b.target[2] = 3;
-    ck_assert_int_eq(ld_ebm_energy(m, ws, 3, b.image, b.mask, b.target, b.energy, NULL), LD_EINVAL);
+    ld_expect_err(ld_ebm_energy(m, ws, 3, b.image, b.mask, b.target, b.energy, NULL), LD_EINVAL);
     ck_assert_msg(strstr(ld_errdetail(), "sample 2") && strstr(ld_errdetail(), "target"), "%s", ld_errdetail());
     b.target[2] = -1;
-    ck_assert_int_eq(ld_ebm_energy(m, ws, 3, b.image, b.mask, b.target, b.energy, NULL), LD_EINVAL);
+    ld_expect_err(ld_ebm_energy(m, ws, 3, b.image, b.mask, b.target, b.energy, NULL), LD_EINVAL);
     b.target[2] = 0;
-    ck_assert_int_eq(ld_ebm_energy(m, ws, 4, b.image, b.mask, b.target, b.energy, NULL), LD_EINVAL);
+    ld_expect_err(ld_ebm_energy(m, ws, 4, b.image, b.mask, b.target, b.energy, NULL), LD_EINVAL);
     ck_assert_ptr_nonnull(strstr(ld_errdetail(), "max_batch"));
-    ck_assert_int_eq(ld_ebm_energy(m, ws, 3, b.image, b.mask, b.target, NULL, NULL), LD_EINVAL);
+    ld_expect_err(ld_ebm_energy(m, ws, 3, b.image, b.mask, b.target, NULL, NULL), LD_EINVAL);
     ck_assert_int_eq(ld_ebm_energy(m, ws, 0, NULL, NULL, NULL, NULL, NULL), 0);
     ck_assert_int_eq(ld_ebm_energy(m, ws, 3, b.image, b.mask, b.target, b.energy, NULL), 0);
 
     ld_ebm_arch_t other = make_arch(3, 2, 16, "4,6,9", 3);
     ld_ebm_ws_t *ws2 = make_ws(&other, 3, 1);
-    ck_assert_int_eq(ld_ebm_energy(m, ws2, 3, b.image, b.mask, b.target, b.energy, NULL), LD_EINVAL);
+    ld_expect_err(ld_ebm_energy(m, ws2, 3, b.image, b.mask, b.target, b.energy, NULL), LD_EINVAL);
     ck_assert_msg(strstr(ld_errdetail(), "architecture"), "%s", ld_errdetail());
     ld_ebm_ws_t *bad = NULL;
-    ck_assert_int_eq(ld_ebm_ws_new(&a, 0, 1, &bad), LD_EINVAL);
-    ck_assert_int_eq(ld_ebm_ws_new(&a, 1, 0, &bad), LD_EINVAL);
+    ld_expect_err(ld_ebm_ws_new(&a, 0, 1, &bad), LD_EINVAL);
+    ld_expect_err(ld_ebm_ws_new(&a, 1, 0, &bad), LD_EINVAL);
     ck_assert_ptr_null(bad);
     other.size = 10;
-    ck_assert_int_eq(ld_ebm_ws_new(&other, 1, 1, &bad), LD_ERANGE);
+    ld_expect_err(ld_ebm_ws_new(&other, 1, 1, &bad), LD_ERANGE);
     ld_ebm_t *mb = NULL;
-    ck_assert_int_eq(ld_ebm_new(&other, &mb), LD_ERANGE);
+    ld_expect_err(ld_ebm_new(&other, &mb), LD_ERANGE);
     ck_assert_ptr_null(mb);
     free_batch(&b);
     ld_ebm_ws_destroy(&ws);
@@ -875,7 +875,7 @@ START_TEST(pool_barrier_and_jobs)
         ck_assert_ptr_null(c.pool);
     }
     ld_threadpool_t *p = NULL;
-    ck_assert_int_eq(ld_threadpool_new(0, &p), LD_EINVAL);
+    ld_expect_err(ld_threadpool_new(0, &p), LD_EINVAL);
 }
 END_TEST
 

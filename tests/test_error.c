@@ -54,6 +54,27 @@ START_TEST(long_detail_is_truncated_not_overflowed)
 }
 END_TEST
 
+static int fails_with_detail(void)
+{
+    return ld_seterr(LD_ERANGE, "value %d is out of range", 7);
+}
+
+static int fails_silently(void)
+{
+    return LD_ERANGE;
+}
+
+/* The test helper's rule: a failing call must replace the stale detail. */
+START_TEST(expect_err_needs_a_fresh_detail)
+{
+    ld_expect_err(fails_with_detail(), LD_ERANGE);
+    ck_assert_str_eq(ld_errdetail(), "value 7 is out of range");
+    ld_test_stale_detail();
+    ck_assert_int_eq(fails_silently(), LD_ERANGE);
+    ck_assert_str_eq(ld_errdetail(), LD_TEST_STALE_DETAIL); /* what ld_expect_fresh_detail refuses */
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("error");
@@ -62,6 +83,7 @@ int main(void)
     tcase_add_test(tc, detail_can_wrap_itself);
     tcase_add_test(tc, detail_is_per_thread);
     tcase_add_test(tc, long_detail_is_truncated_not_overflowed);
+    tcase_add_test(tc, expect_err_needs_a_fresh_detail);
     suite_add_tcase(s, tc);
     return ld_test_run(s);
 }

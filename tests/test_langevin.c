@@ -93,33 +93,33 @@ START_TEST(params_validated)
     ck_assert_int_eq(p.n_snapshots, 3);
     ck_assert(p.snapshots[0] == 0 && p.snapshots[1] == 5 && p.snapshots[2] == 10);
     ck_assert_int_eq(ld_langevin_validate(&p), 0);
-    ck_assert_int_eq(ld_langevin_set_snapshots(&p, "3,3"), LD_EINVAL);
+    ld_expect_err(ld_langevin_set_snapshots(&p, "3,3"), LD_EINVAL);
     ck_assert_ptr_nonnull(strstr(ld_errdetail(), "twice"));
-    ck_assert_int_eq(ld_langevin_set_snapshots(&p, "1,,2"), LD_EINVAL);
-    ck_assert_int_eq(ld_langevin_set_snapshots(&p, "1,2,"), LD_EINVAL);
-    ck_assert_int_eq(ld_langevin_set_snapshots(&p, "-1"), LD_EINVAL);
-    ck_assert_int_eq(ld_langevin_set_snapshots(&p, "1;2"), LD_EINVAL);
+    ld_expect_err(ld_langevin_set_snapshots(&p, "1,,2"), LD_EINVAL);
+    ld_expect_err(ld_langevin_set_snapshots(&p, "1,2,"), LD_EINVAL);
+    ld_expect_err(ld_langevin_set_snapshots(&p, "-1"), LD_EINVAL);
+    ld_expect_err(ld_langevin_set_snapshots(&p, "1;2"), LD_EINVAL);
     ck_assert_int_eq(p.n_snapshots, 3); /* failures leave p alone */
     ck_assert_int_eq(ld_langevin_set_snapshots(&p, ""), 0);
     ck_assert_int_eq(p.n_snapshots, 0);
 
     ld_langevin_params_t b = params(0.01f, 0.005f, 10, "10");
     b.snapshots[0] = 11;
-    ck_assert_int_eq(ld_langevin_validate(&b), LD_ERANGE);
+    ld_expect_err(ld_langevin_validate(&b), LD_ERANGE);
     ck_assert_ptr_nonnull(strstr(ld_errdetail(), "snapshots[0]"));
     b = params(0.01f, 0.005f, 10, "4,6");
     b.snapshots[1] = 4;
-    ck_assert_int_eq(ld_langevin_validate(&b), LD_ERANGE);
+    ld_expect_err(ld_langevin_validate(&b), LD_ERANGE);
     b = params(0.0f, 0.005f, 10, "");
-    ck_assert_int_eq(ld_langevin_validate(&b), LD_ERANGE);
+    ld_expect_err(ld_langevin_validate(&b), LD_ERANGE);
     ck_assert_ptr_nonnull(strstr(ld_errdetail(), "step_size"));
     b = params(NAN, 0.005f, 10, "");
-    ck_assert_int_eq(ld_langevin_validate(&b), LD_ERANGE);
+    ld_expect_err(ld_langevin_validate(&b), LD_ERANGE);
     b = params(0.01f, -1.0f, 10, "");
-    ck_assert_int_eq(ld_langevin_validate(&b), LD_ERANGE);
+    ld_expect_err(ld_langevin_validate(&b), LD_ERANGE);
     ck_assert_ptr_nonnull(strstr(ld_errdetail(), "noise"));
     b = params(0.01f, 0.0f, 0, "");
-    ck_assert_int_eq(ld_langevin_validate(&b), LD_ERANGE);
+    ld_expect_err(ld_langevin_validate(&b), LD_ERANGE);
     ck_assert_ptr_nonnull(strstr(ld_errdetail(), "steps"));
 }
 END_TEST
@@ -326,10 +326,10 @@ START_TEST(non_finite_energy_stops_run)
     /* bad inputs are the engine's errors */
     f.image[f.per + 10] = 0.0f;
     f.target[1] = 7;
-    ck_assert_int_eq(ld_langevin_run(f.m, ws, &p, 2, f.image, f.mask, f.target, f.chain, NULL, NULL, NULL), LD_EINVAL);
-    ck_assert_int_eq(ld_langevin_run(f.m, ws, &p, 3, f.image, f.mask, f.target, f.chain, NULL, NULL, NULL), LD_EINVAL);
+    ld_expect_err(ld_langevin_run(f.m, ws, &p, 2, f.image, f.mask, f.target, f.chain, NULL, NULL, NULL), LD_EINVAL);
+    ld_expect_err(ld_langevin_run(f.m, ws, &p, 3, f.image, f.mask, f.target, f.chain, NULL, NULL, NULL), LD_EINVAL);
     p.steps = 0;
-    ck_assert_int_eq(ld_langevin_run(f.m, ws, &p, 2, f.image, f.mask, f.target, f.chain, NULL, NULL, NULL), LD_ERANGE);
+    ld_expect_err(ld_langevin_run(f.m, ws, &p, 2, f.image, f.mask, f.target, f.chain, NULL, NULL, NULL), LD_ERANGE);
     ld_ebm_ws_destroy(&ws);
     free_fixture(&f);
 }

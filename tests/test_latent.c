@@ -90,15 +90,15 @@ START_TEST(pairing_is_checked)
     ld_ebm_arch_t e = ebm_arch();
     ck_assert_int_eq(ld_latent_check(&a, &e), 0);
     e.image_channels = ZC + 1;
-    ck_assert_int_eq(ld_latent_check(&a, &e), LD_EINVAL);
+    ld_expect_err(ld_latent_check(&a, &e), LD_EINVAL);
     ck_assert_ptr_nonnull(strstr(ld_errdetail(), "latent has 3"));
     e = ebm_arch();
     e.size = SIDE * 2;
-    ck_assert_int_eq(ld_latent_check(&a, &e), LD_EINVAL);
+    ld_expect_err(ld_latent_check(&a, &e), LD_EINVAL);
     ck_assert_ptr_nonnull(strstr(ld_errdetail(), "latent side is 4"));
     e = ebm_arch();
     e.colour_space = LD_COLOUR_LAB;
-    ck_assert_int_eq(ld_latent_check(&a, &e), LD_EINVAL);
+    ld_expect_err(ld_latent_check(&a, &e), LD_EINVAL);
     ck_assert_ptr_nonnull(strstr(ld_errdetail(), "colour space"));
 }
 END_TEST
@@ -238,7 +238,7 @@ START_TEST(latent_training_names_its_autoencoder_and_resumes_exactly)
     ld_meta_t *over = NULL;
     ck_assert_int_eq(ld_meta_new(&over), 0);
     ck_assert_int_eq(ld_meta_set(over, "latent", f.other_ae), 0);
-    ck_assert_int_eq(ld_train_resume(ckpt, over, &half), LD_EINVAL);
+    ld_expect_err(ld_train_resume(ckpt, over, &half), LD_EINVAL);
     ck_assert_ptr_nonnull(strstr(ld_errdetail(), "the checkpoint's run used"));
     ld_meta_destroy(&over);
     ck_assert_msg(ld_train_resume(ckpt, NULL, &half) == 0, "%s", ld_errdetail());
@@ -254,7 +254,7 @@ START_TEST(latent_training_names_its_autoencoder_and_resumes_exactly)
     ck_assert_str_eq(ld_meta_get(meta, LD_LATENT_META_FILE), "ae.safetensors");
     ck_assert_msg(ld_latent_load_ae(model, meta, ld_ebm_arch(m), NULL, &ae, NULL) == 0, "%s", ld_errdetail());
     ld_ae_destroy(&ae);
-    ck_assert_int_eq(ld_latent_load_ae(model, meta, ld_ebm_arch(m), f.other_ae, &ae, NULL), LD_EINVAL);
+    ld_expect_err(ld_latent_load_ae(model, meta, ld_ebm_arch(m), f.other_ae, &ae, NULL), LD_EINVAL);
     ck_assert_ptr_nonnull(strstr(ld_errdetail(), "was trained on"));
     ck_assert_ptr_null(ae);
     ld_ebm_destroy(&m);
@@ -273,11 +273,11 @@ START_TEST(latent_settings_errors_name_the_option)
     ld_train_t *tr = NULL;
     latent_config(&cfg, &f);
     ck_assert_int_eq(ld_train_config_set(&cfg, "size", "32"), 0);
-    ck_assert_int_eq(ld_train_new(&cfg, &tr), LD_EINVAL);
+    ld_expect_err(ld_train_new(&cfg, &tr), LD_EINVAL);
     ck_assert_ptr_nonnull(strstr(ld_errdetail(), "give --size 16"));
     latent_config(&cfg, &f);
     ck_assert_int_eq(ld_train_config_set(&cfg, "colour-space", "lab"), 0);
-    ck_assert_int_eq(ld_train_new(&cfg, &tr), LD_EINVAL);
+    ld_expect_err(ld_train_new(&cfg, &tr), LD_EINVAL);
     ck_assert_ptr_nonnull(strstr(ld_errdetail(), "--colour-space rgb"));
     latent_config(&cfg, &f);
     ck_assert_int_eq(ld_train_config_set(&cfg, "widths", "8,16,32,64"), 0); /* 4 px latent: 3 blocks do not fit */

@@ -144,11 +144,11 @@ START_TEST(save_refuses_bad_input)
     ld_meta_t *extra;
     ck_assert_int_eq(ld_meta_new(&extra), 0);
     ck_assert_int_eq(ld_meta_set(extra, "size", "32"), 0);
-    ck_assert_int_eq(ld_model_save(p, m, extra, NULL), LD_EINVAL);
+    ld_expect_err(ld_model_save(p, m, extra, NULL), LD_EINVAL);
     ck_assert_ptr_nonnull(strstr(ld_errdetail(), "'size'"));
     ck_assert_int_eq(access(p, F_OK), -1);
     ld_ebm_params(m)[5] = NAN;
-    ck_assert_int_eq(ld_model_save(p, m, NULL, NULL), LD_ENUMERIC);
+    ld_expect_err(ld_model_save(p, m, NULL, NULL), LD_ENUMERIC);
     ck_assert_ptr_nonnull(strstr(ld_errdetail(), "element 5"));
     ck_assert_int_eq(access(p, F_OK), -1);
     ck_assert_int_eq(ld_test_count_entries(dir), 0);
@@ -253,13 +253,13 @@ START_TEST(colour_space_metadata)
 
     ld_test_defect_t grey = {.meta_key = "image_channels", .meta_value = "1"};
     ld_test_write_defective(lab, bad, &grey);
-    ck_assert_int_eq(ld_model_load(bad, &back, NULL, NULL), LD_EFORMAT);
+    ld_expect_err(ld_model_load(bad, &back, NULL, NULL), LD_EFORMAT);
     ck_assert_msg(strstr(ld_errdetail(), "colour space lab needs 3 image channels, not 1"), "%s", ld_errdetail());
 
     /* the key is generated: an extra key of that name is refused */
     ck_assert_int_eq(ld_meta_new(&meta), 0);
     ck_assert_int_eq(ld_meta_set(meta, "colour_space", "lab"), 0);
-    ck_assert_int_eq(ld_model_save(bad, m, meta, NULL), LD_EINVAL);
+    ld_expect_err(ld_model_save(bad, m, meta, NULL), LD_EINVAL);
     ld_meta_destroy(&meta);
     ld_ebm_destroy(&m);
     ld_ebm_destroy(&ml);
@@ -274,16 +274,16 @@ START_TEST(load_rejects_non_model_files)
     char *p = ld_test_path(dir, "x.safetensors");
     ld_ebm_t *m;
     ld_test_write_file(p, "hello, world", 12);
-    ck_assert_int_eq(ld_model_load(p, &m, NULL, NULL), LD_EFORMAT);
+    ld_expect_err(ld_model_load(p, &m, NULL, NULL), LD_EFORMAT);
     ck_assert_ptr_nonnull(strstr(ld_errdetail(), p));
     /* a valid safetensors file without langdaug metadata */
     ld_st_writer_t *w;
     ck_assert_int_eq(ld_st_writer_new(&w), 0);
     ck_assert_int_eq(ld_st_writer_write(w, p, NULL), 0);
     ld_st_writer_destroy(&w);
-    ck_assert_int_eq(ld_model_load(p, &m, NULL, NULL), LD_EFORMAT);
+    ld_expect_err(ld_model_load(p, &m, NULL, NULL), LD_EFORMAT);
     ck_assert_ptr_nonnull(strstr(ld_errdetail(), "metadata key 'format' is missing"));
-    ck_assert_int_eq(ld_model_load("/nonexistent-langdaug/m.safetensors", &m, NULL, NULL), LD_ENOENT);
+    ld_expect_err(ld_model_load("/nonexistent-langdaug/m.safetensors", &m, NULL, NULL), LD_ENOENT);
     ck_assert_ptr_null(m);
     free(p);
 }
@@ -306,7 +306,7 @@ START_TEST(failed_save_keeps_old_file)
     ck_assert_int_eq(getrlimit(RLIMIT_FSIZE, &old_lim), 0);
     lim.rlim_max = old_lim.rlim_max;
     ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &lim), 0);
-    ck_assert_int_eq(ld_model_save(p, m, NULL, NULL), LD_EIO);
+    ld_expect_err(ld_model_save(p, m, NULL, NULL), LD_EIO);
     ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &old_lim), 0);
     ck_assert_int_eq(ld_test_count_entries(dir), 1); /* no temporary left */
     ld_ebm_t *back;
@@ -315,12 +315,12 @@ START_TEST(failed_save_keeps_old_file)
     ld_ebm_destroy(&back);
 
     /* a directory that does not exist */
-    ck_assert_int_eq(ld_model_save("/nonexistent-langdaug/m.safetensors", m, NULL, NULL), LD_EIO);
+    ld_expect_err(ld_model_save("/nonexistent-langdaug/m.safetensors", m, NULL, NULL), LD_EIO);
 
     /* a read-only directory (root ignores permissions: skip that part) */
     if (geteuid() != 0) {
         ck_assert_int_eq(chmod(dir, 0555), 0);
-        ck_assert_int_eq(ld_model_save(p, m, NULL, NULL), LD_EIO);
+        ld_expect_err(ld_model_save(p, m, NULL, NULL), LD_EIO);
         ck_assert_int_eq(chmod(dir, 0755), 0);
         ck_assert_int_eq(ld_model_load(p, &back, NULL, h_now), 0);
         ck_assert_str_eq(h_now, h_old);

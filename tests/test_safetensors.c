@@ -224,24 +224,24 @@ START_TEST(writer_rejects_bad_input)
     int64_t nine[9] = {1, 1, 1, 1, 1, 1, 1, 1, 1};
     ck_assert_int_eq(ld_st_writer_new(&w), 0);
     ck_assert_int_eq(ld_st_writer_add(w, "x", LD_DT_F32, 1, &s2, x), 0);
-    ck_assert_int_eq(ld_st_writer_add(w, "x", LD_DT_F32, 1, &s2, x), LD_EINVAL);
+    ld_expect_err(ld_st_writer_add(w, "x", LD_DT_F32, 1, &s2, x), LD_EINVAL);
     ck_assert_ptr_nonnull(strstr(ld_errdetail(), "duplicate tensor 'x'"));
-    ck_assert_int_eq(ld_st_writer_add(w, "__metadata__", LD_DT_F32, 1, &s2, x), LD_EINVAL);
-    ck_assert_int_eq(ld_st_writer_add(w, "n", LD_DT_F32, 1, &neg, x), LD_EINVAL);
-    ck_assert_int_eq(ld_st_writer_add(w, "b", LD_DT_F32, 3, big, x), LD_ERANGE);
-    ck_assert_int_eq(ld_st_writer_add(w, "d", LD_DT_F32, 9, nine, x), LD_EINVAL);
-    ck_assert_int_eq(ld_st_writer_add(w, "t", (ld_dtype_t)99, 1, &s2, x), LD_EINVAL);
-    ck_assert_int_eq(ld_st_writer_add(w, "nodata", LD_DT_F32, 1, &s2, NULL), LD_EINVAL);
+    ld_expect_err(ld_st_writer_add(w, "__metadata__", LD_DT_F32, 1, &s2, x), LD_EINVAL);
+    ld_expect_err(ld_st_writer_add(w, "n", LD_DT_F32, 1, &neg, x), LD_EINVAL);
+    ld_expect_err(ld_st_writer_add(w, "b", LD_DT_F32, 3, big, x), LD_ERANGE);
+    ld_expect_err(ld_st_writer_add(w, "d", LD_DT_F32, 9, nine, x), LD_EINVAL);
+    ld_expect_err(ld_st_writer_add(w, "t", (ld_dtype_t)99, 1, &s2, x), LD_EINVAL);
+    ld_expect_err(ld_st_writer_add(w, "nodata", LD_DT_F32, 1, &s2, NULL), LD_EINVAL);
     /* invalid UTF-8 in metadata: the write fails and creates nothing */
     ck_assert_int_eq(ld_st_writer_set_meta(w, "bad\xff", "v"), 0);
-    ck_assert_int_eq(ld_st_writer_write(w, p, NULL), LD_EINVAL);
+    ld_expect_err(ld_st_writer_write(w, p, NULL), LD_EINVAL);
     ck_assert_ptr_nonnull(strstr(ld_errdetail(), "UTF-8"));
     ck_assert_int_eq(access(p, F_OK), -1);
     ld_st_writer_destroy(&w);
     ck_assert_ptr_null(w);
     /* a write into a missing directory fails cleanly */
     ck_assert_int_eq(ld_st_writer_new(&w), 0);
-    ck_assert_int_eq(ld_st_writer_write(w, "/nonexistent-langdaug-dir/x.safetensors", NULL), LD_EIO);
+    ld_expect_err(ld_st_writer_write(w, "/nonexistent-langdaug-dir/x.safetensors", NULL), LD_EIO);
     ld_st_writer_destroy(&w);
     ld_test_rmtree(dir);
     free(p);
@@ -447,20 +447,20 @@ END_TEST
 START_TEST(open_errors)
 {
     ld_st_t *st = (ld_st_t *)1;
-    ck_assert_int_eq(ld_st_open("/nonexistent-langdaug/x.safetensors", &st), LD_ENOENT);
+    ld_expect_err(ld_st_open("/nonexistent-langdaug/x.safetensors", &st), LD_ENOENT);
     ck_assert_ptr_null(st);
     ck_assert_ptr_nonnull(strstr(ld_errdetail(), "/nonexistent-langdaug/x.safetensors"));
     char *dir = ld_test_tmpdir();
-    ck_assert_int_eq(ld_st_open(dir, &st), LD_EIO);
+    ld_expect_err(ld_st_open(dir, &st), LD_EIO);
     ck_assert_ptr_nonnull(strstr(ld_errdetail(), "not a regular file"));
     char *fifo = ld_test_path(dir, "fifo");
     ck_assert_int_eq(mkfifo(fifo, 0600), 0);
-    ck_assert_int_eq(ld_st_open(fifo, &st), LD_EIO); /* refused, without waiting for a writer */
+    ld_expect_err(ld_st_open(fifo, &st), LD_EIO); /* refused, without waiting for a writer */
     ck_assert_ptr_nonnull(strstr(ld_errdetail(), "not a regular file"));
     free(fifo);
     char *p = ld_test_path(dir, "empty");
     ld_test_write_file(p, "", 0);
-    ck_assert_int_eq(ld_st_open(p, &st), LD_EFORMAT);
+    ld_expect_err(ld_st_open(p, &st), LD_EFORMAT);
     ck_assert_ptr_nonnull(strstr(ld_errdetail(), p));
     ld_test_rmtree(dir);
     free(p);

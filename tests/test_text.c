@@ -477,28 +477,28 @@ START_TEST(value_parsers)
         ck_assert_int_eq(i, 7);
         ck_assert_ptr_nonnull(strstr(ld_errdetail(), "--n: '"));
     }
-    ck_assert_int_eq(ld_text_parse_int("--n", "101", 0, 100, &i), LD_ERANGE);
+    ld_expect_err(ld_text_parse_int("--n", "101", 0, 100, &i), LD_ERANGE);
     ck_assert_str_eq(ld_errdetail(), "--n: 101 is out of range [0, 100]");
-    ck_assert_int_eq(ld_text_parse_int("--n", "99999999999999999999", INT32_MIN, INT32_MAX, &i), LD_ERANGE);
-    ck_assert_int_eq(ld_text_parse_int("--n", "2147483648", INT32_MIN, INT32_MAX, &i), LD_ERANGE);
-    ck_assert_int_eq(ld_text_parse_int("--n", NULL, 0, 1, &i), LD_EINVAL);
+    ld_expect_err(ld_text_parse_int("--n", "99999999999999999999", INT32_MIN, INT32_MAX, &i), LD_ERANGE);
+    ld_expect_err(ld_text_parse_int("--n", "2147483648", INT32_MIN, INT32_MAX, &i), LD_ERANGE);
+    ld_expect_err(ld_text_parse_int("--n", NULL, 0, 1, &i), LD_EINVAL);
 
     uint64_t u;
     ck_assert_int_eq(ld_text_parse_u64("--seed", "18446744073709551615", &u), 0);
     ck_assert(u == UINT64_MAX);
-    ck_assert_int_eq(ld_text_parse_u64("--seed", "-1", &u), LD_EINVAL);
-    ck_assert_int_eq(ld_text_parse_u64("--seed", "18446744073709551616", &u), LD_ERANGE);
+    ld_expect_err(ld_text_parse_u64("--seed", "-1", &u), LD_EINVAL);
+    ld_expect_err(ld_text_parse_u64("--seed", "18446744073709551616", &u), LD_ERANGE);
 
     double d;
     float f;
     ck_assert_int_eq(ld_text_parse_double("--eta", "2.5e-3", 0, 1, &d), 0);
     ck_assert(d == 2.5e-3);
-    ck_assert_int_eq(ld_text_parse_double("--eta", "nan", 0, 1, &d), LD_ERANGE);
-    ck_assert_int_eq(ld_text_parse_double("--eta", "inf", 0, 1e308, &d), LD_ERANGE);
-    ck_assert_int_eq(ld_text_parse_double("--eta", "1,5", 0, 10, &d), LD_EINVAL);
-    ck_assert_int_eq(ld_text_parse_double("--eta", "", 0, 10, &d), LD_EINVAL);
-    ck_assert_int_eq(ld_text_parse_double("--eta", "-0.5", 0, 10, &d), LD_ERANGE);
-    ck_assert_int_eq(ld_text_parse_float("--eta", "1e300", 0, 1e308, &f), LD_ERANGE);
+    ld_expect_err(ld_text_parse_double("--eta", "nan", 0, 1, &d), LD_ERANGE);
+    ld_expect_err(ld_text_parse_double("--eta", "inf", 0, 1e308, &d), LD_ERANGE);
+    ld_expect_err(ld_text_parse_double("--eta", "1,5", 0, 10, &d), LD_EINVAL);
+    ld_expect_err(ld_text_parse_double("--eta", "", 0, 10, &d), LD_EINVAL);
+    ld_expect_err(ld_text_parse_double("--eta", "-0.5", 0, 10, &d), LD_ERANGE);
+    ld_expect_err(ld_text_parse_float("--eta", "1e300", 0, 1e308, &f), LD_ERANGE);
     ck_assert_int_eq(ld_text_parse_float("--eta", "0.25", 0, 1, &f), 0);
     ck_assert(f == 0.25f);
 
@@ -506,11 +506,11 @@ START_TEST(value_parsers)
     ck_assert_int_eq(ld_text_parse_int_list("--widths", "32,64,128", 1, 4096, v, 4, &n), 0);
     ck_assert_int_eq(n, 3);
     ck_assert_int_eq(v[2], 128);
-    ck_assert_int_eq(ld_text_parse_int_list("--widths", "32,,64", 1, 4096, v, 4, &n), LD_EINVAL);
-    ck_assert_int_eq(ld_text_parse_int_list("--widths", "32,", 1, 4096, v, 4, &n), LD_EINVAL);
-    ck_assert_int_eq(ld_text_parse_int_list("--widths", "", 1, 4096, v, 4, &n), LD_EINVAL);
-    ck_assert_int_eq(ld_text_parse_int_list("--widths", "1,2,3,4,5", 1, 4096, v, 4, &n), LD_ERANGE);
-    ck_assert_int_eq(ld_text_parse_int_list("--widths", "1,0", 1, 4096, v, 4, &n), LD_ERANGE);
+    ld_expect_err(ld_text_parse_int_list("--widths", "32,,64", 1, 4096, v, 4, &n), LD_EINVAL);
+    ld_expect_err(ld_text_parse_int_list("--widths", "32,", 1, 4096, v, 4, &n), LD_EINVAL);
+    ld_expect_err(ld_text_parse_int_list("--widths", "", 1, 4096, v, 4, &n), LD_EINVAL);
+    ld_expect_err(ld_text_parse_int_list("--widths", "1,2,3,4,5", 1, 4096, v, 4, &n), LD_ERANGE);
+    ld_expect_err(ld_text_parse_int_list("--widths", "1,0", 1, 4096, v, 4, &n), LD_ERANGE);
     ck_assert_int_eq(n, 3); /* unchanged on failure */
 }
 END_TEST

@@ -10,8 +10,10 @@
 #include <check.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "ld_convnet.h"
+#include "ld_error.h"
 #include "ld_train.h"
 
 #define LD_SKIP(...)                                   \
@@ -21,6 +23,36 @@
         printf("\n");                                  \
         fflush(stdout);                                \
         return;                                        \
+    } while (0)
+
+/* ---- the error convention (ld_error.h) ----
+ * A failing call must record a detail of its own: one left over from an
+ * earlier call is exactly the bug these checks catch. */
+
+/* The detail set before a call that must replace it. */
+#define LD_TEST_STALE_DETAIL "<stale detail of an earlier call>"
+
+/* Sets the calling thread's detail to LD_TEST_STALE_DETAIL. */
+#define ld_test_stale_detail() ld_seterr(LD_OK, "%s", LD_TEST_STALE_DETAIL)
+
+/* Fails the test unless the detail is non-empty and not the stale one;
+ * `what` names the failing call in the message. */
+#define ld_expect_fresh_detail(what)                                                                          \
+    ck_assert_msg(ld_errdetail()[0] && strcmp(ld_errdetail(), LD_TEST_STALE_DETAIL) != 0,                      \
+                  "%s failed without recording a fresh error detail (ld_seterr)", (what))
+
+/* Evaluates call (an expression giving 0 or an LD_E* code) after making the
+ * detail stale; fails the test unless it gives `code` with a fresh detail,
+ * which ld_errdetail() then returns for further checks. */
+#define ld_expect_err(call, code)                                                                             \
+    do {                                                                                                      \
+        ld_test_stale_detail();                                                                               \
+        int ld_expect_rc_ = (call);                                                                           \
+        int ld_expect_want_ = (code);                                                                         \
+        ck_assert_msg(ld_expect_rc_ == ld_expect_want_, "%s gave %d (%s), expected %d (%s); detail: %s", #call, \
+                      ld_expect_rc_, ld_strerror(ld_expect_rc_), ld_expect_want_, ld_strerror(ld_expect_want_),  \
+                      ld_errdetail());                                                                        \
+        ld_expect_fresh_detail(#call);                                                                        \
     } while (0)
 
 /* A test case with a timeout in seconds (scaled by CK_TIMEOUT_MULTIPLIER). */
