@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "langdaug.pb-c.h"
+#include "ld_error.h"
 #include "ldd_mem.h"
 
 /* IEEE binary16, round to nearest even; the input is finite and in [-1,1]
@@ -144,8 +145,11 @@ static void put_sample(const ldd_request_t *req, const ldd_sample_t *smp, uint32
 int ldd_batch_cut(ldd_session_t *s, uint32_t credits_left, ldd_batch_t *out)
 {
     const ldd_request_t *req = ldd_session_request(s);
-    if (!req || ldd_session_ready_samples(s) < req->batch_size)
-        return -1;
+    if (!req)
+        return ld_seterr(LD_ESTATE, "batch: the session has no request");
+    if (ldd_session_ready_samples(s) < req->batch_size)
+        return ld_seterr(LD_EAGAIN, "batch: %lld of %u samples ready", (long long)ldd_session_ready_samples(s),
+                         req->batch_size);
     uint32_t n = req->batch_size;
     memset(out, 0, sizeof *out);
     Langdaug__V1__SampleMeta *metas = ldd_xmalloc(n * sizeof *metas);

@@ -26,8 +26,9 @@ typedef struct {
 
 /* Takes a batch of the request's batch_size samples from s in job order
  * (ldd_session_take_sample), frees the jobs used up, fills out;
- * credits_left goes in the header. Returns 0, or -1 (out untouched) when s
- * has no request or not a batch of samples ready. OOM is fatal. */
+ * credits_left goes in the header. Returns 0, or (out untouched, with a
+ * detail) LD_ESTATE when s has no request, LD_EAGAIN when it has not a
+ * batch of samples ready. OOM is fatal. */
 int ldd_batch_cut(ldd_session_t *s, uint32_t credits_left, ldd_batch_t *out);
 void ldd_batch_free(ldd_batch_t *b);
 

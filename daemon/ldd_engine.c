@@ -239,8 +239,8 @@ static int model_serves(const ldd_engine_t *e, int i, int s, int t)
 
 static ldd_target_t *target_of(ldd_engine_t *e, const char *name)
 {
-    int t = ldd_engine_find_target(e, name);
-    if (t >= 0)
+    int t;
+    if (ldd_engine_find_target(e, name, &t))
         return &e->targets[t];
     ldd_target_t *tr = &e->targets[e->n_targets++];
     snprintf(tr->name, sizeof tr->name, "%s", name);
@@ -260,7 +260,9 @@ static void list_served(ldd_engine_t *e, int i)
     size_t used = 0;
     for (int s = 0; s < nd; s++) {
         for (int t = 0; t < a->n_domains; t++) {
-            const ldd_route_t *r = &e->targets[ldd_engine_find_target(e, a->domains[t])].from[s];
+            int route = 0;
+            ldd_engine_find_target(e, a->domains[t], &route); /* build_routes added every model's targets */
+            const ldd_route_t *r = &e->targets[route].from[s];
             if (r->model != i)
                 continue;
             m->served[m->n_served++] = (ldd_served_t){ (int16_t)s, (int16_t)t };
@@ -355,17 +357,23 @@ void ldd_engine_unref(ldd_engine_t **e_p)
         free_engine(e);
 }
 
-int ldd_engine_find_target(const ldd_engine_t *e, const char *target)
+bool ldd_engine_find_target(const ldd_engine_t *e, const char *target, int *index)
 {
     for (int t = 0; t < e->n_targets; t++)
-        if (strcmp(e->targets[t].name, target) == 0)
-            return t;
-    return -1;
+        if (strcmp(e->targets[t].name, target) == 0) {
+            *index = t;
+            return true;
+        }
+    return false;
 }
 
-int ldd_engine_find_source(const ldd_engine_t *e, const char *source)
+bool ldd_engine_find_source(const ldd_engine_t *e, const char *source, int *index)
 {
-    return ld_dataset_domain_index(e->dataset, source);
+    int d = ld_dataset_domain_index(e->dataset, source); /* -1: absent */
+    if (d < 0)
+        return false;
+    *index = d;
+    return true;
 }
 
 void ldd_model_image(const ldd_model_t *m, int *channels, int *size)

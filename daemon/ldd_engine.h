@@ -34,6 +34,7 @@
 #ifndef LDD_ENGINE_H
 #define LDD_ENGINE_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "ld_ae.h"
@@ -102,10 +103,12 @@ ldd_engine_t *ldd_engine_ref(ldd_engine_t *e);
 /* Drops a reference and NULLs the pointer; frees on the last one. */
 void ldd_engine_unref(ldd_engine_t **e_p);
 
-/* Index in e->targets of a target domain, or -1 when no model declares it. */
-int ldd_engine_find_target(const ldd_engine_t *e, const char *target);
-/* Dataset domain index of a source domain, or -1. */
-int ldd_engine_find_source(const ldd_engine_t *e, const char *source);
+/* Whether some model declares the target domain; if so *index = its
+ * index in e->targets (else *index is left as it was). */
+bool ldd_engine_find_target(const ldd_engine_t *e, const char *target, int *index);
+/* Whether the dataset has the source domain; if so *index = its dataset
+ * domain index (else *index is left as it was). */
+bool ldd_engine_find_source(const ldd_engine_t *e, const char *source, int *index);
 
 /* The samples' channels and side of a model: its own, or its autoencoder's
  * for a latent model. */

@@ -152,7 +152,8 @@ static enum MHD_Result serve_metrics(ldd_metrics_t *self, struct MHD_Connection 
     free(packed);
     char *text = NULL;
     size_t text_len = 0;
-    int rc = st ? ld_prom_format(st, &text, &text_len) : LD_EPROTO;
+    int rc = st ? ld_prom_format(st, &text, &text_len)
+                : ld_seterr(LD_EPROTO, "metrics: the status snapshot (%zu bytes) does not decode", len);
     langdaug__v1__status_reply__free_unpacked(st, NULL);
     if (rc)
         return reply(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "cannot format the status\n");

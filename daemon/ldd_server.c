@@ -13,6 +13,7 @@
 #include <math.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
@@ -87,12 +88,20 @@ static void free_buffer(void *data, void *hint)
         ldd_wire_release(hint);
 }
 
+/* The failed zmq_msg_send's error: LD_ENOENT when the peer is gone
+ * (EHOSTUNREACH), LD_EAGAIN when its queue is full, else LD_EIO. */
+static int send_failed(void)
+{
+    int e = zmq_errno();
+    return ld_seterr(e == EHOSTUNREACH ? LD_ENOENT : e == EAGAIN ? LD_EAGAIN : LD_EIO, "send to the client: %s",
+                     zmq_strerror(e));
+}
+
 /* Sends [id][frames...] as one multipart message without copying the
  * frames; ownership of every frame buffer passes to ZeroMQ (or is freed on
  * failure). With `counted`, the frames count in the sessions' wire bytes
  * (batch frames waiting to be written to a client are part of the queue
- * memory) until ZeroMQ frees them. Returns 0, or -errno (EHOSTUNREACH: the
- * peer is gone). */
+ * memory) until ZeroMQ frees them. Returns 0, or an error of send_failed(). */
 static int send_frames(ldd_server_t *self, const void *id, size_t id_len, void **bufs, const size_t *lens,
                        int n, int counted)
 {
@@ -101,7 +110,7 @@ static int send_frames(ldd_server_t *self, const void *id, size_t id_len, void *
     zmq_msg_init_size(&msg, id_len);
     memcpy(zmq_msg_data(&msg), id, id_len);
     if (zmq_msg_send(&msg, self->data, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
-        rc = -zmq_errno();
+        rc = send_failed();
         zmq_msg_close(&msg);
         for (; i < n; i++)
             free(bufs[i]);
@@ -111,7 +120,7 @@ static int send_frames(ldd_server_t *self, const void *id, size_t id_len, void *
         void *hold = counted ? ldd_sessions_wire_hold(self->sessions, lens[i]) : NULL;
         zmq_msg_init_data(&msg, bufs[i], lens[i], free_buffer, hold);
         if (zmq_msg_send(&msg, self->data, (i + 1 < n ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT) < 0) {
-            rc = -zmq_errno(); /* cannot happen after the first part; handled anyway */
+            rc = send_failed(); /* cannot happen after the first part; handled anyway */
             zmq_msg_close(&msg);
             for (int k = i + 1; k < n; k++)
                 free(bufs[k]);
@@ -164,35 +173,36 @@ static void drop_session(ldd_server_t *self, ldd_session_t *s, const char *why)
     ldd_sessions_remove(self->sessions, s);
 }
 
-/* Sends every complete batch the session has credit for. Returns 0, or -1
- * if the session was dropped (peer unreachable). */
-static int flush_session(ldd_server_t *self, ldd_session_t *s)
+/* Sends every complete batch the session has credit for. Returns false if
+ * the session was dropped (peer unreachable), true if it is still there. */
+static bool flush_session(ldd_server_t *self, ldd_session_t *s)
 {
     ldd_batch_t b;
     while (ldd_session_batch_ready(s)) {
         ldd_session_view_t v = ldd_session_view(s);
-        ldd_batch_cut(s, v.credits - 1, &b);
+        if (ldd_batch_cut(s, v.credits - 1, &b))
+            break; /* not reached: ldd_session_batch_ready said a batch is there */
         void *bufs[3] = { b.header, b.images, b.masks };
         size_t lens[3] = { b.header_len, b.images_len, b.masks_len };
         int rc = send_frames(self, v.id, v.id_len, bufs, lens, 3, 1);
         ldd_session_batch_out(s, rc == 0, b.n, now_s(self));
-        if (rc == -EHOSTUNREACH) {
+        if (rc == LD_ENOENT) {
             drop_session(self, s, "unreachable");
-            return -1;
+            return false;
         }
         if (rc < 0)
-            ld_warn("client %llu: batch dropped: %s", (unsigned long long)v.key, zmq_strerror(-rc));
+            ld_warn("client %llu: batch dropped: %s", (unsigned long long)v.key, ld_errdetail());
         else
             ldd_status_sent(self->stats, b.n);
     }
-    return 0;
+    return true;
 }
 
 static void flush_all(ldd_server_t *self)
 {
     for (int i = 0; i < ldd_sessions_count(self->sessions);) {
         ldd_session_t *s = ldd_sessions_at(self->sessions, i);
-        if (flush_session(self, s) == 0)
+        if (flush_session(self, s))
             i++;
     }
 }

@@ -57,14 +57,19 @@ int ldd_zpoll_add(ldd_zpoll_t *self, void *sock, ldd_zpoll_fn fn, void *user)
 {
     if (self->n == LDD_ZPOLL_MAX)
         return ld_seterr(LD_ERANGE, "more than %d ZeroMQ sockets on the loop", LDD_ZPOLL_MAX);
-    reader_t *r = &self->readers[self->n++];
-    *r = (reader_t){ .sock = sock, .fn = fn, .user = user };
     int fd;
     size_t sz = sizeof fd;
-    zmq_getsockopt(sock, ZMQ_FD, &fd, &sz);
-    uv_poll_init(self->loop, &r->poll, fd);
+    if (zmq_getsockopt(sock, ZMQ_FD, &fd, &sz) != 0)
+        return ld_seterr(LD_EIO, "cannot read a ZeroMQ socket's file descriptor: %s", zmq_strerror(zmq_errno()));
+    reader_t *r = &self->readers[self->n];
+    *r = (reader_t){ .sock = sock, .fn = fn, .user = user };
+    int rc = uv_poll_init(self->loop, &r->poll, fd);
+    if (rc)
+        return ld_seterr(LD_EIO, "cannot poll a ZeroMQ socket: %s", uv_strerror(rc));
+    self->n++; /* the handle is the loop's now: its slot stays taken */
     r->poll.data = self;
-    uv_poll_start(&r->poll, UV_READABLE, poll_cb);
+    if ((rc = uv_poll_start(&r->poll, UV_READABLE, poll_cb)))
+        return ld_seterr(LD_EIO, "cannot poll a ZeroMQ socket: %s", uv_strerror(rc));
     return 0;
 }
 

@@ -29,7 +29,8 @@ typedef struct ldd_zpoll_s ldd_zpoll_t;
 
 ldd_zpoll_t *ldd_zpoll_new(uv_loop_t *loop, int batch);
 /* Starts reading sock (calls fn(user) per readable message). Returns 0, or
- * LD_ERANGE beyond LDD_ZPOLL_MAX sockets. */
+ * LD_ERANGE beyond LDD_ZPOLL_MAX sockets, or LD_EIO when ZeroMQ or libuv
+ * refuse the socket (with a detail). */
 int ldd_zpoll_add(ldd_zpoll_t *self, void *sock, ldd_zpoll_fn fn, void *user);
 /* One pass over every socket (see above). */
 void ldd_zpoll_pump(ldd_zpoll_t *self);

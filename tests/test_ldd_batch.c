@@ -139,9 +139,10 @@ static Langdaug__V1__Batch *header(const ldd_batch_t *b, Langdaug__V1__ServerMes
 START_TEST(cut_takes_job_order_and_describes_it)
 {
     ldd_sessions_t *t = ldd_sessions_new(4, 1 << 30);
-    ldd_session_t *s = session(t, 3, F32);
+    ldd_session_t *bare = ldd_sessions_add(t, "b", 1, 0), *s = session(t, 3, F32);
     ldd_batch_t b;
-    ck_assert_int_eq(ldd_batch_cut(s, 9, &b), -1);
+    ld_expect_err(ldd_batch_cut(bare, 9, &b), LD_ESTATE); /* no request */
+    ld_expect_err(ldd_batch_cut(s, 9, &b), LD_EAGAIN);
     finished_job(s, 2, 100);      /* job 0: chains 100, 101; two snapshots each */
     finished_job(s, 1, 110);      /* job 1: chain 110 */
     ck_assert_int_eq(ldd_batch_cut(s, 9, &b), 0);
@@ -167,7 +168,7 @@ START_TEST(cut_takes_job_order_and_describes_it)
     langdaug__v1__server_message__free_unpacked(msg, NULL);
     ldd_batch_free(&b);
     ck_assert_int_eq(ldd_session_held_samples(s), 0);
-    ck_assert_int_eq(ldd_batch_cut(s, 7, &b), -1);
+    ld_expect_err(ldd_batch_cut(s, 7, &b), LD_EAGAIN);
     ldd_sessions_destroy(&t);
 }
 END_TEST

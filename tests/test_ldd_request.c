@@ -54,7 +54,10 @@ static void expect_decode_refused(const uint8_t *data, size_t len, int parts, si
 {
     int code = 0;
     char text[256] = "";
+    ld_test_stale_detail();
     ck_assert_ptr_null(ldd_request_decode(data, len, parts, total, max, &code, text, sizeof text));
+    ld_expect_fresh_detail("ldd_request_decode");
+    ck_assert_str_eq(ld_errdetail(), text);
     ck_assert_int_eq(code, want);
     ck_assert_msg(strstr(text, needle), "'%s' lacks '%s'", text, needle);
 }
@@ -100,26 +103,45 @@ START_TEST(hello_needs_version_one_in_range)
     h.max_version = 3;
     ck_assert_int_eq(ldd_request_check_hello(&h, &code, text, sizeof text), 0);
     h.min_version = 2;
-    ck_assert_int_eq(ldd_request_check_hello(&h, &code, text, sizeof text), -1);
+    ld_expect_err(ldd_request_check_hello(&h, &code, text, sizeof text), LD_ENOTSUP);
     ck_assert_int_eq(code, LANGDAUG__V1__ERROR_CODE__ERROR_UNSUPPORTED_VERSION);
     ck_assert_ptr_nonnull(strstr(text, "2..3"));
+    ck_assert_str_eq(ld_errdetail(), text);
     h.min_version = 0;
     h.max_version = 0;
-    ck_assert_int_eq(ldd_request_check_hello(&h, &code, text, sizeof text), -1);
+    ld_expect_err(ldd_request_check_hello(&h, &code, text, sizeof text), LD_ENOTSUP);
 }
 END_TEST
 
-/* Parses p; returns the code (0 = accepted) and leaves the text in text. */
+/* The LD_E* code that stands for each wire ErrorCode (ldd_request.h). */
+static int ld_code_of(int code)
+{
+    switch (code) {
+    case LIMIT: case LANGDAUG__V1__ERROR_CODE__ERROR_TOO_LARGE: return LD_ERANGE;
+    case MALFORMED: return LD_EFORMAT;
+    case LANGDAUG__V1__ERROR_CODE__ERROR_UNSUPPORTED_VERSION: return LD_ENOTSUP;
+    case UNKNOWN: return LD_ENOENT;
+    case INVALID: return LD_EINVAL;
+    default: ck_abort_msg("unexpected ErrorCode %d", code); return 0;
+    }
+}
+
+/* Parses p; returns the code (0 = accepted) and leaves the text in text. A
+ * refusal returns the LD_E* code of its ErrorCode with the text as a fresh
+ * error detail. */
 static int parse(const Langdaug__V1__PullRequest *p, ldd_request_t *req, char *text)
 {
     int code = 0;
     text[0] = '\0';
+    ld_test_stale_detail();
     int rc = ldd_request_parse(&fx.cfg, fx.engine, p, req, &code, text, 512);
     if (rc == 0)
         return 0;
-    ck_assert_int_eq(rc, -1);
     ck_assert_int_gt(code, 0);
+    ck_assert_int_eq(rc, ld_code_of(code));
     ck_assert_msg(text[0], "a refusal without a text");
+    ld_expect_fresh_detail("ldd_request_parse");
+    ck_assert_str_eq(ld_errdetail(), text);
     return code;
 }
 
@@ -222,8 +244,14 @@ START_TEST(pairs_resolve_or_name_the_pair)
     Langdaug__V1__PullRequest p = ldd_fixture_pull(1, 2, "cam2", "cam0", NULL, 0);
     ck_assert_int_eq(parse(&p, &req, text), 0);
     ck_assert_int_eq(req.n_pairs, 1);
-    ck_assert_int_eq(req.pairs[0].source_domain, ldd_engine_find_source(fx.engine, "cam2"));
-    ck_assert_int_eq(req.pairs[0].route, ldd_engine_find_target(fx.engine, "cam0"));
+    int source = -1, route = -1;
+    ck_assert(ldd_engine_find_source(fx.engine, "cam2", &source) && ldd_engine_find_target(fx.engine, "cam0", &route));
+    ck_assert_int_eq(req.pairs[0].source_domain, source);
+    ck_assert_int_eq(req.pairs[0].route, route);
+    const int found_source = source, found_route = route;
+    ck_assert(!ldd_engine_find_source(fx.engine, "camY", &source));
+    ck_assert(!ldd_engine_find_target(fx.engine, "camX", &route));
+    ck_assert(source == found_source && route == found_route); /* not found: left as they were */
     ck_assert(req.pairs[0].weight == 1 && req.total_weight == 1);
     p = ldd_fixture_pull(1, 2, NULL, "cam0", NULL, 0);
     ck_assert_int_eq(parse(&p, &req, text), 0);

@@ -234,7 +234,9 @@ START_TEST(epoch_mode_visits_every_tile_once)
     Langdaug__V1__PullRequest p = ldd_fixture_pull(0, 1, "cam1", "cam0", steps, 1);
     p.has_epoch = 1;
     p.epoch = 1;
-    int d = ldd_engine_find_source(fx.engine, "cam1"), tiles = fx.engine->n_tiles[d];
+    int d = -1;
+    ck_assert(ldd_engine_find_source(fx.engine, "cam1", &d));
+    int tiles = fx.engine->n_tiles[d];
     ck_assert_int_gt(tiles, 1);
     p.batch_size = (uint32_t)(2 * tiles);
     ldd_sessions_t *t = ldd_sessions_new(4, 1 << 30);
