@@ -158,6 +158,18 @@ START_TEST(save_refuses_bad_input)
 }
 END_TEST
 
+/* Generated keys: integer lists that do not fit their buffer are refused. */
+START_TEST(join_ints_fits_or_refuses)
+{
+    const int v[3] = { 32, 64, 128 };
+    char buf[10];
+    ck_assert_int_eq(ld_model_join_ints(buf, sizeof buf, v, 3), 0);
+    ck_assert_str_eq(buf, "32,64,128");
+    ld_expect_err(ld_model_join_ints(buf, 9, v, 3), LD_ERANGE);
+    ck_assert_msg(strstr(ld_errdetail(), "3 integers"), "%s", ld_errdetail());
+}
+END_TEST
+
 /* ---- hostile model files: a valid file rewritten with one defect ------------ */
 
 /* ld_test_load_rejects' loader: a failed load leaves no model and no metadata. */
@@ -339,6 +351,7 @@ int main(void)
     tcase_add_test(tc, roundtrip_bit_exact);
     tcase_add_test(tc, hash_stable_and_follows_weights);
     tcase_add_test(tc, save_refuses_bad_input);
+    tcase_add_test(tc, join_ints_fits_or_refuses);
     tcase_add_test(tc, load_rejects_defects);
     tcase_add_test(tc, colour_space_metadata);
     tcase_add_test(tc, load_rejects_non_model_files);

@@ -540,8 +540,10 @@ START_TEST(settings_round_trip_and_errors)
         { "threads", "1.5", "--threads", LD_EINVAL },
         { "colour-space", "LAB", "--colour-space: 'LAB' is not rgb or lab", LD_EINVAL },
     };
+    ld_expect_err(ld_settings_get(t, &a, "nonsense", buf, sizeof buf), LD_ENOENT);
+    ck_assert_msg(strstr(ld_errdetail(), "'nonsense'"), "%s", ld_errdetail());
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        ck_assert_int_eq(ld_train_config_set(&b, bad[i].key, bad[i].value), bad[i].rc);
+        ld_expect_err(ld_train_config_set(&b, bad[i].key, bad[i].value), bad[i].rc);
         ck_assert_msg(strstr(ld_errdetail(), bad[i].word), "%s", ld_errdetail());
     }
     static const struct { const char *key, *value, *word; } invalid[] = {

@@ -259,10 +259,11 @@ void ld_test_load_rejects(const char *good, const char *bad, const ld_test_defec
 {
     for (size_t i = 0; i < n; i++) {
         ld_test_write_defective(good, bad, &cases[i]);
-        ld_clearerr();
+        ld_test_stale_detail();
         int rc = load(bad);
         ck_assert_msg(rc == LD_EFORMAT, "case %zu (%s): got %s: %s", i, cases[i].needle, ld_strerror(rc),
                       ld_errdetail());
+        ld_expect_fresh_detail(cases[i].needle);
         ck_assert_msg(strstr(ld_errdetail(), cases[i].needle) && strstr(ld_errdetail(), bad),
                       "case %zu: detail '%s' lacks '%s' or the path", i, ld_errdetail(), cases[i].needle);
     }
