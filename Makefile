@@ -2,6 +2,8 @@
 # first make sure the Debian packages below are installed.
 #   make                 build everything into build/
 #   make test            build and run the test suite (tests/run)
+#   make tsan            the thread-meeting suites (tests/tsan-suites) under ThreadSanitizer,
+#                        built into build-tsan; any report from any process fails its suite
 #   make bench           benchmarks (speed is measured here, never in tests)
 #   make demo            the main job on the embedded default
 #   make fuzz            libFuzzer pass over every target (FUZZ_SECONDS each, default 20)
@@ -108,7 +110,7 @@ TARGETS += $(B)/liblangdaug.a $(B)/liblangdaug.so
 endif
 VERSION := $(shell sed -n 's/^#define LD_VERSION "\(.*\)"$$/\1/p' common/ld_version.h)
 
-.PHONY: all deps test bench demo fuzz fuzz-long soak install clean print-deps
+.PHONY: all deps test tsan bench demo fuzz fuzz-long soak install clean print-deps
 # Generated sources are kept (make would delete them as intermediates).
 .SECONDARY: $(PROTO_C) $(PROTO_H)
 all: $(TARGETS) $(TEST_BIN) $(BENCH_BIN) $(EXAMPLE_BIN) $(PY_PROTO)
@@ -225,6 +227,14 @@ $(B)/tests/testutil.o: tests/testutil.c tests/testutil.h $(FLAGS_STAMP)
 test: deps
 	$(Q)$(MAKE) --no-print-directory all
 	$(Q)LD_BUILD=$(B) LD_PY=$(PY) tests/run
+
+# TSan runs code 5-15x slower: Check's timeouts are stretched, and tests tagged
+# timing (real-clock deadlines under a second) are left to make test.
+TSAN_B := build-tsan
+tsan: deps
+	$(Q)$(MAKE) --no-print-directory all B=$(TSAN_B) SANITIZE=thread
+	$(Q)LD_BUILD=$(TSAN_B) LD_PY=$(PY) LD_SUITES=tests/tsan-suites CK_TIMEOUT_MULTIPLIER=20 \
+		CK_EXCLUDE_TAGS=timing tests/run
 
 bench: deps
 	$(Q)$(MAKE) --no-print-directory all OPT="-O3"
