@@ -15,7 +15,9 @@ train_segmenter.py writes its own results.md and results.png through this module
 
 A folder given as LABEL=FOLDER is another sampler's runs of the same protocol (same seeds, so
 paired with the plain folders' runs): its variants are named VARIANT[LABEL], and each tagged
-LangDAug variant is compared with none, classic and the untagged variant of the same name.
+LangDAug variant is compared with none, classic and the untagged variant of the same name; with
+several labels, also with the same variant under each label given after its own (e.g.
+latent=... ae-only=...: langdaug[latent] - langdaug[ae-only], the sampler against a control).
 """
 
 import argparse
@@ -57,11 +59,19 @@ def order(variant):
     return (VARIANTS.index(base) if base in VARIANTS else len(VARIANTS), variant != base)
 
 
+def label_of(variant):
+    return variant[len(untagged(variant)) + 1:-1]
+
+
 def comparisons_of(rows):
-    """COMPARISONS, then for each tagged LangDAug variant: minus none, classic and its untagged self."""
+    """COMPARISONS, then for each tagged LangDAug variant: minus none, classic and its untagged self,
+    then minus the same variant under every label that came after its own in rows."""
     tagged = sorted({r["variant"] for r in rows if r["variant"] != untagged(r["variant"])}, key=order)
     extra = [(v, b) for v in tagged if untagged(v).startswith("langdaug")
              for b in ("none", "classic", untagged(v)) if b != "none" or untagged(v) == "langdaug"]
+    labels = list(dict.fromkeys(label_of(r["variant"]) for r in rows if r["variant"] in tagged))
+    extra += [(v, "%s[%s]" % (untagged(v), later)) for v in tagged if untagged(v).startswith("langdaug")
+              for later in labels[labels.index(label_of(v)) + 1:] if "%s[%s]" % (untagged(v), later) in tagged]
     return COMPARISONS + tuple(extra)
 
 

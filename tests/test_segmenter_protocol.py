@@ -224,6 +224,14 @@ class PairedIntervalTest(unittest.TestCase):
         order = [v for h, v, _ in results_table.entries(rows) if h == "A"]
         self.assertLess(order.index("langdaug"), order.index("langdaug[latent]"))
 
+    def test_several_labels_are_compared_in_the_order_given(self):
+        base = [r for r in self.rows() if r["variant"] == "langdaug"]
+        rows = [dict(r, variant="langdaug[latent]", dice=r["dice"] + 0.03) for r in base] + \
+            [dict(r, variant="langdaug[ae-only]", dice=r["dice"] - 0.02) for r in base]
+        text = results_table.paired_markdown(self.rows() + rows)
+        self.assertIn("| A | langdaug[latent] - langdaug[ae-only] | 3 | +5.00 [+5.00, +5.00] |", text)
+        self.assertNotIn("langdaug[ae-only] - langdaug[latent]", text)
+
 
 class PlateauTest(unittest.TestCase):
     def curve(self, points):
