@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "ld_ae.h"
+#include "ld_colour.h"
 #include "ld_ebm.h"
 #include "ld_error.h"
 #include "ld_langevin.h"
@@ -154,6 +155,70 @@ START_TEST(latent_chain_matches_hand_computed_steps)
     /* the test only pins "no clamp" if the latent leaves [-1, 1] */
     ck_assert_msg(zmax > 1.5f, "latents stayed within %g: raise the step size", (double)zmax);
     free(z), free(tmp), free(grad), free(img), free(start), free(snaps);
+    ld_ae_ws_destroy(&aws);
+    ld_ebm_ws_destroy(&ews);
+    ld_ae_destroy(&ae);
+    ld_ebm_destroy(&m);
+}
+END_TEST
+
+/* The authors' fundus setting on a latent chain: keep = luminance is applied
+ * to each decoded snapshot (the start's L*, the decoded a*, b*), exactly as
+ * ld_colour_keep_luminance would to the keep-none snapshot, and brings the
+ * snapshots' L* to the start's where keep-none leaves the decoder's. */
+static float mean_abs_lightness_gap(const float *a, const float *b, size_t pixels)
+{
+    float *la = malloc(3 * pixels * sizeof(float)), *lb = malloc(3 * pixels * sizeof(float));
+    ld_colour_rgb_to_lab(a, la, pixels);
+    ld_colour_rgb_to_lab(b, lb, pixels);
+    double sum = 0;
+    for (size_t i = 0; i < pixels; i++) /* planar: the L' plane comes first */
+        sum += fabs((double)la[i] - lb[i]);
+    free(la), free(lb);
+    return (float)(sum / pixels);
+}
+
+START_TEST(latent_chain_keeps_the_start_luminance)
+{
+    enum { N = 2, K = 2 };
+    ld_ae_arch_t aa = ae_arch();
+    ld_ebm_arch_t ea = ebm_arch();
+    ld_ae_t *ae = NULL;
+    ld_ebm_t *m = NULL;
+    ld_ae_ws_t *aws = NULL;
+    ld_ebm_ws_t *ews = NULL;
+    ck_assert_int_eq(ld_ae_new(&aa, &ae), 0);
+    ld_ae_init_random(ae, 3);
+    ck_assert_int_eq(ld_ebm_new(&ea, &m), 0);
+    ld_ebm_init_random(m, 4);
+    ck_assert_int_eq(ld_ae_ws_new(&aa, N, 1, &aws), 0);
+    ck_assert_int_eq(ld_ebm_ws_new(&ea, N, 1, &ews), 0);
+    const size_t per = 3 * S * S, all = (K + 1) * N * per;
+    float *start = rand_floats(N * per, 6), *plain = malloc(all * sizeof(float)), *kept = malloc(all * sizeof(float));
+    uint8_t mask[N * S * S] = { 0 };
+    int32_t target[N] = { 1, 0 };
+    uint64_t chain[N] = { 0, 1 };
+    ld_langevin_params_t p = { .step_size = 50.0f, .noise = 0.0f, .steps = K, .n_snapshots = K + 1,
+                               .snapshots = { 0, 1, K } };
+    ck_assert_int_eq(ld_langevin_sample_latent(m, ews, ae, aws, &p, LD_KEEP_NONE, N, start, mask, target, chain,
+                                               plain, NULL, NULL, NULL), 0);
+    ck_assert_msg(ld_langevin_sample_latent(m, ews, ae, aws, &p, LD_KEEP_LUMINANCE, N, start, mask, target, chain,
+                                            kept, NULL, NULL, NULL) == 0, "%s", ld_errdetail());
+    ck_assert_int_eq(memcmp(kept, start, N * per * sizeof(float)), 0); /* step 0: the start itself */
+    for (int k = 1; k <= K; k++)
+        for (int i = 0; i < N; i++) {
+            const size_t at = ((size_t)k * N + i) * per;
+            float want[3 * S * S];
+            memcpy(want, plain + at, sizeof want);
+            ld_colour_keep_luminance(start + (size_t)i * per, want, S * S);
+            ck_assert_msg(memcmp(want, kept + at, sizeof want) == 0, "snapshot %d, chain %d: keep not as in RGB", k, i);
+            float gap_plain = mean_abs_lightness_gap(start + (size_t)i * per, plain + at, S * S);
+            float gap_kept = mean_abs_lightness_gap(start + (size_t)i * per, kept + at, S * S);
+            ck_assert_msg(gap_plain > 0.05f && gap_kept < 0.1f * gap_plain,
+                          "snapshot %d, chain %d: L' gap to the start %g kept vs %g decoded", k, i, (double)gap_kept,
+                          (double)gap_plain);
+        }
+    free(start), free(plain), free(kept);
     ld_ae_ws_destroy(&aws);
     ld_ebm_ws_destroy(&ews);
     ld_ae_destroy(&ae);
@@ -331,6 +396,7 @@ int main(void)
     tcase_add_test(tc, mask_cells_keep_thin_structures);
     tcase_add_test(tc, pairing_is_checked);
     tcase_add_test(tc, latent_chain_matches_hand_computed_steps);
+    tcase_add_test(tc, latent_chain_keeps_the_start_luminance);
     tcase_add_test(tc, latent_training_names_its_autoencoder_and_resumes_exactly);
     tcase_add_test(tc, latent_settings_errors_name_the_option);
     tcase_add_test(tc, sample_command_pairs_model_and_autoencoder);
