@@ -75,12 +75,14 @@ const ld_cn_tensor_t *ld_cn_params_tensor(const ld_cn_params_t *ps, size_t i)
     return i < ps->n ? &ps->t[i] : NULL;
 }
 
-int ld_cn_params_find(const ld_cn_params_t *ps, const char *name)
+bool ld_cn_params_find(const ld_cn_params_t *ps, const char *name, size_t *index)
 {
     for (size_t i = 0; i < ps->n; i++)
-        if (strcmp(ps->t[i].name, name) == 0)
-            return (int)i;
-    return -1;
+        if (strcmp(ps->t[i].name, name) == 0) {
+            *index = i;
+            return true;
+        }
+    return false;
 }
 
 void ld_cn_params_init(ld_cn_params_t *ps, size_t i, uint64_t seed, double *bound)

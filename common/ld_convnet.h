@@ -48,6 +48,7 @@
 #ifndef LD_CONVNET_H
 #define LD_CONVNET_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -85,8 +86,9 @@ int ld_cn_params_alloc(ld_cn_params_t *ps, const char *what);
 void ld_cn_params_free(ld_cn_params_t *ps);
 /* Tensor i, or NULL past the end. */
 const ld_cn_tensor_t *ld_cn_params_tensor(const ld_cn_params_t *ps, size_t i);
-/* Index of the tensor called name, or -1. */
-int ld_cn_params_find(const ld_cn_params_t *ps, const char *name);
+/* Whether there is a tensor called name; if so *index = its index (else
+ * *index is left as it was). */
+bool ld_cn_params_find(const ld_cn_params_t *ps, const char *name, size_t *index);
 /* Appends <prefix>.weight [cout, cin, k, k] and <prefix>.bias [cout]. */
 void ld_cn_params_add_conv(ld_cn_params_t *ps, const char *prefix, int cout, int cin, int k);
 /* PyTorch's default initialisation of tensor i (Conv2d/Linear weights

@@ -835,12 +835,14 @@ const char *ld_dataset_domain(const ld_dataset_t *self, int d)
     return d >= 0 && d < self->n_domains ? self->domains[d].name : NULL;
 }
 
-int ld_dataset_domain_index(const ld_dataset_t *self, const char *name)
+bool ld_dataset_domain_index(const ld_dataset_t *self, const char *name, int *index)
 {
     for (int d = 0; d < self->n_domains; d++)
-        if (!strcmp(self->domains[d].name, name))
-            return d;
-    return -1;
+        if (!strcmp(self->domains[d].name, name)) {
+            *index = d;
+            return true;
+        }
+    return false;
 }
 
 int ld_dataset_n_items(const ld_dataset_t *self, int d)

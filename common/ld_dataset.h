@@ -16,6 +16,7 @@
 #ifndef LD_DATASET_H
 #define LD_DATASET_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -62,7 +63,8 @@ void ld_dataset_destroy(ld_dataset_t **self_p);
 
 int ld_dataset_n_domains(const ld_dataset_t *self);
 const char *ld_dataset_domain(const ld_dataset_t *self, int d);
-int ld_dataset_domain_index(const ld_dataset_t *self, const char *name); /* -1 if absent */
+/* Whether the dataset has the domain; if so *index = its index. */
+bool ld_dataset_domain_index(const ld_dataset_t *self, const char *name, int *index);
 int ld_dataset_n_items(const ld_dataset_t *self, int d);
 int ld_dataset_channels(const ld_dataset_t *self);
 int ld_dataset_n_classes(const ld_dataset_t *self);

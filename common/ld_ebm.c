@@ -164,14 +164,16 @@ int ld_ebm_arch_set_domains(ld_ebm_arch_t *arch, const char *csv)
     return 0;
 }
 
-int ld_ebm_arch_domain(const ld_ebm_arch_t *arch, const char *name)
+bool ld_ebm_arch_domain(const ld_ebm_arch_t *arch, const char *name, int *index)
 {
     if (!arch || !name)
-        return -1;
+        return false;
     for (int d = 0; d < arch->n_domains && d < LD_EBM_MAX_DOMAINS; d++)
-        if (strncmp(arch->domains[d], name, LD_NAME_MAX) == 0)
-            return d;
-    return -1;
+        if (strncmp(arch->domains[d], name, LD_NAME_MAX) == 0) {
+            *index = d;
+            return true;
+        }
+    return false;
 }
 
 /* Index of the domain named by the len characters at name, or -1. */
@@ -334,7 +336,10 @@ float *ld_ebm_params(ld_ebm_t *self) { return self->ps.params; }
 const float *ld_ebm_params_const(const ld_ebm_t *self) { return self->ps.params; }
 size_t ld_ebm_numel(const ld_ebm_t *self) { return self->ps.numel; }
 const ld_ebm_tensor_t *ld_ebm_tensor(const ld_ebm_t *self, size_t i) { return ld_cn_params_tensor(&self->ps, i); }
-int ld_ebm_find_tensor(const ld_ebm_t *self, const char *name) { return ld_cn_params_find(&self->ps, name); }
+bool ld_ebm_find_tensor(const ld_ebm_t *self, const char *name, size_t *index)
+{
+    return ld_cn_params_find(&self->ps, name, index);
+}
 ld_cn_params_t *ld_ebm_parameters(ld_ebm_t *self) { return &self->ps; }
 const ld_cn_params_t *ld_ebm_parameters_const(const ld_ebm_t *self) { return &self->ps; }
 

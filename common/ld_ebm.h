@@ -27,6 +27,7 @@
 #ifndef LD_EBM_H
 #define LD_EBM_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -62,8 +63,9 @@ int ld_ebm_arch_validate(const ld_ebm_arch_t *arch);
 int ld_ebm_arch_set_widths(ld_ebm_arch_t *arch, const char *csv);
 /* "DRIVE,STARE" -> domains and n_domains. */
 int ld_ebm_arch_set_domains(ld_ebm_arch_t *arch, const char *csv);
-/* Index of a domain name, or -1. */
-int ld_ebm_arch_domain(const ld_ebm_arch_t *arch, const char *name);
+/* Whether name is one of the architecture's domains; if so *index = its
+ * index (else *index is left as it was). */
+bool ld_ebm_arch_domain(const ld_ebm_arch_t *arch, const char *name, int *index);
 /* An ordered domain pair (source -> target) as indices of an architecture's
  * domains: what a model trained for chosen pairs was trained for. */
 typedef struct {
@@ -105,8 +107,8 @@ size_t ld_ebm_n_tensors(const ld_ebm_t *self);
 ld_cn_params_t *ld_ebm_parameters(ld_ebm_t *self);
 const ld_cn_params_t *ld_ebm_parameters_const(const ld_ebm_t *self);
 const ld_ebm_tensor_t *ld_ebm_tensor(const ld_ebm_t *self, size_t i);
-/* Index of a tensor by name, or -1. */
-int ld_ebm_find_tensor(const ld_ebm_t *self, const char *name);
+/* Whether the model has a tensor called name; if so *index = its index. */
+bool ld_ebm_find_tensor(const ld_ebm_t *self, const char *name, size_t *index);
 float *ld_ebm_params(ld_ebm_t *self);
 const float *ld_ebm_params_const(const ld_ebm_t *self);
 size_t ld_ebm_numel(const ld_ebm_t *self);

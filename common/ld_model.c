@@ -124,7 +124,8 @@ static int check_no_extra(const char *path, const ld_st_t *st, const ld_cn_param
 {
     for (size_t i = 0; i < ld_st_n_tensors(st); i++) {
         const char *name = ld_st_tensor(st, i)->name;
-        if (ld_cn_params_find(ps, name) < 0)
+        size_t index;
+        if (!ld_cn_params_find(ps, name, &index))
             return ld_seterr(LD_EFORMAT, "%s: unexpected tensor '%.64s' (not a parameter of this architecture)",
                              path, name);
     }

@@ -172,12 +172,14 @@ size_t ld_dtype_size(ld_dtype_t dt)
     return dtype_valid(dt) ? dtypes[dt].size : 0;
 }
 
-int ld_dtype_parse(const char *name)
+bool ld_dtype_parse(const char *name, ld_dtype_t *out)
 {
     for (int i = 0; i < LD_DT_COUNT; i++)
-        if (strcmp(dtypes[i].name, name) == 0)
-            return i;
-    return -1;
+        if (strcmp(dtypes[i].name, name) == 0) {
+            *out = (ld_dtype_t)i;
+            return true;
+        }
+    return false;
 }
 
 /* ---- hashing ------------------------------------------------------------------ */
@@ -335,12 +337,10 @@ static int parse_tensor(ld_st_t *st, const char *name, json_t *entry, const unsi
     if (!dt || !shape || !offs)
         return bad(st, "tensor '%s': missing field '%s'", shown(name).s,
                    !dt ? "dtype" : !shape ? "shape" : "data_offsets");
-    int d = json_is_string(dt) ? ld_dtype_parse(json_string_value(dt)) : -1;
-    if (d < 0)
+    if (!json_is_string(dt) || !ld_dtype_parse(json_string_value(dt), &t->dtype))
         return bad(st, "tensor '%s': unknown dtype %s%s%s", shown(name).s, json_is_string(dt) ? "'" : "",
                    json_is_string(dt) ? shown(json_string_value(dt)).s : "(not a string)",
                    json_is_string(dt) ? "'" : "");
-    t->dtype = (ld_dtype_t)d;
     int rc = parse_shape(st, name, shape, t);
     size_t begin = 0;
     if (rc == LD_OK)

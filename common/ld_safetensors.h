@@ -36,6 +36,7 @@
 #ifndef LD_SAFETENSORS_H
 #define LD_SAFETENSORS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -72,8 +73,8 @@ typedef enum {
 const char *ld_dtype_name(ld_dtype_t dt);
 /* Bytes per element (0 for an invalid value). */
 size_t ld_dtype_size(ld_dtype_t dt);
-/* The dtype named exactly `name`, or -1. */
-int ld_dtype_parse(const char *name);
+/* Whether `name` names a dtype exactly; if so *out = it. */
+bool ld_dtype_parse(const char *name, ld_dtype_t *out);
 
 /* ---- reader ------------------------------------------------------------------ */
 

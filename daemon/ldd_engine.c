@@ -230,7 +230,9 @@ static int model_serves(const ldd_engine_t *e, int i, int s, int t)
     const char *source = ld_dataset_domain(e->dataset, s);
     if (!m->n_pairs)
         return strcmp(source, a->domains[t]) != 0;
-    int ms = ld_ebm_arch_domain(a, source);
+    int ms;
+    if (!ld_ebm_arch_domain(a, source, &ms))
+        return 0;
     for (int k = 0; k < m->n_pairs; k++)
         if (m->pairs[k].source == ms && m->pairs[k].target == t)
             return 1;
@@ -369,11 +371,7 @@ bool ldd_engine_find_target(const ldd_engine_t *e, const char *target, int *inde
 
 bool ldd_engine_find_source(const ldd_engine_t *e, const char *source, int *index)
 {
-    int d = ld_dataset_domain_index(e->dataset, source); /* -1: absent */
-    if (d < 0)
-        return false;
-    *index = d;
-    return true;
+    return ld_dataset_domain_index(e->dataset, source, index);
 }
 
 void ldd_model_image(const ldd_model_t *m, int *channels, int *size)

@@ -93,8 +93,8 @@ static const float *param(const ld_ae_t *ae, const char *fmt, ...)
     vsnprintf(name, sizeof name, fmt, ap);
     va_end(ap);
     const ld_cn_params_t *ps = ld_ae_params_const(ae);
-    int i = ld_cn_params_find(ps, name);
-    ck_assert_msg(i >= 0, "no tensor %s", name);
+    size_t i;
+    ck_assert_msg(ld_cn_params_find(ps, name, &i), "no tensor %s", name);
     return ps->params + ps->t[i].offset;
 }
 

@@ -203,7 +203,9 @@ START_TEST(test_samples_equal_a_direct_engine_run)
     lp.step_size = strtof(STEP_SIZE, NULL);
     lp.noise = strtof(NOISE, NULL);
     ck_assert_int_eq(ld_langevin_set_snapshots(&lp, "0,2,5"), 0);
-    int32_t target = ld_ebm_arch_domain(ld_ebm_arch(ebm), "cam1");
+    int target_domain = -1;
+    ck_assert(ld_ebm_arch_domain(ld_ebm_arch(ebm), "cam1", &target_domain));
+    int32_t target = target_domain;
 
     const size_t css = (size_t)C * S * S;
     float crop[C * S * S], start[C * S * S], snaps[3 * C * S * S], snap_e[3], energy;
@@ -223,7 +225,9 @@ START_TEST(test_samples_equal_a_direct_engine_run)
             ck_assert_str_eq(m->source_domain, "cam0");
             ck_assert_str_eq(m->target_domain, "cam1");
             ck_assert_uint_eq(m->seed, 9);
-            ld_crop_t c = { .domain = ld_dataset_domain_index(ds, "cam0"), .item = (int)m->source_item,
+            int source_domain = -1;
+            ck_assert(ld_dataset_domain_index(ds, "cam0", &source_domain));
+            ld_crop_t c = { .domain = source_domain, .item = (int)m->source_item,
                             .x = m->crop_x, .y = m->crop_y, .size = S };
             ck_assert_str_eq(ld_dataset_item_name(ds, c.domain, c.item), m->source_file);
             ck_assert_int_eq(ld_dataset_extract(ds, &c, crop, mask), 0);

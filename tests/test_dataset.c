@@ -162,8 +162,11 @@ START_TEST(folder_layout_pairs_by_stem)
     ck_assert_int_eq(ld_dataset_n_domains(ds), 2);
     ck_assert_str_eq(ld_dataset_domain(ds, 0), "siteA"); /* sorted */
     ck_assert_str_eq(ld_dataset_domain(ds, 1), "siteB");
-    ck_assert_int_eq(ld_dataset_domain_index(ds, "siteB"), 1);
-    ck_assert_int_eq(ld_dataset_domain_index(ds, "siteC"), -1);
+    int d = -1;
+    ck_assert(ld_dataset_domain_index(ds, "siteB", &d));
+    ck_assert_int_eq(d, 1);
+    ck_assert(!ld_dataset_domain_index(ds, "siteC", &d));
+    ck_assert_int_eq(d, 1); /* not found: left as it was */
     ck_assert_int_eq(ld_dataset_n_items(ds, 0), 2);
     ck_assert_int_eq(ld_dataset_n_items(ds, 1), 1);
     ck_assert_str_eq(ld_dataset_item_name(ds, 0, 0), "image/a0.png");

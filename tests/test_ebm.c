@@ -110,9 +110,9 @@ static double dsilu_d(double x)
 
 static const float *tensor(const ld_ebm_t *m, const char *name)
 {
-    int i = ld_ebm_find_tensor(m, name);
-    ck_assert_msg(i >= 0, "no tensor %s", name);
-    return ld_ebm_params_const(m) + ld_ebm_tensor(m, (size_t)i)->offset;
+    size_t i;
+    ck_assert_msg(ld_ebm_find_tensor(m, name, &i), "no tensor %s", name);
+    return ld_ebm_params_const(m) + ld_ebm_tensor(m, i)->offset;
 }
 
 /* The network exactly as documented in ld_ebm.h, in double, loop by loop. */
@@ -168,8 +168,11 @@ START_TEST(arch_parsing_and_validation)
     ck_assert_int_eq(a.n_blocks, 4);
     ck_assert_int_eq(a.widths[4], 256);
     ck_assert_int_eq(ld_ebm_arch_validate(&a), 0);
-    ck_assert_int_eq(ld_ebm_arch_domain(&a, "STARE"), 1);
-    ck_assert_int_eq(ld_ebm_arch_domain(&a, "HRF"), -1);
+    int d = -1;
+    ck_assert(ld_ebm_arch_domain(&a, "STARE", &d));
+    ck_assert_int_eq(d, 1);
+    ck_assert(!ld_ebm_arch_domain(&a, "HRF", &d));
+    ck_assert_int_eq(d, 1); /* not found: left as it was */
 
     ld_ebm_arch_t b = a;
     ld_expect_err(ld_ebm_arch_set_widths(&b, "32,,64"), LD_EINVAL);
@@ -251,8 +254,11 @@ START_TEST(tensor_table_matches_state_dict)
     ck_assert_uint_eq(ld_ebm_n_tensors(m), 17);
     ck_assert_ptr_eq(ld_ebm_tensor(m, 16), &ps->t[16]);
     ck_assert_ptr_null(ld_ebm_tensor(m, 17));
-    ck_assert_int_eq(ld_ebm_find_tensor(m, "head.bias"), 15);
-    ck_assert_int_eq(ld_ebm_find_tensor(m, "blocks.2.conv1.weight"), -1);
+    size_t found = 0;
+    ck_assert(ld_ebm_find_tensor(m, "head.bias", &found));
+    ck_assert_uint_eq(found, 15);
+    ck_assert(!ld_ebm_find_tensor(m, "blocks.2.conv1.weight", &found));
+    ck_assert_uint_eq(found, 15); /* not found: left as it was */
     ck_assert_uint_eq(ld_ebm_numel(m), ps->numel);
     ck_assert_ptr_eq(ld_ebm_params(m), ps->params);
     ld_ebm_destroy(&m);
@@ -519,7 +525,9 @@ START_TEST(zero_model_energy_is_head_bias)
     ld_ebm_arch_t a = make_arch(3, 2, 16, "4,6,8", 3);
     ld_ebm_t *m = NULL;
     ck_assert_int_eq(ld_ebm_new(&a, &m), 0);
-    ld_ebm_params(m)[ld_ebm_tensor(m, (size_t)ld_ebm_find_tensor(m, "head.bias"))->offset] = 1.5f;
+    size_t head_bias;
+    ck_assert(ld_ebm_find_tensor(m, "head.bias", &head_bias));
+    ld_ebm_params(m)[ld_ebm_tensor(m, head_bias)->offset] = 1.5f;
     ld_ebm_ws_t *ws = make_ws(&a, 2, 1);
     batch_t b = make_batch(&a, 2, 1);
     ck_assert_int_eq(ld_ebm_energy(m, ws, 2, b.image, b.mask, b.target, b.energy, b.grad), 0);

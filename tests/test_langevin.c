@@ -313,7 +313,9 @@ START_TEST(non_finite_energy_stops_run)
     fixture_t f = make_fixture(16, "4,6,8", 2, 5);
     ld_ebm_ws_t *ws = make_ws(&f, 2, 1);
     ld_langevin_params_t p = params(0.01f, 0.01f, 3, "");
-    ld_ebm_params(f.m)[ld_ebm_tensor(f.m, (size_t)ld_ebm_find_tensor(f.m, "head.bias"))->offset] = INFINITY;
+    size_t head_bias;
+    ck_assert(ld_ebm_find_tensor(f.m, "head.bias", &head_bias));
+    ld_ebm_params(f.m)[ld_ebm_tensor(f.m, head_bias)->offset] = INFINITY;
     ck_assert_int_eq(ld_langevin_run(f.m, ws, &p, 2, f.image, f.mask, f.target, f.chain, NULL, NULL, NULL),
                      LD_ENUMERIC);
     ck_assert_msg(strstr(ld_errdetail(), "chain 1000") && strstr(ld_errdetail(), "step 0"), "%s", ld_errdetail());

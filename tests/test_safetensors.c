@@ -282,10 +282,14 @@ END_TEST
 
 START_TEST(dtype_names)
 {
-    for (int dt = 0; dt < LD_DT_COUNT; dt++)
-        ck_assert_int_eq(ld_dtype_parse(ld_dtype_name((ld_dtype_t)dt)), dt);
-    ck_assert_int_eq(ld_dtype_parse("f32"), -1);
-    ck_assert_int_eq(ld_dtype_parse(""), -1);
+    ld_dtype_t parsed = LD_DT_COUNT;
+    for (int dt = 0; dt < LD_DT_COUNT; dt++) {
+        ck_assert(ld_dtype_parse(ld_dtype_name((ld_dtype_t)dt), &parsed));
+        ck_assert_int_eq(parsed, dt);
+    }
+    ck_assert(!ld_dtype_parse("f32", &parsed));
+    ck_assert(!ld_dtype_parse("", &parsed));
+    ck_assert_int_eq(parsed, LD_DT_COUNT - 1); /* not found: left as it was */
     ck_assert_str_eq(ld_dtype_name((ld_dtype_t)-1), "?");
     ck_assert_uint_eq(ld_dtype_size(LD_DT_BF16), 2);
     ck_assert_uint_eq(ld_dtype_size(LD_DT_F64), 8);

@@ -292,12 +292,16 @@ void ld_test_tensor_table(const ld_cn_params_t *ps, const char *const *names, co
             numel *= (size_t)t->shape[d];
         }
         ck_assert_uint_eq(t->numel, numel);
-        ck_assert_int_eq(ld_cn_params_find(ps, names[i]), (int)i);
+        size_t found = n;
+        ck_assert(ld_cn_params_find(ps, names[i], &found));
+        ck_assert_uint_eq(found, i);
         offset += numel;
     }
     ck_assert_ptr_null(ld_cn_params_tensor(ps, n));
     ck_assert_uint_eq(ps->numel, offset);
-    ck_assert_int_eq(ld_cn_params_find(ps, absent), -1);
+    size_t found = n;
+    ck_assert(!ld_cn_params_find(ps, absent, &found));
+    ck_assert_uint_eq(found, n); /* not found: left as it was */
 }
 
 double ld_test_max_rel_err(const float *a, const float *b, size_t n, double floor)

@@ -275,8 +275,7 @@ static int open_model_and_data(const sample_opts_t *o, sample_run_t *r)
     if (rc)
         return rc;
     const ld_ebm_arch_t *a = ld_ebm_arch(r->ebm);
-    r->target = ld_ebm_arch_domain(a, o->target);
-    if (r->target < 0) {
+    if (!ld_ebm_arch_domain(a, o->target, &r->target)) {
         char list[LD_EBM_MAX_DOMAINS * (LD_NAME_MAX + 1)] = "";
         for (int d = 0; d < a->n_domains; d++) {
             strcat(list, d ? "," : "");
