@@ -36,8 +36,10 @@ class DrainTest(DaemonTestCase):
     DRAIN_TIMEOUT = 120  # seconds: never reached here; the drain ends when the running job does
 
     def start_long(self):
+        # The test's client is silent while the long jobs run (up to its 300 s waits on a loaded machine): an
+        # idle timeout longer than any wait, so its credits never expire mid-test (they did at the default 60 s).
         return self.start(extra=["--drain-timeout", str(self.DRAIN_TIMEOUT), "--max-steps", str(LONG_STEP),
-                                 "--chain-batch", "2"])
+                                 "--chain-batch", "2", "--idle-timeout", "900"])
 
     def wait_draining(self, d):
         deadline = time.monotonic() + WAIT
