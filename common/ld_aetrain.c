@@ -17,13 +17,13 @@
 #include "ld_log.h"
 #include "ld_png.h"
 #include "ld_quality.h"
+#include "ld_threadpool.h"
 
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #define PREVIEW_PAIRS 4
 #define TILE_GAP 2
@@ -77,8 +77,7 @@ void ld_aetrain_config_defaults(ld_aetrain_config_t *cfg)
     cfg->mse = 1;
     cfg->l1 = 1;
     cfg->seed = 1;
-    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    cfg->threads = cpus < 1 ? 1 : cpus > 64 ? 64 : (int)cpus;
+    cfg->threads = ld_threadpool_default_threads(64);
 }
 
 /* The architecture of cfg; channels as resolved (for checks made before

@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
+#include <unistd.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -216,4 +217,10 @@ void ld_threadpool_barrier(ld_threadpool_t *p)
     } else {
         wait_change(p, &p->bar_gen, gen);
     }
+}
+
+int ld_threadpool_default_threads(int cap)
+{
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    return cpus < 1 ? 1 : cpus > cap ? cap : (int)cpus;
 }

@@ -22,6 +22,9 @@ int ld_threadpool_new(int threads, ld_threadpool_t **out);
 /* Stops and joins the helpers. Safe on NULL. */
 void ld_threadpool_destroy(ld_threadpool_t **self_p);
 int ld_threadpool_threads(const ld_threadpool_t *self);
+/* The default thread count of the tools and trainers: the online CPUs,
+ * within 1..cap. */
+int ld_threadpool_default_threads(int cap);
 /* Runs fn(ctx, tid) on every thread of the pool and waits for all. */
 void ld_threadpool_run(ld_threadpool_t *self, ld_threadpool_fn fn, void *ctx);
 /* All threads of the running job wait here for each other. */

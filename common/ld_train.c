@@ -23,6 +23,7 @@
 #include "ld_latent.h"
 #include "ld_model.h"
 #include "ld_rng.h"
+#include "ld_threadpool.h"
 #include "ld_trainpreview.h"
 
 #include <inttypes.h>
@@ -31,7 +32,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 /* ---- settings ---------------------------------------------------------------- */
 
@@ -101,8 +101,7 @@ void ld_train_config_defaults(ld_train_config_t *cfg)
     cfg->noise = 0.005;
     cfg->seed = 1;
     cfg->max_energy = 1e4;
-    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    cfg->threads = cpus < 1 ? 1 : cpus > 64 ? 64 : (int)cpus;
+    cfg->threads = ld_threadpool_default_threads(64);
 }
 
 int ld_train_config_set(ld_train_config_t *cfg, const char *key, const char *value)

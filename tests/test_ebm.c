@@ -10,6 +10,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "ld_conv.h"
 #include "ld_ebm.h"
@@ -884,6 +885,11 @@ START_TEST(pool_barrier_and_jobs)
     }
     ld_threadpool_t *p = NULL;
     ld_expect_err(ld_threadpool_new(0, &p), LD_EINVAL);
+    /* the tools' default: every online CPU, within 1..cap */
+    const int cpus = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    ck_assert_int_eq(ld_threadpool_default_threads(1), 1);
+    ck_assert_int_eq(ld_threadpool_default_threads(4096), cpus);
+    ck_assert_int_eq(ld_threadpool_default_threads(cpus + 1), cpus);
 }
 END_TEST
 

@@ -104,24 +104,48 @@ START_TEST(pairing_is_checked)
 }
 END_TEST
 
+/* A random autoencoder and latent model with workspaces for n samples. */
+typedef struct {
+    ld_ae_arch_t aa;
+    ld_ae_t *ae;
+    ld_ebm_t *m;
+    ld_ae_ws_t *aws;
+    ld_ebm_ws_t *ews;
+} pair_t;
+
+static pair_t pair_new(int n)
+{
+    pair_t p = { .aa = ae_arch() };
+    ld_ebm_arch_t ea = ebm_arch();
+    ck_assert_int_eq(ld_ae_new(&p.aa, &p.ae), 0);
+    ld_ae_init_random(p.ae, 3);
+    ck_assert_int_eq(ld_ebm_new(&ea, &p.m), 0);
+    ld_ebm_init_random(p.m, 4);
+    ck_assert_int_eq(ld_ae_ws_new(&p.aa, n, 1, &p.aws), 0);
+    ck_assert_int_eq(ld_ebm_ws_new(&ea, n, 1, &p.ews), 0);
+    return p;
+}
+
+static void pair_free(pair_t *p)
+{
+    ld_ae_ws_destroy(&p->aws);
+    ld_ebm_ws_destroy(&p->ews);
+    ld_ae_destroy(&p->ae);
+    ld_ebm_destroy(&p->m);
+}
+
 /* A noise-free latent chain, step by step by hand: z0 = encode(start),
  * z_{k+1} = z_k - (eta/2) dE/dz (never clamped), snapshot k = decode(z_k);
  * step 0 is the start itself. */
 START_TEST(latent_chain_matches_hand_computed_steps)
 {
     enum { N = 3, K = 2 };
-    ld_ae_arch_t aa = ae_arch();
-    ld_ebm_arch_t ea = ebm_arch();
-    ld_ae_t *ae = NULL;
-    ld_ebm_t *m = NULL;
-    ld_ae_ws_t *aws = NULL;
-    ld_ebm_ws_t *ews = NULL;
-    ck_assert_int_eq(ld_ae_new(&aa, &ae), 0);
-    ld_ae_init_random(ae, 3);
-    ck_assert_int_eq(ld_ebm_new(&ea, &m), 0);
-    ld_ebm_init_random(m, 4);
-    ck_assert_int_eq(ld_ae_ws_new(&aa, N, 1, &aws), 0);
-    ck_assert_int_eq(ld_ebm_ws_new(&ea, N, 1, &ews), 0);
+    pair_t pr = pair_new(N);
+    ld_ae_arch_t aa = pr.aa;
+    ld_ae_t *ae = pr.ae;
+    ld_ebm_t *m = pr.m;
+    ld_ae_ws_t *aws = pr.aws;
+    ld_ebm_ws_t *ews = pr.ews;
     const size_t per = 3 * S * S, lat = ld_ae_arch_latent_numel(&aa);
     float *start = rand_floats(N * per, 5), *snaps = malloc((K + 1) * N * per * sizeof(float));
     uint8_t mask[N * S * S], lmask[N * SIDE * SIDE];
@@ -155,10 +179,7 @@ START_TEST(latent_chain_matches_hand_computed_steps)
     /* the test only pins "no clamp" if the latent leaves [-1, 1] */
     ck_assert_msg(zmax > 1.5f, "latents stayed within %g: raise the step size", (double)zmax);
     free(z), free(tmp), free(grad), free(img), free(start), free(snaps);
-    ld_ae_ws_destroy(&aws);
-    ld_ebm_ws_destroy(&ews);
-    ld_ae_destroy(&ae);
-    ld_ebm_destroy(&m);
+    pair_free(&pr);
 }
 END_TEST
 
@@ -181,18 +202,11 @@ static float mean_abs_lightness_gap(const float *a, const float *b, size_t pixel
 START_TEST(latent_chain_keeps_the_start_luminance)
 {
     enum { N = 2, K = 2 };
-    ld_ae_arch_t aa = ae_arch();
-    ld_ebm_arch_t ea = ebm_arch();
-    ld_ae_t *ae = NULL;
-    ld_ebm_t *m = NULL;
-    ld_ae_ws_t *aws = NULL;
-    ld_ebm_ws_t *ews = NULL;
-    ck_assert_int_eq(ld_ae_new(&aa, &ae), 0);
-    ld_ae_init_random(ae, 3);
-    ck_assert_int_eq(ld_ebm_new(&ea, &m), 0);
-    ld_ebm_init_random(m, 4);
-    ck_assert_int_eq(ld_ae_ws_new(&aa, N, 1, &aws), 0);
-    ck_assert_int_eq(ld_ebm_ws_new(&ea, N, 1, &ews), 0);
+    pair_t pr = pair_new(N);
+    ld_ae_t *ae = pr.ae;
+    ld_ebm_t *m = pr.m;
+    ld_ae_ws_t *aws = pr.aws;
+    ld_ebm_ws_t *ews = pr.ews;
     const size_t per = 3 * S * S, all = (K + 1) * N * per;
     float *start = rand_floats(N * per, 6), *plain = malloc(all * sizeof(float)), *kept = malloc(all * sizeof(float));
     uint8_t mask[N * S * S] = { 0 };
@@ -219,10 +233,7 @@ START_TEST(latent_chain_keeps_the_start_luminance)
                           (double)gap_plain);
         }
     free(start), free(plain), free(kept);
-    ld_ae_ws_destroy(&aws);
-    ld_ebm_ws_destroy(&ews);
-    ld_ae_destroy(&ae);
-    ld_ebm_destroy(&m);
+    pair_free(&pr);
 }
 END_TEST
 

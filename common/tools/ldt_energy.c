@@ -12,11 +12,11 @@
 #include "ld_error.h"
 #include "ld_model.h"
 #include "ld_safetensors.h"
+#include "ld_threadpool.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #define CMD "energy"
 
@@ -60,8 +60,7 @@ static int parse_options(int argc, char **argv, energy_opts_t *o)
         {"batch", required_argument, NULL, 'b'}, {"param-grad", no_argument, NULL, OPT_PARAM_GRAD},
         {"help", no_argument, NULL, 'h'},        {NULL, 0, NULL, 0},
     };
-    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    *o = (energy_opts_t){.threads = cpus < 1 ? 1 : cpus > 16 ? 16 : (int)cpus, .batch = 16};
+    *o = (energy_opts_t){.threads = ld_threadpool_default_threads(16), .batch = 16};
     int c;
     while ((c = ldt_getopt(CMD, argc, argv, "m:i:o:t:b:h", longopts)) != -1) {
         int rc = LD_OK;
