@@ -1293,7 +1293,20 @@ int ld_client_next(ld_client_t *self, ld_batch_t **out)
 
 /* ------------------------------------------------------------ teardown, stats */
 
-/* Says Bye to a sampler in a session and closes its sockets. */
+/* Says Bye to a sampler in a session and closes its sockets.
+ *
+ * zmq_disconnect() before zmq_close(): with ZMQ_IMMEDIATE the socket holds
+ * no pipe for the endpoint, so the disconnect makes libzmq's session (the
+ * I/O thread) end the pipe that brings the sampler's messages, and it first
+ * drops a batch that has only partly arrived (pipe_t::terminate, rollback).
+ * A close alone ends the pipe from the socket's side, and libzmq 4.3.4 then
+ * never frees such frames, nor the 18160-byte decoder buffer they live in,
+ * whenever its I/O thread reads the socket's end-of-pipe delimiter before
+ * the termination command (pipe_t::process_pipe_term in state
+ * delimiter_received drops the pipe without a rollback): the Bye sent just
+ * before made that likely. The Bye still leaves: libzmq hands it to the
+ * connection (read_activated, a speculative write) before it handles the
+ * disconnect. */
 static void close_endpoint(endpoint_t *ep)
 {
     if (ep->sock && (ep->state == EP_LIVE || ep->state == EP_HELLO)) {
@@ -1306,6 +1319,7 @@ static void close_endpoint(endpoint_t *ep)
     }
     if (ep->sock) {
         zmq_socket_monitor(ep->sock, NULL, 0);
+        zmq_disconnect(ep->sock, ep->addr); /* ENOENT if it never connected: nothing to end */
         zmq_close(ep->sock);
     }
     if (ep->mon)

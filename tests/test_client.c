@@ -14,13 +14,16 @@
  * (PR_SET_PDEATHSIG) and is stopped by it; every wait is bounded. */
 #include "testutil.h"
 
+#include <arpa/inet.h>
 #include <math.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/wait.h>
@@ -372,6 +375,148 @@ START_TEST(malformed_messages_are_errors)
     ck_assert_uint_eq(st.errors, 8);
     ld_client_destroy(&c);
     fake_close(&f);
+}
+END_TEST
+
+/* ---------------------------------------------------------------- a sampler that stops mid-batch */
+
+/* A sampler speaking ZMTP 3.0 by hand on a plain TCP socket, so that it can
+ * do what libzmq never does: send the first frame of a multipart message
+ * (a batch) and not the rest. It serves one connection after the other
+ * until told to stop, and counts the Byes it reads. */
+typedef struct {
+    int fd, port;
+    atomic_int stop, conns, byes;
+    pthread_t thread;
+} stalling_t;
+
+static int read_full(int fd, void *buf, size_t n)
+{
+    for (size_t got = 0; got < n;) {
+        ssize_t r = recv(fd, (char *)buf + got, n - got, 0);
+        if (r <= 0)
+            return -1;
+        got += (size_t)r;
+    }
+    return 0;
+}
+
+/* Reads the client's frames until it goes, counting its Byes; `stall`
+ * (the first frame of a batch) goes out once the handshake is done. */
+static void stalling_read(stalling_t *st, int fd, const uint8_t *stall, size_t stall_len)
+{
+    static uint8_t body[65536];
+    uint8_t greeting[64], head[9];
+    if (read_full(fd, greeting, sizeof greeting))
+        return;
+    while (read_full(fd, head, 2) == 0) {
+        uint64_t len = head[1];
+        if (head[0] & 0x02) { /* long frame: 8-byte size */
+            if (read_full(fd, head + 2, 7))
+                return;
+            len = 0;
+            for (int i = 1; i < 9; i++)
+                len = len << 8 | head[i];
+        }
+        if (len > sizeof body || read_full(fd, body, (size_t)len))
+            return;
+        if (head[0] & 0x04) { /* a command: READY (the handshake is done), PING */
+            if (stall && send(fd, stall, stall_len, MSG_NOSIGNAL) == (ssize_t)stall_len)
+                st->conns++;
+            stall = NULL;
+            continue;
+        }
+        Langdaug__V1__ClientMessage *m = langdaug__v1__client_message__unpack(NULL, (size_t)len, body);
+        if (m && m->body_case == LANGDAUG__V1__CLIENT_MESSAGE__BODY_BYE)
+            st->byes++;
+        if (m)
+            langdaug__v1__client_message__free_unpacked(m, NULL);
+    }
+}
+
+static void *stalling_run(void *arg)
+{
+    stalling_t *st = arg;
+    /* greeting: signature, version 3.0, mechanism NULL, as-server, filler;
+     * then READY (Socket-Type ROUTER) */
+    uint8_t hello[64 + 30] = { 0xff, 0, 0, 0, 0, 0, 0, 0, 1, 0x7f, 3, 0, 'N', 'U', 'L', 'L' };
+    hello[32] = 1;
+    memcpy(hello + 64, "\x04\x1c\x05READY\x0bSocket-Type\0\0\0\x06ROUTER", 30);
+    uint8_t stall[2 + 200] = { 0x01, 200 }; /* a 200-byte frame that says more follow */
+    memset(stall + 2, 0x55, 200);
+    while (!st->stop) {
+        struct pollfd p = { .fd = st->fd, .events = POLLIN };
+        if (poll(&p, 1, 50) <= 0)
+            continue;
+        int fd = accept(st->fd, NULL, NULL);
+        if (fd < 0)
+            continue;
+        struct timeval tv = { .tv_sec = 5 };
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        if (send(fd, hello, sizeof hello, MSG_NOSIGNAL) == (ssize_t)sizeof hello)
+            stalling_read(st, fd, stall, sizeof stall);
+        close(fd);
+    }
+    return NULL;
+}
+
+static void stalling_start(stalling_t *st)
+{
+    memset(st, 0, sizeof *st);
+    st->fd = socket(AF_INET, SOCK_STREAM, 0);
+    ck_assert_int_ge(st->fd, 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t len = sizeof a;
+    ck_assert_int_eq(bind(st->fd, (struct sockaddr *)&a, sizeof a), 0);
+    ck_assert_int_eq(listen(st->fd, 8), 0);
+    ck_assert_int_eq(getsockname(st->fd, (struct sockaddr *)&a, &len), 0);
+    st->port = ntohs(a.sin_port);
+    ck_assert_int_eq(pthread_create(&st->thread, NULL, stalling_run, st), 0);
+}
+
+static void stalling_stop(stalling_t *st)
+{
+    st->stop = 1;
+    pthread_join(st->thread, NULL);
+    close(st->fd);
+}
+
+/* A client closed while a batch has only partly arrived frees all of it,
+ * and still says Bye. LeakSanitizer checks the first half in the sanitizer
+ * build: libzmq 4.3.4 lost the frames (and the 18160-byte buffer they live
+ * in) in 8 to 25 of these 60 closes, in each of 12 runs, while the client
+ * closed its socket without a zmq_disconnect() first (see close_endpoint). */
+START_TEST(close_frees_a_partly_received_batch)
+{
+    enum { ROUNDS = 60 };
+    stalling_t st;
+    stalling_start(&st);
+    char ep[64];
+    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", st.port);
+    const char *eps[] = { ep }, *tg[] = { "cam1" };
+    for (int i = 0; i < ROUNDS; i++) {
+        ld_client_opts_t o;
+        base_opts(&o, eps, 1, tg);
+        o.timeout_ms = 20;
+        ld_client_t *c;
+        ck_assert_int_eq(ld_client_new(&o, &c), 0);
+        /* until connected (Hello sent) and the first frame of a batch is out */
+        ld_endpoint_stats_t es = { .state = "" };
+        ld_batch_t *b;
+        for (int64_t until = now_ms() + WAIT_MS; now_ms() < until && (st.conns <= i || strcmp(es.state, "hello"));) {
+            ck_assert_int_eq(ld_client_next(c, &b), LD_ETIMEDOUT); /* the batch never completes */
+            ck_assert_int_eq(ld_client_stats(c, 0, &es), 0);
+        }
+        ck_assert_int_eq(st.conns, i + 1);
+        ck_assert_str_eq(es.state, "hello");
+        ck_assert_int_eq(ld_client_next(c, &b), LD_ETIMEDOUT); /* the frame comes in meanwhile */
+        ld_client_destroy(&c);
+    }
+    for (int64_t until = now_ms() + WAIT_MS; now_ms() < until && st.byes < ROUNDS;)
+        usleep(10000);
+    stalling_stop(&st);
+    ck_assert_int_eq(st.conns, ROUNDS);
+    ck_assert_int_eq(st.byes, ROUNDS);
 }
 END_TEST
 
@@ -1119,6 +1264,7 @@ int main(void)
     tcase_add_test(tc, times_out_without_sampler);
     tcase_add_test(tc, encodings_and_seeds);
     tcase_add_test(tc, malformed_messages_are_errors);
+    tcase_add_test(tc, close_frees_a_partly_received_batch);
     tcase_add_test(tc, cancel_flag_interrupts_the_wait);
     tcase_add_test(tc, fleet_specs_are_checked);
     suite_add_tcase(s, tc);
