@@ -153,18 +153,18 @@ int ld_maskmap_parse(const char *spec, ld_maskmap_t *out)
     return LD_OK;
 }
 
-int ld_maskmap_value(const ld_maskmap_t *map, int cls)
+bool ld_maskmap_value(const ld_maskmap_t *map, int cls, uint8_t *value)
 {
-    if (cls < 0 || cls > 255)
-        return -1;
-    if (map->lut[0] == cls)
-        return 0;
-    if (map->lut[255] == cls)
-        return 255;
-    for (int v = 1; v < 255; v++)
-        if (map->lut[v] == cls)
-            return v;
-    return -1;
+    if (cls < 0)   /* -1 marks the unmapped values in lut */
+        return false;
+    for (int i = 0; i < 256; i++) {
+        int v = i == 0 ? 0 : i == 1 ? 255 : i - 1;   /* the two ends first, then 1..254 */
+        if (map->lut[v] == cls) {
+            *value = (uint8_t)v;
+            return true;
+        }
+    }
+    return false;
 }
 
 /* ---- files and paths ---- */

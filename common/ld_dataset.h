@@ -35,10 +35,10 @@ typedef struct {
 #define LD_MASKMAP_DEFAULT "0:0,*:1"
 
 int ld_maskmap_parse(const char *spec, ld_maskmap_t *out);
-/* A mask value that maps to class cls (0 or 255 when either does, else the
- * smallest), so a mask written with it reads back as the same classes;
- * -1 when no value maps to cls. */
-int ld_maskmap_value(const ld_maskmap_t *map, int cls);
+/* A lookup: whether some mask value maps to class cls; if so *value is one
+ * (0 or 255 when either does, else the smallest), so a mask written with it
+ * reads back as the same classes. */
+bool ld_maskmap_value(const ld_maskmap_t *map, int cls, uint8_t *value);
 
 typedef struct {
     const char *root;       /* folders layout root (or NULL when manifest is set) */

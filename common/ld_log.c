@@ -2,6 +2,7 @@
  * and handed to the sink in one call, so concurrent threads never interleave
  * within a line. */
 #include "ld_log.h"
+#include "ld_error.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -44,11 +45,16 @@ const char *ld_log_level_name(int level)
     return names[level];
 }
 
-int ld_log_level_parse(const char *name)
+int ld_log_level_parse(const char *name, int *level)
 {
-    if (!strcasecmp(name, "error")) return LD_LOG_ERROR;
-    if (!strcasecmp(name, "warn") || !strcasecmp(name, "warning")) return LD_LOG_WARN;
-    if (!strcasecmp(name, "info")) return LD_LOG_INFO;
-    if (!strcasecmp(name, "debug")) return LD_LOG_DEBUG;
-    return -1;
+    static const struct { const char *name; int level; } levels[] = {
+        { "error", LD_LOG_ERROR }, { "warn", LD_LOG_WARN }, { "warning", LD_LOG_WARN },
+        { "info", LD_LOG_INFO }, { "debug", LD_LOG_DEBUG },
+    };
+    for (size_t i = 0; name && i < sizeof levels / sizeof levels[0]; i++)
+        if (!strcasecmp(name, levels[i].name)) {
+            *level = levels[i].level;
+            return LD_OK;
+        }
+    return ld_seterr(LD_EINVAL, "'%s' is not one of error, warning, info, debug", name ? name : "(null)");
 }

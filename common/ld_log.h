@@ -27,8 +27,10 @@ LD_EXTERN void ld_log_emit(int level, const char *fmt, ...) __attribute__((forma
 /* "error", "warning", "info", "debug". */
 LD_EXTERN const char *ld_log_level_name(int level);
 
-/* Parses "error|warn|warning|info|debug"; returns the level or -1. */
-LD_EXTERN int ld_log_level_parse(const char *name);
+/* Parses "error|warn|warning|info|debug" (any case) into *level: 0, or
+ * LD_EINVAL with the detail "'NAME' is not one of error, warning, info,
+ * debug" and *level unchanged. */
+LD_EXTERN int ld_log_level_parse(const char *name, int *level);
 
 #define LD_LOG_AT(lvl, ...) \
     do { if ((lvl) <= ld_log_level) ld_log_emit((lvl), __VA_ARGS__); } while (0)

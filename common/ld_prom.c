@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "ld_error.h"
+#include "ld_text.h"
 
 typedef enum {
     M_INFO, M_MODEL_INFO, M_UPTIME, M_DRAINING, M_WORKERS, M_QUEUE_DEPTH, M_QUEUE_CAPACITY, M_QUEUE_BYTES,
@@ -73,25 +74,11 @@ static void header(FILE *f, metric_t m)
             families[m].type);
 }
 
-/* Length of the valid UTF-8 sequence at s (0 if invalid). */
-static size_t utf8_len(const unsigned char *s)
-{
-    size_t n = s[0] < 0x80 ? 1 : (s[0] & 0xE0) == 0xC0 ? 2 : (s[0] & 0xF0) == 0xE0 ? 3 : (s[0] & 0xF8) == 0xF0 ? 4 : 0;
-    for (size_t i = 1; i < n; i++)
-        if ((s[i] & 0xC0) != 0x80)
-            return 0;
-    if ((n == 2 && s[0] < 0xC2) || (n == 3 && s[0] == 0xE0 && s[1] < 0xA0) ||
-        (n == 3 && s[0] == 0xED && s[1] >= 0xA0) || (n == 4 && s[0] == 0xF0 && s[1] < 0x90) ||
-        (n == 4 && (s[0] > 0xF4 || (s[0] == 0xF4 && s[1] >= 0x90))))
-        return 0;
-    return n;
-}
-
 static void label_value(FILE *f, const char *v)
 {
     const unsigned char *s = (const unsigned char *)(v ? v : "");
     while (*s) {
-        size_t n = utf8_len(s);
+        size_t n = ld_text_utf8_len(s);
         if (*s == '\\' || *s == '"')
             fprintf(f, "\\%c", *s);
         else if (*s == '\n')

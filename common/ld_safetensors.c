@@ -10,6 +10,7 @@
 #include "ld_safetensors.h"
 #include "ld_afile.h"
 #include "ld_error.h"
+#include "ld_text.h"
 
 #include <jansson.h>
 #include <pthread.h>
@@ -633,12 +634,19 @@ int ld_st_writer_merge_meta(ld_st_writer_t *self, const ld_meta_t *meta)
     return meta ? meta_merge(self->meta, meta) : LD_OK;
 }
 
-/* Adds key -> value to obj, failing on text that is not UTF-8. */
-static int json_put(json_t *obj, const char *key, json_t *value, const char *what)
+/* Adds key -> value to obj (value NULL: its construction failed; text: the
+ * string value was made from, or NULL). Jansson refuses text that is not
+ * UTF-8 and fails when out of memory, alike: the detail tells which. */
+static int json_put(json_t *obj, const char *key, json_t *value, const char *text, const char *what)
 {
-    if (!value || json_object_set_new(obj, key, value) != 0)
+    if (value && json_object_set_new(obj, key, value) == 0)
+        return LD_OK;
+    if (!ld_text_is_utf8(key))
         return ld_seterr(LD_EINVAL, "safetensors writer: %s '%s' is not valid UTF-8", what, shown(key).s);
-    return LD_OK;
+    if (text && !ld_text_is_utf8(text))
+        return ld_seterr(LD_EINVAL, "safetensors writer: the value of %s '%s' is not valid UTF-8", what,
+                         shown(key).s);
+    return ld_seterr(LD_ENOMEM, "safetensors writer: %s '%s': out of memory", what, shown(key).s);
 }
 
 static json_t *tensor_json(const entry_t *e, size_t begin)
@@ -670,9 +678,10 @@ static int build_header(const ld_st_writer_t *self, char **out, size_t *len_out)
     if (self->meta->n) {
         json_t *m = json_object();
         for (size_t i = 0; rc == LD_OK && i < self->meta->n; i++)
-            rc = json_put(m, self->meta->keys[i], json_string(self->meta->values[i]), "metadata entry");
+            rc = json_put(m, self->meta->keys[i], json_string(self->meta->values[i]), self->meta->values[i],
+                          "metadata entry");
         if (rc == LD_OK)
-            rc = json_put(root, "__metadata__", m, "metadata");
+            rc = json_put(root, "__metadata__", m, NULL, "metadata");
         else
             json_decref(m);
     }
@@ -682,7 +691,7 @@ static int build_header(const ld_st_writer_t *self, char **out, size_t *len_out)
         if (__builtin_add_overflow(offset, e->nbytes, &total))
             rc = ld_seterr(LD_ERANGE, "safetensors writer: total size overflows");
         else
-            rc = json_put(root, e->name, tensor_json(e, offset), "tensor name");
+            rc = json_put(root, e->name, tensor_json(e, offset), NULL, "tensor name");
         offset = total;
     }
     char *text = rc == LD_OK ? json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;

@@ -145,3 +145,28 @@ int ld_text_format(char **out, const char *fmt, ...)
     *out = NULL;
     return ld_seterr(LD_ENOMEM, "out of memory");
 }
+
+size_t ld_text_utf8_len(const unsigned char *s)
+{
+    size_t n = s[0] < 0x80 ? 1 : (s[0] & 0xE0) == 0xC0 ? 2 : (s[0] & 0xF0) == 0xE0 ? 3 : (s[0] & 0xF8) == 0xF0 ? 4 : 0;
+    for (size_t i = 1; i < n; i++)   /* stops at a NUL: it is not a continuation byte */
+        if ((s[i] & 0xC0) != 0x80)
+            return 0;
+    if ((n == 2 && s[0] < 0xC2) || (n == 3 && s[0] == 0xE0 && s[1] < 0xA0) ||
+        (n == 3 && s[0] == 0xED && s[1] >= 0xA0) || (n == 4 && s[0] == 0xF0 && s[1] < 0x90) ||
+        (n == 4 && (s[0] > 0xF4 || (s[0] == 0xF4 && s[1] >= 0x90))))
+        return 0;
+    return n;
+}
+
+bool ld_text_is_utf8(const char *s)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    while (*p) {
+        size_t n = ld_text_utf8_len(p);
+        if (!n)
+            return false;
+        p += n;
+    }
+    return true;
+}

@@ -1,6 +1,7 @@
 /* ld_text: strict parsing of command-line and config values, the CSV
- * quoting the commands use for the tables they write, and formatted
- * strings with the error convention.
+ * quoting the commands use for the tables they write, UTF-8 validation (for
+ * text that goes into JSON and Prometheus labels), and formatted strings
+ * with the error convention.
  *
  * Each parser takes `what` (the option or key being parsed, e.g. "--threads"
  * or "model.conf:3: size") and the text; it accepts the whole string or
@@ -12,6 +13,8 @@
 #ifndef LD_TEXT_H
 #define LD_TEXT_H
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -31,6 +34,12 @@ int ld_text_parse_int_list(const char *what, const char *s, int min, int max,
 /* Writes s to f as one CSV field (RFC 4180): as is, or in double quotes with
  * inner quotes doubled when it holds a comma, quote, CR or LF. */
 void ld_text_csv_field(FILE *f, const char *s);
+
+/* Length of the valid UTF-8 sequence that starts at s (1-4), 0 if the bytes
+ * there are not one (overlong, surrogate, above U+10FFFF, truncated). */
+size_t ld_text_utf8_len(const unsigned char *s);
+/* Whether the NUL-terminated s is valid UTF-8 throughout. */
+bool ld_text_is_utf8(const char *s);
 
 /* A printf-formatted string (a path, a name) into *out, malloc'ed; on
  * failure *out = NULL and LD_ENOMEM with the detail "out of memory". */

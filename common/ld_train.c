@@ -337,16 +337,6 @@ const ld_ebm_t *ld_train_model(const ld_train_t *self)
     return self->model;
 }
 
-const ld_ebm_t *ld_train_ema(const ld_train_t *self)
-{
-    return self->ema;
-}
-
-const struct ld_dataset_s *ld_train_dataset(const ld_train_t *self)
-{
-    return self->ds;
-}
-
 const float *ld_train_history(const ld_train_t *self, int64_t *n_rows)
 {
     *n_rows = self->history.n;

@@ -115,9 +115,6 @@ void ld_train_destroy(ld_train_t **self_p);
 const ld_train_config_t *ld_train_config(const ld_train_t *self);
 int64_t ld_train_iteration(const ld_train_t *self);
 const ld_ebm_t *ld_train_model(const ld_train_t *self);   /* current weights */
-const ld_ebm_t *ld_train_ema(const ld_train_t *self);     /* EMA weights */
-/* The dataset (const ld_dataset_t *), for previews and evaluation. */
-const struct ld_dataset_s *ld_train_dataset(const ld_train_t *self);
 
 /* One iteration. cancel (may be NULL) interrupts the Langevin chain: the
  * iteration is then undone (LD_ECANCELED, state as before the call). */

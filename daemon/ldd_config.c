@@ -164,6 +164,13 @@ static const key_row_t *find_key(const char *name)
     return NULL;
 }
 
+int ldd_config_log_level(const ldd_config_t *cfg)
+{
+    int level = LD_LOG_INFO;
+    ld_log_level_parse(cfg->log_level, &level);   /* cannot fail: ldd_config_set validated it */
+    return level;
+}
+
 int ldd_config_range(const char *key, double *min, double *max)
 {
     const key_row_t *k = find_key(key);
@@ -282,8 +289,9 @@ int ldd_config_set(ldd_config_t *cfg, const char *name, const char *value, const
         rc = set_list(cfg, value, where);
         break;
     case T_LEVEL:
-        if (ld_log_level_parse(value) < 0)
-            return ld_seterr(LD_EINVAL, "%s: '%s' is not one of error, warning, info, debug", what, value);
+        int level;
+        if (ld_log_level_parse(value, &level) < 0)
+            return ld_seterr(LD_EINVAL, "%s: %s", what, ld_errdetail());
         set_string(slot, value);
         break;
     case T_STEPS:

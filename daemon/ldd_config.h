@@ -109,6 +109,9 @@ void ldd_config_print_usage(FILE *out);
 typedef void (*ldd_config_visit_fn)(const char *key, const char *value, void *user);
 void ldd_config_visit(const ldd_config_t *cfg, ldd_config_visit_fn fn, void *user);
 
+/* The LD_LOG_* level of log_level (validated when set, so always one). */
+int ldd_config_log_level(const ldd_config_t *cfg);
+
 /* The range a floating-point key accepts, from its table row: the engine
  * checks values taken from model files (auto) against the same bounds.
  * Returns 0, or LD_EINVAL for a key that is not floating-point. */

@@ -322,10 +322,12 @@ int ldd_curve_new(const ldd_config_t *cfg, void *zctx, uv_loop_t *loop, ldd_curv
         return rc;
     }
     self->reader = ldd_zpoll_new(loop, PUMP_BATCH);
-    ldd_zpoll_add(self->reader, self->zap, handle_zap, self);
+    *out = self;   /* its handles are the loop's from here on: the owner destroys it after closing them */
+    rc = ldd_zpoll_add(self->reader, self->zap, handle_zap, self);
+    if (rc < 0)
+        return rc;
     ld_info("CURVE on: server public key %s; %d allowed client keys in %s", self->server_public,
             ldd_keyset_count(self->keys), self->keys_dir);
-    *out = self;
     return 0;
 }
 
@@ -374,11 +376,6 @@ uint64_t ldd_curve_refused(const ldd_curve_t *self)
 int ldd_curve_allowed_keys(const ldd_curve_t *self)
 {
     return self ? ldd_keyset_count(self->keys) : 0;
-}
-
-const char *ldd_curve_server_public(const ldd_curve_t *self)
-{
-    return self->server_public;
 }
 
 void ldd_curve_destroy(ldd_curve_t **self_p)

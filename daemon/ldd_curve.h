@@ -54,7 +54,10 @@ typedef struct ldd_curve_s ldd_curve_t;
 
 /* With CURVE configured: reads the server key and the allowed keys, binds
  * the ZAP handler in zctx and starts polling it on loop; *out is the
- * handle. Without: *out = NULL and 0. Errors name the file. */
+ * handle. Without: *out = NULL and 0. Errors name the file. An error once
+ * the poll handles are on the loop (polling the ZAP socket fails) still
+ * sets *out: like a handle that ran, it is destroyed after the loop's
+ * handles are closed (ldd_server_destroy does both). */
 int ldd_curve_new(const ldd_config_t *cfg, void *zctx, uv_loop_t *loop, ldd_curve_t **out);
 /* Makes sock (not yet bound) a CURVE server with ZAP domain `name`
  * ("data", "status") and monitors its failed handshakes. */
@@ -68,8 +71,6 @@ void ldd_curve_set_keys(ldd_curve_t *self, ldd_keyset_t **keys);
 uint64_t ldd_curve_refused(const ldd_curve_t *self);
 /* Client keys allowed now (re-read on SIGHUP); 0 on NULL (no CURVE). */
 int ldd_curve_allowed_keys(const ldd_curve_t *self);
-/* The server's public key (Z85), for the log and for operators. */
-const char *ldd_curve_server_public(const ldd_curve_t *self);
 /* Closes the ZeroMQ sockets and frees. The loop must have closed this
  * module's uv handles already (the server closes every handle of the loop
  * on shutdown) and the secured sockets must be closed; call before

@@ -21,7 +21,7 @@ static int usage_error(const char *detail)
 
 static int serve(const ldd_options_t *opts, ldd_config_t *cfg)
 {
-    ldd_log_init(ld_log_level_parse(cfg->log_level));
+    ldd_log_init(ldd_config_log_level(cfg));
     signal(SIGPIPE, SIG_IGN);
     ldd_engine_t *engine = NULL;
     int rc = ldd_engine_load(cfg, &engine);

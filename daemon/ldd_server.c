@@ -705,7 +705,7 @@ static void reload_done(uv_work_t *w, int status)
         self->cfg = r->cfg;
         ldd_engine_unref(&self->engine);
         self->engine = r->engine;
-        ld_log_level = ld_log_level_parse(self->cfg.log_level);
+        ld_log_level = ldd_config_log_level(&self->cfg);
         ldd_sessions_set_limits(self->sessions, self->cfg.max_clients, (int64_t)self->cfg.max_queue_memory << 20);
         self->sched.capacity = self->cfg.queue_capacity;
         self->sched.chain_batch = self->cfg.chain_batch;

@@ -97,6 +97,17 @@ static void expect_open_error(const ld_dataset_opts_t *o, int err, const char *n
 
 /* ---- mask maps ---- */
 
+/* ld_maskmap_value as an int: the value, or -1 when the lookup finds none
+ * (then the out-parameter must be untouched). */
+static int value_of(const ld_maskmap_t *m, int cls)
+{
+    uint8_t v = 77;
+    if (ld_maskmap_value(m, cls, &v))
+        return v;
+    ck_assert_int_eq(v, 77);
+    return -1;
+}
+
 START_TEST(maskmap_rules)
 {
     ld_maskmap_t m;
@@ -105,28 +116,31 @@ START_TEST(maskmap_rules)
     ck_assert_int_eq(m.lut[0], 0);
     for (int v = 1; v < 256; v++)
         ck_assert_int_eq(m.lut[v], 1);
-    ck_assert_int_eq(ld_maskmap_value(&m, 0), 0);
-    ck_assert_int_eq(ld_maskmap_value(&m, 1), 255);
+    ck_assert_int_eq(value_of(&m, 0), 0);
+    ck_assert_int_eq(value_of(&m, 1), 255);
+    ck_assert_int_eq(value_of(&m, -1), -1);   /* not the unmapped marker's values */
 
     ck_assert_int_eq(ld_maskmap_parse("255:0,128:1,0:2", &m), 0);
     ck_assert_int_eq(m.n_classes, 3);
     ck_assert(m.lut[255] == 0 && m.lut[128] == 1 && m.lut[0] == 2);
     ck_assert_int_eq(m.lut[127], -1);
     ck_assert_int_eq(m.lut[1], -1);
-    ck_assert(ld_maskmap_value(&m, 0) == 255 && ld_maskmap_value(&m, 1) == 128 && ld_maskmap_value(&m, 2) == 0);
+    ck_assert(value_of(&m, 0) == 255 && value_of(&m, 1) == 128 && value_of(&m, 2) == 0);
+    ck_assert_int_eq(value_of(&m, -1), -1);
 
     ck_assert_int_eq(ld_maskmap_parse("0-127:1,*:0", &m), 0);
     ck_assert_int_eq(m.n_classes, 2);
     for (int v = 0; v < 256; v++)
         ck_assert_int_eq(m.lut[v], v < 128 ? 1 : 0);
-    ck_assert(ld_maskmap_value(&m, 1) == 0 && ld_maskmap_value(&m, 0) == 255);
+    ck_assert(value_of(&m, 1) == 0 && value_of(&m, 0) == 255);
 
     /* First match wins; spaces are allowed; classes without values. */
     ck_assert_int_eq(ld_maskmap_parse(" 5 : 3 , 0 - 10 : 1 , * : 0 ", &m), 0);
     ck_assert(m.lut[5] == 3 && m.lut[4] == 1 && m.lut[10] == 1 && m.lut[11] == 0);
     ck_assert_int_eq(m.n_classes, 4);
-    ck_assert_int_eq(ld_maskmap_value(&m, 2), -1);
-    ck_assert_int_eq(ld_maskmap_value(&m, 1), 0);
+    ck_assert_int_eq(value_of(&m, 2), -1);
+    ck_assert_int_eq(value_of(&m, 1), 0);
+    ck_assert_int_eq(value_of(&m, 3), 5);
 }
 END_TEST
 

@@ -1,11 +1,13 @@
 /* ld_error: names of codes, per-thread details, and a detail that wraps the
- * previous one (ld_seterr(..., "%s", ld_errdetail())). */
+ * previous one (ld_seterr(..., "%s", ld_errdetail())); ld_log's level names,
+ * parsed under the same convention. */
 #include "testutil.h"
 
 #include <pthread.h>
 #include <string.h>
 
 #include "ld_error.h"
+#include "ld_log.h"
 
 START_TEST(every_code_has_a_name)
 {
@@ -75,6 +77,27 @@ START_TEST(expect_err_needs_a_fresh_detail)
 }
 END_TEST
 
+START_TEST(log_levels_parse_by_name_and_refuse_others)
+{
+    static const struct { const char *name; int level; } ok[] = {
+        { "error", LD_LOG_ERROR }, { "warn", LD_LOG_WARN }, { "WARNING", LD_LOG_WARN },
+        { "info", LD_LOG_INFO }, { "Debug", LD_LOG_DEBUG },
+    };
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+        int level = -7;
+        ck_assert_int_eq(ld_log_level_parse(ok[i].name, &level), LD_OK);
+        ck_assert_int_eq(level, ok[i].level);
+    }
+    const char *bad[] = { "loud", "", "info ", "errors", NULL };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        int level = -7;
+        ld_expect_err(ld_log_level_parse(bad[i], &level), LD_EINVAL);
+        ck_assert_int_eq(level, -7);
+        ck_assert_ptr_nonnull(strstr(ld_errdetail(), "is not one of error, warning, info, debug"));
+    }
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("error");
@@ -84,6 +107,7 @@ int main(void)
     tcase_add_test(tc, detail_is_per_thread);
     tcase_add_test(tc, long_detail_is_truncated_not_overflowed);
     tcase_add_test(tc, expect_err_needs_a_fresh_detail);
+    tcase_add_test(tc, log_levels_parse_by_name_and_refuse_others);
     suite_add_tcase(s, tc);
     return ld_test_run(s);
 }

@@ -235,10 +235,25 @@ START_TEST(writer_rejects_bad_input)
     /* invalid UTF-8 in metadata: the write fails and creates nothing */
     ck_assert_int_eq(ld_st_writer_set_meta(w, "bad\xff", "v"), 0);
     ld_expect_err(ld_st_writer_write(w, p, NULL), LD_EINVAL);
-    ck_assert_ptr_nonnull(strstr(ld_errdetail(), "UTF-8"));
+    ck_assert_ptr_nonnull(strstr(ld_errdetail(), "metadata entry 'bad"));
+    ck_assert_ptr_nonnull(strstr(ld_errdetail(), "is not valid UTF-8"));
     ck_assert_int_eq(access(p, F_OK), -1);
     ld_st_writer_destroy(&w);
     ck_assert_ptr_null(w);
+    /* in a metadata value: the detail names the entry whose value it is */
+    ck_assert_int_eq(ld_st_writer_new(&w), 0);
+    ck_assert_int_eq(ld_st_writer_set_meta(w, "note", "caf\xc3"), 0);
+    ld_expect_err(ld_st_writer_write(w, p, NULL), LD_EINVAL);
+    ck_assert_ptr_nonnull(strstr(ld_errdetail(), "the value of metadata entry 'note' is not valid UTF-8"));
+    ck_assert_int_eq(access(p, F_OK), -1);
+    ld_st_writer_destroy(&w);
+    /* in a tensor name */
+    ck_assert_int_eq(ld_st_writer_new(&w), 0);
+    ck_assert_int_eq(ld_st_writer_add(w, "w\xed\xa0\x80", LD_DT_F32, 1, &s2, x), 0);
+    ld_expect_err(ld_st_writer_write(w, p, NULL), LD_EINVAL);
+    ck_assert_ptr_nonnull(strstr(ld_errdetail(), "tensor name"));
+    ck_assert_int_eq(access(p, F_OK), -1);
+    ld_st_writer_destroy(&w);
     /* a write into a missing directory fails cleanly */
     ck_assert_int_eq(ld_st_writer_new(&w), 0);
     ld_expect_err(ld_st_writer_write(w, "/nonexistent-langdaug-dir/x.safetensors", NULL), LD_EIO);

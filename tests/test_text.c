@@ -517,6 +517,25 @@ END_TEST
 
 /* Fields with a separator, quote or line break are quoted, inner quotes
  * doubled; anything else is written as is. */
+START_TEST(utf8_validation)
+{
+    ck_assert(ld_text_is_utf8(""));
+    ck_assert(ld_text_is_utf8("plain ascii"));
+    ck_assert(ld_text_is_utf8("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80"));   /* 2, 3 and 4 bytes */
+    ck_assert(ld_text_is_utf8("\xf4\x8f\xbf\xbf"));                             /* U+10FFFF */
+    ck_assert(!ld_text_is_utf8("caf\xc3"));                                       /* truncated at the end */
+    ck_assert(!ld_text_is_utf8("\xc3("));                                         /* bad continuation */
+    ck_assert(!ld_text_is_utf8("\xc0\xaf"));                                      /* overlong '/' */
+    ck_assert(!ld_text_is_utf8("\xe0\x80\xaf"));                                  /* overlong, 3 bytes */
+    ck_assert(!ld_text_is_utf8("\xed\xa0\x80"));                                  /* surrogate U+D800 */
+    ck_assert(!ld_text_is_utf8("\xf4\x90\x80\x80"));                              /* above U+10FFFF */
+    ck_assert(!ld_text_is_utf8("\xff"));
+    ck_assert(!ld_text_is_utf8("ok\x80"));                                        /* lone continuation */
+    ck_assert_uint_eq(ld_text_utf8_len((const unsigned char *)"\xe2\x82\xac"), 3);
+    ck_assert_uint_eq(ld_text_utf8_len((const unsigned char *)"\xf0\x8f\xbf\xbf"), 0);   /* overlong, 4 bytes */
+}
+END_TEST
+
 START_TEST(csv_field_quoting)
 {
     static const struct {
@@ -555,6 +574,7 @@ int main(void)
     tcase_add_test(tc, energy_matches_direct_call);
     tcase_add_test(tc, energy_rejects_bad_inputs);
     tcase_add_test(tc, value_parsers);
+    tcase_add_test(tc, utf8_validation);
     tcase_add_test(tc, csv_field_quoting);
     suite_add_tcase(s, tc);
     return ld_test_run(s);

@@ -125,9 +125,9 @@ static int global_log_level(int argc, char **argv)
         fprintf(stderr, "langdaug: option '--log-level' needs a value\n");
         return -1;
     }
-    int level = ld_log_level_parse(value);
-    if (level < 0) {
-        fprintf(stderr, "langdaug: --log-level: '%s' is not one of error, warn, info, debug\n", value);
+    int level;
+    if (ld_log_level_parse(value, &level) < 0) {
+        fprintf(stderr, "langdaug: --log-level: %s\n", ld_errdetail());
         return -1;
     }
     ld_log_set(NULL, NULL, level);

@@ -351,10 +351,8 @@ static int parse_maskmap(pull_t *p, const char *arg)
     if (ld_maskmap_parse(arg, &map))
         return ldt_usage_error(CMD, "--maskmap: %s", ld_errdetail());
     for (int c = 0; c < map.n_classes; c++) {
-        int v = ld_maskmap_value(&map, c);
-        if (v < 0)
+        if (!ld_maskmap_value(&map, c, &p->mask_values[c]))
             return ldt_usage_error(CMD, "--maskmap: no mask value maps to class %d", c);
-        p->mask_values[c] = (uint8_t)v;
     }
     p->n_mask_values = map.n_classes;
     return 0;

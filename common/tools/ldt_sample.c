@@ -498,9 +498,10 @@ static void mask_values(const ld_dataset_t *ds, uint8_t value_of[256])
     const ld_maskmap_t *map = ld_dataset_maskmap(ds);
     int all = 1;
     for (int c = 0; c < 256; c++) {
-        int v = c < map->n_classes ? ld_maskmap_value(map, c) : -1;
-        all &= c >= map->n_classes || v >= 0;
-        value_of[c] = (uint8_t)(v >= 0 ? v : c);
+        bool found = c < map->n_classes && ld_maskmap_value(map, c, &value_of[c]);
+        all &= c >= map->n_classes || found;
+        if (!found)
+            value_of[c] = (uint8_t)c;
     }
     if (!all)
         for (int c = 0; c < 256; c++)
