@@ -1349,8 +1349,10 @@ void ld_client_destroy(ld_client_t **self_p)
     ld_client_t *c = *self_p;
     for (int i = 0; i < c->n; i++)
         close_endpoint(&c->eps[i]);
-    if (c->ctx)
-        zmq_ctx_term(c->ctx);
+    /* A signal (a trainer's SIGALRM or SIGCHLD) interrupts zmq_ctx_term with
+     * EINTR and leaves the context alive: it is restarted until it ends. */
+    while (c->ctx && zmq_ctx_term(c->ctx) != 0 && zmq_errno() == EINTR)
+        ;
     for (int si = 0; c->srcs && si < c->n_srcs; si++) {
         free(c->srcs[si].spec);
         free(c->srcs[si].target);

@@ -15,6 +15,8 @@
 #include "testutil.h"
 
 #include <arpa/inet.h>
+#include <dlfcn.h>
+#include <errno.h>
 #include <math.h>
 #include <poll.h>
 #include <pthread.h>
@@ -517,6 +519,43 @@ START_TEST(close_frees_a_partly_received_batch)
     stalling_stop(&st);
     ck_assert_int_eq(st.conns, ROUNDS);
     ck_assert_int_eq(st.byes, ROUNDS);
+}
+END_TEST
+
+/* zmq_ctx_term, interposed: the first ctx_term_eintr calls fail with EINTR
+ * as a signal would make them (the client library is linked into this
+ * program as objects, so its calls come here), the rest reach libzmq. */
+static int ctx_term_eintr, ctx_term_real_calls;
+
+int zmq_ctx_term(void *ctx)
+{
+    static int (*real)(void *);
+    if (!real)
+        *(void **)&real = dlsym(RTLD_NEXT, "zmq_ctx_term");
+    if (ctx_term_eintr > 0) {
+        ctx_term_eintr--;
+        errno = EINTR;
+        return -1;
+    }
+    ctx_term_real_calls++;
+    return real(ctx);
+}
+
+/* An interrupted zmq_ctx_term is restarted: the context (its I/O thread,
+ * its sockets' memory) is not left behind. */
+START_TEST(destroy_restarts_an_interrupted_context_term)
+{
+    const char *eps[] = { "tcp://127.0.0.1:9" }, *tg[] = { "cam1" };
+    ld_client_opts_t o;
+    base_opts(&o, eps, 1, tg);
+    ld_client_t *c;
+    ck_assert_int_eq(ld_client_new(&o, &c), 0);
+    ctx_term_eintr = 3;
+    ctx_term_real_calls = 0;
+    ld_client_destroy(&c);
+    ck_assert_ptr_null(c);
+    ck_assert_int_eq(ctx_term_eintr, 0);
+    ck_assert_int_eq(ctx_term_real_calls, 1);
 }
 END_TEST
 
@@ -1265,6 +1304,7 @@ int main(void)
     tcase_add_test(tc, encodings_and_seeds);
     tcase_add_test(tc, malformed_messages_are_errors);
     tcase_add_test(tc, close_frees_a_partly_received_batch);
+    tcase_add_test(tc, destroy_restarts_an_interrupted_context_term);
     tcase_add_test(tc, cancel_flag_interrupts_the_wait);
     tcase_add_test(tc, fleet_specs_are_checked);
     suite_add_tcase(s, tc);
