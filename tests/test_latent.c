@@ -141,12 +141,7 @@ START_TEST(latent_chain_matches_hand_computed_steps)
 {
     enum { N = 3, K = 2 };
     pair_t pr = pair_new(N);
-    ld_ae_arch_t aa = pr.aa;
-    ld_ae_t *ae = pr.ae;
-    ld_ebm_t *m = pr.m;
-    ld_ae_ws_t *aws = pr.aws;
-    ld_ebm_ws_t *ews = pr.ews;
-    const size_t per = 3 * S * S, lat = ld_ae_arch_latent_numel(&aa);
+    const size_t per = 3 * S * S, lat = ld_ae_arch_latent_numel(&pr.aa);
     float *start = rand_floats(N * per, 5), *snaps = malloc((K + 1) * N * per * sizeof(float));
     uint8_t mask[N * S * S], lmask[N * SIDE * SIDE];
     for (size_t i = 0; i < sizeof mask; i++)
@@ -155,22 +150,22 @@ START_TEST(latent_chain_matches_hand_computed_steps)
     uint64_t chain[N] = { 0, 1, 2 };
     ld_langevin_params_t p = { .step_size = 400.0f, .noise = 0.0f, .steps = K, .n_snapshots = K + 1,
                                .snapshots = { 0, 1, K } };
-    ck_assert_msg(ld_langevin_sample_latent(m, ews, ae, aws, &p, LD_KEEP_NONE, N, start, mask, target, chain, snaps,
-                                            NULL, NULL, NULL) == 0, "%s", ld_errdetail());
+    ck_assert_msg(ld_langevin_sample_latent(pr.m, pr.ews, pr.ae, pr.aws, &p, LD_KEEP_NONE, N, start, mask, target,
+                                            chain, snaps, NULL, NULL, NULL) == 0, "%s", ld_errdetail());
     ck_assert_int_eq(memcmp(snaps, start, N * per * sizeof(float)), 0);
 
     float *z = malloc(N * lat * sizeof(float)), *tmp = malloc(N * per * sizeof(float));
     float *grad = malloc(N * lat * sizeof(float)), *img = malloc(N * per * sizeof(float)), e[N];
-    ck_assert_int_eq(ld_latent_encode_rgb(ae, aws, N, start, tmp, z), 0);
-    ld_latent_mask(&aa, N, mask, lmask);
+    ck_assert_int_eq(ld_latent_encode_rgb(pr.ae, pr.aws, N, start, tmp, z), 0);
+    ld_latent_mask(&pr.aa, N, mask, lmask);
     float zmax = 0;
     for (int k = 1; k <= K; k++) {
-        ck_assert_int_eq(ld_ebm_energy(m, ews, N, z, lmask, target, e, grad), 0);
+        ck_assert_int_eq(ld_ebm_energy(pr.m, pr.ews, N, z, lmask, target, e, grad), 0);
         for (size_t i = 0; i < N * lat; i++) {
             z[i] -= 0.5f * p.step_size * grad[i];
             zmax = fabsf(z[i]) > zmax ? fabsf(z[i]) : zmax;
         }
-        ck_assert_int_eq(ld_latent_decode(ae, aws, N, z, img), 0);
+        ck_assert_int_eq(ld_latent_decode(pr.ae, pr.aws, N, z, img), 0);
         double worst = 0;
         for (size_t i = 0; i < N * per; i++)
             worst = fmax(worst, fabs((double)img[i] - snaps[(size_t)k * N * per + i]));
@@ -203,10 +198,6 @@ START_TEST(latent_chain_keeps_the_start_luminance)
 {
     enum { N = 2, K = 2 };
     pair_t pr = pair_new(N);
-    ld_ae_t *ae = pr.ae;
-    ld_ebm_t *m = pr.m;
-    ld_ae_ws_t *aws = pr.aws;
-    ld_ebm_ws_t *ews = pr.ews;
     const size_t per = 3 * S * S, all = (K + 1) * N * per;
     float *start = rand_floats(N * per, 6), *plain = malloc(all * sizeof(float)), *kept = malloc(all * sizeof(float));
     uint8_t mask[N * S * S] = { 0 };
@@ -214,10 +205,10 @@ START_TEST(latent_chain_keeps_the_start_luminance)
     uint64_t chain[N] = { 0, 1 };
     ld_langevin_params_t p = { .step_size = 50.0f, .noise = 0.0f, .steps = K, .n_snapshots = K + 1,
                                .snapshots = { 0, 1, K } };
-    ck_assert_int_eq(ld_langevin_sample_latent(m, ews, ae, aws, &p, LD_KEEP_NONE, N, start, mask, target, chain,
-                                               plain, NULL, NULL, NULL), 0);
-    ck_assert_msg(ld_langevin_sample_latent(m, ews, ae, aws, &p, LD_KEEP_LUMINANCE, N, start, mask, target, chain,
-                                            kept, NULL, NULL, NULL) == 0, "%s", ld_errdetail());
+    ck_assert_int_eq(ld_langevin_sample_latent(pr.m, pr.ews, pr.ae, pr.aws, &p, LD_KEEP_NONE, N, start, mask,
+                                               target, chain, plain, NULL, NULL, NULL), 0);
+    ck_assert_msg(ld_langevin_sample_latent(pr.m, pr.ews, pr.ae, pr.aws, &p, LD_KEEP_LUMINANCE, N, start, mask,
+                                            target, chain, kept, NULL, NULL, NULL) == 0, "%s", ld_errdetail());
     ck_assert_int_eq(memcmp(kept, start, N * per * sizeof(float)), 0); /* step 0: the start itself */
     for (int k = 1; k <= K; k++)
         for (int i = 0; i < N; i++) {
