@@ -3,11 +3,13 @@ answers are known: additive batches (each add-on adds round(ratio x batch) image
 the real part is never replaced), paired seeds (every variant of a seed trains on
 bit-identical real batches), base augmentation that keeps image and mask aligned,
 the bridge control (colour statistics moved exactly the asked fraction in LAB),
-the LAB conversion against reference colours, and the paired 95% intervals of
-examples/results_table.py."""
+the LAB conversion against reference colours, the paired 95% intervals of
+examples/results_table.py, examples/sample_shift.py, and the helpers of
+examples/retina_validation."""
 import contextlib
 import io
 import os
+import subprocess
 import sys
 import tempfile
 import unittest
@@ -250,9 +252,6 @@ class PlateauTest(unittest.TestCase):
         self.assertIn("may still be rising", results_table.curve_markdown(rising))
 
 
-if __name__ == "__main__":
-    unittest.main()
-
 
 class SampleShiftTest(unittest.TestCase):
     """examples/sample_shift.py on hand-made data: domain A is grey 0.2, B grey 0.6 (8x8 images, FOV
@@ -283,3 +282,42 @@ class SampleShiftTest(unittest.TestCase):
         row = [line for line in out.getvalue().splitlines() if line.startswith("| A>B")][0]
         covered = float(row.split("|")[3])
         self.assertAlmostEqual(covered, ((0.4 - 0.2) + (0.8 - 0.2)) / 2 / 0.4, delta=0.02)
+
+
+def bash_function(script, name):
+    """The text of shell function NAME in examples/SCRIPT, to run on its own."""
+    with open(os.path.join(os.path.dirname(HERE), "examples", script)) as f:
+        text = f.read()
+    start = text.index("\n%s() {" % name) + 1
+    return text[start:text.index("\n}\n", start) + 3]
+
+
+class RetinaValidationScriptTest(unittest.TestCase):
+    """examples/retina_validation's helpers, run by bash under the script's set -euo pipefail."""
+
+    def bash(self, function, body):
+        return subprocess.run(["bash", "-c", "set -euo pipefail\nALL=(DRIVE CHASEDB1 STARE HRF)\n%s\n%s" % (
+            bash_function("retina_validation", function), body)], capture_output=True, text=True, timeout=30)
+
+    def test_every_fold_has_the_next_site_as_its_inner_validation(self):
+        r = self.bash("inner_of", 'for h in "${ALL[@]}"; do v=$(inner_of "$h"); echo "$h>$v"; done')
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout.split(), ["DRIVE>CHASEDB1", "CHASEDB1>STARE", "STARE>HRF", "HRF>DRIVE"])
+
+    def test_none_rows_are_shared_once_and_nothing_else(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            first = os.path.join(tmp, "first.csv")
+            rows = ["holdout,variant,seed,dice,iou,seconds", "V,none,0,0.7,0.5,9", "V,langdaug,0,0.8,0.6,9",
+                    "V,none,1,0.71,0.51,9"]
+            with open(first, "w") as f:
+                f.write("\n".join(rows) + "\n")
+            to = os.path.join(tmp, "setting")
+            for _ in range(2):  # a second call (a resumed run) adds nothing
+                r = self.bash("share_none", 'share_none "%s" "%s"' % (first, to))
+                self.assertEqual(r.returncode, 0, r.stderr)
+            with open(os.path.join(to, "results.csv")) as f:
+                self.assertEqual(f.read().splitlines(), [rows[0], rows[1], rows[3]])
+
+
+if __name__ == "__main__":
+    unittest.main()
