@@ -16,7 +16,10 @@
  * call, at least 2 calls and until --seconds have passed, and the best call
  * counts (other processes only ever slow a call down). The pixel sampler
  * runs at most 2 chains a call: at S = 256 one call of 8 would take minutes;
- * samples/s is per chain either way. */
+ * samples/s is per chain either way. The latent sampler's time is then split
+ * into the autoencoder's encode and decode of the batch (each timed alone,
+ * best of MIN_CALLS) and the chain's K energy steps (the rest of the best
+ * call): where the time goes is what the speed work needs to know. */
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +30,7 @@
 #include "ld_ebm.h"
 #include "ld_error.h"
 #include "ld_langevin.h"
+#include "ld_latent.h"
 #include "ld_rng.h"
 
 #define MIN_CALLS 2
@@ -147,16 +151,59 @@ static double samples_per_s(sampler_t *s, const opts_t *o)
     return best;
 }
 
+/* Best seconds of one call of fn over MIN_CALLS calls, or -1 on error. */
+static double best_seconds(int (*fn)(sampler_t *, float *, float *), sampler_t *s, float *a, float *b)
+{
+    double best = -1;
+    for (int calls = 0; calls < MIN_CALLS; calls++) {
+        double t0 = now_s();
+        if (fn(s, a, b))
+            return -1;
+        double t = now_s() - t0;
+        best = best < 0 || t < best ? t : best;
+    }
+    return best;
+}
+
+static int encode(sampler_t *s, float *tmp, float *z)
+{
+    return ld_latent_encode_rgb(s->ae, s->ae_ws, s->n, s->start, tmp, z);
+}
+
+static int decode(sampler_t *s, float *z, float *img)
+{
+    return ld_latent_decode(s->ae, s->ae_ws, s->n, z, img);
+}
+
+/* The latent sampler's samples/s split into encode, K energy steps, decode. */
+static int print_phases(sampler_t *s, double rate)
+{
+    size_t lat = ld_ae_arch_latent_numel(ld_ae_arch(s->ae)) * (size_t)s->n;
+    float *z = calloc(lat, sizeof(float));
+    if (!z)
+        return ld_seterr(LD_ENOMEM, "out of memory");
+    double enc = best_seconds(encode, s, s->snaps, z), dec = enc < 0 ? -1 : best_seconds(decode, s, z, s->snaps);
+    free(z);
+    if (enc < 0 || dec < 0)
+        return LD_EINVAL;
+    double per = 1000.0 / rate, e = 1000.0 * enc / s->n, d = 1000.0 * dec / s->n, chain = per - e - d;
+    printf("          per sample %.1f ms: encode %.1f ms (%.0f%%), energy steps %.1f ms (%.0f%%), "
+           "decode %.1f ms (%.0f%%)\n", per, e, 100 * e / per, chain, 100 * chain / per, d, 100 * d / per);
+    return LD_OK;
+}
+
 static double measure(const opts_t *o, int latent)
 {
     sampler_t s;
     int rc = setup(&s, o, latent);
     double rate = rc ? -1 : samples_per_s(&s, o);
+    if (rate >= 0)
+        printf("  %-7s %3d chains a call %8.2f samples/s\n", latent ? "latent" : "pixel", s.n, rate);
+    if (rate >= 0 && latent && print_phases(&s, rate))
+        rate = -1;
     if (rate < 0)
         fprintf(stderr, "bench_latent: %s sampler: %s: %s\n", latent ? "latent" : "pixel",
                 ld_strerror(rc ? rc : LD_EINVAL), ld_errdetail());
-    else
-        printf("  %-7s %3d chains a call %8.2f samples/s\n", latent ? "latent" : "pixel", s.n, rate);
     teardown(&s);
     return rate;
 }
