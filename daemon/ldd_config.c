@@ -288,12 +288,13 @@ int ldd_config_set(ldd_config_t *cfg, const char *name, const char *value, const
     case T_LIST:
         rc = set_list(cfg, value, where);
         break;
-    case T_LEVEL:
+    case T_LEVEL: {
         int level;
         if (ld_log_level_parse(value, &level) < 0)
             return ld_seterr(LD_EINVAL, "%s: %s", what, ld_errdetail());
         set_string(slot, value);
         break;
+    }
     case T_STEPS:
         rc = check_steps(value, what);
         if (rc == 0)
