@@ -35,7 +35,7 @@ DEB_PKGS := make gcc libc6-dev pkg-config libzmq3-dev libprotobuf-c-dev protobuf
 	clang libclang-rt-14-dev
 PKG_LIBS := libzmq libprotobuf-c libuv libpng openblas jansson libsodium inih libsystemd libmicrohttpd
 
-WARN := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wformat=2 -Wvla
+WARN := -Wall -Wextra -Wpedantic -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wformat=2 -Wvla
 ifeq ($(WERROR),1)
 WARN += -Werror
 endif
