@@ -4,7 +4,7 @@
  *
  *   bench_engine [--sizes 64,128] [--batches 1,8,16] [--threads 1,2]
  *                [--widths 32,64,128,128,256] [--seconds 4] [--steps K]
- *                [--sgemm] [--profile S,BATCH,THREADS] [--tsv]
+ *                [--sgemm] [--peak] [--profile S,BATCH,THREADS] [--tsv]
  *
  * Langevin runs use the reference network (C=3, K=2, D=3; random weights,
  * random images and masks), step size 0.01, noise 0.005. After a one-step
@@ -22,9 +22,17 @@
  * runs (Winograd GEMMs of the reference network), on 1 thread, on 2 threads
  * inside OpenBLAS, and as 2 independent single-threaded GEMMs running
  * concurrently (what the engine does with 2 threads); with --tsv as
- * "sgemm<TAB>core<TAB>MxNxK<TAB>shape<TAB>1 thread<TAB>2 OpenBLAS<TAB>2x1". */
+ * "sgemm<TAB>core<TAB>MxNxK<TAB>shape<TAB>1 thread<TAB>2 OpenBLAS<TAB>2x1".
+ *
+ * --peak measures the machine's single-precision FMA peak: independent
+ * chains of fused multiply-adds in registers (enough of them to cover the
+ * FMA latency on every x86 core), 256-bit (AVX2+FMA) and, where the CPU has
+ * it, 512-bit (AVX-512F), on 1 thread and on 2 threads at once, best of 3;
+ * with --tsv as "peak<TAB>isa<TAB>1 thread<TAB>2 threads" (GFLOP/s, 2 per
+ * multiply-add). It is the ceiling both the engine and PyTorch are held to. */
 #include <cblas.h>
 #include <getopt.h>
+#include <immintrin.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,7 +54,7 @@ typedef struct {
     int threads[MAX_LIST], n_threads;
     const char *widths;
     double seconds;
-    int steps, sgemm, tsv;
+    int steps, sgemm, peak, tsv;
     int prof[3], profile;
 } opts_t;
 
@@ -137,6 +145,107 @@ static double gemm_gflops(int m, int n, int k, int mode)
     gemm_free(&g[0]);
     gemm_free(&g[1]);
     return flop * g[0].reps * (mode == 2 ? 2 : 1) / dt / 1e9;
+}
+
+/* ---------------- FMA peak ---------------- */
+
+/* 12 independent accumulators (FMA latency 4-5 cycles x 2 ports, and some),
+ * written out so that they stay in registers at any optimization level. */
+#define FMA_CHAINS 12
+#define FMA_12(op, m, c)                                                                                  \
+    do {                                                                                                  \
+        a0 = op(a0, m, c), a1 = op(a1, m, c), a2 = op(a2, m, c), a3 = op(a3, m, c);                         \
+        a4 = op(a4, m, c), a5 = op(a5, m, c), a6 = op(a6, m, c), a7 = op(a7, m, c);                         \
+        a8 = op(a8, m, c), a9 = op(a9, m, c), a10 = op(a10, m, c), a11 = op(a11, m, c);                     \
+    } while (0)
+
+typedef struct {
+    int wide;       /* 512-bit lanes, else 256-bit */
+    long iters;
+    float out;      /* the sums, so that the loop is not optimized away */
+} fma_arg_t;
+
+__attribute__((target("avx2,fma"))) static float fma_loop_256(long iters)
+{
+    const __m256 m = _mm256_set1_ps(0.9999999f), c = _mm256_set1_ps(1e-7f);
+    /* distinct starts: equal ones would let the compiler merge the chains into one */
+    __m256 a0 = _mm256_set1_ps(0), a1 = _mm256_set1_ps(1), a2 = _mm256_set1_ps(2), a3 = _mm256_set1_ps(3);
+    __m256 a4 = _mm256_set1_ps(4), a5 = _mm256_set1_ps(5), a6 = _mm256_set1_ps(6), a7 = _mm256_set1_ps(7);
+    __m256 a8 = _mm256_set1_ps(8), a9 = _mm256_set1_ps(9), a10 = _mm256_set1_ps(10), a11 = _mm256_set1_ps(11);
+    for (long i = 0; i < iters; i++)
+        FMA_12(_mm256_fmadd_ps, m, c);
+    __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)),
+                             _mm256_add_ps(_mm256_add_ps(a4, a5), _mm256_add_ps(a6, a7)));
+    s = _mm256_add_ps(s, _mm256_add_ps(_mm256_add_ps(a8, a9), _mm256_add_ps(a10, a11)));
+    float lanes[8], sum = 0;
+    _mm256_storeu_ps(lanes, s);
+    for (int j = 0; j < 8; j++)
+        sum += lanes[j];
+    return sum;
+}
+
+__attribute__((target("avx512f"))) static float fma_loop_512(long iters)
+{
+    const __m512 m = _mm512_set1_ps(0.9999999f), c = _mm512_set1_ps(1e-7f);
+    /* distinct starts: equal ones would let the compiler merge the chains into one */
+    __m512 a0 = _mm512_set1_ps(0), a1 = _mm512_set1_ps(1), a2 = _mm512_set1_ps(2), a3 = _mm512_set1_ps(3);
+    __m512 a4 = _mm512_set1_ps(4), a5 = _mm512_set1_ps(5), a6 = _mm512_set1_ps(6), a7 = _mm512_set1_ps(7);
+    __m512 a8 = _mm512_set1_ps(8), a9 = _mm512_set1_ps(9), a10 = _mm512_set1_ps(10), a11 = _mm512_set1_ps(11);
+    for (long i = 0; i < iters; i++)
+        FMA_12(_mm512_fmadd_ps, m, c);
+    __m512 s = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)),
+                             _mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7)));
+    s = _mm512_add_ps(s, _mm512_add_ps(_mm512_add_ps(a8, a9), _mm512_add_ps(a10, a11)));
+    return _mm512_reduce_add_ps(s);
+}
+
+static void *fma_thread(void *p)
+{
+    fma_arg_t *a = p;
+    a->out = a->wide ? fma_loop_512(a->iters) : fma_loop_256(a->iters);
+    return NULL;
+}
+
+/* GFLOP/s of n_threads threads running the FMA loop at once, best of 3. */
+static double fma_gflops(int wide, int n_threads)
+{
+    const double flop_per_iter = 2.0 * FMA_CHAINS * (wide ? 16 : 8);
+    fma_arg_t a[2] = { { wide, 1000000, 0 }, { wide, 1000000, 0 } };
+    double t0 = now_s();
+    fma_thread(&a[0]); /* warm-up, and the iteration count for about 0.3 s */
+    a[0].iters = a[1].iters = (long)(a[0].iters * 0.3 / (now_s() - t0 + 1e-9)) + 1;
+    double best = 0;
+    for (int rep = 0; rep < 3; rep++) {
+        pthread_t th;
+        t0 = now_s();
+        if (n_threads == 2)
+            pthread_create(&th, NULL, fma_thread, &a[1]);
+        fma_thread(&a[0]);
+        if (n_threads == 2)
+            pthread_join(th, NULL);
+        double g = flop_per_iter * (double)a[0].iters * n_threads / (now_s() - t0) / 1e9;
+        best = g > best ? g : best;
+    }
+    return best;
+}
+
+static void bench_peak(int tsv)
+{
+    static const char *isa[] = { "avx2+fma", "avx512f" };
+    int have[] = { __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"),
+                   __builtin_cpu_supports("avx512f") };
+    if (!tsv)
+        printf("FMA peak, GFLOP/s (single precision, 2 per multiply-add):\n  %-10s %9s %10s\n", "isa",
+               "1 thread", "2 threads");
+    for (int w = 0; w < 2; w++) {
+        if (!have[w])
+            continue;
+        double g1 = fma_gflops(w, 1), g2 = fma_gflops(w, 2);
+        if (tsv)
+            printf("peak\t%s\t%.1f\t%.1f\n", isa[w], g1, g2);
+        else
+            printf("  %-10s %9.1f %10.1f\n", isa[w], g1, g2);
+    }
 }
 
 static void bench_sgemm(int tsv)
@@ -354,7 +463,7 @@ static int bench_profile(const opts_t *o)
 static void usage(FILE *f)
 {
     fputs("Usage: bench_engine [--sizes 64,128] [--batches 1,8,16] [--threads 1,2] [--widths W0,..,WL]\n"
-          "                    [--seconds 4] [--steps K] [--sgemm] [--profile S,BATCH,THREADS] [--tsv]\n",
+          "                    [--seconds 4] [--steps K] [--sgemm] [--peak] [--profile S,BATCH,THREADS] [--tsv]\n",
           f);
 }
 
@@ -368,6 +477,7 @@ int main(int argc, char **argv)
         { "seconds", required_argument, NULL, 's' }, { "steps", required_argument, NULL, 'k' },
         { "sgemm", no_argument, NULL, 'g' },         { "profile", required_argument, NULL, 'p' },
         { "tsv", no_argument, NULL, 'T' },           { "help", no_argument, NULL, 'h' },
+        { "peak", no_argument, NULL, 'P' },
         { NULL, 0, NULL, 0 },
     };
     int c, only_extra = 0;
@@ -381,6 +491,7 @@ int main(int argc, char **argv)
         case 's': o.seconds = atof(optarg); ok = o.seconds >= 0; break;
         case 'k': o.steps = atoi(optarg); ok = o.steps >= 0; break;
         case 'g': o.sgemm = 1; only_extra = 1; break;
+        case 'P': o.peak = 1; only_extra = 1; break;
         case 'p': ok = parse_list(optarg, o.prof, 3) == 3; o.profile = 1; only_extra = 1; break;
         case 'T': o.tsv = 1; break;
         case 'h': usage(stdout); return 0;
@@ -396,6 +507,8 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    if (o.peak)
+        bench_peak(o.tsv);
     if (o.sgemm)
         bench_sgemm(o.tsv);
     if (o.profile && bench_profile(&o))
